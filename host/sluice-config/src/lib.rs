@@ -1,0 +1,755 @@
+//! Sluice's configuration: one TOML file, parsed with serde and validated before anything starts.
+//!
+//! This crate owns the schema, its defaults, `${VAR}` secret expansion and validation. It must not
+//! open sockets or files other than the configuration itself and the files it names for existence
+//! checks: it describes what the host should do, it does not do it.
+//!
+//! Every error names the key it is about (`endpoints[1].url`, `classes.realtime.share`) and the
+//! problem, and unknown keys are rejected so that a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+mod env;
+
+pub use env::expand_env;
+
+/// A configuration that could not be read, parsed or validated.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that was being read.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has a value of the wrong type, or an unknown key.
+    #[error("invalid config{}: {message}", origin(.path))]
+    Parse {
+        /// The file, when the config came from one.
+        path: Option<PathBuf>,
+        /// The parser's message, which names the key and the line.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("invalid config{}: `{key}`: {problem}", origin(.path))]
+    Invalid {
+        /// The file, when the config came from one.
+        path: Option<PathBuf>,
+        /// The dotted key the problem is about, e.g. `endpoints[0].url`.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+fn origin(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(path) => format!(" in {}", path.display()),
+        None => String::new(),
+    }
+}
+
+/// The whole configuration of one Sluice process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The front: where monitors connect.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The upstream connection pool shared by all monitors.
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// The traffic classes and their share of the connection budget.
+    #[serde(default)]
+    pub classes: Classes,
+    /// The upstream endpoints; at least one.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    /// Known monitors (client services).
+    #[serde(default)]
+    pub monitors: Vec<MonitorConfig>,
+    /// Options for specific gRPC methods.
+    #[serde(default)]
+    pub methods: Vec<MethodConfig>,
+}
+
+/// The listener monitors connect to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the gRPC listener. Default `127.0.0.1:50051`.
+    pub listen: SocketAddr,
+    /// Serve TLS to monitors instead of plaintext HTTP/2 (h2c).
+    pub tls: Option<ServerTls>,
+    /// Largest gRPC message accepted in either direction, in bytes. Default 16 MiB.
+    pub max_message_bytes: usize,
+    /// Refuse monitors that are not listed in `[[monitors]]` (otherwise they get `default_class`).
+    pub reject_unknown_monitors: bool,
+    /// Class given to monitors that do not name themselves or are not listed. Default `event`.
+    pub default_class: TrafficClass,
+    /// Maximum concurrent streams one monitor connection may open. Default 1024.
+    pub max_concurrent_streams: u32,
+    /// How long a shutdown waits for open streams before cutting them. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            tls: None,
+            max_message_bytes: 16 * 1024 * 1024,
+            reject_unknown_monitors: false,
+            default_class: TrafficClass::Event,
+            max_concurrent_streams: 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A certificate and key served to monitors.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// Limits of the upstream connection pool.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Global cap on upstream connections over all endpoints and classes. Default 40.
+    pub max_connections: usize,
+    /// Time allowed for TCP connect, TLS and the HTTP/2 handshake. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// New streams that may wait for a free slot, per class. Default 1024.
+    pub queue_capacity: usize,
+    /// How long a new stream may wait for a slot before `RESOURCE_EXHAUSTED`. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// HTTP/2 receive window of each stream, in bytes: the most a stream buffers on each side
+    /// before flow control holds its sender back. Default 256 KiB.
+    pub stream_window_bytes: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 40,
+            connect_timeout: Duration::from_secs(5),
+            queue_capacity: 1024,
+            queue_timeout: Duration::from_secs(5),
+            stream_window_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// The three traffic classes. Each monitor belongs to one; each class has its own connection group.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficClass {
+    /// Latency-sensitive feeds (e.g. slot or price updates).
+    Realtime,
+    /// Event streams (transactions, logs).
+    Event,
+    /// State snapshots and change streams (accounts).
+    State,
+}
+
+impl TrafficClass {
+    /// All classes, in a fixed order usable as an index.
+    pub const ALL: [TrafficClass; 3] = [Self::Realtime, Self::Event, Self::State];
+
+    /// The class's position in [`TrafficClass::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Self::Realtime => 0,
+            Self::Event => 1,
+            Self::State => 2,
+        }
+    }
+
+    /// The lowercase name used in config, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Realtime => "realtime",
+            Self::Event => "event",
+            Self::State => "state",
+        }
+    }
+}
+
+impl fmt::Display for TrafficClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Settings of every class.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Classes {
+    /// Real-time class. Default share 45%.
+    pub realtime: ClassConfig,
+    /// Event class. Default share 30%.
+    pub event: ClassConfig,
+    /// State class. Default share 20%.
+    pub state: ClassConfig,
+}
+
+impl Default for Classes {
+    fn default() -> Self {
+        Self {
+            realtime: ClassConfig::with_share(0.45),
+            event: ClassConfig::with_share(0.30),
+            state: ClassConfig::with_share(0.20),
+        }
+    }
+}
+
+impl Classes {
+    /// The settings of one class.
+    pub fn get(&self, class: TrafficClass) -> &ClassConfig {
+        match class {
+            TrafficClass::Realtime => &self.realtime,
+            TrafficClass::Event => &self.event,
+            TrafficClass::State => &self.state,
+        }
+    }
+}
+
+/// One class's connection budget and stream behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClassConfig {
+    /// Fraction of `pool.max_connections` this class may hold (0..=1).
+    pub share: f64,
+    /// Connections kept open even when idle. Default 0.
+    #[serde(default)]
+    pub min_connections: usize,
+    /// Upper bound on the class's connections; defaults to its share of the global cap.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Streams placed on one connection at most; the peer's SETTINGS_MAX_CONCURRENT_STREAMS
+    /// lowers it further. Default 100.
+    #[serde(default = "default_max_streams")]
+    pub max_streams_per_connection: usize,
+    /// What happens to a monitor that reads slower than its upstream sends. Default `block`.
+    #[serde(default)]
+    pub lag_policy: LagPolicy,
+    /// With `lag_policy = "disconnect"`: how long a monitor may refuse data before it is cut off
+    /// with `RESOURCE_EXHAUSTED "lagging"`. Default 2 s.
+    #[serde(default = "default_lag_timeout", with = "humantime_serde")]
+    pub lag_timeout: Duration,
+}
+
+fn default_max_streams() -> usize {
+    100
+}
+
+fn default_lag_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl ClassConfig {
+    fn with_share(share: f64) -> Self {
+        Self {
+            share,
+            min_connections: 0,
+            max_connections: None,
+            max_streams_per_connection: default_max_streams(),
+            lag_policy: LagPolicy::Block,
+            lag_timeout: default_lag_timeout(),
+        }
+    }
+
+    /// The class's connection limit given the global cap: `max_connections` if set, otherwise
+    /// its share of the cap (at least one).
+    pub fn connection_limit(&self, global_cap: usize) -> usize {
+        self.max_connections
+            .unwrap_or_else(|| ((global_cap as f64 * self.share).floor() as usize).max(1))
+    }
+}
+
+/// How Sluice treats a monitor that cannot keep up.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LagPolicy {
+    /// Hold the upstream stream back through HTTP/2 flow control. Only this monitor's stream
+    /// slows down; other streams on the same connection are unaffected.
+    #[default]
+    Block,
+    /// Cut the monitor off with `RESOURCE_EXHAUSTED "lagging"` once it has refused data for
+    /// `lag_timeout`.
+    Disconnect,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Unique name used in logs, metrics and the admin API.
+    pub id: String,
+    /// `http://host:port` (h2c) or `https://host:port` (TLS).
+    pub url: String,
+    /// Free-form region label. Default `local`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Lower numbers are preferred. Default 0.
+    #[serde(default)]
+    pub priority: u32,
+    /// Use TLS even for an `http://` URL. `https://` implies it.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM CA bundle that verifies the endpoint; without it the Mozilla roots are used.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify in the certificate, when it differs from the URL's host.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// Metadata added to every request sent to this endpoint (e.g. a provider's `x-token`), so
+    /// that monitors never hold it. Values may be `${ENV_VAR}`.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn default_region() -> String {
+    "local".to_owned()
+}
+
+impl EndpointConfig {
+    /// Whether connections to this endpoint use TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls || self.url.starts_with("https://")
+    }
+
+    /// The `host:port` part of the URL (validated by [`Config::validate`]).
+    pub fn authority(&self) -> &str {
+        let rest = self
+            .url
+            .split_once("://")
+            .map(|(_, rest)| rest)
+            .unwrap_or(&self.url);
+        rest.trim_end_matches('/')
+    }
+
+    /// The host part of the URL, without brackets for IPv6 literals.
+    pub fn host(&self) -> &str {
+        let authority = self.authority();
+        if let Some(rest) = authority.strip_prefix('[') {
+            return rest.split(']').next().unwrap_or(rest);
+        }
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    }
+}
+
+/// A known monitor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// The name the monitor sends in `x-sluice-monitor`.
+    pub id: String,
+    /// Its traffic class.
+    pub class: TrafficClass,
+    /// Critical monitors are protected first by routing and alerting.
+    #[serde(default)]
+    pub critical: bool,
+    /// When set, the monitor must also send this value in `x-sluice-token`. May be `${ENV_VAR}`.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// Options for a method or a whole service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MethodConfig {
+    /// `/package.Service/Method`, or `/package.Service/*` for every method of a service.
+    pub path: String,
+    /// Share one upstream stream among monitors sending identical server-streaming requests.
+    #[serde(default)]
+    pub share: bool,
+    /// Request metadata that must also match for two requests to share a stream
+    /// (e.g. `authorization`). Compared case-insensitively by name.
+    #[serde(default)]
+    pub share_key_metadata: Vec<String>,
+    /// Subscribers a shared stream may run ahead of before the slowest is cut off as lagging,
+    /// in messages. Default 1024.
+    #[serde(default = "default_share_buffer")]
+    pub share_buffer_messages: usize,
+    /// Overrides `server.max_message_bytes` for this method.
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
+}
+
+fn default_share_buffer() -> usize {
+    1024
+}
+
+impl MethodConfig {
+    /// Whether this entry applies to `path`.
+    pub fn matches(&self, path: &str) -> bool {
+        match self.path.strip_suffix("/*") {
+            Some(service) => path
+                .strip_prefix(service)
+                .is_some_and(|rest| rest.starts_with('/')),
+            None => self.path == path,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, expands and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| e.with_path(path))
+    }
+
+    /// Parses, expands `${VAR}` secrets from the process environment, and validates.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: None,
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.expand_secrets(&|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Replaces `${VAR}` in endpoint metadata and monitor tokens using `lookup`.
+    pub fn expand_secrets(
+        &mut self,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        for (i, endpoint) in self.endpoints.iter_mut().enumerate() {
+            for (name, value) in endpoint.metadata.iter_mut() {
+                *value = expand_env(value, lookup).map_err(|problem| {
+                    invalid(format!("endpoints[{i}].metadata.{name}"), problem)
+                })?;
+            }
+        }
+        for (i, monitor) in self.monitors.iter_mut().enumerate() {
+            if let Some(token) = monitor.token.as_mut() {
+                *token = expand_env(token, lookup)
+                    .map_err(|problem| invalid(format!("monitors[{i}].token"), problem))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every cross-field rule; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_pool_and_classes()?;
+        self.validate_endpoints()?;
+        self.validate_monitors()?;
+        self.validate_methods()
+    }
+
+    /// The method options that apply to `path`: the first exact match, else the first service
+    /// wildcard.
+    pub fn method(&self, path: &str) -> Option<&MethodConfig> {
+        self.methods
+            .iter()
+            .find(|m| m.path == path)
+            .or_else(|| self.methods.iter().find(|m| m.matches(path)))
+    }
+
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        if server.max_message_bytes == 0 {
+            return Err(invalid(
+                "server.max_message_bytes",
+                "must be greater than 0",
+            ));
+        }
+        if server.max_concurrent_streams == 0 {
+            return Err(invalid(
+                "server.max_concurrent_streams",
+                "must be greater than 0",
+            ));
+        }
+        if let Some(tls) = &server.tls {
+            require_file("server.tls.cert_file", &tls.cert_file)?;
+            require_file("server.tls.key_file", &tls.key_file)?;
+        }
+        Ok(())
+    }
+
+    fn validate_pool_and_classes(&self) -> Result<(), ConfigError> {
+        let pool = &self.pool;
+        if pool.max_connections == 0 {
+            return Err(invalid("pool.max_connections", "must be at least 1"));
+        }
+        if pool.connect_timeout.is_zero() {
+            return Err(invalid("pool.connect_timeout", "must be greater than 0"));
+        }
+        if pool.queue_timeout.is_zero() {
+            return Err(invalid("pool.queue_timeout", "must be greater than 0"));
+        }
+        if !(65_535..=(1 << 31) - 1).contains(&pool.stream_window_bytes) {
+            return Err(invalid(
+                "pool.stream_window_bytes",
+                "must be between 65535 and 2147483647 (HTTP/2 window limits)",
+            ));
+        }
+        let mut share_sum = 0.0;
+        let mut min_sum = 0;
+        for class in TrafficClass::ALL {
+            let cfg = self.classes.get(class);
+            let key = |field: &str| format!("classes.{class}.{field}");
+            if !(0.0..=1.0).contains(&cfg.share) || cfg.share.is_nan() {
+                return Err(invalid(
+                    key("share"),
+                    format!("must be between 0 and 1, got {}", cfg.share),
+                ));
+            }
+            share_sum += cfg.share;
+            if cfg.max_streams_per_connection == 0 {
+                return Err(invalid(
+                    key("max_streams_per_connection"),
+                    "must be at least 1",
+                ));
+            }
+            let limit = cfg.connection_limit(pool.max_connections);
+            if limit == 0 {
+                return Err(invalid(key("max_connections"), "must be at least 1"));
+            }
+            if limit > pool.max_connections {
+                return Err(invalid(
+                    key("max_connections"),
+                    format!(
+                        "{limit} exceeds pool.max_connections ({})",
+                        pool.max_connections
+                    ),
+                ));
+            }
+            if cfg.min_connections > limit {
+                return Err(invalid(
+                    key("min_connections"),
+                    format!(
+                        "{} exceeds the class's connection limit ({limit})",
+                        cfg.min_connections
+                    ),
+                ));
+            }
+            if cfg.lag_policy == LagPolicy::Disconnect && cfg.lag_timeout.is_zero() {
+                return Err(invalid(
+                    key("lag_timeout"),
+                    "must be greater than 0 with lag_policy = \"disconnect\"",
+                ));
+            }
+            min_sum += cfg.min_connections;
+        }
+        if share_sum > 1.0 + 1e-9 {
+            return Err(invalid(
+                "classes",
+                format!("the shares add up to {share_sum:.2}; they must not exceed 1"),
+            ));
+        }
+        if min_sum > pool.max_connections {
+            return Err(invalid(
+                "classes",
+                format!(
+                    "min_connections add up to {min_sum}, more than pool.max_connections ({})",
+                    pool.max_connections
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_endpoints(&self) -> Result<(), ConfigError> {
+        if self.endpoints.is_empty() {
+            return Err(invalid(
+                "endpoints",
+                "at least one [[endpoints]] entry is required",
+            ));
+        }
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let key = |field: &str| format!("endpoints[{i}].{field}");
+            if endpoint.id.trim().is_empty() {
+                return Err(invalid(key("id"), "must not be empty"));
+            }
+            if self.endpoints[..i].iter().any(|e| e.id == endpoint.id) {
+                return Err(invalid(
+                    key("id"),
+                    format!("duplicate endpoint id {:?}", endpoint.id),
+                ));
+            }
+            let Some((scheme, rest)) = endpoint.url.split_once("://") else {
+                return Err(invalid(
+                    key("url"),
+                    format!("{:?} is not a URL like http://host:port", endpoint.url),
+                ));
+            };
+            if scheme != "http" && scheme != "https" {
+                return Err(invalid(
+                    key("url"),
+                    format!("scheme {scheme:?} is not supported (use http or https)"),
+                ));
+            }
+            let authority = rest.trim_end_matches('/');
+            if authority.is_empty() || authority.contains('/') {
+                return Err(invalid(
+                    key("url"),
+                    format!("{:?} must be scheme://host:port with no path", endpoint.url),
+                ));
+            }
+            let port_ok = authority.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !port_ok {
+                return Err(invalid(
+                    key("url"),
+                    format!("{:?} needs an explicit host and port", endpoint.url),
+                ));
+            }
+            if let Some(ca) = &endpoint.ca_file {
+                if !endpoint.uses_tls() {
+                    return Err(invalid(
+                        key("ca_file"),
+                        "is set but the endpoint does not use TLS (set tls = true or use https://)",
+                    ));
+                }
+                require_file(&key("ca_file"), ca)?;
+            }
+            for (name, value) in &endpoint.metadata {
+                check_metadata(&key(&format!("metadata.{name}")), name, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_monitors(&self) -> Result<(), ConfigError> {
+        for (i, monitor) in self.monitors.iter().enumerate() {
+            if monitor.id.trim().is_empty() {
+                return Err(invalid(format!("monitors[{i}].id"), "must not be empty"));
+            }
+            if self.monitors[..i].iter().any(|m| m.id == monitor.id) {
+                return Err(invalid(
+                    format!("monitors[{i}].id"),
+                    format!("duplicate monitor id {:?}", monitor.id),
+                ));
+            }
+            if monitor.token.as_deref().is_some_and(str::is_empty) {
+                return Err(invalid(
+                    format!("monitors[{i}].token"),
+                    "must not be empty when set",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_methods(&self) -> Result<(), ConfigError> {
+        for (i, method) in self.methods.iter().enumerate() {
+            let key = |field: &str| format!("methods[{i}].{field}");
+            let path = method.path.strip_suffix("/*").unwrap_or(&method.path);
+            let valid = path
+                .strip_prefix('/')
+                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+            if !valid {
+                return Err(invalid(
+                    key("path"),
+                    format!(
+                        "{:?} must look like /package.Service/Method or /package.Service/*",
+                        method.path
+                    ),
+                ));
+            }
+            if method.max_message_bytes == Some(0) {
+                return Err(invalid(key("max_message_bytes"), "must be greater than 0"));
+            }
+            if method.share && method.share_buffer_messages == 0 {
+                return Err(invalid(key("share_buffer_messages"), "must be at least 1"));
+            }
+            for name in &method.share_key_metadata {
+                if name.is_empty() || name.bytes().any(|b| b.is_ascii_uppercase() || b == b' ') {
+                    return Err(invalid(
+                        key("share_key_metadata"),
+                        format!("{name:?} is not a lowercase metadata name"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn with_path(self, file: &Path) -> Self {
+        match self {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: Some(file.to_owned()),
+                message,
+            },
+            ConfigError::Invalid { key, problem, .. } => ConfigError::Invalid {
+                path: Some(file.to_owned()),
+                key,
+                problem,
+            },
+            other => other,
+        }
+    }
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: None,
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+fn require_file(key: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("file {} does not exist", path.display()),
+        ))
+    }
+}
+
+fn check_metadata(key: &str, name: &str, value: &str) -> Result<(), ConfigError> {
+    let name_ok = !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        });
+    if !name_ok || name.starts_with("grpc-") || name.starts_with(':') {
+        return Err(invalid(
+            key,
+            format!("{name:?} is not a valid custom metadata name (lowercase, no grpc- prefix)"),
+        ));
+    }
+    if name.ends_with("-bin") {
+        return Err(invalid(
+            key,
+            "binary (-bin) metadata cannot be injected from the config",
+        ));
+    }
+    if value.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+        return Err(invalid(key, "value must be printable ASCII"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

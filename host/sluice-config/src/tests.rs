@@ -1,0 +1,198 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[[endpoints]]
+id = "a"
+url = "http://127.0.0.1:7000"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: None,
+        message: e.to_string(),
+    })?;
+    config.expand_secrets(&|name| (name == "TOKEN").then(|| "s3cret".to_owned()))?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn error_of(text: &str) -> String {
+    parse(text)
+        .expect_err("config should be rejected")
+        .to_string()
+}
+
+#[test]
+fn defaults_follow_the_spec() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.pool.max_connections, 40);
+    assert_eq!(config.classes.realtime.connection_limit(40), 18);
+    assert_eq!(config.classes.event.connection_limit(40), 12);
+    assert_eq!(config.classes.state.connection_limit(40), 8);
+    assert_eq!(config.server.default_class, TrafficClass::Event);
+    assert_eq!(config.classes.event.lag_policy, LagPolicy::Block);
+}
+
+#[test]
+fn full_example_parses() {
+    let text = r#"
+[server]
+listen = "127.0.0.1:6000"
+reject_unknown_monitors = true
+shutdown_grace = "3s"
+
+[pool]
+max_connections = 10
+queue_timeout = "250ms"
+
+[classes.realtime]
+share = 0.5
+max_streams_per_connection = 50
+lag_policy = "disconnect"
+lag_timeout = "500ms"
+
+[[endpoints]]
+id = "primary"
+url = "http://127.0.0.1:7000"
+region = "eu"
+priority = 1
+metadata = { "x-token" = "${TOKEN}" }
+
+[[monitors]]
+id = "m1"
+class = "realtime"
+critical = true
+token = "${TOKEN}"
+
+[[methods]]
+path = "/sluice.feed.v1.Feed/*"
+share = true
+share_key_metadata = ["x-topic"]
+"#;
+    let config = parse(text).unwrap();
+    assert_eq!(config.endpoints[0].metadata["x-token"], "s3cret");
+    assert_eq!(config.monitors[0].token.as_deref(), Some("s3cret"));
+    assert_eq!(
+        config.classes.realtime.lag_timeout,
+        Duration::from_millis(500)
+    );
+    assert!(
+        config
+            .method("/sluice.feed.v1.Feed/Subscribe")
+            .unwrap()
+            .share
+    );
+    assert!(config.method("/sluice.feed.v1.Other/Subscribe").is_none());
+    assert!(config.method("/sluice.feed.v1.FeedX/Subscribe").is_none());
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_name() {
+    let err = error_of(&format!("{MINIMAL}\n[pool]\nmax_conections = 3\n"));
+    assert!(err.contains("max_conections"), "{err}");
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    let err = error_of(&format!("{MINIMAL}\n[pool]\nmax_connections = \"many\"\n"));
+    assert!(err.contains("max_connections"), "{err}");
+}
+
+#[test]
+fn missing_endpoints_are_reported() {
+    let err = error_of("");
+    assert!(
+        err.contains("`endpoints`") && err.contains("at least one"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_urls_are_reported() {
+    for (url, needle) in [
+        ("127.0.0.1:7000", "not a URL"),
+        ("ftp://h:1", "scheme"),
+        ("http://h", "explicit host and port"),
+        ("http://h:1/path", "no path"),
+    ] {
+        let err = error_of(&format!("[[endpoints]]\nid = \"a\"\nurl = \"{url}\"\n"));
+        assert!(
+            err.contains("endpoints[0].url") && err.contains(needle),
+            "{url}: {err}"
+        );
+    }
+}
+
+#[test]
+fn duplicates_are_reported() {
+    let err = error_of(&format!("{MINIMAL}{MINIMAL}"));
+    assert!(
+        err.contains("endpoints[1].id") && err.contains("duplicate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shares_over_one_are_rejected() {
+    let err = error_of(&format!("{MINIMAL}\n[classes.realtime]\nshare = 0.9\n"));
+    assert!(err.contains("shares add up"), "{err}");
+    let err = error_of(&format!("{MINIMAL}\n[classes.state]\nshare = 1.5\n"));
+    assert!(err.contains("classes.state.share"), "{err}");
+}
+
+#[test]
+fn unset_secrets_are_named() {
+    let err = error_of(&format!(
+        "{MINIMAL}metadata = {{ \"x-token\" = \"${{MISSING}}\" }}\n"
+    ));
+    assert!(
+        err.contains("endpoints[0].metadata.x-token") && err.contains("MISSING"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_ca_file_is_reported() {
+    let err = error_of(
+        "[[endpoints]]\nid = \"a\"\nurl = \"https://h:1\"\nca_file = \"/nonexistent/ca.pem\"\n",
+    );
+    assert!(
+        err.contains("endpoints[0].ca_file") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_method_paths_are_reported() {
+    let err = error_of(&format!(
+        "{MINIMAL}\n[[methods]]\npath = \"Feed/Subscribe\"\n"
+    ));
+    assert!(err.contains("methods[0].path"), "{err}");
+}
+
+#[test]
+fn bad_classes_in_monitors_are_reported() {
+    let err = error_of(&format!(
+        "{MINIMAL}\n[[monitors]]\nid = \"m\"\nclass = \"bulk\"\n"
+    ));
+    assert!(err.contains("bulk") || err.contains("class"), "{err}");
+}
+
+#[test]
+fn env_expansion_handles_escapes_and_errors() {
+    let lookup = |n: &str| (n == "A").then(|| "1".to_owned());
+    assert_eq!(expand_env("x${A}y$$z", &lookup).unwrap(), "x1y$z");
+    assert!(
+        expand_env("${B}", &lookup)
+            .unwrap_err()
+            .contains("B is not set")
+    );
+    assert!(expand_env("${A", &lookup).is_err());
+}
+
+#[test]
+fn endpoint_authority_and_host() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.endpoints[0].authority(), "127.0.0.1:7000");
+    assert_eq!(config.endpoints[0].host(), "127.0.0.1");
+}

@@ -1,0 +1,467 @@
+//! One proxied call, from the monitor's HEADERS to its trailers.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use tracing::Instrument;
+
+use super::pump::{self, OnFull, PumpError};
+use crate::Context;
+use crate::grpc::{self, Code, MessageScanner, Status};
+use crate::pool::Lease;
+use crate::route::MonitorProfile;
+
+/// Attempts to open an upstream stream before giving up (a connection can close between the
+/// slot being reserved and the stream being opened, e.g. on GOAWAY).
+const OPEN_ATTEMPTS: usize = 3;
+
+/// What admission decided about a call.
+pub(crate) struct CallSetup {
+    pub profile: MonitorProfile,
+    pub path: Arc<str>,
+    pub deadline: Option<tokio::time::Instant>,
+    pub max_message_bytes: usize,
+    pub on_full: OnFull,
+    pub share: Option<super::share::ShareOptions>,
+}
+
+/// Serves one call from a monitor to its end.
+pub(crate) async fn serve(
+    ctx: Arc<Context>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    ctx.stats.incr(|s| &s.downstream_streams_total);
+    let _active = ctx.stats.hold(|s| &s.downstream_streams_active);
+    let setup = match admit(&ctx, &request) {
+        Ok(setup) => setup,
+        Err(response) => {
+            let _ = respond.send_response(response, true);
+            return;
+        }
+    };
+    let span = tracing::debug_span!(
+        "stream",
+        monitor = %setup.profile.id,
+        class = %setup.profile.class,
+        method = %setup.path,
+    );
+    async move {
+        if setup.share.is_some() {
+            super::share::serve(ctx, setup, request, respond).await;
+        } else {
+            proxy(&ctx, setup, request, respond).await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Checks the call is gRPC and the monitor is allowed, and gathers its options.
+fn admit(ctx: &Context, request: &Request<RecvStream>) -> Result<CallSetup, Response<()>> {
+    if request.method() != http::Method::POST {
+        return Err(Status::new(
+            Code::Unimplemented,
+            "only gRPC calls (HTTP/2 POST) are proxied",
+        )
+        .to_response());
+    }
+    let is_grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !is_grpc {
+        let mut response =
+            Status::new(Code::Unknown, "content-type must be application/grpc").to_response();
+        *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        return Err(response);
+    }
+    let path = request.uri().path();
+    let profile = ctx.monitors.identify(request.headers()).map_err(|status| {
+        ctx.stats.incr(|s| &s.unauthenticated_total);
+        tracing::info!(method = path, reason = %status.message, "monitor refused");
+        status.to_response()
+    })?;
+    let method = ctx.config.method(path);
+    let class = ctx.config.classes.get(profile.class);
+    let on_full = match class.lag_policy {
+        sluice_config::LagPolicy::Block => OnFull::Wait,
+        sluice_config::LagPolicy::Disconnect => OnFull::GiveUpAfter(class.lag_timeout),
+    };
+    let deadline = request
+        .headers()
+        .get("grpc-timeout")
+        .and_then(|v| grpc::timeout::parse(v.as_bytes()))
+        .map(|timeout| tokio::time::Instant::now() + timeout);
+    Ok(CallSetup {
+        profile,
+        path: Arc::from(path),
+        deadline,
+        max_message_bytes: method
+            .and_then(|m| m.max_message_bytes)
+            .unwrap_or(ctx.config.server.max_message_bytes),
+        on_full,
+        share: method
+            .filter(|m| m.share)
+            .map(super::share::ShareOptions::from_config),
+    })
+}
+
+/// Sleeps until the call's deadline, or forever when it has none.
+pub(crate) async fn deadline_reached(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The status a monitor gets when its upstream stream failed.
+pub(crate) fn upstream_failure(error: &h2::Error) -> Status {
+    if let Some(reason) = error.reason() {
+        if error.is_go_away() {
+            return Status::unavailable(format!("upstream connection closed (GOAWAY {reason:?})"));
+        }
+        let code = match reason {
+            Reason::REFUSED_STREAM => Code::Unavailable,
+            Reason::CANCEL => Code::Cancelled,
+            Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+            Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+            _ => Code::Internal,
+        };
+        return Status::new(code, format!("upstream reset the stream ({reason:?})"));
+    }
+    Status::unavailable(format!("upstream connection lost: {error}"))
+}
+
+/// The upstream request: the monitor's headers (minus hop-by-hop and Sluice's own), the
+/// endpoint's injected metadata, and the remaining deadline.
+fn upstream_request(
+    lease: &Lease,
+    path: &http::uri::PathAndQuery,
+    mut headers: HeaderMap,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Request<()>, Status> {
+    let endpoint = &lease.connection().endpoint;
+    let uri = Uri::builder()
+        .scheme(endpoint.scheme.clone())
+        .authority(endpoint.authority.clone())
+        .path_and_query(path.clone())
+        .build()
+        .map_err(|e| Status::internal(format!("cannot build upstream URI: {e}")))?;
+    for (name, value) in &endpoint.metadata {
+        headers.insert(name.clone(), value.clone());
+    }
+    if let Some(deadline) = deadline {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        headers.insert("grpc-timeout", grpc::timeout::encode(remaining));
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri;
+    *request.version_mut() = http::Version::HTTP_2;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+/// An upstream stream that has been opened.
+pub(crate) struct OpenStream {
+    pub lease: Lease,
+    pub response: h2::client::ResponseFuture,
+    pub send: SendStream<Bytes>,
+}
+
+/// Reserves a slot and opens the upstream stream, retrying on connections that closed under us.
+pub(crate) async fn open_upstream(
+    ctx: &Context,
+    profile: &MonitorProfile,
+    path: &http::uri::PathAndQuery,
+    headers: &HeaderMap,
+    end_of_stream: bool,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<OpenStream, Status> {
+    let mut last_error = String::new();
+    for _ in 0..OPEN_ATTEMPTS {
+        let lease = ctx.pool.acquire(profile, path.path()).await?;
+        tracing::debug!(
+            connection = lease.connection().id,
+            endpoint = %lease.connection().endpoint.id,
+            confidence = lease.decision().confidence,
+            reason = %lease.decision().reason,
+            "routed",
+        );
+        let mut send_request = match lease.ready().await {
+            Ok(send_request) => send_request,
+            Err(error) => {
+                last_error = error.to_string();
+                continue;
+            }
+        };
+        let request = upstream_request(&lease, path, headers.clone(), deadline)?;
+        match send_request.send_request(request, end_of_stream) {
+            Ok((response, send)) => {
+                return Ok(OpenStream {
+                    lease,
+                    response,
+                    send,
+                });
+            }
+            Err(error) => {
+                lease.discard_connection();
+                last_error = error.to_string();
+            }
+        }
+    }
+    Err(Status::unavailable(format!(
+        "could not open an upstream stream after {OPEN_ATTEMPTS} attempts: {last_error}"
+    )))
+}
+
+/// How a relayed call ended, for logs and counters.
+enum End {
+    Completed,
+    Cancelled,
+    Failed(Status),
+}
+
+/// Forwards the request body to the upstream and ends it the way the monitor ended it.
+async fn forward_request(
+    mut body: RecvStream,
+    mut upstream: SendStream<Bytes>,
+    mut scanner: MessageScanner,
+    ctx: Arc<Context>,
+) -> Result<(), PumpError> {
+    let counter = &ctx.stats.bytes_to_upstream_total;
+    let result = pump::pump(
+        &mut body,
+        &mut upstream,
+        &mut scanner,
+        OnFull::Wait,
+        counter,
+    )
+    .await;
+    match result {
+        Ok(Some(trailers)) => upstream
+            .send_trailers(grpc::headers::request_headers(&trailers, 0))
+            .map_err(PumpError::Sink),
+        Ok(None) => upstream
+            .send_data(Bytes::new(), true)
+            .map_err(PumpError::Sink),
+        Err(error) => {
+            // The monitor went away or sent garbage: the upstream must not wait for more.
+            upstream.send_reset(Reason::CANCEL);
+            Err(error)
+        }
+    }
+}
+
+/// Sends a status to a monitor whose response headers were not sent yet.
+fn reply(respond: &mut SendResponse<Bytes>, status: &Status) {
+    let _ = respond.send_response(status.to_response(), true);
+}
+
+async fn proxy(
+    ctx: &Arc<Context>,
+    setup: CallSetup,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let (parts, body) = request.into_parts();
+    let Some(path) = parts.uri.path_and_query().cloned() else {
+        reply(
+            &mut respond,
+            &Status::new(Code::Unimplemented, "request has no path"),
+        );
+        return;
+    };
+    let headers = grpc::headers::request_headers(&parts.headers, 4);
+    let opened = tokio::select! {
+        opened = open_upstream(ctx, &setup.profile, &path, &headers, body.is_end_stream(), setup.deadline) => opened,
+        _ = deadline_reached(setup.deadline) => {
+            ctx.stats.incr(|s| &s.deadline_exceeded_total);
+            Err(Status::new(Code::DeadlineExceeded, "deadline exceeded while waiting for an upstream stream"))
+        }
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => {
+            ctx.stats.incr(|s| &s.cancelled_total);
+            return;
+        }
+    };
+    let open = match opened {
+        Ok(open) => open,
+        Err(status) => {
+            tracing::info!(%status, "call refused");
+            reply(&mut respond, &status);
+            return;
+        }
+    };
+    let end = relay(ctx, &setup, body, respond, open).await;
+    match end {
+        End::Completed => {}
+        End::Cancelled => {
+            ctx.stats.incr(|s| &s.cancelled_total);
+            tracing::debug!("cancelled by the monitor");
+        }
+        End::Failed(status) => tracing::info!(%status, "call failed"),
+    }
+}
+
+async fn relay(
+    ctx: &Arc<Context>,
+    setup: &CallSetup,
+    body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    open: OpenStream,
+) -> End {
+    let OpenStream {
+        lease,
+        response,
+        send,
+    } = open;
+    let _lease = lease;
+    let request_pump = async {
+        if body.is_end_stream() {
+            // The whole request went out with the HEADERS frame.
+            drop(send);
+            return Ok(());
+        }
+        let scanner = MessageScanner::new(setup.max_message_bytes);
+        forward_request(body, send, scanner, Arc::clone(ctx)).await
+    };
+    tokio::pin!(request_pump);
+    let mut request_done = false;
+    let deadline = deadline_reached(setup.deadline);
+    tokio::pin!(deadline);
+    tokio::pin!(response);
+
+    // Phase 1: until the upstream answers with headers.
+    let response = loop {
+        tokio::select! {
+            response = &mut response => break response,
+            result = &mut request_pump, if !request_done => {
+                request_done = true;
+                if let Some(end) = request_side_failure(ctx, result) {
+                    if let End::Failed(status) = &end {
+                        reply(&mut respond, status);
+                    }
+                    return end;
+                }
+            }
+            _ = poll_fn(|cx| respond.poll_reset(cx)) => return End::Cancelled,
+            _ = &mut deadline => {
+                ctx.stats.incr(|s| &s.deadline_exceeded_total);
+                let status = Status::new(Code::DeadlineExceeded, "deadline exceeded waiting for the upstream");
+                reply(&mut respond, &status);
+                return End::Failed(status);
+            }
+        }
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(error) => {
+            ctx.stats.incr(|s| &s.upstream_failures_total);
+            let status = upstream_failure(&error);
+            reply(&mut respond, &status);
+            return End::Failed(status);
+        }
+    };
+    let (parts, mut upstream_body) = response.into_parts();
+    let end_of_stream = upstream_body.is_end_stream();
+    let mut head = Response::new(());
+    *head.status_mut() = parts.status;
+    *head.headers_mut() = grpc::headers::response_headers(&parts.headers);
+    let mut downstream = match respond.send_response(head, end_of_stream) {
+        Ok(downstream) => downstream,
+        Err(_) => return End::Cancelled,
+    };
+    if end_of_stream {
+        return End::Completed;
+    }
+
+    // Phase 2: stream the response while the request side may still be flowing.
+    let outcome = {
+        let mut scanner = MessageScanner::new(setup.max_message_bytes);
+        let counter = &ctx.stats.bytes_to_monitors_total;
+        let response_pump = pump::pump(
+            &mut upstream_body,
+            &mut downstream,
+            &mut scanner,
+            setup.on_full,
+            counter,
+        );
+        tokio::pin!(response_pump);
+        loop {
+            tokio::select! {
+                result = &mut response_pump => break Ok(result),
+                result = &mut request_pump, if !request_done => {
+                    request_done = true;
+                    if let Some(end) = request_side_failure(ctx, result) {
+                        break Err(end);
+                    }
+                }
+                _ = &mut deadline => {
+                    ctx.stats.incr(|s| &s.deadline_exceeded_total);
+                    break Err(End::Failed(Status::new(Code::DeadlineExceeded, "deadline exceeded")));
+                }
+            }
+        }
+    };
+    let result = match outcome {
+        Ok(result) => result,
+        Err(End::Failed(status)) => {
+            let _ = downstream.send_trailers(status.to_trailers());
+            return End::Failed(status);
+        }
+        Err(end) => return end,
+    };
+    match result {
+        Ok(Some(trailers)) => {
+            let _ = downstream.send_trailers(grpc::headers::response_headers(&trailers));
+            End::Completed
+        }
+        Ok(None) => {
+            let _ = downstream.send_data(Bytes::new(), true);
+            End::Completed
+        }
+        Err(PumpError::Sink(_)) => End::Cancelled,
+        Err(PumpError::Lagging(waited)) => {
+            ctx.stats.incr(|s| &s.lagging_disconnects_total);
+            let status = Status::resource_exhausted(format!(
+                "lagging: the monitor accepted no data for {waited:?}"
+            ));
+            let _ = downstream.send_trailers(status.to_trailers());
+            End::Failed(status)
+        }
+        Err(PumpError::Frame(error)) => {
+            ctx.stats.incr(|s| &s.oversized_messages_total);
+            let status = Status::resource_exhausted(format!("upstream response rejected: {error}"));
+            let _ = downstream.send_trailers(status.to_trailers());
+            End::Failed(status)
+        }
+        Err(PumpError::Source(error)) => {
+            ctx.stats.incr(|s| &s.upstream_failures_total);
+            let status = upstream_failure(&error);
+            let _ = downstream.send_trailers(status.to_trailers());
+            End::Failed(status)
+        }
+    }
+}
+
+/// Interprets the end of the request side; `Some` when the call must stop now.
+fn request_side_failure(ctx: &Context, result: Result<(), PumpError>) -> Option<End> {
+    match result {
+        Ok(()) => None,
+        // The monitor reset its stream: cancel.
+        Err(PumpError::Source(_)) => Some(End::Cancelled),
+        // The upstream stopped reading; its response (or reset) tells the monitor why.
+        Err(PumpError::Sink(_) | PumpError::Lagging(_)) => None,
+        Err(PumpError::Frame(error)) => {
+            ctx.stats.incr(|s| &s.oversized_messages_total);
+            Some(End::Failed(Status::resource_exhausted(format!(
+                "request rejected: {error}"
+            ))))
+        }
+    }
+}

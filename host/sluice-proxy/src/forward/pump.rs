@@ -1,0 +1,132 @@
+//! Moving DATA from one HTTP/2 stream to another under flow control.
+//!
+//! A pump only sends what the receiving side has granted window for, and gives window back to
+//! the sending side only after the bytes were handed on. So each stream buffers at most one
+//! window per side, and a slow reader slows only its own stream: HTTP/2 flow control carries
+//! the backpressure to the exact upstream stream that feeds it.
+
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use http::HeaderMap;
+
+use crate::grpc::{FrameError, MessageScanner};
+
+/// Why a pump stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    /// Reading failed: the source stream was reset or its connection died.
+    #[error("source stream failed: {0}")]
+    Source(h2::Error),
+    /// The destination stream was reset by its peer (or its connection died).
+    #[error("destination stream failed: {0}")]
+    Sink(h2::Error),
+    /// The destination refused data for longer than the lag timeout.
+    #[error("destination refused data for {0:?}")]
+    Lagging(Duration),
+    /// A message broke the framing rules or the size limit.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// What to do when the destination has no window left.
+#[derive(Debug, Clone, Copy)]
+pub enum OnFull {
+    /// Wait as long as it takes (flow control holds the source back).
+    Wait,
+    /// Give up with [`PumpError::Lagging`] after this long.
+    GiveUpAfter(Duration),
+}
+
+/// Copies `source` into `sink` until the source ends, returning the source's trailers.
+///
+/// Does not end the sink: the caller decides between trailers and an empty end-of-stream.
+/// `bytes_counter` is bumped by the payload bytes moved.
+pub async fn pump(
+    source: &mut RecvStream,
+    sink: &mut SendStream<Bytes>,
+    scanner: &mut MessageScanner,
+    on_full: OnFull,
+    bytes_counter: &std::sync::atomic::AtomicU64,
+) -> Result<Option<HeaderMap>, PumpError> {
+    loop {
+        let next = tokio::select! {
+            biased;
+            next = source.data() => next,
+            reset = poll_fn(|cx| sink.poll_reset(cx)) => {
+                return Err(PumpError::Sink(reset.map_or_else(|e| e, h2::Error::from)));
+            }
+        };
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(PumpError::Source)?;
+        let len = chunk.len();
+        scanner.feed(&chunk)?;
+        send_all(sink, chunk, on_full).await?;
+        bytes_counter.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+        // The bytes are now the sink's problem; let the source send more.
+        let _ = source.flow_control().release_capacity(len);
+    }
+    scanner.finish()?;
+    let trailers = tokio::select! {
+        biased;
+        trailers = source.trailers() => trailers.map_err(PumpError::Source)?,
+        reset = poll_fn(|cx| sink.poll_reset(cx)) => {
+            return Err(PumpError::Sink(reset.map_or_else(|e| e, h2::Error::from)));
+        }
+    };
+    Ok(trailers)
+}
+
+/// Sends all of `data`, in pieces as window becomes available.
+pub async fn send_all(
+    sink: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    on_full: OnFull,
+) -> Result<(), PumpError> {
+    while !data.is_empty() {
+        sink.reserve_capacity(data.len());
+        let mut available = sink.capacity();
+        if available == 0 {
+            let wait = poll_fn(|cx| poll_window(sink, cx));
+            available = match on_full {
+                OnFull::Wait => wait.await?,
+                OnFull::GiveUpAfter(limit) => tokio::time::timeout(limit, wait)
+                    .await
+                    .map_err(|_| PumpError::Lagging(limit))??,
+            };
+        }
+        let piece = data.split_to(available.min(data.len()));
+        sink.send_data(piece, false).map_err(PumpError::Sink)?;
+    }
+    Ok(())
+}
+
+/// Waits until the sink has window, noticing a reset of the sink meanwhile.
+fn poll_window(
+    sink: &mut SendStream<Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<usize, PumpError>> {
+    loop {
+        match sink.poll_capacity(cx) {
+            Poll::Ready(Some(Ok(0))) => continue,
+            Poll::Ready(Some(Ok(n))) => return Poll::Ready(Ok(n)),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(PumpError::Sink(e))),
+            Poll::Ready(None) => {
+                return Poll::Ready(Err(PumpError::Sink(h2::Error::from(
+                    h2::Reason::STREAM_CLOSED,
+                ))));
+            }
+            Poll::Pending => {
+                return match sink.poll_reset(cx) {
+                    Poll::Ready(reset) => Poll::Ready(Err(PumpError::Sink(
+                        reset.map_or_else(|e| e, h2::Error::from),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+        }
+    }
+}

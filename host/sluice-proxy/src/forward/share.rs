@@ -1,0 +1,409 @@
+//! Subscription sharing: identical server-streaming requests ride one upstream stream.
+//!
+//! The first monitor's request opens the upstream stream; later monitors with the same method,
+//! request bytes and key metadata join it and receive messages from the point they joined. The
+//! upstream stream is cancelled when its last subscriber leaves.
+//!
+//! A shared stream cannot be held back for one subscriber without stalling the others, so each
+//! subscriber reads from a bounded ring (`tokio::sync::broadcast`); one that falls a full ring
+//! behind is cut off with `RESOURCE_EXHAUSTED "lagging"`, whatever its class's lag policy.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use bytes::{Bytes, BytesMut};
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use parking_lot::Mutex;
+use sluice_config::MethodConfig;
+use tokio::sync::{Notify, broadcast, watch};
+
+use super::call::{CallSetup, deadline_reached, open_upstream, upstream_failure};
+use super::pump::{self, OnFull, PumpError};
+use crate::Context;
+use crate::grpc::{self, Code, MessageSplitter, Status};
+use crate::route::MonitorProfile;
+use crate::stats::GaugeGuard;
+
+/// The sharing options of a method.
+#[derive(Debug, Clone)]
+pub(crate) struct ShareOptions {
+    key_metadata: Vec<HeaderName>,
+    buffer: usize,
+}
+
+impl ShareOptions {
+    pub(crate) fn from_config(method: &MethodConfig) -> Self {
+        Self {
+            key_metadata: method
+                .share_key_metadata
+                .iter()
+                .filter_map(|name| HeaderName::try_from(name.as_str()).ok())
+                .collect(),
+            buffer: method.share_buffer_messages,
+        }
+    }
+}
+
+/// What makes two requests the same subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ShareKey {
+    path: Arc<str>,
+    request: Bytes,
+    metadata: Vec<Option<HeaderValue>>,
+}
+
+/// How the upstream answered, as every subscriber must see it.
+#[derive(Debug, Clone)]
+enum Head {
+    /// Response headers; messages follow.
+    Headers(StatusCode, HeaderMap),
+    /// The stream ended before any message: a trailers-only response.
+    Ended(Response<()>),
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Message(Bytes),
+    End(Arc<HeaderMap>),
+}
+
+/// One upstream stream and its subscribers.
+struct SharedStream {
+    key: ShareKey,
+    events: broadcast::Sender<Event>,
+    head: watch::Sender<Option<Head>>,
+    subscribers: AtomicUsize,
+    cancel: Notify,
+}
+
+/// The shared streams currently running.
+#[derive(Default)]
+pub(crate) struct ShareRegistry {
+    streams: Mutex<HashMap<ShareKey, Arc<SharedStream>>>,
+}
+
+/// A subscriber's membership; leaving last cancels the upstream stream.
+struct Membership {
+    ctx: Arc<Context>,
+    stream: Arc<SharedStream>,
+    _gauge: GaugeGuard,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let mut streams = self.ctx.shares.streams.lock();
+        if self.stream.subscribers.fetch_sub(1, Relaxed) == 1 {
+            let current = streams.get(&self.stream.key);
+            if current.is_some_and(|s| Arc::ptr_eq(s, &self.stream)) {
+                streams.remove(&self.stream.key);
+            }
+            self.stream.cancel.notify_one();
+        }
+    }
+}
+
+impl ShareRegistry {
+    /// Joins the running stream for `key`, or registers a new one (`true` in the result means
+    /// the caller must start it).
+    fn join(
+        &self,
+        key: ShareKey,
+        buffer: usize,
+    ) -> (Arc<SharedStream>, broadcast::Receiver<Event>, bool) {
+        let mut streams = self.streams.lock();
+        if let Some(stream) = streams.get(&key) {
+            stream.subscribers.fetch_add(1, Relaxed);
+            return (Arc::clone(stream), stream.events.subscribe(), false);
+        }
+        let (events, receiver) = broadcast::channel(buffer);
+        let stream = Arc::new(SharedStream {
+            key: key.clone(),
+            events,
+            head: watch::Sender::new(None),
+            subscribers: AtomicUsize::new(1),
+            cancel: Notify::new(),
+        });
+        streams.insert(key, Arc::clone(&stream));
+        (stream, receiver, true)
+    }
+
+    /// Unregisters `stream` so that no one joins it any more.
+    fn retire(&self, stream: &Arc<SharedStream>) {
+        let mut streams = self.streams.lock();
+        if streams
+            .get(&stream.key)
+            .is_some_and(|s| Arc::ptr_eq(s, stream))
+        {
+            streams.remove(&stream.key);
+        }
+    }
+
+    /// Upstream streams being shared now.
+    pub(crate) fn len(&self) -> usize {
+        self.streams.lock().len()
+    }
+}
+
+/// Reads the whole request body of a server-streaming call (one message, then end of stream).
+async fn read_request(body: &mut RecvStream, limit: usize) -> Result<Bytes, Status> {
+    let mut splitter = MessageSplitter::new(limit);
+    let mut buffer = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk
+            .map_err(|e| Status::new(Code::Cancelled, format!("request stream failed: {e}")))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        splitter.push(chunk.clone());
+        while splitter
+            .next_message()
+            .map_err(|e| Status::resource_exhausted(format!("request rejected: {e}")))?
+            .is_some()
+        {}
+        buffer.extend_from_slice(&chunk);
+    }
+    splitter
+        .finish()
+        .map_err(|e| Status::new(Code::InvalidArgument, format!("request rejected: {e}")))?;
+    Ok(buffer.freeze())
+}
+
+/// Serves one subscriber of a shared method.
+pub(crate) async fn serve(
+    ctx: Arc<Context>,
+    setup: CallSetup,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let Some(options) = setup.share.clone() else {
+        return;
+    };
+    let (parts, mut body) = request.into_parts();
+    let read = tokio::select! {
+        read = read_request(&mut body, setup.max_message_bytes) => read,
+        _ = deadline_reached(setup.deadline) => Err(Status::new(Code::DeadlineExceeded, "deadline exceeded reading the request")),
+    };
+    let request_bytes = match read {
+        Ok(bytes) => bytes,
+        Err(status) => {
+            let _ = respond.send_response(status.to_response(), true);
+            return;
+        }
+    };
+    let key = ShareKey {
+        path: Arc::clone(&setup.path),
+        request: request_bytes.clone(),
+        metadata: options
+            .key_metadata
+            .iter()
+            .map(|name| parts.headers.get(name).cloned())
+            .collect(),
+    };
+    let (stream, mut events, is_new) = ctx.shares.join(key, options.buffer);
+    let membership = Membership {
+        ctx: Arc::clone(&ctx),
+        stream: Arc::clone(&stream),
+        _gauge: ctx.stats.hold(|s| &s.shared_subscribers_active),
+    };
+    if is_new {
+        let mut headers = grpc::headers::request_headers(&parts.headers, 4);
+        // Each subscriber's deadline is enforced here; the shared upstream stream has none.
+        headers.remove("grpc-timeout");
+        let Some(path) = parts.uri.path_and_query().cloned() else {
+            return;
+        };
+        let upstream = run_upstream(
+            Arc::clone(&ctx),
+            Arc::clone(&stream),
+            setup.profile.clone(),
+            path,
+            headers,
+            request_bytes,
+            setup.max_message_bytes,
+        );
+        tokio::spawn(upstream);
+    } else {
+        ctx.stats.incr(|s| &s.shared_joins_total);
+        tracing::debug!("joined a shared upstream stream");
+    }
+
+    let mut head = stream.head.subscribe();
+    let head = tokio::select! {
+        head = head.wait_for(Option::is_some) => head.ok().and_then(|h| h.clone()),
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+        _ = deadline_reached(setup.deadline) => {
+            let status = Status::new(Code::DeadlineExceeded, "deadline exceeded waiting for the upstream");
+            let _ = respond.send_response(status.to_response(), true);
+            return;
+        }
+    };
+    let (status, headers) = match head {
+        Some(Head::Headers(status, headers)) => (status, headers),
+        Some(Head::Ended(response)) => {
+            let _ = respond.send_response(response, true);
+            return;
+        }
+        None => {
+            let status = Status::unavailable("shared upstream stream ended unexpectedly");
+            let _ = respond.send_response(status.to_response(), true);
+            return;
+        }
+    };
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    let Ok(mut downstream) = respond.send_response(response, false) else {
+        return;
+    };
+
+    let ending = loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = poll_fn(|cx| downstream.poll_reset(cx)) => break None,
+            _ = deadline_reached(setup.deadline) => {
+                ctx.stats.incr(|s| &s.deadline_exceeded_total);
+                break Some(Status::new(Code::DeadlineExceeded, "deadline exceeded").to_trailers());
+            }
+        };
+        match event {
+            Ok(Event::Message(message)) => {
+                let len = message.len() as u64;
+                match pump::send_all(&mut downstream, message, setup.on_full).await {
+                    Ok(()) => {
+                        ctx.stats.bytes_to_monitors_total.fetch_add(len, Relaxed);
+                    }
+                    Err(PumpError::Lagging(waited)) => {
+                        ctx.stats.incr(|s| &s.lagging_disconnects_total);
+                        break Some(
+                            Status::resource_exhausted(format!(
+                                "lagging: the monitor accepted no data for {waited:?}"
+                            ))
+                            .to_trailers(),
+                        );
+                    }
+                    Err(_) => break None,
+                }
+            }
+            Ok(Event::End(trailers)) => break Some((*trailers).clone()),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                ctx.stats.incr(|s| &s.lagging_disconnects_total);
+                tracing::info!(
+                    missed,
+                    "subscriber cut off: lagging behind the shared stream"
+                );
+                break Some(
+                    Status::resource_exhausted(format!(
+                        "lagging: fell {missed} messages behind the shared stream"
+                    ))
+                    .to_trailers(),
+                );
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                break Some(
+                    Status::unavailable("shared upstream stream ended without a status")
+                        .to_trailers(),
+                );
+            }
+        }
+    };
+    drop(membership);
+    if let Some(trailers) = ending {
+        let _ = downstream.send_trailers(trailers);
+    }
+}
+
+/// Runs the upstream side of a shared stream until it ends or its last subscriber leaves.
+async fn run_upstream(
+    ctx: Arc<Context>,
+    stream: Arc<SharedStream>,
+    profile: MonitorProfile,
+    path: http::uri::PathAndQuery,
+    headers: HeaderMap,
+    request: Bytes,
+    max_message_bytes: usize,
+) {
+    let _gauge = ctx.stats.hold(|s| &s.shared_upstreams_active);
+    let result = tokio::select! {
+        result = feed_subscribers(&ctx, &stream, &profile, &path, &headers, request, max_message_bytes) => result,
+        _ = stream.cancel.notified() => {
+            tracing::debug!("shared upstream stream cancelled: no subscribers left");
+            ctx.shares.retire(&stream);
+            return;
+        }
+    };
+    ctx.shares.retire(&stream);
+    let trailers = match result {
+        Ok(trailers) => trailers,
+        Err(status) => {
+            tracing::info!(%status, "shared upstream stream failed");
+            if stream.head.borrow().is_none() {
+                stream
+                    .head
+                    .send_replace(Some(Head::Ended(status.to_response())));
+                return;
+            }
+            status.to_trailers()
+        }
+    };
+    let _ = stream.events.send(Event::End(Arc::new(trailers)));
+}
+
+async fn feed_subscribers(
+    ctx: &Arc<Context>,
+    stream: &SharedStream,
+    profile: &MonitorProfile,
+    path: &http::uri::PathAndQuery,
+    headers: &HeaderMap,
+    request: Bytes,
+    max_message_bytes: usize,
+) -> Result<HeaderMap, Status> {
+    let open = open_upstream(ctx, profile, path, headers, false, None).await?;
+    let _lease = open.lease;
+    let mut send = open.send;
+    pump::send_all(&mut send, request, OnFull::Wait)
+        .await
+        .map_err(|e| Status::unavailable(format!("sending the request upstream failed: {e}")))?;
+    let _ = send.send_data(Bytes::new(), true);
+    let response = open.response.await.map_err(|e| {
+        ctx.stats.incr(|s| &s.upstream_failures_total);
+        upstream_failure(&e)
+    })?;
+    let (parts, mut body) = response.into_parts();
+    if body.is_end_stream() {
+        let mut ended = Response::new(());
+        *ended.status_mut() = parts.status;
+        *ended.headers_mut() = grpc::headers::response_headers(&parts.headers);
+        stream.head.send_replace(Some(Head::Ended(ended)));
+        return Ok(HeaderMap::new());
+    }
+    stream.head.send_replace(Some(Head::Headers(
+        parts.status,
+        grpc::headers::response_headers(&parts.headers),
+    )));
+    let mut splitter = MessageSplitter::new(max_message_bytes);
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| {
+            ctx.stats.incr(|s| &s.upstream_failures_total);
+            upstream_failure(&e)
+        })?;
+        let len = chunk.len();
+        splitter.push(chunk);
+        while let Some(message) = splitter
+            .next_message()
+            .map_err(|e| Status::resource_exhausted(format!("upstream response rejected: {e}")))?
+        {
+            // No receiver only means every subscriber is between leaving and the cancel.
+            let _ = stream.events.send(Event::Message(message));
+        }
+        let _ = body.flow_control().release_capacity(len);
+    }
+    splitter
+        .finish()
+        .map_err(|e| Status::internal(format!("upstream response rejected: {e}")))?;
+    let trailers = body.trailers().await.map_err(|e| upstream_failure(&e))?;
+    Ok(trailers
+        .map(|t| grpc::headers::response_headers(&t))
+        .unwrap_or_default())
+}

@@ -1,0 +1,173 @@
+//! Who a monitor is: its `x-sluice-monitor` name, checked against the config.
+//!
+//! Identity decides the class (and so the connection group) and whether the call is allowed.
+//! It must stay cheap: it runs on every call.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use sluice_config::{Config, TrafficClass};
+
+use crate::grpc::headers::{MONITOR_HEADER, TOKEN_HEADER};
+use crate::grpc::{Code, Status};
+use crate::route::MonitorProfile;
+
+struct KnownMonitor {
+    profile: MonitorProfile,
+    token: Option<String>,
+}
+
+/// The monitors the config knows, and the rule for the others.
+pub struct MonitorDirectory {
+    known: HashMap<String, KnownMonitor>,
+    reject_unknown: bool,
+    default_class: TrafficClass,
+    anonymous: MonitorProfile,
+}
+
+impl MonitorDirectory {
+    /// Builds the directory from `[[monitors]]` and `[server]`.
+    pub fn new(config: &Config) -> Self {
+        let known = config
+            .monitors
+            .iter()
+            .map(|m| {
+                let profile = MonitorProfile {
+                    id: Arc::from(m.id.as_str()),
+                    class: m.class,
+                    critical: m.critical,
+                };
+                (
+                    m.id.clone(),
+                    KnownMonitor {
+                        profile,
+                        token: m.token.clone(),
+                    },
+                )
+            })
+            .collect();
+        Self {
+            known,
+            reject_unknown: config.server.reject_unknown_monitors,
+            default_class: config.server.default_class,
+            anonymous: MonitorProfile {
+                id: Arc::from("anonymous"),
+                class: config.server.default_class,
+                critical: false,
+            },
+        }
+    }
+
+    /// Resolves the caller of a request, or the status that refuses it.
+    pub fn identify(&self, headers: &HeaderMap) -> Result<MonitorProfile, Status> {
+        let name = match headers.get(MONITOR_HEADER).map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(name)) => Some(name),
+            Some(Err(_)) => {
+                return Err(Status::new(
+                    Code::Unauthenticated,
+                    format!("{MONITOR_HEADER} is not valid ASCII"),
+                ));
+            }
+        };
+        let Some(name) = name else {
+            if self.reject_unknown {
+                return Err(Status::new(
+                    Code::Unauthenticated,
+                    format!("this Sluice only serves known monitors; send {MONITOR_HEADER}"),
+                ));
+            }
+            return Ok(self.anonymous.clone());
+        };
+        match self.known.get(name) {
+            Some(known) => {
+                if let Some(expected) = &known.token {
+                    let given = headers.get(TOKEN_HEADER).map(|v| v.as_bytes());
+                    if !given.is_some_and(|g| constant_time_eq(g, expected.as_bytes())) {
+                        return Err(Status::new(
+                            Code::Unauthenticated,
+                            format!("wrong or missing {TOKEN_HEADER} for monitor {name:?}"),
+                        ));
+                    }
+                }
+                Ok(known.profile.clone())
+            }
+            None if self.reject_unknown => Err(Status::new(
+                Code::Unauthenticated,
+                format!("unknown monitor {name:?}"),
+            )),
+            None => Ok(MonitorProfile {
+                id: Arc::from(name),
+                class: self.default_class,
+                critical: false,
+            }),
+        }
+    }
+}
+
+/// Compares secrets without revealing the length of the matching prefix through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn directory(reject_unknown: bool) -> MonitorDirectory {
+        let mut config: Config = Config::default();
+        config.server.reject_unknown_monitors = reject_unknown;
+        config.monitors.push(sluice_config::MonitorConfig {
+            id: "rt".into(),
+            class: TrafficClass::Realtime,
+            critical: true,
+            token: Some("secret".into()),
+        });
+        MonitorDirectory::new(&config)
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    http::HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn known_monitor_with_token() {
+        let dir = directory(false);
+        let profile = dir
+            .identify(&headers(&[
+                (MONITOR_HEADER, "rt"),
+                (TOKEN_HEADER, "secret"),
+            ]))
+            .unwrap();
+        assert_eq!(profile.class, TrafficClass::Realtime);
+        assert!(profile.critical);
+        let err = dir
+            .identify(&headers(&[(MONITOR_HEADER, "rt"), (TOKEN_HEADER, "nope")]))
+            .unwrap_err();
+        assert_eq!(err.code, Code::Unauthenticated);
+    }
+
+    #[test]
+    fn unknown_monitors_get_default_class_or_are_refused() {
+        let profile = directory(false)
+            .identify(&headers(&[(MONITOR_HEADER, "x")]))
+            .unwrap();
+        assert_eq!(profile.class, TrafficClass::Event);
+        assert_eq!(&*profile.id, "x");
+        assert!(
+            directory(true)
+                .identify(&headers(&[(MONITOR_HEADER, "x")]))
+                .is_err()
+        );
+        assert!(directory(true).identify(&HeaderMap::new()).is_err());
+    }
+}

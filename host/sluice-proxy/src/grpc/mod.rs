@@ -1,0 +1,13 @@
+//! gRPC over HTTP/2 as the proxy sees it: status codes, deadlines, header hygiene and message
+//! framing.
+//!
+//! This module knows the wire format only. It never decodes message payloads: Sluice forwards
+//! protobuf bytes it does not understand.
+
+pub mod framing;
+pub mod headers;
+pub mod status;
+pub mod timeout;
+
+pub use framing::{FrameError, MessageScanner, MessageSplitter};
+pub use status::{Code, Status};

@@ -1,0 +1,195 @@
+//! Sluice's data plane: monitors' gRPC calls in, a bounded pool of upstream HTTP/2 connections
+//! out.
+//!
+//! - [`front`] accepts monitor connections (h2c or TLS) and identifies monitors.
+//! - [`forward`] serves each call: admission, upstream stream, relaying, status.
+//! - [`pool`] owns upstream connections, stream slots and the wait queue.
+//! - [`route`] is the placement policy seam ([`route::Router`]).
+//! - [`grpc`] is the wire format: status, deadlines, headers, framing.
+//!
+//! The crate speaks HTTP/2 through `h2` directly on both sides: a proxy needs the peer's
+//! SETTINGS_MAX_CONCURRENT_STREAMS, explicit flow-control window release for backpressure, and
+//! frame-level forwarding of bytes it never decodes.
+//!
+//! Start a proxy with [`Proxy::bind`] and [`Proxy::spawn`].
+
+pub mod forward;
+pub mod front;
+pub mod grpc;
+pub mod pool;
+pub mod route;
+pub mod stats;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use sluice_config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::forward::ShareRegistry;
+use crate::front::identity::MonitorDirectory;
+use crate::pool::{GroupSnapshot, Pool, PoolError};
+use crate::route::{LeastLoaded, Router};
+use crate::stats::{Stats, StatsSnapshot};
+use crate::tls::TlsError;
+
+/// Everything a call needs, shared by all calls.
+pub(crate) struct Context {
+    pub config: Arc<Config>,
+    pub pool: Pool,
+    pub stats: Arc<Stats>,
+    pub monitors: MonitorDirectory,
+    pub shares: ShareRegistry,
+}
+
+/// A proxy that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The monitor-facing TLS certificate or key is unusable.
+    #[error("server TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// An endpoint could not be set up.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+/// A bound, not yet running proxy.
+pub struct Proxy {
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Proxy {
+    /// Binds the listener and prepares the pool with the built-in router.
+    pub async fn bind(config: Arc<Config>) -> Result<Self, ProxyError> {
+        Self::bind_with_router(config, Arc::new(LeastLoaded)).await
+    }
+
+    /// Binds with a specific placement policy.
+    pub async fn bind_with_router(
+        config: Arc<Config>,
+        router: Arc<dyn Router>,
+    ) -> Result<Self, ProxyError> {
+        let stats = Arc::new(Stats::default());
+        let pool = Pool::new(&config, router, Arc::clone(&stats))?;
+        let tls = match &config.server.tls {
+            Some(tls) => {
+                let server = tls::server_config(&tls.cert_file, &tls.key_file)?;
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+            }
+            None => None,
+        };
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ProxyError::Bind { addr, source })?;
+        let ctx = Arc::new(Context {
+            monitors: MonitorDirectory::new(&config),
+            config,
+            pool,
+            stats,
+            shares: ShareRegistry::default(),
+        });
+        Ok(Self { ctx, listener, tls })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.ctx.config.server.listen)
+    }
+
+    /// Starts serving on the current tokio runtime.
+    pub fn spawn(self) -> ProxyHandle {
+        let addr = self.local_addr();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let ctx = Arc::clone(&self.ctx);
+        let warm_ctx = Arc::clone(&self.ctx);
+        tokio::spawn(async move { warm_ctx.pool.warm().await });
+        let task = tokio::spawn(front::accept_loop(
+            ctx,
+            self.listener,
+            self.tls,
+            shutdown_rx,
+        ));
+        tracing::info!(%addr, tls = self.ctx.config.server.tls.is_some(), "sluice listening");
+        ProxyHandle {
+            addr,
+            ctx: self.ctx,
+            shutdown: shutdown_tx,
+            task,
+        }
+    }
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    addr: SocketAddr,
+    ctx: Arc<Context>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// What the proxy is doing right now.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Counters and gauges.
+    pub stats: StatsSnapshot,
+    /// Per-class connection groups.
+    pub groups: Vec<GroupSnapshot>,
+    /// Upstream connections open over all groups.
+    pub connections: usize,
+    /// Upstream streams currently shared by several monitors.
+    pub shared_streams: usize,
+}
+
+impl ProxyHandle {
+    /// Where monitors connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.ctx.config
+    }
+
+    /// Counters, gauges and pool state.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            stats: self.ctx.stats.snapshot(),
+            groups: self.ctx.pool.snapshot(),
+            connections: self.ctx.pool.open_connections(),
+            shared_streams: self.ctx.shares.len(),
+        }
+    }
+
+    /// Stops accepting, lets open calls finish for up to `server.shutdown_grace`, then returns.
+    /// Calls still open afterwards are cut when the runtime drops them.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let grace = self.ctx.config.server.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.ctx.stats.downstream_streams_active.load(Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.task.await;
+    }
+}

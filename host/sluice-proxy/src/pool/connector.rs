@@ -1,0 +1,194 @@
+//! Opening one upstream HTTP/2 connection: TCP, optional TLS (rustls, ALPN `h2`), handshake.
+//!
+//! The connector owns transport set-up only. What the connection is used for, and when it is
+//! opened or dropped, is the pool's business.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls::pki_types::ServerName;
+use sluice_config::EndpointConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::tls::{self, TlsError};
+
+/// Why an upstream connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect failed.
+    #[error("connect to {addr} failed: {source}")]
+    Tcp {
+        /// The address dialled.
+        addr: String,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        /// The address dialled.
+        addr: String,
+        /// The TLS error.
+        source: std::io::Error,
+    },
+    /// The HTTP/2 handshake failed.
+    #[error("HTTP/2 handshake with {addr} failed: {source}")]
+    Http2 {
+        /// The address dialled.
+        addr: String,
+        /// The protocol error.
+        source: h2::Error,
+    },
+    /// Nothing answered within the connect timeout.
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    Timeout {
+        /// The address dialled.
+        addr: String,
+        /// The configured timeout.
+        timeout: Duration,
+    },
+}
+
+/// HTTP/2 settings Sluice advertises on upstream connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2Settings {
+    /// Receive window of each stream.
+    pub stream_window: u32,
+    /// Receive window of the connection. Large enough that every stream can fill its own window
+    /// without starving the others: one stalled monitor must not stall its neighbours.
+    pub connection_window: u32,
+}
+
+/// Dials one endpoint.
+pub struct Connector {
+    addr: String,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    settings: Http2Settings,
+}
+
+/// A freshly opened connection: the handle to send requests and the task that drives it.
+pub struct Opened {
+    /// Sends requests; cheap to clone.
+    pub send_request: h2::client::SendRequest<Bytes>,
+    /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS, kept current by `driver`.
+    pub peer_max_streams: Arc<AtomicU32>,
+    /// Must be polled (spawned) for the connection to make progress; ends when it closes.
+    pub driver: Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>>,
+}
+
+impl Connector {
+    /// Builds the connector, loading the CA bundle if TLS is configured.
+    pub fn new(endpoint: &EndpointConfig, settings: Http2Settings) -> Result<Self, TlsError> {
+        let tls = if endpoint.uses_tls() {
+            let config = tls::client_config(endpoint.ca_file.as_deref())?;
+            let name = endpoint
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| endpoint.host().to_owned());
+            let server_name =
+                ServerName::try_from(name.clone()).map_err(|_| TlsError::ServerName(name))?;
+            Some((
+                tokio_rustls::TlsConnector::from(Arc::new(config)),
+                server_name,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            addr: endpoint.authority().to_owned(),
+            tls,
+            settings,
+        })
+    }
+
+    /// Opens a connection within `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> Result<Opened, ConnectError> {
+        match tokio::time::timeout(timeout, self.connect_inner()).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::Timeout {
+                addr: self.addr.clone(),
+                timeout,
+            }),
+        }
+    }
+
+    async fn connect_inner(&self) -> Result<Opened, ConnectError> {
+        let tcp = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|source| ConnectError::Tcp {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        // Small gRPC messages must not wait for Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => self.handshake(tcp).await,
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|source| ConnectError::Tls {
+                        addr: self.addr.clone(),
+                        source,
+                    })?;
+                self.handshake(stream).await
+            }
+        }
+    }
+
+    async fn handshake<T>(&self, io: T) -> Result<Opened, ConnectError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send_request, connection) = h2::client::Builder::new()
+            .initial_window_size(self.settings.stream_window)
+            .initial_connection_window_size(self.settings.connection_window)
+            .max_frame_size(64 * 1024)
+            .enable_push(false)
+            .handshake::<T, Bytes>(io)
+            .await
+            .map_err(|source| ConnectError::Http2 {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        let peer_max_streams = Arc::new(AtomicU32::new(
+            connection.max_concurrent_send_streams() as u32
+        ));
+        let driver = Driver {
+            connection,
+            peer_max_streams: Arc::clone(&peer_max_streams),
+        };
+        Ok(Opened {
+            send_request,
+            peer_max_streams,
+            driver: Box::pin(driver),
+        })
+    }
+}
+
+/// Polls the h2 connection and publishes the peer's stream limit whenever SETTINGS change it.
+struct Driver<T> {
+    connection: h2::client::Connection<T, Bytes>,
+    peer_max_streams: Arc<AtomicU32>,
+}
+
+impl<T> Future for Driver<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = Result<(), h2::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = Pin::new(&mut self.connection).poll(cx);
+        let max = self.connection.max_concurrent_send_streams();
+        self.peer_max_streams
+            .store(u32::try_from(max).unwrap_or(u32::MAX), Relaxed);
+        result
+    }
+}

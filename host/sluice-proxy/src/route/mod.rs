@@ -1,0 +1,150 @@
+//! Placement: which upstream connection a new stream goes to.
+//!
+//! The pool builds a list of [`Candidate`]s (connections of the monitor's class group with a free
+//! stream slot) and asks a [`Router`]. Routers see plain records, never pool internals, so a
+//! policy can be swapped (the policy plugins plug in here) without touching the data path. A
+//! router must be fast and must not block: it runs while the group's lock is held.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_config::TrafficClass;
+
+/// What a router knows about the monitor opening a stream.
+#[derive(Debug, Clone)]
+pub struct MonitorProfile {
+    /// The monitor's id, or `"anonymous"`.
+    pub id: Arc<str>,
+    /// Its traffic class.
+    pub class: TrafficClass,
+    /// Whether the config marks it critical.
+    pub critical: bool,
+}
+
+/// One connection that could take the stream.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Pool-unique connection id.
+    pub connection_id: u64,
+    /// The endpoint the connection goes to.
+    pub endpoint_id: Arc<str>,
+    /// The endpoint's region label.
+    pub region: Arc<str>,
+    /// The endpoint's priority (lower is preferred).
+    pub priority: u32,
+    /// Streams currently on the connection.
+    pub active_streams: u32,
+    /// Streams the connection may carry: the configured limit, lowered by the peer's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub max_streams: u32,
+    /// How long the connection has been open.
+    pub age: Duration,
+}
+
+impl Candidate {
+    /// `active_streams / max_streams`.
+    pub fn fill_ratio(&self) -> f64 {
+        f64::from(self.active_streams) / f64::from(self.max_streams.max(1))
+    }
+}
+
+/// The question a router answers.
+#[derive(Debug)]
+pub struct RouteRequest<'a> {
+    /// Who is asking.
+    pub monitor: &'a MonitorProfile,
+    /// The method being called.
+    pub method: &'a str,
+    /// Connections with a free slot; never empty.
+    pub candidates: &'a [Candidate],
+}
+
+/// A router's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteDecision {
+    /// Index into [`RouteRequest::candidates`].
+    pub index: usize,
+    /// How sure the router is, 0..=1.
+    pub confidence: f32,
+    /// Why, in words, for the decision history.
+    pub reason: Cow<'static, str>,
+}
+
+/// A placement policy.
+pub trait Router: Send + Sync + 'static {
+    /// A short name for logs and metrics.
+    fn name(&self) -> &str;
+
+    /// Picks one of the candidates. `None` or an out-of-range index makes the pool use the
+    /// built-in [`LeastLoaded`] policy for this call.
+    fn route(&self, request: &RouteRequest<'_>) -> Option<RouteDecision>;
+}
+
+/// The built-in policy: the connection with the lowest fill ratio, preferring better endpoint
+/// priority, then fewer streams, then the older connection (stable placement).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LeastLoaded;
+
+impl LeastLoaded {
+    /// Places on `candidates`; `None` only when the slice is empty.
+    pub fn pick(candidates: &[Candidate]) -> Option<RouteDecision> {
+        let (index, best) = candidates.iter().enumerate().min_by(|(_, a), (_, b)| {
+            a.priority
+                .cmp(&b.priority)
+                .then(a.fill_ratio().total_cmp(&b.fill_ratio()))
+                .then(a.active_streams.cmp(&b.active_streams))
+                .then(a.connection_id.cmp(&b.connection_id))
+        })?;
+        let confidence = if candidates.len() == 1 {
+            1.0
+        } else {
+            (1.0 - best.fill_ratio()) as f32
+        };
+        Some(RouteDecision {
+            index,
+            confidence,
+            reason: Cow::Borrowed("least-loaded: lowest fill ratio among candidates"),
+        })
+    }
+}
+
+impl Router for LeastLoaded {
+    fn name(&self) -> &str {
+        "least-loaded"
+    }
+
+    fn route(&self, request: &RouteRequest<'_>) -> Option<RouteDecision> {
+        Self::pick(request.candidates)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(id: u64, active: u32, max: u32, priority: u32) -> Candidate {
+        Candidate {
+            connection_id: id,
+            endpoint_id: Arc::from("e"),
+            region: Arc::from("local"),
+            priority,
+            active_streams: active,
+            max_streams: max,
+            age: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn picks_lowest_fill_then_priority() {
+        let candidates = [
+            candidate(1, 5, 10, 0),
+            candidate(2, 2, 10, 0),
+            candidate(3, 0, 10, 1),
+        ];
+        assert_eq!(LeastLoaded::pick(&candidates).unwrap().index, 1);
+        let candidates = [candidate(1, 40, 100, 0), candidate(2, 1, 2, 0)];
+        assert_eq!(LeastLoaded::pick(&candidates).unwrap().index, 0);
+        assert!(LeastLoaded::pick(&[]).is_none());
+    }
+}

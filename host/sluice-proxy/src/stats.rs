@@ -1,0 +1,106 @@
+//! Counters and gauges of the data path, shared by every stream.
+//!
+//! Plain atomics updated with relaxed ordering: they are observations, never used to make
+//! decisions that need synchronisation. Exporting them (admin API, Prometheus) is someone
+//! else's job; this module only counts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! stats {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// Live counters. `*_total` fields only grow; the others are gauges.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $( $(#[$doc])* pub $name: AtomicU64, )*
+        }
+
+        /// A point-in-time copy of [`Stats`].
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl Stats {
+            /// Copies every counter.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $( $name: self.$name.load(Relaxed), )* }
+            }
+        }
+    };
+}
+
+stats! {
+    /// Calls accepted from monitors.
+    downstream_streams_total,
+    /// Calls from monitors currently open.
+    downstream_streams_active,
+    /// Streams opened on upstream connections.
+    upstream_streams_total,
+    /// Upstream streams currently open.
+    upstream_streams_active,
+    /// Upstream streams currently fanned out to several monitors.
+    shared_upstreams_active,
+    /// Monitors currently attached to a shared upstream stream.
+    shared_subscribers_active,
+    /// Monitors that joined an upstream stream that was already running.
+    shared_joins_total,
+    /// Upstream connections opened.
+    connections_opened_total,
+    /// Upstream connection attempts that failed.
+    connection_errors_total,
+    /// New streams currently waiting for a slot.
+    queue_waiting,
+    /// Streams refused because the wait queue was full.
+    queue_rejected_total,
+    /// Streams refused after waiting too long for a slot.
+    queue_timeouts_total,
+    /// Monitors cut off as lagging.
+    lagging_disconnects_total,
+    /// Calls that hit their deadline inside the proxy.
+    deadline_exceeded_total,
+    /// Calls cancelled by their monitor.
+    cancelled_total,
+    /// Calls that failed because the upstream failed or reset them.
+    upstream_failures_total,
+    /// Calls refused because a message exceeded the size limit.
+    oversized_messages_total,
+    /// Calls refused because the monitor was unknown or its token wrong.
+    unauthenticated_total,
+    /// Payload bytes sent from monitors to upstreams.
+    bytes_to_upstream_total,
+    /// Payload bytes sent from upstreams to monitors.
+    bytes_to_monitors_total,
+}
+
+/// Which gauge a [`GaugeGuard`] holds up.
+pub type GaugeField = fn(&Stats) -> &AtomicU64;
+
+/// Increments a gauge now and decrements it when dropped, so early returns cannot leak counts.
+#[derive(Debug)]
+pub struct GaugeGuard {
+    stats: Arc<Stats>,
+    field: GaugeField,
+}
+
+impl Stats {
+    /// Increments `field` until the returned guard is dropped.
+    pub fn hold(self: &Arc<Self>, field: GaugeField) -> GaugeGuard {
+        field(self).fetch_add(1, Relaxed);
+        GaugeGuard {
+            stats: Arc::clone(self),
+            field,
+        }
+    }
+
+    /// Adds one to a counter.
+    pub fn incr(&self, field: GaugeField) {
+        field(self).fetch_add(1, Relaxed);
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        (self.field)(&self.stats).fetch_sub(1, Relaxed);
+    }
+}

@@ -1,0 +1,282 @@
+//! `sluice demo`: the embedded default. Three simulated endpoints with different latency, twenty
+//! monitors over the three traffic classes, and the pool between them, all in one process and
+//! on loopback. It prints what the pool is doing until Ctrl-C or `--duration`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sluice_config::{Config, EndpointConfig, MethodConfig, MonitorConfig, TrafficClass};
+use sluice_feed::pb::SubscribeRequest;
+use sluice_feed::pb::feed_client::FeedClient;
+
+/// Options of the demo command.
+pub struct DemoOptions {
+    /// Stop after this long; `None` runs until Ctrl-C.
+    pub duration: Option<Duration>,
+    /// Address of the demo's Sluice.
+    pub listen: std::net::SocketAddr,
+    /// Interval between status lines.
+    pub report_every: Duration,
+}
+
+/// The simulated endpoints: name and the latency each adds to a call.
+const ENDPOINTS: [(&str, u64); 3] = [("fast", 0), ("steady", 5), ("slow", 25)];
+
+/// One simulated monitor: what it subscribes to.
+struct MonitorSpec {
+    id: String,
+    class: TrafficClass,
+    topic: String,
+    rate: f64,
+    payload_bytes: u32,
+}
+
+fn monitors() -> Vec<MonitorSpec> {
+    let mut specs = Vec::new();
+    for i in 0..6 {
+        specs.push(MonitorSpec {
+            id: format!("rt-{i}"),
+            class: TrafficClass::Realtime,
+            topic: format!("slots-{i}"),
+            rate: 200.0,
+            payload_bytes: 128,
+        });
+    }
+    for i in 0..8 {
+        specs.push(MonitorSpec {
+            id: format!("ev-{i}"),
+            class: TrafficClass::Event,
+            topic: format!("transactions-{}", i % 4),
+            rate: 50.0,
+            payload_bytes: 512,
+        });
+    }
+    // State monitors all watch the same accounts feed: with sharing on, one upstream stream
+    // serves all six.
+    for i in 0..6 {
+        specs.push(MonitorSpec {
+            id: format!("st-{i}"),
+            class: TrafficClass::State,
+            topic: "accounts".to_owned(),
+            rate: 20.0,
+            payload_bytes: 1024,
+        });
+    }
+    specs
+}
+
+fn demo_config(
+    listen: std::net::SocketAddr,
+    endpoints: &[(String, std::net::SocketAddr)],
+) -> Config {
+    let mut config = Config::default();
+    config.server.listen = listen;
+    config.server.shutdown_grace = Duration::from_secs(2);
+    config.endpoints = endpoints
+        .iter()
+        .map(|(id, addr)| EndpointConfig {
+            id: id.clone(),
+            url: format!("http://{addr}"),
+            region: "local".to_owned(),
+            priority: 0,
+            tls: false,
+            ca_file: None,
+            tls_server_name: None,
+            metadata: [("x-token".to_owned(), format!("demo-token-{id}"))].into(),
+        })
+        .collect();
+    // Small per-connection limits so that the demo's 20 monitors spread over several
+    // connections and the grouping is visible.
+    for class in [
+        &mut config.classes.realtime,
+        &mut config.classes.event,
+        &mut config.classes.state,
+    ] {
+        class.max_streams_per_connection = 4;
+    }
+    config.monitors = monitors()
+        .into_iter()
+        .map(|m| MonitorConfig {
+            id: m.id,
+            class: m.class,
+            critical: m.class == TrafficClass::Realtime,
+            token: None,
+        })
+        .collect();
+    config.methods = vec![MethodConfig {
+        path: "/sluice.feed.v1.Feed/Subscribe".to_owned(),
+        share: true,
+        share_key_metadata: Vec::new(),
+        share_buffer_messages: 1024,
+        max_message_bytes: None,
+    }];
+    config
+}
+
+/// Runs the demo until Ctrl-C or the duration.
+pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+    let mut feeds = Vec::new();
+    let mut endpoints = Vec::new();
+    for (name, latency_ms) in ENDPOINTS {
+        let feed_config = sluice_feed::FeedConfig {
+            latency: Duration::from_millis(latency_ms),
+            name: name.to_owned(),
+            ..Default::default()
+        };
+        let feed = sluice_feed::spawn(([127, 0, 0, 1], 0).into(), feed_config, None)
+            .await
+            .with_context(|| format!("starting simulated endpoint {name}"))?;
+        endpoints.push((name.to_owned(), feed.addr));
+        feeds.push(feed);
+    }
+    let config = demo_config(options.listen, &endpoints);
+    config.validate().context("demo config")?;
+    let proxy = sluice_proxy::Proxy::bind(Arc::new(config))
+        .await
+        .context("starting the demo's Sluice (is another demo running? try --listen 127.0.0.1:0)")?
+        .spawn();
+
+    println!("Sluice demo");
+    println!("  sluice listening on {} (h2c)", proxy.addr());
+    for (name, addr) in &endpoints {
+        println!("  endpoint {name:<7} http://{addr}");
+    }
+    println!("  20 monitors: 6 realtime, 8 event, 6 state (the state ones share one subscription)");
+    println!(
+        "  try: grpcurl -plaintext -H 'x-sluice-monitor: me' -d '{{\"rate\": 2}}' {} sluice.feed.v1.Feed/Subscribe",
+        proxy.addr()
+    );
+    match options.duration {
+        Some(d) => println!("  running for {d:?}; Ctrl-C stops earlier\n"),
+        None => println!("  Ctrl-C stops\n"),
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let target = format!("http://{}", proxy.addr());
+    let mut tasks = Vec::new();
+    for spec in monitors() {
+        tasks.push(tokio::spawn(run_monitor(
+            spec,
+            target.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&received),
+            Arc::clone(&errors),
+        )));
+    }
+
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(options.report_every);
+    ticker.tick().await;
+    let mut last_received = 0;
+    let until = async {
+        match options.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until);
+    let signal = crate::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let now = received.load(Relaxed);
+                let rate = (now - last_received) as f64 / options.report_every.as_secs_f64();
+                last_received = now;
+                let snap = proxy.snapshot();
+                let groups: Vec<String> = snap
+                    .groups
+                    .iter()
+                    .map(|g| format!("{} {}c/{}s", g.class, g.connections, g.streams))
+                    .collect();
+                println!(
+                    "[{:>5.1}s] {rate:>7.0} msg/s to monitors | monitor streams {} -> upstream streams {} ({} shared) | connections {} [{}] | errors {}",
+                    started.elapsed().as_secs_f64(),
+                    snap.stats.downstream_streams_active,
+                    snap.stats.upstream_streams_active,
+                    snap.shared_streams,
+                    snap.connections,
+                    groups.join(", "),
+                    errors.load(Relaxed),
+                );
+            }
+            _ = &mut until => break,
+            _ = &mut signal => break,
+        }
+    }
+    stop.store(true, Relaxed);
+    for task in tasks {
+        task.abort();
+    }
+    let snap = proxy.snapshot();
+    println!(
+        "\ndemo finished: {} messages delivered, {} upstream connections opened, {} monitor errors",
+        received.load(Relaxed),
+        snap.stats.connections_opened_total,
+        errors.load(Relaxed)
+    );
+    proxy.shutdown().await;
+    for feed in feeds {
+        feed.abort();
+    }
+    Ok(())
+}
+
+/// One monitor: subscribes through Sluice and resubscribes after errors until stopped.
+async fn run_monitor(
+    spec: MonitorSpec,
+    target: String,
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+) {
+    let mut next_seq = 0;
+    while !stop.load(Relaxed) {
+        let result = subscribe(&spec, &target, &mut next_seq, &received).await;
+        if let Err(error) = result {
+            if stop.load(Relaxed) {
+                return;
+            }
+            errors.fetch_add(1, Relaxed);
+            tracing::warn!(monitor = %spec.id, %error, "monitor stream ended; resubscribing in 1s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+async fn subscribe(
+    spec: &MonitorSpec,
+    target: &str,
+    next_seq: &mut u64,
+    received: &AtomicU64,
+) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(target.to_owned())?
+        .connect()
+        .await?;
+    let mut client = FeedClient::new(channel);
+    let mut request = tonic::Request::new(SubscribeRequest {
+        // Shared subscriptions must be byte-identical, so only unshared ones resume by sequence.
+        from_seq: if spec.class == TrafficClass::State {
+            0
+        } else {
+            *next_seq
+        },
+        rate: spec.rate,
+        payload_bytes: spec.payload_bytes,
+        count: 0,
+        topic: spec.topic.clone(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-sluice-monitor", spec.id.parse()?);
+    let mut stream = client.subscribe(request).await?.into_inner();
+    while let Some(event) = stream.message().await? {
+        *next_seq = event.seq + 1;
+        received.fetch_add(1, Relaxed);
+    }
+    Ok(())
+}
