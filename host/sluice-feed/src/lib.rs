@@ -321,8 +321,9 @@ pub async fn spawn(
                 let _ = stop_rx.await;
             })
             .await;
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "feed server stopped");
+        match &result {
+            Ok(()) => tracing::debug!("feed server stopped"),
+            Err(e) => tracing::error!(error = %e, "feed server stopped"),
         }
         result
     });

@@ -75,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
     wait_for_stop_signal().await?;
     tracing::info!("stopping");
     handle.shutdown().await?;
+    tracing::info!("stopped");
     Ok(())
 }
 

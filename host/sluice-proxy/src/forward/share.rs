@@ -4,14 +4,16 @@
 //! request bytes and key metadata join it and receive messages from the point they joined. The
 //! upstream stream is cancelled when its last subscriber leaves.
 //!
-//! A shared stream cannot be held back for one subscriber without stalling the others, so each
-//! subscriber reads from a bounded ring (`tokio::sync::broadcast`); one that falls a full ring
-//! behind is cut off with `RESOURCE_EXHAUSTED "lagging"`, whatever its class's lag policy.
+//! A shared stream runs at the pace of its fastest subscriber: the upstream is read (and its
+//! flow-control window released) only while the fastest subscriber is less than half a ring
+//! behind. It cannot be held back for the slowest without stalling the others, so each
+//! subscriber reads from a bounded ring (`tokio::sync::broadcast`), and one that falls a full
+//! ring behind is cut off with `RESOURCE_EXHAUSTED "lagging"`, whatever its class's lag policy.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use bytes::{Bytes, BytesMut};
 use h2::RecvStream;
@@ -67,7 +69,8 @@ enum Head {
 
 #[derive(Debug, Clone)]
 enum Event {
-    Message(Bytes),
+    /// A whole framed message and its position in the stream (1-based).
+    Message(u64, Bytes),
     End(Arc<HeaderMap>),
 }
 
@@ -78,6 +81,27 @@ struct SharedStream {
     head: watch::Sender<Option<Head>>,
     subscribers: AtomicUsize,
     cancel: Notify,
+    /// The highest position any subscriber has handed to its monitor.
+    delivered: AtomicU64,
+    /// Signalled when `delivered` moves.
+    progress: Notify,
+    /// How far the upstream may run ahead of the fastest subscriber, in messages.
+    lead: u64,
+}
+
+impl SharedStream {
+    /// Waits until publishing message `position` keeps the fastest subscriber within `lead`.
+    async fn wait_for_fastest(&self, position: u64) {
+        loop {
+            let progressed = self.progress.notified();
+            tokio::pin!(progressed);
+            progressed.as_mut().enable();
+            if position <= self.delivered.load(Relaxed) + self.lead {
+                return;
+            }
+            progressed.await;
+        }
+    }
 }
 
 /// The shared streams currently running.
@@ -126,6 +150,9 @@ impl ShareRegistry {
             head: watch::Sender::new(None),
             subscribers: AtomicUsize::new(1),
             cancel: Notify::new(),
+            delivered: AtomicU64::new(0),
+            progress: Notify::new(),
+            lead: (buffer as u64 / 2).max(1),
         });
         streams.insert(key, Arc::clone(&stream));
         (stream, receiver, true)
@@ -268,11 +295,14 @@ pub(crate) async fn serve(
             }
         };
         match event {
-            Ok(Event::Message(message)) => {
+            Ok(Event::Message(position, message)) => {
                 let len = message.len() as u64;
                 match pump::send_all(&mut downstream, message, setup.on_full).await {
                     Ok(()) => {
                         ctx.stats.bytes_to_monitors_total.fetch_add(len, Relaxed);
+                        if stream.delivered.fetch_max(position, Relaxed) < position {
+                            stream.progress.notify_one();
+                        }
                     }
                     Err(PumpError::Lagging(waited)) => {
                         ctx.stats.incr(|s| &s.lagging_disconnects_total);
@@ -383,6 +413,7 @@ async fn feed_subscribers(
         grpc::headers::response_headers(&parts.headers),
     )));
     let mut splitter = MessageSplitter::new(max_message_bytes);
+    let mut published: u64 = 0;
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|e| {
             ctx.stats.incr(|s| &s.upstream_failures_total);
@@ -394,8 +425,10 @@ async fn feed_subscribers(
             .next_message()
             .map_err(|e| Status::resource_exhausted(format!("upstream response rejected: {e}")))?
         {
+            published += 1;
+            stream.wait_for_fastest(published).await;
             // No receiver only means every subscriber is between leaving and the cancel.
-            let _ = stream.events.send(Event::Message(message));
+            let _ = stream.events.send(Event::Message(published, message));
         }
         let _ = body.flow_control().release_capacity(len);
     }

@@ -1,0 +1,253 @@
+//! The pool: streams multiplexed over a bounded set of upstream connections, a bounded wait
+//! queue, and clear statuses when no slot or endpoint is available.
+
+use std::time::Duration;
+
+use sluice_config::TrafficClass;
+use sluice_tests::pb::EchoRequest;
+use sluice_tests::*;
+use tonic::Code;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn two_hundred_streams_share_at_most_four_upstream_connections() {
+    let upstream = feed("up").await;
+    let mut config = config_for(&[&upstream]);
+    config.classes.realtime.max_streams_per_connection = 50;
+    config.monitors.push(monitor("rt", TrafficClass::Realtime));
+    let proxy = sluice(config).await;
+
+    // Monitors spread over 8 downstream connections, all opening streams at once.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(client(proxy.addr()).await);
+    }
+    let mut tasks = Vec::new();
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    for i in 0..200 {
+        let mut c = clients[i % clients.len()].clone();
+        let mut release = release_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = c
+                .subscribe(as_monitor(subscribe(&format!("t{i}"), 5.0, 16, 0), "rt"))
+                .await?
+                .into_inner();
+            let first = stream.message().await?.expect("first event");
+            assert_eq!(first.seq, 0);
+            let _ = release.wait_for(|r| *r).await;
+            Ok::<_, tonic::Status>(())
+        }));
+    }
+    let opened = bounded(LIMIT, "200 streams open", async {
+        eventually(LIMIT, || {
+            proxy.snapshot().stats.upstream_streams_active == 200
+                && upstream.stats.snapshot().subscribe_active == 200
+        })
+        .await
+    })
+    .await;
+    let snapshot = proxy.snapshot();
+    assert!(
+        opened,
+        "only {} upstream streams opened",
+        snapshot.stats.upstream_streams_active
+    );
+    let realtime = &snapshot.groups[TrafficClass::Realtime.index()];
+    assert_eq!(realtime.streams, 200);
+    assert!(realtime.connections <= 4, "{realtime:?}");
+    assert_eq!(snapshot.connections, realtime.connections);
+    assert!(
+        upstream.stats.snapshot().connections_accepted <= 4,
+        "{:?}",
+        upstream.stats.snapshot()
+    );
+    assert_eq!(upstream.stats.snapshot().subscribe_active, 200);
+    release_tx.send_replace(true);
+    for task in tasks {
+        bounded(LIMIT, "stream task", task).await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_full_pool_queues_then_refuses_with_resource_exhausted() {
+    let upstream = feed("up").await;
+    let mut config = config_for(&[&upstream]);
+    config.pool.max_connections = 1;
+    config.pool.queue_capacity = 1;
+    config.pool.queue_timeout = Duration::from_millis(500);
+    config.classes.event.max_connections = Some(1);
+    config.classes.realtime.max_connections = Some(1);
+    config.classes.state.max_connections = Some(1);
+    config.classes.event.max_streams_per_connection = 2;
+    let proxy = sluice(config).await;
+    let mut c = client(proxy.addr()).await;
+
+    // Two streams fill the only connection.
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut s = c
+            .subscribe(as_monitor(subscribe(&format!("h{i}"), 10.0, 8, 0), "m"))
+            .await
+            .unwrap()
+            .into_inner();
+        s.message().await.unwrap();
+        held.push(s);
+    }
+    // A third waits in the queue...
+    let mut waiting_client = c.clone();
+    let waiting = tokio::spawn(async move {
+        waiting_client
+            .echo(as_monitor(EchoRequest::default(), "m"))
+            .await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || proxy
+            .snapshot()
+            .stats
+            .queue_waiting
+            == 1)
+        .await
+    );
+    // ...a fourth finds the queue full and is refused at once...
+    let status = c
+        .echo(as_monitor(EchoRequest::default(), "m"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("wait queue"), "{status:?}");
+    // ...and the third gives up when no slot frees within the queue timeout.
+    let status = bounded(LIMIT, "queued call", waiting)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("no stream slot freed"),
+        "{status:?}"
+    );
+    let stats = proxy.snapshot().stats;
+    assert_eq!(
+        (stats.queue_rejected_total, stats.queue_timeouts_total),
+        (1, 1)
+    );
+
+    // A queued stream gets the slot as soon as one frees.
+    let mut waiting_client = c.clone();
+    let waiting = tokio::spawn(async move {
+        waiting_client
+            .echo(as_monitor(EchoRequest::default(), "m"))
+            .await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || proxy
+            .snapshot()
+            .stats
+            .queue_waiting
+            == 1)
+        .await
+    );
+    drop(held.pop());
+    bounded(LIMIT, "queued call after release", waiting)
+        .await
+        .unwrap()
+        .expect("the queued call got the freed slot");
+    assert_eq!(proxy.snapshot().connections, 1);
+}
+
+#[tokio::test]
+async fn unknown_monitors_are_refused_when_configured() {
+    let upstream = feed("up").await;
+    let mut config = config_for(&[&upstream]);
+    config.server.reject_unknown_monitors = true;
+    config.monitors.push(monitor("known", TrafficClass::State));
+    let proxy = sluice(config).await;
+    let mut c = client(proxy.addr()).await;
+    let status = c
+        .echo(as_monitor(EchoRequest::default(), "stranger"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("stranger"), "{status:?}");
+    let status = c
+        .echo(tonic::Request::new(EchoRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    c.echo(as_monitor(EchoRequest::default(), "known"))
+        .await
+        .unwrap();
+    assert_eq!(upstream.stats.snapshot().calls_total, 1);
+    assert_eq!(
+        proxy.snapshot().groups[TrafficClass::State.index()].connections,
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_gives_unavailable_naming_it() {
+    // Reserve a port, then free it, so nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = sluice_config::Config::default();
+    config.server.listen = ([127, 0, 0, 1], 0).into();
+    config.endpoints = vec![endpoint("gone", &format!("http://127.0.0.1:{port}"))];
+    let proxy = sluice(config).await;
+    let mut c = client(proxy.addr()).await;
+    let status = bounded(
+        LIMIT,
+        "call",
+        c.echo(as_monitor(EchoRequest::default(), "m")),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("gone"), "{status:?}");
+    assert_eq!(proxy.snapshot().stats.connection_errors_total, 1);
+}
+
+#[tokio::test]
+async fn connections_spread_over_endpoints_and_skip_a_dead_one() {
+    let a = feed("a").await;
+    let b = feed("b").await;
+    let mut config = config_for(&[&a, &b]);
+    config.classes.event.max_streams_per_connection = 1;
+    let proxy = sluice(config).await;
+    let mut c = client(proxy.addr()).await;
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let s = c
+            .subscribe(as_monitor(subscribe(&format!("t{i}"), 5.0, 8, 0), "m"))
+            .await
+            .unwrap();
+        held.push(s.into_inner());
+    }
+    assert_eq!(a.stats.snapshot().subscribe_active, 2);
+    assert_eq!(b.stats.snapshot().subscribe_active, 2);
+    drop(held);
+
+    // With one endpoint dead, new connections go to the other.
+    drop(b);
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let s = bounded(
+            LIMIT,
+            "subscribe",
+            c.subscribe(as_monitor(subscribe(&format!("u{i}"), 5.0, 8, 0), "m")),
+        )
+        .await
+        .unwrap();
+        held.push(s.into_inner());
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || a
+            .stats
+            .snapshot()
+            .subscribe_active
+            == 3)
+        .await
+    );
+}

@@ -1,0 +1,245 @@
+//! Subscription sharing: identical server-streaming requests ride one upstream stream.
+
+use std::time::Duration;
+
+use sluice_tests::*;
+use tonic::Code;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn shared_sluice(buffer: usize) -> (sluice_feed::FeedHandle, sluice_proxy::ProxyHandle) {
+    let upstream = feed("up").await;
+    let mut config = config_for(&[&upstream]);
+    config.methods.push(shared_subscribe(buffer));
+    let proxy = sluice(config).await;
+    (upstream, proxy)
+}
+
+#[tokio::test]
+async fn identical_subscriptions_fan_out_from_one_upstream_stream() {
+    let (upstream, proxy) = shared_sluice(1024).await;
+    let mut streams = Vec::new();
+    for i in 0..5 {
+        let mut c = client(proxy.addr()).await;
+        let s = c
+            .subscribe(as_monitor(
+                subscribe("accounts", 200.0, 64, 0),
+                &format!("m{i}"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push(s);
+    }
+    for s in &mut streams {
+        bounded(LIMIT, "first event", s.message())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let snapshot = proxy.snapshot();
+    assert_eq!(upstream.stats.snapshot().subscribe_started, 1);
+    assert_eq!(snapshot.stats.upstream_streams_active, 1);
+    assert_eq!(snapshot.stats.downstream_streams_active, 5);
+    assert_eq!(snapshot.stats.shared_subscribers_active, 5);
+    assert_eq!(snapshot.stats.shared_upstreams_active, 1);
+    assert_eq!(snapshot.stats.shared_joins_total, 4);
+
+    // A different request gets its own upstream stream.
+    let mut c = client(proxy.addr()).await;
+    let mut other = c
+        .subscribe(as_monitor(subscribe("other", 200.0, 64, 0), "m9"))
+        .await
+        .unwrap()
+        .into_inner();
+    other.message().await.unwrap().unwrap();
+    assert_eq!(upstream.stats.snapshot().subscribe_started, 2);
+
+    // The upstream stream lives while anyone listens, and is cancelled when the last leaves.
+    streams.truncate(1);
+    bounded(LIMIT, "remaining subscriber", streams[0].message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(upstream.stats.snapshot().subscribe_active, 2);
+    drop(streams);
+    assert!(
+        eventually(Duration::from_secs(5), || upstream
+            .stats
+            .snapshot()
+            .subscribe_active
+            == 1)
+        .await,
+        "{:?}",
+        upstream.stats.snapshot()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || proxy
+            .snapshot()
+            .stats
+            .shared_upstreams_active
+            == 1)
+        .await
+    );
+}
+
+#[tokio::test]
+async fn a_late_joiner_receives_from_the_point_it_joined() {
+    let (upstream, proxy) = shared_sluice(1024).await;
+    let mut first_client = client(proxy.addr()).await;
+    let mut first = first_client
+        .subscribe(as_monitor(subscribe("feed", 500.0, 16, 0), "early"))
+        .await
+        .unwrap()
+        .into_inner();
+    for expected in 0..50 {
+        let event = bounded(LIMIT, "early events", first.message())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.seq, expected);
+    }
+    let mut late_client = client(proxy.addr()).await;
+    let mut late = late_client
+        .subscribe(as_monitor(subscribe("feed", 500.0, 16, 0), "late"))
+        .await
+        .unwrap()
+        .into_inner();
+    let joined_at = bounded(LIMIT, "late event", late.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .seq;
+    assert!(joined_at >= 50, "late joiner got history: seq {joined_at}");
+    // From there on both see the same contiguous sequence.
+    for expected in joined_at + 1..joined_at + 100 {
+        let event = bounded(LIMIT, "late events", late.message())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.seq, expected);
+    }
+    let mut seen_by_first = 50;
+    while seen_by_first < joined_at + 100 {
+        let event = bounded(LIMIT, "early events", first.message())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.seq, seen_by_first);
+        seen_by_first += 1;
+    }
+    assert_eq!(upstream.stats.snapshot().subscribe_started, 1);
+}
+
+#[tokio::test]
+async fn a_finished_shared_stream_ends_every_subscriber_with_its_status() {
+    let (upstream, proxy) = shared_sluice(1024).await;
+    let mut streams = Vec::new();
+    for i in 0..3 {
+        let mut c = client(proxy.addr()).await;
+        // A slow rate lets all three join before the upstream finishes.
+        let s = c
+            .subscribe(as_monitor(
+                subscribe("short", 20.0, 8, 20),
+                &format!("m{i}"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push(s);
+    }
+    for s in &mut streams {
+        let mut last = None;
+        while let Some(event) = bounded(LIMIT, "events", s.message()).await.unwrap() {
+            last = Some(event.seq);
+        }
+        assert_eq!(last, Some(19));
+    }
+    assert_eq!(upstream.stats.snapshot().subscribe_started, 1);
+    assert!(
+        eventually(Duration::from_secs(5), || proxy.snapshot().shared_streams
+            == 0)
+        .await
+    );
+}
+
+#[tokio::test]
+async fn a_failing_shared_upstream_gives_every_subscriber_the_status() {
+    let (upstream, proxy) = shared_sluice(1024).await;
+    let mut streams = Vec::new();
+    for i in 0..3 {
+        let mut c = client(proxy.addr()).await;
+        let mut request = as_monitor(subscribe("doomed", 50.0, 8, 0), &format!("m{i}"));
+        request.metadata_mut().insert(
+            sluice_feed::headers::DISCONNECT_AFTER,
+            "30".parse().unwrap(),
+        );
+        streams.push(c.subscribe(request).await.unwrap().into_inner());
+    }
+    for s in &mut streams {
+        let status = bounded(LIMIT, "stream until failure", async {
+            loop {
+                match s.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("ended without a status"),
+                    Err(status) => break status,
+                }
+            }
+        })
+        .await;
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    assert_eq!(upstream.stats.snapshot().subscribe_started, 1);
+}
+
+#[tokio::test]
+async fn a_lagging_subscriber_is_cut_off_without_hurting_the_others() {
+    let (upstream, proxy) = shared_sluice(16).await;
+    let mut slow_client = client(proxy.addr()).await;
+    let mut slow = slow_client
+        .subscribe(as_monitor(subscribe("firehose", 0.0, 2048, 0), "slow"))
+        .await
+        .unwrap()
+        .into_inner();
+    slow.message().await.unwrap().unwrap();
+    let mut fast_client = client(proxy.addr()).await;
+    let mut fast = fast_client
+        .subscribe(as_monitor(subscribe("firehose", 0.0, 2048, 0), "fast"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut previous = bounded(LIMIT, "fast first", fast.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .seq;
+    for _ in 0..5_000 {
+        let event = bounded(LIMIT, "fast events", fast.message())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.seq, previous + 1, "the fast subscriber lost messages");
+        previous = event.seq;
+    }
+    // The stalled subscriber finds out it was left behind as soon as it reads again.
+    let status = bounded(LIMIT, "slow drains to its status", async {
+        loop {
+            match slow.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("ended without a status"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await;
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("lagging"), "{status:?}");
+    assert_eq!(proxy.snapshot().stats.lagging_disconnects_total, 1);
+    assert_eq!(upstream.stats.snapshot().subscribe_started, 1);
+    // The fast subscriber carries on.
+    let event = bounded(LIMIT, "fast continues", fast.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.seq, previous + 1);
+}
