@@ -201,6 +201,11 @@ pub struct BlackHole {
 impl BlackHole {
     /// Starts one on a free loopback port.
     pub async fn start() -> Self {
+        Self::start_with_stream_limit(u32::MAX).await
+    }
+
+    /// Starts one that advertises SETTINGS_MAX_CONCURRENT_STREAMS = `limit`.
+    pub async fn start_with_stream_limit(limit: u32) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -212,7 +217,10 @@ impl BlackHole {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (requests, resets) = (Arc::clone(&req), Arc::clone(&res));
                 tokio::spawn(async move {
-                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    let handshake = h2::server::Builder::new()
+                        .max_concurrent_streams(limit)
+                        .handshake::<_, bytes::Bytes>(tcp);
+                    let Ok(mut conn) = handshake.await else {
                         return;
                     };
                     while let Some(Ok((request, mut respond))) = conn.accept().await {

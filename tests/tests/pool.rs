@@ -251,3 +251,31 @@ async fn connections_spread_over_endpoints_and_skip_a_dead_one() {
         .await
     );
 }
+
+#[tokio::test]
+async fn a_connection_never_carries_more_than_the_peer_allows() {
+    let hole = BlackHole::start_with_stream_limit(3).await;
+    let mut config = sluice_config::Config::default();
+    config.server.listen = ([127, 0, 0, 1], 0).into();
+    config.endpoints = vec![endpoint("strict", &format!("http://{}", hole.addr))];
+    config.classes.event.max_streams_per_connection = 100;
+    let proxy = sluice(config).await;
+    let c = client(proxy.addr()).await;
+    let mut calls = Vec::new();
+    for _ in 0..7 {
+        let mut c = c.clone();
+        calls.push(tokio::spawn(async move {
+            c.echo(as_monitor(EchoRequest::default(), "m")).await
+        }));
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || hole.requests.lock().len() == 7).await,
+        "only {} streams reached the upstream",
+        hole.requests.lock().len()
+    );
+    let event = &proxy.snapshot().groups[TrafficClass::Event.index()];
+    assert_eq!((event.connections, event.streams), (3, 7), "{event:?}");
+    for call in calls {
+        call.abort();
+    }
+}

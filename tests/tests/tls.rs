@@ -17,9 +17,13 @@ async fn tls_feed(pki: &TestPki) -> sluice_feed::FeedHandle {
         cert_pem: pki.cert_pem.clone().into_bytes(),
         key_pem: pki.key_pem.clone().into_bytes(),
     };
-    sluice_feed::spawn(([127, 0, 0, 1], 0).into(), FeedConfig::default(), Some(identity))
-        .await
-        .expect("TLS feed starts")
+    sluice_feed::spawn(
+        ([127, 0, 0, 1], 0).into(),
+        FeedConfig::default(),
+        Some(identity),
+    )
+    .await
+    .expect("TLS feed starts")
 }
 
 fn write(dir: &tempfile::TempDir, name: &str, contents: &str) -> std::path::PathBuf {
@@ -43,7 +47,13 @@ async fn sluice_reaches_a_tls_upstream_verified_by_a_configured_ca() {
     let reply = bounded(
         LIMIT,
         "echo over TLS",
-        c.echo(as_monitor(EchoRequest { payload: vec![9; 10].into(), text: "tls".into() }, "m")),
+        c.echo(as_monitor(
+            EchoRequest {
+                payload: vec![9; 10].into(),
+                text: "tls".into(),
+            },
+            "m",
+        )),
     )
     .await
     .unwrap()
@@ -65,9 +75,13 @@ async fn an_upstream_signed_by_another_ca_is_refused_clearly() {
     config.endpoints.push(e);
     let proxy = sluice(config).await;
     let mut c = client(proxy.addr()).await;
-    let status = bounded(LIMIT, "echo", c.echo(as_monitor(EchoRequest::default(), "m")))
-        .await
-        .unwrap_err();
+    let status = bounded(
+        LIMIT,
+        "echo",
+        c.echo(as_monitor(EchoRequest::default(), "m")),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.message().contains("TLS handshake"), "{status:?}");
     assert_eq!(upstream.stats.snapshot().calls_total, 0);
@@ -95,10 +109,14 @@ async fn monitors_can_connect_over_tls() {
         .await
         .expect("TLS connect to sluice");
     let mut c = FeedClient::new(channel);
-    let mut stream = bounded(LIMIT, "subscribe over TLS", c.subscribe(as_monitor(subscribe("t", 0.0, 16, 10), "m")))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = bounded(
+        LIMIT,
+        "subscribe over TLS",
+        c.subscribe(as_monitor(subscribe("t", 0.0, 16, 10), "m")),
+    )
+    .await
+    .unwrap()
+    .into_inner();
     let mut n = 0;
     while stream.message().await.unwrap().is_some() {
         n += 1;
@@ -106,9 +124,15 @@ async fn monitors_can_connect_over_tls() {
     assert_eq!(n, 10);
 
     // A plaintext client is not served.
-    let plain = Channel::from_shared(format!("http://{}", proxy.addr())).unwrap().connect().await;
+    let plain = Channel::from_shared(format!("http://{}", proxy.addr()))
+        .unwrap()
+        .connect()
+        .await;
     if let Ok(channel) = plain {
-        let status = FeedClient::new(channel).echo(as_monitor(EchoRequest::default(), "m")).await.unwrap_err();
+        let status = FeedClient::new(channel)
+            .echo(as_monitor(EchoRequest::default(), "m"))
+            .await
+            .unwrap_err();
         assert_ne!(status.code(), Code::Ok);
     }
 }
@@ -122,7 +146,13 @@ async fn unusable_tls_files_are_reported_at_start() {
         cert_file: write(&dir, "cert.pem", "not a certificate"),
         key_file: write(&dir, "key.pem", "not a key"),
     });
-    let error = sluice_proxy::Proxy::bind(std::sync::Arc::new(config)).await.err().expect("bind fails");
+    let error = sluice_proxy::Proxy::bind(std::sync::Arc::new(config))
+        .await
+        .err()
+        .expect("bind fails");
     let text = error.to_string();
-    assert!(text.contains("cert.pem") && text.contains("CERTIFICATE"), "{text}");
+    assert!(
+        text.contains("cert.pem") && text.contains("CERTIFICATE"),
+        "{text}"
+    );
 }

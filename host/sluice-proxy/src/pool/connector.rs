@@ -157,17 +157,32 @@ impl Connector {
                 addr: self.addr.clone(),
                 source,
             })?;
-        let peer_max_streams = Arc::new(AtomicU32::new(
-            connection.max_concurrent_send_streams() as u32
-        ));
-        let driver = Driver {
-            connection,
-            peer_max_streams: Arc::clone(&peer_max_streams),
-        };
+        let mut connection = connection;
+        let ping_pong = connection.ping_pong();
+        let peer_max_streams = Arc::new(AtomicU32::new(0));
+        let mut driver: Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>> =
+            Box::pin(Driver {
+                connection,
+                peer_max_streams: Arc::clone(&peer_max_streams),
+            });
+        // The peer's SETTINGS (and so its stream limit) precede its answer to our first PING:
+        // waiting one round trip means no stream is ever placed over the peer's limit.
+        if let Some(mut ping_pong) = ping_pong {
+            let settled = async {
+                tokio::select! {
+                    pong = ping_pong.ping(h2::Ping::opaque()) => pong,
+                    ended = &mut driver => Err(ended.err().unwrap_or_else(|| h2::Error::from(h2::Reason::NO_ERROR))),
+                }
+            };
+            settled.await.map_err(|source| ConnectError::Http2 {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        }
         Ok(Opened {
             send_request,
             peer_max_streams,
-            driver: Box::pin(driver),
+            driver,
         })
     }
 }
