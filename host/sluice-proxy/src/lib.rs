@@ -13,6 +13,7 @@
 //!
 //! Start a proxy with [`Proxy::bind`] and [`Proxy::spawn`].
 
+mod coalesce;
 pub mod forward;
 pub mod front;
 pub mod grpc;

@@ -9,7 +9,7 @@ use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use tracing::Instrument;
 
-use super::pump::{self, OnFull, PumpError};
+use super::pump::{self, Ending, OnFull, PumpError};
 use crate::Context;
 use crate::grpc::{self, Code, MessageScanner, Status};
 use crate::pool::Lease;
@@ -244,12 +244,10 @@ async fn forward_request(
     )
     .await;
     match result {
-        Ok(Some(trailers)) => upstream
+        Ok(Ending::Trailers(trailers)) => upstream
             .send_trailers(grpc::headers::request_headers(&trailers, 0))
             .map_err(PumpError::Sink),
-        Ok(None) => upstream
-            .send_data(Bytes::new(), true)
-            .map_err(PumpError::Sink),
+        Ok(Ending::Closed) => Ok(()),
         Err(error) => {
             // The monitor went away or sent garbage: the upstream must not wait for more.
             upstream.send_reset(Reason::CANCEL);
@@ -417,14 +415,11 @@ async fn relay(
         Err(end) => return end,
     };
     match result {
-        Ok(Some(trailers)) => {
+        Ok(Ending::Trailers(trailers)) => {
             let _ = downstream.send_trailers(grpc::headers::response_headers(&trailers));
             End::Completed
         }
-        Ok(None) => {
-            let _ = downstream.send_data(Bytes::new(), true);
-            End::Completed
-        }
+        Ok(Ending::Closed) => End::Completed,
         Err(PumpError::Sink(_)) => End::Cancelled,
         Err(PumpError::Lagging(waited)) => {
             ctx.stats.incr(|s| &s.lagging_disconnects_total);

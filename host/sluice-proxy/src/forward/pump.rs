@@ -41,9 +41,18 @@ pub enum OnFull {
     GiveUpAfter(Duration),
 }
 
-/// Copies `source` into `sink` until the source ends, returning the source's trailers.
+/// How the source of a pump ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// With trailers, which the caller forwards (after filtering) to end the sink.
+    Trailers(HeaderMap),
+    /// Without trailers; the sink has been ended already (with the last data when possible,
+    /// saving a frame).
+    Closed,
+}
+
+/// Copies `source` into `sink` until the source ends.
 ///
-/// Does not end the sink: the caller decides between trailers and an empty end-of-stream.
 /// `bytes_counter` is bumped by the payload bytes moved.
 pub async fn pump(
     source: &mut RecvStream,
@@ -51,7 +60,7 @@ pub async fn pump(
     scanner: &mut MessageScanner,
     on_full: OnFull,
     bytes_counter: &std::sync::atomic::AtomicU64,
-) -> Result<Option<HeaderMap>, PumpError> {
+) -> Result<Ending, PumpError> {
     loop {
         let next = tokio::select! {
             biased;
@@ -64,10 +73,17 @@ pub async fn pump(
         let chunk = chunk.map_err(PumpError::Source)?;
         let len = chunk.len();
         scanner.feed(&chunk)?;
-        send_all(sink, chunk, on_full).await?;
+        let last = source.is_end_stream();
+        if last {
+            scanner.finish()?;
+        }
+        send_all(sink, chunk, on_full, last).await?;
         bytes_counter.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
         // The bytes are now the sink's problem; let the source send more.
         let _ = source.flow_control().release_capacity(len);
+        if last {
+            return Ok(Ending::Closed);
+        }
     }
     scanner.finish()?;
     let trailers = tokio::select! {
@@ -77,15 +93,27 @@ pub async fn pump(
             return Err(PumpError::Sink(reset.map_or_else(|e| e, h2::Error::from)));
         }
     };
-    Ok(trailers)
+    match trailers {
+        Some(trailers) => Ok(Ending::Trailers(trailers)),
+        None => {
+            sink.send_data(Bytes::new(), true)
+                .map_err(PumpError::Sink)?;
+            Ok(Ending::Closed)
+        }
+    }
 }
 
-/// Sends all of `data`, in pieces as window becomes available.
+/// Sends all of `data`, in pieces as window becomes available; with `end`, the last piece ends
+/// the stream.
 pub async fn send_all(
     sink: &mut SendStream<Bytes>,
     mut data: Bytes,
     on_full: OnFull,
+    end: bool,
 ) -> Result<(), PumpError> {
+    if data.is_empty() && end {
+        return sink.send_data(data, true).map_err(PumpError::Sink);
+    }
     while !data.is_empty() {
         sink.reserve_capacity(data.len());
         let mut available = sink.capacity();
@@ -99,7 +127,8 @@ pub async fn send_all(
             };
         }
         let piece = data.split_to(available.min(data.len()));
-        sink.send_data(piece, false).map_err(PumpError::Sink)?;
+        let end_here = end && data.is_empty();
+        sink.send_data(piece, end_here).map_err(PumpError::Sink)?;
     }
     Ok(())
 }

@@ -297,7 +297,7 @@ pub(crate) async fn serve(
         match event {
             Ok(Event::Message(position, message)) => {
                 let len = message.len() as u64;
-                match pump::send_all(&mut downstream, message, setup.on_full).await {
+                match pump::send_all(&mut downstream, message, setup.on_full, false).await {
                     Ok(()) => {
                         ctx.stats.bytes_to_monitors_total.fetch_add(len, Relaxed);
                         if stream.delivered.fetch_max(position, Relaxed) < position {
@@ -392,10 +392,9 @@ async fn feed_subscribers(
     let open = open_upstream(ctx, profile, path, headers, false, None).await?;
     let _lease = open.lease;
     let mut send = open.send;
-    pump::send_all(&mut send, request, OnFull::Wait)
+    pump::send_all(&mut send, request, OnFull::Wait, true)
         .await
         .map_err(|e| Status::unavailable(format!("sending the request upstream failed: {e}")))?;
-    let _ = send.send_data(Bytes::new(), true);
     let response = open.response.await.map_err(|e| {
         ctx.stats.incr(|s| &s.upstream_failures_total);
         upstream_failure(&e)

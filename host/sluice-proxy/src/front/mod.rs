@@ -105,7 +105,7 @@ where
     let mut draining = false;
     loop {
         let next = tokio::select! {
-            next = connection.accept() => next,
+            next = crate::coalesce::YieldFirst::new(std::future::poll_fn(|cx| connection.poll_accept(cx))) => next,
             _ = shutdown.wait_for(|stop| *stop), if !draining => {
                 draining = true;
                 connection.graceful_shutdown();

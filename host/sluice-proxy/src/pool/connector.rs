@@ -164,6 +164,7 @@ impl Connector {
             Box::pin(Driver {
                 connection,
                 peer_max_streams: Arc::clone(&peer_max_streams),
+                yielded: false,
             });
         // The peer's SETTINGS (and so its stream limit) precede its answer to our first PING:
         // waiting one round trip means no stream is ever placed over the peer's limit.
@@ -191,6 +192,7 @@ impl Connector {
 struct Driver<T> {
     connection: h2::client::Connection<T, Bytes>,
     peer_max_streams: Arc<AtomicU32>,
+    yielded: bool,
 }
 
 impl<T> Future for Driver<T>
@@ -200,6 +202,9 @@ where
     type Output = Result<(), h2::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if crate::coalesce::yield_first(&mut self.yielded, cx) {
+            return Poll::Pending;
+        }
         let result = Pin::new(&mut self.connection).poll(cx);
         let max = self.connection.max_concurrent_send_streams();
         self.peer_max_streams
