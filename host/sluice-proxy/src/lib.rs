@@ -46,6 +46,8 @@ pub(crate) struct Context {
     pub stats: Arc<Stats>,
     pub monitors: MonitorDirectory,
     pub shares: ShareRegistry,
+    /// Flipped when the shutdown grace has run out: open calls end with `UNAVAILABLE`.
+    pub terminate: watch::Sender<bool>,
 }
 
 /// A proxy that could not start.
@@ -104,6 +106,7 @@ impl Proxy {
             pool,
             stats,
             shares: ShareRegistry::default(),
+            terminate: watch::Sender::new(false),
         });
         Ok(Self { ctx, listener, tls })
     }
@@ -180,17 +183,32 @@ impl ProxyHandle {
         }
     }
 
-    /// Stops accepting, lets open calls finish for up to `server.shutdown_grace`, then returns.
-    /// Calls still open afterwards are cut when the runtime drops them.
+    /// Stops accepting and sends GOAWAY to monitors, lets open calls finish for up to
+    /// `server.shutdown_grace`, then ends the rest with `UNAVAILABLE "sluice is shutting down"`
+    /// so that no monitor sees a bare connection reset.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let grace = self.ctx.config.server.shutdown_grace;
-        let deadline = tokio::time::Instant::now() + grace;
-        while self.ctx.stats.downstream_streams_active.load(Relaxed) > 0
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if !self.wait_for_calls(grace).await {
+            let open = self.ctx.stats.downstream_streams_active.load(Relaxed);
+            tracing::info!(open, "shutdown grace over; ending the remaining calls");
+            self.ctx.terminate.send_replace(true);
+            // Time for the final statuses to be written out.
+            self.wait_for_calls(Duration::from_secs(1)).await;
         }
         let _ = self.task.await;
+    }
+
+    async fn wait_for_calls(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.ctx.stats.downstream_streams_active.load(Relaxed) == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

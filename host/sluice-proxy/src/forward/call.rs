@@ -83,7 +83,7 @@ fn admit(ctx: &Context, request: &Request<RecvStream>) -> Result<CallSetup, Resp
     let path = request.uri().path();
     let profile = ctx.monitors.identify(request.headers()).map_err(|status| {
         ctx.stats.incr(|s| &s.unauthenticated_total);
-        tracing::info!(method = path, reason = %status.message, "monitor refused");
+        tracing::debug!(method = path, reason = %status.message, "monitor refused");
         status.to_response()
     })?;
     let method = ctx.config.method(path);
@@ -111,11 +111,22 @@ fn admit(ctx: &Context, request: &Request<RecvStream>) -> Result<CallSetup, Resp
     })
 }
 
-/// Sleeps until the call's deadline, or forever when it has none.
-pub(crate) async fn deadline_reached(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+/// Resolves when a call must end early: at its deadline, or when Sluice stops and the shutdown
+/// grace has run out. Yields the status the monitor gets.
+pub(crate) async fn must_end(ctx: &Context, deadline: Option<tokio::time::Instant>) -> Status {
+    let mut terminating = ctx.terminate.subscribe();
+    let deadline_reached = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = deadline_reached => {
+            ctx.stats.incr(|s| &s.deadline_exceeded_total);
+            Status::new(Code::DeadlineExceeded, "deadline exceeded")
+        }
+        _ = terminating.wait_for(|stop| *stop) => Status::unavailable("sluice is shutting down"),
     }
 }
 
@@ -278,10 +289,7 @@ async fn proxy(
     let headers = grpc::headers::request_headers(&parts.headers, 4);
     let opened = tokio::select! {
         opened = open_upstream(ctx, &setup.profile, &path, &headers, body.is_end_stream(), setup.deadline) => opened,
-        _ = deadline_reached(setup.deadline) => {
-            ctx.stats.incr(|s| &s.deadline_exceeded_total);
-            Err(Status::new(Code::DeadlineExceeded, "deadline exceeded while waiting for an upstream stream"))
-        }
+        status = must_end(ctx, setup.deadline) => Err(status),
         _ = poll_fn(|cx| respond.poll_reset(cx)) => {
             ctx.stats.incr(|s| &s.cancelled_total);
             return;
@@ -290,7 +298,7 @@ async fn proxy(
     let open = match opened {
         Ok(open) => open,
         Err(status) => {
-            tracing::info!(%status, "call refused");
+            tracing::debug!(%status, "call refused");
             reply(&mut respond, &status);
             return;
         }
@@ -302,7 +310,7 @@ async fn proxy(
             ctx.stats.incr(|s| &s.cancelled_total);
             tracing::debug!("cancelled by the monitor");
         }
-        End::Failed(status) => tracing::info!(%status, "call failed"),
+        End::Failed(status) => tracing::debug!(%status, "call failed"),
     }
 }
 
@@ -330,8 +338,8 @@ async fn relay(
     };
     tokio::pin!(request_pump);
     let mut request_done = false;
-    let deadline = deadline_reached(setup.deadline);
-    tokio::pin!(deadline);
+    let must_end = must_end(ctx, setup.deadline);
+    tokio::pin!(must_end);
     tokio::pin!(response);
 
     // Phase 1: until the upstream answers with headers.
@@ -348,9 +356,7 @@ async fn relay(
                 }
             }
             _ = poll_fn(|cx| respond.poll_reset(cx)) => return End::Cancelled,
-            _ = &mut deadline => {
-                ctx.stats.incr(|s| &s.deadline_exceeded_total);
-                let status = Status::new(Code::DeadlineExceeded, "deadline exceeded waiting for the upstream");
+            status = &mut must_end => {
                 reply(&mut respond, &status);
                 return End::Failed(status);
             }
@@ -399,10 +405,7 @@ async fn relay(
                         break Err(end);
                     }
                 }
-                _ = &mut deadline => {
-                    ctx.stats.incr(|s| &s.deadline_exceeded_total);
-                    break Err(End::Failed(Status::new(Code::DeadlineExceeded, "deadline exceeded")));
-                }
+                status = &mut must_end => break Err(End::Failed(status)),
             }
         }
     };

@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use sluice_config::MethodConfig;
 use tokio::sync::{Notify, broadcast, watch};
 
-use super::call::{CallSetup, deadline_reached, open_upstream, upstream_failure};
+use super::call::{CallSetup, must_end, open_upstream, upstream_failure};
 use super::pump::{self, OnFull, PumpError};
 use crate::Context;
 use crate::grpc::{self, Code, MessageSplitter, Status};
@@ -210,7 +210,7 @@ pub(crate) async fn serve(
     let (parts, mut body) = request.into_parts();
     let read = tokio::select! {
         read = read_request(&mut body, setup.max_message_bytes) => read,
-        _ = deadline_reached(setup.deadline) => Err(Status::new(Code::DeadlineExceeded, "deadline exceeded reading the request")),
+        status = must_end(&ctx, setup.deadline) => Err(status),
     };
     let request_bytes = match read {
         Ok(bytes) => bytes,
@@ -260,8 +260,7 @@ pub(crate) async fn serve(
     let head = tokio::select! {
         head = head.wait_for(Option::is_some) => head.ok().and_then(|h| h.clone()),
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
-        _ = deadline_reached(setup.deadline) => {
-            let status = Status::new(Code::DeadlineExceeded, "deadline exceeded waiting for the upstream");
+        status = must_end(&ctx, setup.deadline) => {
             let _ = respond.send_response(status.to_response(), true);
             return;
         }
@@ -285,14 +284,13 @@ pub(crate) async fn serve(
         return;
     };
 
+    let ending_early = must_end(&ctx, setup.deadline);
+    tokio::pin!(ending_early);
     let ending = loop {
         let event = tokio::select! {
             event = events.recv() => event,
             _ = poll_fn(|cx| downstream.poll_reset(cx)) => break None,
-            _ = deadline_reached(setup.deadline) => {
-                ctx.stats.incr(|s| &s.deadline_exceeded_total);
-                break Some(Status::new(Code::DeadlineExceeded, "deadline exceeded").to_trailers());
-            }
+            status = &mut ending_early => break Some(status.to_trailers()),
         };
         match event {
             Ok(Event::Message(position, message)) => {
@@ -319,7 +317,7 @@ pub(crate) async fn serve(
             Ok(Event::End(trailers)) => break Some((*trailers).clone()),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 ctx.stats.incr(|s| &s.lagging_disconnects_total);
-                tracing::info!(
+                tracing::debug!(
                     missed,
                     "subscriber cut off: lagging behind the shared stream"
                 );
