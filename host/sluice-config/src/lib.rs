@@ -100,6 +100,10 @@ pub struct ServerConfig {
     /// How long a shutdown waits for open streams before cutting them. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A monitor connection with no open stream for this long is closed (GOAWAY). This also
+    /// sheds peers that connect and never send a complete request. Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +116,7 @@ impl Default for ServerConfig {
             default_class: TrafficClass::Event,
             max_concurrent_streams: 1024,
             shutdown_grace: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -477,6 +482,9 @@ impl Config {
                 "server.max_message_bytes",
                 "must be greater than 0",
             ));
+        }
+        if server.idle_timeout.is_zero() {
+            return Err(invalid("server.idle_timeout", "must be greater than 0"));
         }
         if server.max_concurrent_streams == 0 {
             return Err(invalid(

@@ -6,7 +6,8 @@
 pub mod identity;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -102,6 +103,10 @@ where
                 return;
             }
         };
+    let activity = Arc::new(Activity::new());
+    let idle_timeout = ctx.config.server.idle_timeout;
+    let idle_check = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle_check);
     let mut draining = false;
     loop {
         let next = tokio::select! {
@@ -111,10 +116,32 @@ where
                 connection.graceful_shutdown();
                 continue;
             }
+            _ = &mut idle_check => {
+                if draining {
+                    // A peer that does not let the connection close after GOAWAY is cut.
+                    tracing::debug!("monitor connection did not close after GOAWAY; dropping it");
+                    return;
+                }
+                match activity.idle_for(idle_timeout) {
+                    Some(remaining) => idle_check.as_mut().reset(tokio::time::Instant::now() + remaining),
+                    None => {
+                        tracing::debug!(?idle_timeout, "closing idle monitor connection");
+                        draining = true;
+                        connection.graceful_shutdown();
+                        idle_check.as_mut().reset(tokio::time::Instant::now() + ctx.config.server.shutdown_grace);
+                    }
+                }
+                continue;
+            }
         };
         match next {
             Some(Ok((request, respond))) => {
-                tokio::spawn(crate::forward::serve(Arc::clone(&ctx), request, respond));
+                let guard = activity.stream_opened();
+                let ctx = Arc::clone(&ctx);
+                tokio::spawn(async move {
+                    crate::forward::serve(ctx, request, respond).await;
+                    drop(guard);
+                });
             }
             Some(Err(error)) => {
                 if !error.is_io() || !is_disconnect(&error) {
@@ -124,6 +151,54 @@ where
             }
             None => return,
         }
+    }
+}
+
+/// Open streams of one monitor connection and when that last changed, for the idle timeout.
+struct Activity {
+    open: AtomicUsize,
+    base: Instant,
+    last_change_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            base: Instant::now(),
+            last_change_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_change_ms.store(ms, Relaxed);
+    }
+
+    fn stream_opened(self: &Arc<Self>) -> StreamGuard {
+        self.open.fetch_add(1, Relaxed);
+        self.touch();
+        StreamGuard(Arc::clone(self))
+    }
+
+    /// `None` when the connection has had no stream for `limit`; otherwise how long until it
+    /// could have.
+    fn idle_for(&self, limit: Duration) -> Option<Duration> {
+        if self.open.load(Relaxed) > 0 {
+            return Some(limit);
+        }
+        let since = Duration::from_millis(self.last_change_ms.load(Relaxed));
+        let idle = self.base.elapsed().saturating_sub(since);
+        (idle < limit).then(|| limit - idle)
+    }
+}
+
+struct StreamGuard(Arc<Activity>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+        self.0.touch();
     }
 }
 
