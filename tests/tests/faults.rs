@@ -122,7 +122,7 @@ async fn an_upstream_that_dies_mid_stream_ends_its_streams_and_traffic_moves_on(
             for _ in 0..20 {
                 stream.message().await?;
             }
-            Ok(())
+            Ok::<_, tonic::Status>(())
         })
         .await;
         if name == "doomed" {
