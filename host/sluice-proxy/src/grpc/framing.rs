@@ -5,7 +5,7 @@
 //! stream into whole messages for paths that must handle messages individually (shared
 //! subscriptions fan out whole messages, so a late joiner starts on a boundary).
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 /// Size of the prefix before every gRPC message.
 pub const PREFIX_LEN: usize = 5;
@@ -52,30 +52,40 @@ impl MessageScanner {
     }
 
     /// Accounts for the next chunk of the stream.
-    pub fn feed(&mut self, mut chunk: &[u8]) -> Result<(), FrameError> {
-        while !chunk.is_empty() {
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), FrameError> {
+        let mut pos = 0;
+        while pos < chunk.len() {
             if self.payload_left > 0 {
-                let take = self.payload_left.min(chunk.len());
+                let take = self.payload_left.min(chunk.len() - pos);
                 self.payload_left -= take;
-                chunk = &chunk[take..];
+                pos += take;
                 continue;
             }
-            let take = (PREFIX_LEN - self.prefix_len).min(chunk.len());
-            self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&chunk[..take]);
-            self.prefix_len += take;
-            chunk = &chunk[take..];
-            if self.prefix_len == PREFIX_LEN {
-                let size = declared_len(&self.prefix);
-                if size > self.limit {
-                    return Err(FrameError::TooLarge {
-                        size,
-                        limit: self.limit,
-                    });
+            let size = if self.prefix_len == 0 && chunk.len() - pos >= PREFIX_LEN {
+                // Common case: the whole prefix is in this chunk; read it in place.
+                let size = declared_len(&chunk[pos..pos + PREFIX_LEN]);
+                pos += PREFIX_LEN;
+                size
+            } else {
+                let take = (PREFIX_LEN - self.prefix_len).min(chunk.len() - pos);
+                self.prefix[self.prefix_len..self.prefix_len + take]
+                    .copy_from_slice(&chunk[pos..pos + take]);
+                self.prefix_len += take;
+                pos += take;
+                if self.prefix_len < PREFIX_LEN {
+                    break;
                 }
                 self.prefix_len = 0;
-                self.payload_left = size;
-                self.messages += 1;
+                declared_len(&self.prefix)
+            };
+            if size > self.limit {
+                return Err(FrameError::TooLarge {
+                    size,
+                    limit: self.limit,
+                });
             }
+            self.payload_left = size;
+            self.messages += 1;
         }
         Ok(())
     }
@@ -186,7 +196,7 @@ impl MessageSplitter {
 }
 
 fn declared_len(prefix: &[u8]) -> usize {
-    (&prefix[1..PREFIX_LEN]).get_u32() as usize
+    u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize
 }
 
 #[cfg(test)]
