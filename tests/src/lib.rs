@@ -129,6 +129,25 @@ pub fn subscribe(topic: &str, rate: f64, payload_bytes: u32, count: u64) -> pb::
     }
 }
 
+/// Reads a stream to its end and returns the status it ended with; panics if it ended with OK.
+pub async fn status_at_end<T>(stream: &mut tonic::Streaming<T>) -> tonic::Status {
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended with OK instead of an error status"),
+            Err(status) => return status,
+        }
+    }
+}
+
+/// A config whose only endpoint is `url`, listening on a free loopback port.
+pub fn config_with_endpoint(id: &str, url: &str) -> Config {
+    let mut config = Config::default();
+    config.server.listen = ([127, 0, 0, 1], 0).into();
+    config.endpoints = vec![endpoint(id, url)];
+    config
+}
+
 /// Polls `condition` every 10 ms until it holds or `limit` passes; returns whether it held.
 pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;

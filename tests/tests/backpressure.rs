@@ -94,16 +94,7 @@ async fn a_lagging_monitor_is_disconnected_with_resource_exhausted() {
         .await,
         "the lagging monitor was not cut off"
     );
-    let status = bounded(LIMIT, "drain until the status", async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("stream ended without a status"),
-                Err(status) => break status,
-            }
-        }
-    })
-    .await;
+    let status = bounded(LIMIT, "drain until the status", status_at_end(&mut stream)).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("lagging"), "{status:?}");
     assert!(

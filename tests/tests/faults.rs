@@ -67,9 +67,7 @@ async fn an_upstream_sending_garbage_gives_unavailable() {
             let _ = tcp.shutdown().await;
         }
     });
-    let mut config = sluice_config::Config::default();
-    config.server.listen = ([127, 0, 0, 1], 0).into();
-    config.endpoints = vec![endpoint("junk", &format!("http://{addr}"))];
+    let config = config_with_endpoint("junk", &format!("http://{addr}"));
     let proxy = sluice(config).await;
     let mut c = client(proxy.addr()).await;
     let status = bounded(

@@ -51,16 +51,7 @@ async fn shutdown_ends_endless_streams_with_unavailable() {
         .into_inner();
     stream.message().await.unwrap().unwrap();
     let shutdown = tokio::spawn(proxy.shutdown());
-    let status = bounded(LIMIT, "stream until shutdown", async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("stream ended without a status"),
-                Err(status) => break status,
-            }
-        }
-    })
-    .await;
+    let status = bounded(LIMIT, "stream until shutdown", status_at_end(&mut stream)).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("shutting down"), "{status:?}");
     bounded(LIMIT, "shutdown", shutdown).await.unwrap();

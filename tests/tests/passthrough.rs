@@ -172,9 +172,7 @@ async fn success_headers_and_trailers_pass_through() {
 async fn sluice_enforces_and_forwards_the_deadline() {
     // The upstream never answers, so only Sluice can end the call.
     let hole = BlackHole::start().await;
-    let mut config = sluice_config::Config::default();
-    config.server.listen = ([127, 0, 0, 1], 0).into();
-    config.endpoints = vec![endpoint("hole", &format!("http://{}", hole.addr))];
+    let config = config_with_endpoint("hole", &format!("http://{}", hole.addr));
     let proxy = sluice(config).await;
     let outcome = bounded(
         LIMIT,
@@ -217,16 +215,7 @@ async fn a_tonic_deadline_ends_the_stream_on_both_sides() {
     request.set_timeout(Duration::from_millis(300));
     let started = Instant::now();
     let mut stream = c.subscribe(request).await.unwrap().into_inner();
-    let status = bounded(LIMIT, "stream until deadline", async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("stream ended without a status"),
-                Err(status) => break status,
-            }
-        }
-    })
-    .await;
+    let status = bounded(LIMIT, "stream until deadline", status_at_end(&mut stream)).await;
     // Whichever of the client, Sluice or the upstream fires first, the call ends at the deadline.
     assert!(
         matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),

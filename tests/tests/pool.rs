@@ -192,9 +192,7 @@ async fn an_unreachable_endpoint_gives_unavailable_naming_it() {
         .local_addr()
         .unwrap()
         .port();
-    let mut config = sluice_config::Config::default();
-    config.server.listen = ([127, 0, 0, 1], 0).into();
-    config.endpoints = vec![endpoint("gone", &format!("http://127.0.0.1:{port}"))];
+    let config = config_with_endpoint("gone", &format!("http://127.0.0.1:{port}"));
     let proxy = sluice(config).await;
     let mut c = client(proxy.addr()).await;
     let status = bounded(
@@ -255,9 +253,7 @@ async fn connections_spread_over_endpoints_and_skip_a_dead_one() {
 #[tokio::test]
 async fn a_connection_never_carries_more_than_the_peer_allows() {
     let hole = BlackHole::start_with_stream_limit(3).await;
-    let mut config = sluice_config::Config::default();
-    config.server.listen = ([127, 0, 0, 1], 0).into();
-    config.endpoints = vec![endpoint("strict", &format!("http://{}", hole.addr))];
+    let mut config = config_with_endpoint("strict", &format!("http://{}", hole.addr));
     config.classes.event.max_streams_per_connection = 100;
     let proxy = sluice(config).await;
     let c = client(proxy.addr()).await;

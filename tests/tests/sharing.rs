@@ -177,16 +177,7 @@ async fn a_failing_shared_upstream_gives_every_subscriber_the_status() {
         streams.push(c.subscribe(request).await.unwrap().into_inner());
     }
     for s in &mut streams {
-        let status = bounded(LIMIT, "stream until failure", async {
-            loop {
-                match s.message().await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => panic!("ended without a status"),
-                    Err(status) => break status,
-                }
-            }
-        })
-        .await;
+        let status = bounded(LIMIT, "stream until failure", status_at_end(s)).await;
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
     assert_eq!(upstream.stats.snapshot().subscribe_started, 1);
@@ -222,16 +213,7 @@ async fn a_lagging_subscriber_is_cut_off_without_hurting_the_others() {
         previous = event.seq;
     }
     // The stalled subscriber finds out it was left behind as soon as it reads again.
-    let status = bounded(LIMIT, "slow drains to its status", async {
-        loop {
-            match slow.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("ended without a status"),
-                Err(status) => break status,
-            }
-        }
-    })
-    .await;
+    let status = bounded(LIMIT, "slow drains to its status", status_at_end(&mut slow)).await;
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(status.message().contains("lagging"), "{status:?}");
     assert_eq!(proxy.snapshot().stats.lagging_disconnects_total, 1);

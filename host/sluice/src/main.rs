@@ -11,11 +11,6 @@ use sluice_config::Config;
 
 mod demo;
 
-// The data path allocates small, short-lived buffers (frames, header maps) on every call from
-// every worker thread; mimalloc's thread-local free lists handle that better than glibc malloc.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "sluice",

@@ -288,7 +288,9 @@ async fn proxy(
     };
     let headers = grpc::headers::request_headers(&parts.headers, 4);
     let opened = tokio::select! {
-        opened = open_upstream(ctx, &setup.profile, &path, &headers, body.is_end_stream(), setup.deadline) => opened,
+        // Boxed: opening is short, and keeping its state out of the call's future keeps every
+        // long-lived stream's task small.
+        opened = Box::pin(open_upstream(ctx, &setup.profile, &path, &headers, body.is_end_stream(), setup.deadline)) => opened,
         status = must_end(ctx, setup.deadline) => Err(status),
         _ = poll_fn(|cx| respond.poll_reset(cx)) => {
             ctx.stats.incr(|s| &s.cancelled_total);
@@ -303,6 +305,8 @@ async fn proxy(
             return;
         }
     };
+    // Long-lived streams must not keep their request headers alive.
+    drop((parts, path, headers));
     let end = relay(ctx, &setup, body, respond, open).await;
     match end {
         End::Completed => {}
@@ -376,6 +380,7 @@ async fn relay(
     let mut head = Response::new(());
     *head.status_mut() = parts.status;
     *head.headers_mut() = grpc::headers::response_headers(&parts.headers);
+    drop(parts);
     let mut downstream = match respond.send_response(head, end_of_stream) {
         Ok(downstream) => downstream,
         Err(_) => return End::Cancelled,

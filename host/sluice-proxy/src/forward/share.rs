@@ -254,7 +254,10 @@ pub(crate) async fn serve(
     } else {
         ctx.stats.incr(|s| &s.shared_joins_total);
         tracing::debug!("joined a shared upstream stream");
+        drop(request_bytes);
     }
+    // Long-lived subscriptions must not keep their request alive.
+    drop((parts, body));
 
     let mut head = stream.head.subscribe();
     let head = tokio::select! {
@@ -387,7 +390,7 @@ async fn feed_subscribers(
     request: Bytes,
     max_message_bytes: usize,
 ) -> Result<HeaderMap, Status> {
-    let open = open_upstream(ctx, profile, path, headers, false, None).await?;
+    let open = Box::pin(open_upstream(ctx, profile, path, headers, false, None)).await?;
     let _lease = open.lease;
     let mut send = open.send;
     pump::send_all(&mut send, request, OnFull::Wait, true)
