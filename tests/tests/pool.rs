@@ -275,3 +275,38 @@ async fn a_connection_never_carries_more_than_the_peer_allows() {
         call.abort();
     }
 }
+
+#[tokio::test]
+async fn a_call_cancelled_while_its_connection_opens_leaks_no_reservation() {
+    // An upstream that accepts TCP and never speaks HTTP/2: opening a connection hangs.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            sockets.push(tcp);
+        }
+    });
+    let mut config = config_with_endpoint("silent", &format!("http://{addr}"));
+    config.pool.connect_timeout = Duration::from_secs(30);
+    let proxy = sluice(config).await;
+    let mut c = client(proxy.addr()).await;
+    let mut request = as_monitor(EchoRequest::default(), "m");
+    // The client gives up (and resets its stream) while Sluice is still connecting.
+    request.set_timeout(Duration::from_millis(300));
+    let status = bounded(LIMIT, "call", c.echo(request)).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let snapshot = proxy.snapshot();
+            snapshot.stats.downstream_streams_active == 0 && snapshot.connections == 0
+        })
+        .await,
+        "the abandoned connection attempt still holds a reservation: {:?}",
+        proxy.snapshot()
+    );
+    held.abort();
+}

@@ -146,7 +146,7 @@ pub struct PoolConfig {
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
     /// HTTP/2 receive window of each stream, in bytes: the most a stream buffers on each side
-    /// before flow control holds its sender back. Default 256 KiB.
+    /// before flow control holds its sender back. Default 128 KiB.
     pub stream_window_bytes: u32,
 }
 
@@ -157,7 +157,7 @@ impl Default for PoolConfig {
             connect_timeout: Duration::from_secs(5),
             queue_capacity: 1024,
             queue_timeout: Duration::from_secs(5),
-            stream_window_bytes: 256 * 1024,
+            stream_window_bytes: 128 * 1024,
         }
     }
 }

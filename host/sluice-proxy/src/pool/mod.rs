@@ -209,6 +209,54 @@ impl Drop for Lease {
     }
 }
 
+/// A connection being opened for a group: holds the group's `opening` count and the global
+/// reservation, and gives both back when dropped while armed.
+struct Opening<'a> {
+    pool: &'a Pool,
+    group: &'a Arc<Group>,
+    armed: bool,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.group.state.lock().opening -= 1;
+            self.pool.open_connections.fetch_sub(1, Relaxed);
+            self.group.released.notify_waiters();
+        }
+    }
+}
+
+/// Counts a connection attempt against its endpoint (so concurrent openings spread over
+/// endpoints); the count stays only if the attempt succeeds.
+struct EndpointAttempt<'a> {
+    endpoint: &'a Endpoint,
+    succeeded: bool,
+}
+
+impl<'a> EndpointAttempt<'a> {
+    fn start(endpoint: &'a Endpoint) -> Self {
+        endpoint.connections.fetch_add(1, Relaxed);
+        Self {
+            endpoint,
+            succeeded: false,
+        }
+    }
+
+    /// Keeps the count: the connection now exists and its driver gives it back when it ends.
+    fn succeeded(mut self) {
+        self.succeeded = true;
+    }
+}
+
+impl Drop for EndpointAttempt<'_> {
+    fn drop(&mut self) {
+        if !self.succeeded {
+            self.endpoint.connections.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
 /// A place in a group's wait queue, given back when dropped.
 struct QueueSlot<'a> {
     group: &'a Group,
@@ -549,16 +597,25 @@ impl Pool {
         endpoints: Vec<Arc<Endpoint>>,
         take_slot: bool,
     ) -> Result<Option<Lease>, Status> {
+        // Both guards give their counts back if this future is dropped mid-connect (the
+        // stream that started the opening was cancelled) or every endpoint fails.
+        let mut opening = Opening {
+            pool: self,
+            group,
+            armed: true,
+        };
         let mut errors = Vec::new();
         for endpoint in endpoints {
-            endpoint.connections.fetch_add(1, Relaxed);
+            let attempt = EndpointAttempt::start(&endpoint);
             match endpoint.connector.connect(self.connect_timeout).await {
                 Ok(opened) => {
+                    attempt.succeeded();
+                    opening.armed = false;
                     *endpoint.retry_after.lock() = None;
                     return Ok(self.adopt(group, endpoint, opened, take_slot));
                 }
                 Err(error) => {
-                    endpoint.connections.fetch_sub(1, Relaxed);
+                    drop(attempt);
                     self.stats.incr(|s| &s.connection_errors_total);
                     tracing::warn!(endpoint = %endpoint.id, class = %group.class, %error, "upstream connect failed");
                     *endpoint.retry_after.lock() = Some(Instant::now() + ENDPOINT_RETRY_AFTER);
@@ -566,9 +623,7 @@ impl Pool {
                 }
             }
         }
-        group.state.lock().opening -= 1;
-        self.open_connections.fetch_sub(1, Relaxed);
-        group.released.notify_waiters();
+        drop(opening);
         Err(Status::unavailable(format!(
             "no upstream endpoint reachable for class {} ({})",
             group.class,
