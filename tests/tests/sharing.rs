@@ -225,3 +225,51 @@ async fn a_lagging_subscriber_is_cut_off_without_hurting_the_others() {
         .unwrap();
     assert_eq!(event.seq, previous + 1);
 }
+
+#[tokio::test]
+async fn a_joiner_is_served_even_when_the_only_other_subscriber_has_stalled() {
+    let (upstream, proxy) = shared_sluice(16).await;
+    let mut stalled_client = client(proxy.addr()).await;
+    let mut stalled = stalled_client
+        .subscribe(as_monitor(subscribe("feed", 0.0, 1024, 0), "stalled"))
+        .await
+        .unwrap()
+        .into_inner();
+    stalled.message().await.unwrap().unwrap();
+    // Let the stalled subscriber's windows fill, so the shared stream waits for it.
+    let settled = eventually(Duration::from_secs(10), {
+        let mut last = 0;
+        let stats = std::sync::Arc::clone(&upstream.stats);
+        move || {
+            let sent = stats.snapshot().events_sent;
+            let still = sent == last;
+            last = sent;
+            still && sent > 0
+        }
+    })
+    .await;
+    assert!(
+        settled,
+        "the shared stream never paused for the stalled subscriber"
+    );
+    let mut joiner_client = client(proxy.addr()).await;
+    let mut joiner = joiner_client
+        .subscribe(as_monitor(subscribe("feed", 0.0, 1024, 0), "joiner"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut previous = bounded(LIMIT, "joiner's first event", joiner.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .seq;
+    for _ in 0..500 {
+        let event = bounded(LIMIT, "joiner events", joiner.message())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.seq, previous + 1);
+        previous = event.seq;
+    }
+    drop(stalled);
+}

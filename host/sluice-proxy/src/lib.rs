@@ -61,6 +61,9 @@ pub enum ProxyError {
         /// The socket error.
         source: std::io::Error,
     },
+    /// The configuration breaks a rule (see `Config::validate`).
+    #[error(transparent)]
+    Config(#[from] sluice_config::ConfigError),
     /// The monitor-facing TLS certificate or key is unusable.
     #[error("server TLS: {0}")]
     Tls(#[from] TlsError),
@@ -87,6 +90,8 @@ impl Proxy {
         config: Arc<Config>,
         router: Arc<dyn Router>,
     ) -> Result<Self, ProxyError> {
+        // Configs built in code skip `Config::from_file`; the data path relies on these rules.
+        config.validate()?;
         let stats = Arc::new(Stats::default());
         let pool = Pool::new(&config, router, Arc::clone(&stats))?;
         let tls = match &config.server.tls {

@@ -195,7 +195,13 @@ pub(crate) async fn open_upstream(
     deadline: Option<tokio::time::Instant>,
 ) -> Result<OpenStream, Status> {
     let mut last_error = String::new();
-    for _ in 0..OPEN_ATTEMPTS {
+    let mut attempts = 0;
+    // Connections found closed (e.g. after GOAWAY) do not use up attempts: each is marked and
+    // never chosen again. The overall bound covers an upstream that closes every connection.
+    for _ in 0..OPEN_ATTEMPTS * 8 {
+        if attempts == OPEN_ATTEMPTS {
+            break;
+        }
         let lease = ctx.pool.acquire(profile, path.path()).await?;
         tracing::debug!(
             connection = lease.connection().id,
@@ -208,6 +214,9 @@ pub(crate) async fn open_upstream(
             Ok(send_request) => send_request,
             Err(error) => {
                 last_error = error.to_string();
+                if !error.is_go_away() {
+                    attempts += 1;
+                }
                 continue;
             }
         };
@@ -223,11 +232,12 @@ pub(crate) async fn open_upstream(
             Err(error) => {
                 lease.discard_connection();
                 last_error = error.to_string();
+                attempts += 1;
             }
         }
     }
     Err(Status::unavailable(format!(
-        "could not open an upstream stream after {OPEN_ATTEMPTS} attempts: {last_error}"
+        "could not open an upstream stream: {last_error}"
     )))
 }
 

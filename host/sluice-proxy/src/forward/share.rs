@@ -7,15 +7,16 @@
 //! A shared stream runs at the pace of its fastest subscriber: the upstream is read (and its
 //! flow-control window released) only while the fastest subscriber is less than half a ring
 //! behind. It cannot be held back for the slowest without stalling the others, so each
-//! subscriber reads from a bounded ring (`tokio::sync::broadcast`), and one that falls a full
-//! ring behind is cut off with `RESOURCE_EXHAUSTED "lagging"`, whatever its class's lag policy.
+//! subscriber reads from a bounded ring (`tokio::sync::broadcast`, whose capacity is
+//! `share_buffer_messages` rounded up to a power of two), and one that falls a full ring behind
+//! is cut off with `RESOURCE_EXHAUSTED "lagging"`, whatever its class's lag policy.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -81,6 +82,8 @@ struct SharedStream {
     head: watch::Sender<Option<Head>>,
     subscribers: AtomicUsize,
     cancel: Notify,
+    /// The position of the last message published to subscribers.
+    published: AtomicU64,
     /// The highest position any subscriber has handed to its monitor.
     delivered: AtomicU64,
     /// Signalled when `delivered` moves.
@@ -141,15 +144,22 @@ impl ShareRegistry {
         let mut streams = self.streams.lock();
         if let Some(stream) = streams.get(&key) {
             stream.subscribers.fetch_add(1, Relaxed);
+            // A joiner is caught up by definition: if the stream was waiting for a stalled
+            // subscriber, the newcomer is now the fastest and lets it go on.
+            let published = stream.published.load(Relaxed);
+            if stream.delivered.fetch_max(published, Relaxed) < published {
+                stream.progress.notify_one();
+            }
             return (Arc::clone(stream), stream.events.subscribe(), false);
         }
-        let (events, receiver) = broadcast::channel(buffer);
+        let (events, receiver) = broadcast::channel(buffer.max(1));
         let stream = Arc::new(SharedStream {
             key: key.clone(),
             events,
             head: watch::Sender::new(None),
             subscribers: AtomicUsize::new(1),
             cancel: Notify::new(),
+            published: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             progress: Notify::new(),
             lead: (buffer as u64 / 2).max(1),
@@ -175,26 +185,36 @@ impl ShareRegistry {
     }
 }
 
-/// Reads the whole request body of a server-streaming call (one message, then end of stream).
+/// Reads the request of a server-streaming call: exactly one message, then end of stream.
 async fn read_request(body: &mut RecvStream, limit: usize) -> Result<Bytes, Status> {
     let mut splitter = MessageSplitter::new(limit);
-    let mut buffer = BytesMut::new();
+    let mut request = None;
     while let Some(chunk) = body.data().await {
         let chunk = chunk
             .map_err(|e| Status::new(Code::Cancelled, format!("request stream failed: {e}")))?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        splitter.push(chunk.clone());
-        while splitter
+        splitter.push(chunk);
+        while let Some(message) = splitter
             .next_message()
             .map_err(|e| Status::resource_exhausted(format!("request rejected: {e}")))?
-            .is_some()
-        {}
-        buffer.extend_from_slice(&chunk);
+        {
+            if request.replace(message).is_some() {
+                return Err(Status::new(
+                    Code::InvalidArgument,
+                    "shared methods take exactly one request message (server streaming)",
+                ));
+            }
+        }
     }
     splitter
         .finish()
         .map_err(|e| Status::new(Code::InvalidArgument, format!("request rejected: {e}")))?;
-    Ok(buffer.freeze())
+    request.ok_or_else(|| {
+        Status::new(
+            Code::InvalidArgument,
+            "shared methods need a request message",
+        )
+    })
 }
 
 /// Serves one subscriber of a shared method.
@@ -298,7 +318,11 @@ pub(crate) async fn serve(
         match event {
             Ok(Event::Message(position, message)) => {
                 let len = message.len() as u64;
-                match pump::send_all(&mut downstream, message, setup.on_full, false).await {
+                let sent = tokio::select! {
+                    sent = pump::send_all(&mut downstream, message, setup.on_full, false) => sent,
+                    status = &mut ending_early => break Some(status.to_trailers()),
+                };
+                match sent {
                     Ok(()) => {
                         ctx.stats.bytes_to_monitors_total.fetch_add(len, Relaxed);
                         if stream.delivered.fetch_max(position, Relaxed) < position {
@@ -427,6 +451,7 @@ async fn feed_subscribers(
         {
             published += 1;
             stream.wait_for_fastest(published).await;
+            stream.published.store(published, Relaxed);
             // No receiver only means every subscriber is between leaving and the cancel.
             let _ = stream.events.send(Event::Message(published, message));
         }

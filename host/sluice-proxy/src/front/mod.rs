@@ -114,6 +114,9 @@ where
             _ = shutdown.wait_for(|stop| *stop), if !draining => {
                 draining = true;
                 connection.graceful_shutdown();
+                // Calls get the whole grace period, then a second for their final statuses.
+                let grace = ctx.config.server.shutdown_grace + Duration::from_secs(1);
+                idle_check.as_mut().reset(tokio::time::Instant::now() + grace);
                 continue;
             }
             _ = &mut idle_check => {

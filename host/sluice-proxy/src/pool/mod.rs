@@ -222,7 +222,10 @@ impl Drop for Opening<'_> {
         if self.armed {
             self.group.state.lock().opening -= 1;
             self.pool.open_connections.fetch_sub(1, Relaxed);
-            self.group.released.notify_waiters();
+            // A global slot freed up: any class may now open a connection.
+            for group in &self.pool.groups {
+                group.released.notify_waiters();
+            }
         }
     }
 }
@@ -449,17 +452,20 @@ impl Pool {
                 Step::Open(endpoints) => match self.open_connection(group, endpoints, true).await {
                     Ok(Some(lease)) => return Ok(lease),
                     Ok(None) => continue,
-                    // With other connections alive, wait for one of their slots instead of
-                    // hammering an endpoint that just refused us.
                     Err(status) => {
                         if !self.has_live_connections(group) {
                             return Err(status);
                         }
+                        // Other connections are alive: look again with a fresh registration.
+                        // The failed endpoints now cool down, so the next look waits for a
+                        // slot instead of reconnecting at once.
+                        continue;
                     }
                 },
                 Step::Wait => {}
             }
-            if queued.is_none() {
+            // Streams promised a slot on a connection being opened are not queued: they have one.
+            if queued.is_none() && promise.is_none() {
                 if group.waiting.fetch_add(1, Relaxed) >= self.queue_capacity {
                     group.waiting.fetch_sub(1, Relaxed);
                     self.stats.incr(|s| &s.queue_rejected_total);
@@ -475,6 +481,8 @@ impl Pool {
             }
             let timed_out = tokio::select! {
                 _ = &mut released => false,
+                // Endpoints that refused a connection may be tried again after their cool-down.
+                _ = tokio::time::sleep(ENDPOINT_RETRY_AFTER) => false,
                 _ = tokio::time::sleep_until(deadline) => true,
             };
             drop(promise);
@@ -534,7 +542,14 @@ impl Pool {
             state.promised += 1;
             return Step::AwaitOpening;
         }
-        if state.connections.len() + state.opening < group.limit && self.reserve_global() {
+        // While every endpoint has just refused a connection and the group still has live
+        // connections, wait for their slots rather than reconnect in a loop.
+        let all_cooling = self.endpoints.iter().all(|e| e.cooling_down(now));
+        let may_open = !all_cooling || state.connections.is_empty();
+        if may_open
+            && state.connections.len() + state.opening < group.limit
+            && self.reserve_global()
+        {
             state.opening += 1;
             return Step::Open(self.endpoint_order());
         }
@@ -655,7 +670,7 @@ impl Pool {
         tracing::info!(connection = connection.id, endpoint = %endpoint.id, class = %group.class, "upstream connection opened");
         let driver = opened.driver;
         let open_connections = Arc::clone(&self.open_connections);
-        let waiters = Arc::clone(group);
+        let groups = self.groups.clone();
         let endpoint_for_driver = Arc::clone(&endpoint);
         let id = connection.id;
         tokio::spawn(async move {
@@ -667,7 +682,10 @@ impl Pool {
             closed.store(true, Relaxed);
             endpoint_for_driver.connections.fetch_sub(1, Relaxed);
             open_connections.fetch_sub(1, Relaxed);
-            waiters.released.notify_waiters();
+            // A global slot freed up: any class may now open a connection.
+            for group in &groups {
+                group.released.notify_waiters();
+            }
         });
         let lease = take_slot.then(|| {
             let decision = RouteDecision {
