@@ -17,6 +17,9 @@ use tracing::Instrument;
 
 use crate::Context;
 
+/// Most bytes h2 queues per stream for writing; see `pool::connector` for the upstream side.
+pub(crate) const SEND_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Accepts monitor connections until `shutdown` flips to `true`.
 pub(crate) async fn accept_loop(
     ctx: Arc<Context>,
@@ -89,7 +92,9 @@ where
         )
         .max_concurrent_streams(max_streams)
         .max_frame_size(64 * 1024)
-        .max_send_buffer_size(window as usize)
+        // Bytes queued for a monitor beyond what its socket took: enough for large writes,
+        // small enough that a hundred saturated streams stay within a few MiB.
+        .max_send_buffer_size(SEND_BUFFER_BYTES.min(window as usize))
         .handshake::<T, Bytes>(io);
     let mut connection =
         match tokio::time::timeout(ctx.config.pool.connect_timeout, handshake).await {

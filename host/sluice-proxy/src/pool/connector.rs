@@ -150,7 +150,9 @@ impl Connector {
             .initial_window_size(self.settings.stream_window)
             .initial_connection_window_size(self.settings.connection_window)
             .max_frame_size(64 * 1024)
-            .max_send_buffer_size(self.settings.stream_window as usize)
+            .max_send_buffer_size(
+                crate::front::SEND_BUFFER_BYTES.min(self.settings.stream_window as usize),
+            )
             .enable_push(false)
             .handshake::<T, Bytes>(io)
             .await
