@@ -13,6 +13,8 @@
 //!
 //! Start a proxy with [`Proxy::bind`] and [`Proxy::spawn`].
 
+#![warn(missing_docs)]
+
 mod coalesce;
 pub mod forward;
 pub mod front;
