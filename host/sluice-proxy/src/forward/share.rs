@@ -259,6 +259,13 @@ pub(crate) async fn serve(
         // Each subscriber's deadline is enforced here; the shared upstream stream has none.
         headers.remove("grpc-timeout");
         let Some(path) = parts.uri.path_and_query().cloned() else {
+            // Unreachable for HTTP/2 (`:path` is mandatory), but joiners must never wait on
+            // a stream that will not start.
+            let status = Status::new(Code::InvalidArgument, "request has no path");
+            stream
+                .head
+                .send_replace(Some(Head::Ended(status.to_response())));
+            ctx.shares.retire(&stream);
             return;
         };
         let upstream = run_upstream(
