@@ -266,6 +266,7 @@ pub(crate) async fn serve(
                 .head
                 .send_replace(Some(Head::Ended(status.to_response())));
             ctx.shares.retire(&stream);
+            let _ = respond.send_response(status.to_response(), true);
             return;
         };
         let upstream = run_upstream(
