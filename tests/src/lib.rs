@@ -108,6 +108,20 @@ pub async fn client(addr: SocketAddr) -> FeedClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
+/// Opens a Subscribe stream as `monitor` on a client connection of its own.
+pub async fn open_subscription(
+    addr: SocketAddr,
+    monitor: &str,
+    request: pb::SubscribeRequest,
+) -> tonic::Streaming<pb::Event> {
+    client(addr)
+        .await
+        .subscribe(as_monitor(request, monitor))
+        .await
+        .expect("subscribe")
+        .into_inner()
+}
+
 /// Wraps `message` in a request that names the calling monitor.
 pub fn as_monitor<T>(message: T, monitor: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

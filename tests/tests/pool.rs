@@ -69,6 +69,22 @@ async fn two_hundred_streams_share_at_most_four_upstream_connections() {
     }
 }
 
+/// Starts an Echo call and waits until it sits in the proxy's wait queue.
+async fn queue_an_echo(
+    c: &sluice_tests::pb::feed_client::FeedClient<tonic::transport::Channel>,
+    proxy: &sluice_proxy::ProxyHandle,
+) -> tokio::task::JoinHandle<Result<tonic::Response<sluice_tests::pb::EchoReply>, tonic::Status>> {
+    let mut c = c.clone();
+    let waiting =
+        tokio::spawn(async move { c.echo(as_monitor(EchoRequest::default(), "m")).await });
+    let queued = eventually(Duration::from_secs(5), || {
+        proxy.snapshot().stats.queue_waiting == 1
+    })
+    .await;
+    assert!(queued, "the call did not queue");
+    waiting
+}
+
 #[tokio::test]
 async fn a_full_pool_queues_then_refuses_with_resource_exhausted() {
     let upstream = feed("up").await;
@@ -95,20 +111,7 @@ async fn a_full_pool_queues_then_refuses_with_resource_exhausted() {
         held.push(s);
     }
     // A third waits in the queue...
-    let mut waiting_client = c.clone();
-    let waiting = tokio::spawn(async move {
-        waiting_client
-            .echo(as_monitor(EchoRequest::default(), "m"))
-            .await
-    });
-    assert!(
-        eventually(Duration::from_secs(5), || proxy
-            .snapshot()
-            .stats
-            .queue_waiting
-            == 1)
-        .await
-    );
+    let waiting = queue_an_echo(&c, &proxy).await;
     // ...a fourth finds the queue full and is refused at once...
     let status = c
         .echo(as_monitor(EchoRequest::default(), "m"))
@@ -133,20 +136,7 @@ async fn a_full_pool_queues_then_refuses_with_resource_exhausted() {
     );
 
     // A queued stream gets the slot as soon as one frees.
-    let mut waiting_client = c.clone();
-    let waiting = tokio::spawn(async move {
-        waiting_client
-            .echo(as_monitor(EchoRequest::default(), "m"))
-            .await
-    });
-    assert!(
-        eventually(Duration::from_secs(5), || proxy
-            .snapshot()
-            .stats
-            .queue_waiting
-            == 1)
-        .await
-    );
+    let waiting = queue_an_echo(&c, &proxy).await;
     drop(held.pop());
     bounded(LIMIT, "queued call after release", waiting)
         .await

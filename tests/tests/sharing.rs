@@ -20,15 +20,12 @@ async fn identical_subscriptions_fan_out_from_one_upstream_stream() {
     let (upstream, proxy) = shared_sluice(1024).await;
     let mut streams = Vec::new();
     for i in 0..5 {
-        let mut c = client(proxy.addr()).await;
-        let s = c
-            .subscribe(as_monitor(
-                subscribe("accounts", 200.0, 64, 0),
-                &format!("m{i}"),
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let s = open_subscription(
+            proxy.addr(),
+            &format!("m{i}"),
+            subscribe("accounts", 200.0, 64, 0),
+        )
+        .await;
         streams.push(s);
     }
     for s in &mut streams {
@@ -136,16 +133,13 @@ async fn a_finished_shared_stream_ends_every_subscriber_with_its_status() {
     let (upstream, proxy) = shared_sluice(1024).await;
     let mut streams = Vec::new();
     for i in 0..3 {
-        let mut c = client(proxy.addr()).await;
         // A slow rate lets all three join before the upstream finishes.
-        let s = c
-            .subscribe(as_monitor(
-                subscribe("short", 20.0, 8, 20),
-                &format!("m{i}"),
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let s = open_subscription(
+            proxy.addr(),
+            &format!("m{i}"),
+            subscribe("short", 20.0, 8, 20),
+        )
+        .await;
         streams.push(s);
     }
     for s in &mut streams {
