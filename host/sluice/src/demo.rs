@@ -194,11 +194,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                     .map(|g| format!("{} {}c/{}s", g.class, g.connections, g.streams))
                     .collect();
                 println!(
-                    "[{:>5.1}s] {rate:>7.0} msg/s to monitors | monitor streams {} -> upstream streams {} ({} shared) | connections {} [{}] | errors {}",
+                    "[{:>5.1}s] {rate:>7.0} msg/s to monitors | monitor streams {} -> upstream streams {} ({} ride a shared one) | connections {} [{}] | errors {}",
                     started.elapsed().as_secs_f64(),
                     snap.stats.downstream_streams_active,
                     snap.stats.upstream_streams_active,
-                    snap.shared_streams,
+                    snap.stats
+                        .shared_subscribers_active
+                        .saturating_sub(snap.stats.shared_upstreams_active),
                     snap.connections,
                     groups.join(", "),
                     errors.load(Relaxed),
