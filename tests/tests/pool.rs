@@ -300,3 +300,31 @@ async fn a_call_cancelled_while_its_connection_opens_leaks_no_reservation() {
     );
     held.abort();
 }
+
+#[tokio::test]
+async fn min_connections_are_opened_at_start_and_reused() {
+    let upstream = feed("up").await;
+    let mut config = config_for(&[&upstream]);
+    config.classes.state.min_connections = 2;
+    config.monitors.push(monitor("st", TrafficClass::State));
+    let proxy = sluice(config).await;
+    assert!(
+        eventually(Duration::from_secs(5), || proxy.snapshot().groups
+            [TrafficClass::State.index()]
+        .connections
+            == 2)
+        .await,
+        "{:?}",
+        proxy.snapshot().groups
+    );
+    assert_eq!(upstream.stats.snapshot().connections_accepted, 2);
+    let mut c = client(proxy.addr()).await;
+    c.echo(as_monitor(EchoRequest::default(), "st"))
+        .await
+        .unwrap();
+    assert_eq!(
+        proxy.snapshot().stats.connections_opened_total,
+        2,
+        "the call used a warm connection"
+    );
+}

@@ -44,6 +44,21 @@ fn a_valid_config_is_accepted_and_summarised() {
 }
 
 #[test]
+fn the_shipped_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/local.toml");
+    let output = Command::new(SLUICE)
+        .arg("check-config")
+        .arg(example)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
 fn bad_configs_fail_with_the_key_and_the_problem() {
     let cases = [
         ("", "`endpoints`"),
