@@ -9,19 +9,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// Returns `true` (and schedules a wake-up) on every other call: the caller then returns
-/// `Poll::Pending` without polling its connection.
-pub(crate) fn yield_first(yielded: &mut bool, cx: &mut Context<'_>) -> bool {
-    if *yielded {
-        *yielded = false;
-        false
-    } else {
-        *yielded = true;
-        cx.waker().wake_by_ref();
-        true
-    }
-}
-
 /// Wraps a future so that each wake-up is deferred by one scheduler round.
 pub(crate) struct YieldFirst<F> {
     inner: F,
@@ -41,9 +28,12 @@ impl<F: Future + Unpin> Future for YieldFirst<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        if yield_first(&mut self.yielded, cx) {
+        if !self.yielded {
+            self.yielded = true;
+            cx.waker().wake_by_ref();
             return Poll::Pending;
         }
+        self.yielded = false;
         Pin::new(&mut self.inner).poll(cx)
     }
 }

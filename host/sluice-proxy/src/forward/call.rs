@@ -130,6 +130,14 @@ pub(crate) async fn must_end(ctx: &Context, deadline: Option<tokio::time::Instan
     }
 }
 
+/// Counts a monitor cut off for refusing data for `waited`, and gives the status it gets.
+pub(crate) fn cut_off_lagging(ctx: &Context, waited: std::time::Duration) -> Status {
+    ctx.stats.incr(|s| &s.lagging_disconnects_total);
+    Status::resource_exhausted(format!(
+        "lagging: the monitor accepted no data for {waited:?}"
+    ))
+}
+
 /// The status a monitor gets when its upstream stream failed.
 pub(crate) fn upstream_failure(error: &h2::Error) -> Status {
     if let Some(reason) = error.reason() {
@@ -440,10 +448,7 @@ async fn relay(
         Ok(Ending::Closed) => End::Completed,
         Err(PumpError::Sink(_)) => End::Cancelled,
         Err(PumpError::Lagging(waited)) => {
-            ctx.stats.incr(|s| &s.lagging_disconnects_total);
-            let status = Status::resource_exhausted(format!(
-                "lagging: the monitor accepted no data for {waited:?}"
-            ));
+            let status = cut_off_lagging(ctx, waited);
             let _ = downstream.send_trailers(status.to_trailers());
             End::Failed(status)
         }

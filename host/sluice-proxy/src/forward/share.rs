@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use sluice_config::MethodConfig;
 use tokio::sync::{Notify, broadcast, watch};
 
-use super::call::{CallSetup, must_end, open_upstream, upstream_failure};
+use super::call::{CallSetup, cut_off_lagging, must_end, open_upstream, upstream_failure};
 use super::pump::{self, OnFull, PumpError};
 use crate::Context;
 use crate::grpc::{self, Code, MessageSplitter, Status};
@@ -93,6 +93,13 @@ struct SharedStream {
 }
 
 impl SharedStream {
+    /// Records that a subscriber is at `position`, waking the publisher if that is a new best.
+    fn mark_delivered(&self, position: u64) {
+        if self.delivered.fetch_max(position, Relaxed) < position {
+            self.progress.notify_one();
+        }
+    }
+
     /// Waits until publishing message `position` keeps the fastest subscriber within `lead`.
     async fn wait_for_fastest(&self, position: u64) {
         loop {
@@ -146,10 +153,7 @@ impl ShareRegistry {
             stream.subscribers.fetch_add(1, Relaxed);
             // A joiner is caught up by definition: if the stream was waiting for a stalled
             // subscriber, the newcomer is now the fastest and lets it go on.
-            let published = stream.published.load(Relaxed);
-            if stream.delivered.fetch_max(published, Relaxed) < published {
-                stream.progress.notify_one();
-            }
+            stream.mark_delivered(stream.published.load(Relaxed));
             return (Arc::clone(stream), stream.events.subscribe(), false);
         }
         let (events, receiver) = broadcast::channel(buffer.max(1));
@@ -333,18 +337,10 @@ pub(crate) async fn serve(
                 match sent {
                     Ok(()) => {
                         ctx.stats.bytes_to_monitors_total.fetch_add(len, Relaxed);
-                        if stream.delivered.fetch_max(position, Relaxed) < position {
-                            stream.progress.notify_one();
-                        }
+                        stream.mark_delivered(position);
                     }
                     Err(PumpError::Lagging(waited)) => {
-                        ctx.stats.incr(|s| &s.lagging_disconnects_total);
-                        break Some(
-                            Status::resource_exhausted(format!(
-                                "lagging: the monitor accepted no data for {waited:?}"
-                            ))
-                            .to_trailers(),
-                        );
+                        break Some(cut_off_lagging(&ctx, waited).to_trailers());
                     }
                     Err(_) => break None,
                 }

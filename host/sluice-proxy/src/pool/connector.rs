@@ -16,6 +16,7 @@ use sluice_config::EndpointConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::coalesce::YieldFirst;
 use crate::tls::{self, TlsError};
 
 /// Why an upstream connection could not be opened.
@@ -146,7 +147,7 @@ impl Connector {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (send_request, connection) = h2::client::Builder::new()
+        let (send_request, mut connection) = h2::client::Builder::new()
             .initial_window_size(self.settings.stream_window)
             .initial_connection_window_size(self.settings.connection_window)
             .max_frame_size(64 * 1024)
@@ -160,15 +161,13 @@ impl Connector {
                 addr: self.addr.clone(),
                 source,
             })?;
-        let mut connection = connection;
         let ping_pong = connection.ping_pong();
         let peer_max_streams = Arc::new(AtomicU32::new(0));
         let mut driver: Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>> =
-            Box::pin(Driver {
+            Box::pin(YieldFirst::new(Driver {
                 connection,
                 peer_max_streams: Arc::clone(&peer_max_streams),
-                yielded: false,
-            });
+            }));
         // The peer's SETTINGS (and so its stream limit) precede its answer to our first PING:
         // waiting one round trip means no stream is ever placed over the peer's limit.
         if let Some(mut ping_pong) = ping_pong {
@@ -195,7 +194,6 @@ impl Connector {
 struct Driver<T> {
     connection: h2::client::Connection<T, Bytes>,
     peer_max_streams: Arc<AtomicU32>,
-    yielded: bool,
 }
 
 impl<T> Future for Driver<T>
@@ -205,9 +203,6 @@ where
     type Output = Result<(), h2::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if crate::coalesce::yield_first(&mut self.yielded, cx) {
-            return Poll::Pending;
-        }
         let result = Pin::new(&mut self.connection).poll(cx);
         let max = self.connection.max_concurrent_send_streams();
         self.peer_max_streams

@@ -222,11 +222,16 @@ impl Drop for Opening<'_> {
         if self.armed {
             self.group.state.lock().opening -= 1;
             self.pool.open_connections.fetch_sub(1, Relaxed);
-            // A global slot freed up: any class may now open a connection.
-            for group in &self.pool.groups {
-                group.released.notify_waiters();
-            }
+            wake_every_class(&self.pool.groups);
         }
+    }
+}
+
+/// Wakes the waiters of every class: a global connection slot freed up, so any class may now
+/// open a connection.
+fn wake_every_class(groups: &[Arc<Group>]) {
+    for group in groups {
+        group.released.notify_waiters();
     }
 }
 
@@ -682,10 +687,7 @@ impl Pool {
             closed.store(true, Relaxed);
             endpoint_for_driver.connections.fetch_sub(1, Relaxed);
             open_connections.fetch_sub(1, Relaxed);
-            // A global slot freed up: any class may now open a connection.
-            for group in &groups {
-                group.released.notify_waiters();
-            }
+            wake_every_class(&groups);
         });
         let lease = take_slot.then(|| {
             let decision = RouteDecision {
