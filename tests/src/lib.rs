@@ -17,6 +17,9 @@ use tonic::transport::Channel;
 
 pub use sluice_feed::pb;
 
+pub mod admin;
+pub mod plugins;
+
 /// Largest message the test clients accept.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 

@@ -20,7 +20,8 @@ use crate::procs::{self, Guarded, TempDir};
 use crate::setup::{self, Profile};
 use crate::util::{self, cargo};
 
-const USAGE: &str = "usage: cargo xtask bench proxy [--rounds N] [--duration 5s] [--quick]";
+const USAGE: &str = "usage: cargo xtask bench proxy [--rounds N] [--duration 5s] [--quick]
+       cargo xtask bench policy [--rounds N] [--quick]";
 
 /// Streams held open for the idle-memory measurement.
 const IDLE_STREAMS: usize = 1000;
@@ -140,9 +141,53 @@ fn parse_options(args: &[String]) -> Result<Options> {
 pub fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("proxy") => proxy(parse_options(&args[1..])?),
-        Some(other) => bail!("unknown benchmark {other:?}; available: proxy\n{USAGE}"),
+        Some("policy") => policy(&args[1..]),
+        Some(other) => bail!("unknown benchmark {other:?}; available: proxy, policy\n{USAGE}"),
         None => bail!("{USAGE}"),
     }
+}
+
+/// `cargo xtask bench policy`: builds the plugins, then runs the `policy` bench program of
+/// `sluice-policy` (release profile), which prints its tables and writes
+/// `<target>/bench/policy.json`.
+fn policy(args: &[String]) -> Result<()> {
+    let mut passed = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--quick" => passed.push(arg.clone()),
+            "--rounds" => {
+                let rounds = rest.next().context("--rounds needs a number")?;
+                rounds
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("--rounds {rounds:?} is not a positive number"))?;
+                passed.extend(["--rounds".to_owned(), rounds.clone()]);
+            }
+            other => bail!("unknown option {other:?}\n{USAGE}"),
+        }
+    }
+    let plugins = crate::plugins::build_all()?;
+    let out = util::target_dir()?.join("bench");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut command = cargo();
+    command
+        .args([
+            "bench",
+            "--package",
+            "sluice-policy",
+            "--bench",
+            "policy",
+            "--",
+        ])
+        .arg("--plugins")
+        .arg(&plugins)
+        .arg("--json")
+        .arg(out.join("policy.json"))
+        .args(&passed);
+    println!("$ {}", util::display(&command));
+    util::run(&mut command)
 }
 
 /// A place the load generator connects to.

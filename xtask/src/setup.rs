@@ -85,7 +85,7 @@ fn venv_dir() -> PathBuf {
     sluice_dir().join("venv")
 }
 
-fn venv_python() -> PathBuf {
+pub(crate) fn venv_python() -> PathBuf {
     venv_dir().join("bin").join("python")
 }
 
@@ -175,7 +175,7 @@ pub fn display_rel(path: &Path) -> String {
 }
 
 /// Creates `.sluice/venv` if it is missing or broken.
-fn ensure_venv() -> Result<()> {
+pub(crate) fn ensure_venv() -> Result<()> {
     let python = venv_python();
     if python.is_file() {
         let works = Command::new(&python)
@@ -246,7 +246,7 @@ fn usable_python() -> Option<PathBuf> {
     })
 }
 
-fn pip_install(requirements: &[&str]) -> Result<()> {
+pub(crate) fn pip_install(requirements: &[&str]) -> Result<()> {
     let mut command = Command::new(venv_python());
     command
         .args(["-m", "pip", "install"])

@@ -18,8 +18,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod env;
+mod plugins;
 
 pub use env::expand_env;
+pub use plugins::{AdminConfig, PluginsConfig, SlotConfig, SlotKind};
 
 /// A configuration that could not be read, parsed or validated.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,12 @@ pub struct Config {
     /// Options for specific gRPC methods.
     #[serde(default)]
     pub methods: Vec<MethodConfig>,
+    /// Policy plugins (routing, scaling, anomaly detection).
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// The admin HTTP listener.
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 /// The listener monitors connect to.
@@ -456,6 +464,13 @@ impl Config {
                     .map_err(|problem| invalid(format!("monitors[{i}].token"), problem))?;
             }
         }
+        match self.admin.token.as_mut() {
+            Some(token) => {
+                *token = expand_env(token, lookup)
+                    .map_err(|problem| invalid("admin.token".to_owned(), problem))?;
+            }
+            None => self.admin.token = lookup("SLUICE_ADMIN_TOKEN").filter(|t| !t.is_empty()),
+        }
         Ok(())
     }
 
@@ -465,7 +480,9 @@ impl Config {
         self.validate_pool_and_classes()?;
         self.validate_endpoints()?;
         self.validate_monitors()?;
-        self.validate_methods()
+        self.validate_methods()?;
+        self.validate_plugins()?;
+        self.validate_admin()
     }
 
     /// The method options that apply to `path`: the first exact match, else the first service
@@ -697,6 +714,86 @@ impl Config {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_plugins(&self) -> Result<(), ConfigError> {
+        if let Some(dir) = self.plugins.dir.as_ref().filter(|d| !d.is_dir()) {
+            return Err(invalid(
+                "plugins.dir",
+                format!("{} is not a folder", dir.display()),
+            ));
+        }
+        for slot in SlotKind::ALL {
+            let table = self.plugins.slot(slot);
+            let key = |field: &str| format!("plugins.{slot}.{field}");
+            if table
+                .deadline
+                .is_some_and(|d| d.is_zero() || d > Duration::from_secs(10))
+            {
+                return Err(invalid(key("deadline"), "must be between 1us and 10s"));
+            }
+            if table
+                .memory_limit_bytes
+                .is_some_and(|m| !(1024 * 1024..=4 * 1024 * 1024 * 1024).contains(&m))
+            {
+                return Err(invalid(
+                    key("memory_limit_bytes"),
+                    "must be between 1 MiB and 4 GiB",
+                ));
+            }
+            if table.failure_threshold == Some(0) {
+                return Err(invalid(key("failure_threshold"), "must be at least 1"));
+            }
+            if table
+                .shadow_sample
+                .is_some_and(|s| !(0.0..=1.0).contains(&s))
+            {
+                return Err(invalid(key("shadow_sample"), "must be between 0 and 1"));
+            }
+            for (field, file) in [("file", &table.file), ("shadow", &table.shadow)] {
+                if let Some(file) = file {
+                    let resolved = match &self.plugins.dir {
+                        Some(dir) if file.is_relative() => dir.join(file),
+                        _ => file.clone(),
+                    };
+                    if !resolved.is_file() {
+                        return Err(invalid(
+                            key(field),
+                            format!("{} does not exist", resolved.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        let admin = &self.admin;
+        if admin.enabled && !admin.listen.ip().is_loopback() && admin.token.is_none() {
+            return Err(invalid(
+                "admin.token".to_owned(),
+                format!(
+                    "required when admin.listen ({}) is not a loopback address",
+                    admin.listen
+                ),
+            ));
+        }
+        if admin.token.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid(
+                "admin.token".to_owned(),
+                "must not be empty when set",
+            ));
+        }
+        if admin.max_upload_bytes == 0 {
+            return Err(invalid(
+                "admin.max_upload_bytes".to_owned(),
+                "must be greater than 0",
+            ));
         }
         Ok(())
     }

@@ -19,6 +19,10 @@ pub struct DemoOptions {
     pub listen: std::net::SocketAddr,
     /// Interval between status lines.
     pub report_every: Duration,
+    /// A plugins folder to load and watch.
+    pub plugins: Option<std::path::PathBuf>,
+    /// Where the admin API listens.
+    pub admin: std::net::SocketAddr,
 }
 
 /// The simulated endpoints: name and the latency each adds to a call.
@@ -131,15 +135,34 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         endpoints.push((name.to_owned(), feed.addr));
         feeds.push(feed);
     }
-    let config = demo_config(options.listen, &endpoints);
+    let mut config = demo_config(options.listen, &endpoints);
+    config.admin.listen = options.admin;
+    config.plugins.dir = options.plugins.clone();
     config.validate().context("demo config")?;
-    let proxy = sluice_proxy::Proxy::bind(Arc::new(config))
-        .await
-        .context("starting the demo's Sluice (is another demo running? try --listen 127.0.0.1:0)")?
-        .spawn();
+    let services = crate::services::start(Arc::new(config)).await.context(
+        "starting the demo's Sluice (is another demo running? try --listen 127.0.0.1:0 --admin 127.0.0.1:0)",
+    )?;
+    let proxy = &services.proxy;
 
     println!("Sluice demo");
     println!("  sluice listening on {} (h2c)", proxy.addr());
+    if let Some(admin) = &services.admin {
+        println!("  admin API on http://{}/api/v1/plugins", admin.addr());
+    }
+    for kind in sluice_config::SlotKind::ALL {
+        let slot = services.policies.slot(kind);
+        let policy = match slot.active() {
+            Some(plugin) => format!("plugin {}", plugin.label()),
+            None => "built-in".to_owned(),
+        };
+        println!("  {kind} policy: {policy}");
+    }
+    if let Some(dir) = &options.plugins {
+        println!(
+            "  drop a .wasm policy into {} to swap it in while monitors stream",
+            dir.display()
+        );
+    }
     for (name, addr) in &endpoints {
         println!("  endpoint {name:<7} http://{addr}");
     }
@@ -221,7 +244,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         snap.stats.connections_opened_total,
         errors.load(Relaxed)
     );
-    proxy.shutdown().await;
+    services.shutdown().await;
     for feed in feeds {
         feed.abort();
     }

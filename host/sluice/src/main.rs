@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sluice_config::Config;
+use sluice_config::{Config, SlotKind};
 
 mod demo;
+mod plugin_cli;
+mod services;
 
 #[derive(Parser)]
 #[command(
@@ -58,7 +60,46 @@ enum Command {
         /// Seconds between status lines.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
         report_every: Duration,
+        /// A plugins folder to load and watch (`router.wasm`, ...); built-in policies otherwise.
+        #[arg(long)]
+        plugins: Option<PathBuf>,
+        /// Where the demo's admin API listens.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
     },
+    /// Inspect policy plugins or load them into a running host.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Compile, type-check and self-test a component; print its world, exports and imports.
+    Check {
+        /// The `.wasm` component.
+        file: PathBuf,
+    },
+    /// Upload a component to a running host (its admin API) into a slot.
+    Load {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// The slot: router, scaler or anomaly.
+        #[arg(long, value_parser = parse_slot)]
+        slot: SlotKind,
+        /// Load it as the slot's shadow instead of activating it.
+        #[arg(long)]
+        shadow: bool,
+        /// The admin API's address.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// Bearer token (default: $SLUICE_ADMIN_TOKEN).
+        #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
+fn parse_slot(text: &str) -> Result<SlotKind, String> {
+    SlotKind::parse(text).ok_or_else(|| format!("{text:?} is not a slot (router, scaler, anomaly)"))
 }
 
 fn init_logging(format: LogFormat) {
@@ -95,11 +136,32 @@ fn main() -> ExitCode {
                 duration,
                 listen,
                 report_every,
+                plugins,
+                admin,
             } => {
                 demo::run(demo::DemoOptions {
                     duration,
                     listen,
                     report_every,
+                    plugins,
+                    admin,
+                })
+                .await
+            }
+            Command::Plugin(PluginCommand::Check { file }) => plugin_cli::check(&file),
+            Command::Plugin(PluginCommand::Load {
+                file,
+                slot,
+                shadow,
+                admin,
+                token,
+            }) => {
+                plugin_cli::load(plugin_cli::LoadOptions {
+                    file,
+                    slot,
+                    shadow,
+                    admin,
+                    token,
                 })
                 .await
             }
@@ -146,35 +208,33 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Arc::new(Config::from_file(&path)?);
-    let proxy = sluice_proxy::Proxy::bind(config).await?;
-    let handle = proxy.spawn();
-    println!("sluice listening on {}", handle.addr());
-    shutdown_signal().await;
+    let signal = shutdown_signal();
+    let services = services::start(config).await?;
+    println!("sluice listening on {}", services.proxy.addr());
+    if let Some(admin) = &services.admin {
+        println!("admin API on http://{}", admin.addr());
+    }
+    signal.await;
     tracing::info!("shutting down");
-    handle.shutdown().await;
+    services.shutdown().await;
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives while start-up output is printed is not lost.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = ctrl_c.await;
     }
 }

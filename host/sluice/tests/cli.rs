@@ -10,21 +10,22 @@ use sluice_feed::pb::feed_client::FeedClient;
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
-fn check(config: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sluice.toml");
-    std::fs::write(&path, config).unwrap();
-    let output = Command::new(SLUICE)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+/// Runs `sluice <args>`; whether it succeeded, and stdout followed by stderr.
+fn sluice(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let output = Command::new(SLUICE).args(args).output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
     (output.status.success(), text)
+}
+
+fn check(config: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, config).unwrap();
+    sluice(&["check-config".as_ref(), path.as_os_str()])
 }
 
 const VALID: &str = r#"
@@ -102,8 +103,8 @@ fn bad_configs_fail_with_the_key_and_the_problem() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read config file"));
 }
 
-#[test]
-fn run_serves_traffic_and_stops_on_sigterm() {
+/// A runtime and a feed server on it, for tests that start the `sluice` binary against it.
+fn feed_on_loopback() -> (tokio::runtime::Runtime, sluice_feed::FeedHandle) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let feed = runtime
         .block_on(sluice_feed::spawn(
@@ -112,11 +113,17 @@ fn run_serves_traffic_and_stops_on_sigterm() {
             None,
         ))
         .unwrap();
+    (runtime, feed)
+}
+
+#[test]
+fn run_serves_traffic_and_stops_on_sigterm() {
+    let (runtime, feed) = feed_on_loopback();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.toml");
     std::fs::write(
         &path,
-        format!("[server]\nlisten = \"127.0.0.1:0\"\n\n[[endpoints]]\nid = \"feed\"\nurl = \"http://{}\"\n", feed.addr),
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[endpoints]]\nid = \"feed\"\nurl = \"http://{}\"\n", feed.addr),
     )
     .unwrap();
     let mut child = Command::new(SLUICE)
@@ -127,9 +134,9 @@ fn run_serves_traffic_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    // Kept open until the end: closing it would make the host's next line fail with EPIPE.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
     let addr = line
         .trim()
         .strip_prefix("sluice listening on ")
@@ -172,6 +179,7 @@ fn run_serves_traffic_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+    drop(stdout);
 }
 
 #[test]
@@ -182,6 +190,8 @@ fn the_demo_runs_and_delivers_messages_without_errors() {
             "--duration",
             "3s",
             "--listen",
+            "127.0.0.1:0",
+            "--admin",
             "127.0.0.1:0",
             "--report-every",
             "1s",
@@ -216,4 +226,130 @@ fn the_demo_runs_and_delivers_messages_without_errors() {
         status_line.contains("monitor streams 20 -> upstream streams 11"),
         "{status_line}"
     );
+}
+
+fn plugin_command(args: &[&str]) -> (bool, String) {
+    let mut all: Vec<&std::ffi::OsStr> = vec!["plugin".as_ref()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    sluice(&all)
+}
+
+#[test]
+fn plugin_check_describes_good_components_and_names_what_is_wrong_with_bad_ones() {
+    let Some(built) = sluice_tests::plugins::built_plugins() else {
+        return;
+    };
+    let path = |name: &str| built.join(name).display().to_string();
+    let (ok, text) = plugin_command(&["check", &path("router.wasm")]);
+    assert!(ok, "{text}");
+    assert!(text.contains("valid router plugin"), "{text}");
+    assert!(text.contains("exports:   route"), "{text}");
+    assert!(text.contains("self-test: passed 3 sample inputs"), "{text}");
+    let (ok, text) = plugin_command(&["check", &path("scaler.wasm")]);
+    assert!(ok && text.contains("valid scaler plugin"), "{text}");
+
+    let (ok, text) = plugin_command(&["check", &path("test-no-export.wasm")]);
+    assert!(!ok);
+    assert!(text.contains("exports none of `route`"), "{text}");
+    let (ok, text) = plugin_command(&["check", &path("test-wrong-signature.wasm")]);
+    assert!(!ok);
+    assert!(
+        text.contains("`route` export does not match the router world"),
+        "{text}"
+    );
+    let (ok, text) = plugin_command(&["check", &path("test-loop.wasm")]);
+    assert!(!ok);
+    assert!(
+        text.contains("failed its self-test") && text.contains("deadline"),
+        "{text}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"not a component").unwrap();
+    let (ok, text) = plugin_command(&["check", &garbage.display().to_string()]);
+    assert!(!ok);
+    assert!(text.contains("not a valid WebAssembly component"), "{text}");
+}
+
+#[test]
+fn plugin_load_swaps_the_router_of_a_running_host() {
+    let Some(built) = sluice_tests::plugins::built_plugins() else {
+        return;
+    };
+    let (_runtime, feed) = feed_on_loopback();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(
+        built.join("test-pick-first.wasm"),
+        plugins.join("router.wasm"),
+    )
+    .unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${{TEST_ADMIN_TOKEN}}\"\n\n\
+             [plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\n\n[[endpoints]]\nid = \"feed\"\nurl = \"http://{}\"\n",
+            plugins.display(),
+            sluice_tests::plugins::shared_cache().display(),
+            feed.addr
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(SLUICE)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("TEST_ADMIN_TOKEN", "cli-token")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _listening = lines.next().unwrap().unwrap();
+    let admin_line = lines.next().unwrap().unwrap();
+    let admin = admin_line
+        .strip_prefix("admin API on ")
+        .unwrap_or_else(|| panic!("{admin_line}"))
+        .to_owned();
+    let last = built.join("test-pick-last.wasm").display().to_string();
+    let (ok, text) = plugin_command(&["load", &last, "--slot", "router", "--admin", &admin]);
+    assert!(!ok, "no token: refused");
+    assert!(
+        text.contains("401") && text.contains("missing bearer token"),
+        "{text}"
+    );
+    let output = Command::new(SLUICE)
+        .args([
+            "plugin", "load", &last, "--slot", "router", "--admin", &admin,
+        ])
+        .env("SLUICE_ADMIN_TOKEN", "cli-token")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("as router active v2"),
+        "v1 came from the folder: {text}"
+    );
+    let (ok, text) = plugin_command(&[
+        "load",
+        &last,
+        "--slot",
+        "scaler",
+        "--admin",
+        &admin,
+        "--token",
+        "cli-token",
+    ]);
+    assert!(!ok);
+    assert!(text.contains("targets the router world"), "{text}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
 }

@@ -348,7 +348,7 @@ async fn relay(
         response,
         send,
     } = open;
-    let _lease = lease;
+    let sent_at = std::time::Instant::now();
     let request_pump = async {
         if body.is_end_stream() {
             // The whole request went out with the HEADERS frame.
@@ -385,8 +385,12 @@ async fn relay(
         }
     };
     let response = match response {
-        Ok(response) => response,
+        Ok(response) => {
+            lease.observe_response(sent_at.elapsed());
+            response
+        }
         Err(error) => {
+            lease.observe_outcome(true);
             ctx.stats.incr(|s| &s.upstream_failures_total);
             let status = upstream_failure(&error);
             reply(&mut respond, &status);
@@ -440,7 +444,7 @@ async fn relay(
         }
         Err(end) => return end,
     };
-    match result {
+    let end = match result {
         Ok(Ending::Trailers(trailers)) => {
             let _ = downstream.send_trailers(grpc::headers::response_headers(&trailers));
             End::Completed
@@ -459,12 +463,15 @@ async fn relay(
             End::Failed(status)
         }
         Err(PumpError::Source(error)) => {
+            lease.observe_outcome(true);
             ctx.stats.incr(|s| &s.upstream_failures_total);
             let status = upstream_failure(&error);
             let _ = downstream.send_trailers(status.to_trailers());
-            End::Failed(status)
+            return End::Failed(status);
         }
-    }
+    };
+    lease.observe_outcome(false);
+    end
 }
 
 /// Interprets the end of the request side; `Some` when the call must stop now.

@@ -81,6 +81,8 @@ pub struct Opened {
     pub peer_max_streams: Arc<AtomicU32>,
     /// Must be polled (spawned) for the connection to make progress; ends when it closes.
     pub driver: Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>>,
+    /// How long the first PING took to come back: the connection's first latency sample.
+    pub ping_rtt: std::time::Duration,
 }
 
 impl Connector {
@@ -170,6 +172,7 @@ impl Connector {
             }));
         // The peer's SETTINGS (and so its stream limit) precede its answer to our first PING:
         // waiting one round trip means no stream is ever placed over the peer's limit.
+        let ping_sent = std::time::Instant::now();
         if let Some(mut ping_pong) = ping_pong {
             let settled = async {
                 tokio::select! {
@@ -186,6 +189,7 @@ impl Connector {
             send_request,
             peer_max_streams,
             driver,
+            ping_rtt: ping_sent.elapsed(),
         })
     }
 }

@@ -7,6 +7,7 @@
 //! stream goes but never looks at stream contents; forwarding bytes is the `forward` module's job.
 
 mod connector;
+pub mod load;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -130,6 +131,7 @@ pub struct UpstreamConnection {
     peer_max: Arc<AtomicU32>,
     closed: Arc<AtomicBool>,
     opened_at: Instant,
+    load: load::ConnectionLoad,
 }
 
 impl UpstreamConnection {
@@ -153,6 +155,7 @@ impl UpstreamConnection {
     }
 
     fn candidate(&self, now: Instant) -> Candidate {
+        let (latency, error_rate) = self.load.read();
         Candidate {
             connection_id: self.id,
             endpoint_id: Arc::clone(&self.endpoint.id),
@@ -160,6 +163,8 @@ impl UpstreamConnection {
             priority: self.endpoint.priority,
             active_streams: self.active_streams(),
             max_streams: self.capacity(),
+            latency,
+            error_rate,
             age: now.saturating_duration_since(self.opened_at),
         }
     }
@@ -194,6 +199,16 @@ impl Lease {
             self.connection.mark_closed();
         }
         result
+    }
+
+    /// Records the time from sending the request to the response headers (routing latency).
+    pub fn observe_response(&self, latency: Duration) {
+        self.connection.load.observe_latency(latency);
+    }
+
+    /// Records whether the stream failed on the upstream side (reset, connection error).
+    pub fn observe_outcome(&self, failed: bool) {
+        self.connection.load.observe_outcome(failed);
     }
 
     /// Marks the connection unusable for new streams (it failed while opening one).
@@ -670,6 +685,7 @@ impl Pool {
             peer_max: opened.peer_max_streams,
             closed: Arc::clone(&closed),
             opened_at: Instant::now(),
+            load: load::ConnectionLoad::new(opened.ping_rtt),
         });
         self.stats.incr(|s| &s.connections_opened_total);
         tracing::info!(connection = connection.id, endpoint = %endpoint.id, class = %group.class, "upstream connection opened");
@@ -694,6 +710,7 @@ impl Pool {
                 index: 0,
                 confidence: 1.0,
                 reason: "new connection opened for this stream".into(),
+                alternatives: Vec::new(),
             };
             self.lease(group, Arc::clone(&connection), decision)
         });

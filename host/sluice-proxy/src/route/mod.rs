@@ -38,6 +38,11 @@ pub struct Candidate {
     /// Streams the connection may carry: the configured limit, lowered by the peer's
     /// SETTINGS_MAX_CONCURRENT_STREAMS.
     pub max_streams: u32,
+    /// Peak-EWMA latency: the PING round trip at open, then each stream's time to response
+    /// headers ([`crate::pool::load`]).
+    pub latency: Duration,
+    /// Exponentially weighted share of recent streams on the connection that failed, 0..=1.
+    pub error_rate: f64,
     /// How long the connection has been open.
     pub age: Duration,
 }
@@ -69,6 +74,8 @@ pub struct RouteDecision {
     pub confidence: f32,
     /// Why, in words, for the decision history.
     pub reason: Cow<'static, str>,
+    /// Other candidates worth trying next, best first (indexes into the candidates).
+    pub alternatives: Vec<usize>,
 }
 
 /// A placement policy.
@@ -105,6 +112,7 @@ impl LeastLoaded {
             index,
             confidence,
             reason: Cow::Borrowed("least-loaded: lowest fill ratio among candidates"),
+            alternatives: Vec::new(),
         })
     }
 }
@@ -131,6 +139,8 @@ mod tests {
             priority,
             active_streams: active,
             max_streams: max,
+            latency: Duration::ZERO,
+            error_rate: 0.0,
             age: Duration::ZERO,
         }
     }

@@ -1,0 +1,151 @@
+//! The admin HTTP API, served on its own listener (default `127.0.0.1:9901`).
+//!
+//! Today it serves health checks and plugin management under `/api/v1/plugins`; the dashboard
+//! and the rest of the API grow here. Every route except `/healthz` and `/readyz` needs the
+//! bearer token when one is configured, and Sluice refuses to bind a non-loopback address
+//! without one (checked by the config). Errors are JSON: `{"error": "...", "status": N}`.
+//!
+//! This crate translates HTTP to calls on [`sluice_policy::Policies`]; it must not hold state of
+//! its own or reach into the data path.
+
+#![warn(missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use sluice_config::AdminConfig;
+use sluice_policy::Policies;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+mod error;
+mod plugins;
+
+pub use error::ApiError;
+
+/// What the handlers reach.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The policy slots.
+    pub policies: Arc<Policies>,
+    token: Option<Arc<str>>,
+}
+
+/// A bound admin listener, not yet serving.
+pub struct AdminServer {
+    listener: TcpListener,
+    app: Router,
+}
+
+/// A running admin server.
+pub struct AdminHandle {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds the listener in `config`.
+    pub async fn bind(config: &AdminConfig, policies: Arc<Policies>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let state = AdminState {
+            policies,
+            token: config.token.as_deref().map(Arc::from),
+        };
+        Ok(Self {
+            listener,
+            app: router(state, config.max_upload_bytes),
+        })
+    }
+
+    /// Serves until the handle is shut down.
+    pub fn spawn(self) -> AdminHandle {
+        let addr = self
+            .listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (shutdown, mut stop) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let served = axum::serve(self.listener, self.app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "admin server stopped");
+            }
+        });
+        AdminHandle {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+}
+
+impl AdminHandle {
+    /// Where the admin API listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and waits for in-flight requests.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn router(state: AdminState, max_upload_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/api/v1/plugins", get(plugins::list))
+        .route("/api/v1/plugins/events", get(plugins::events))
+        .route("/api/v1/plugins/{slot}", post(plugins::upload))
+        .route("/api/v1/plugins/{slot}/{action}", post(plugins::act))
+        .layer(DefaultBodyLimit::max(max_upload_bytes))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .merge(api)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state)
+}
+
+async fn require_token(
+    State(state): State<AdminState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.token {
+        let presented = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {}
+            Some(_) => return Err(ApiError::unauthorized("wrong bearer token")),
+            None => {
+                return Err(ApiError::unauthorized(
+                    "missing bearer token (Authorization: Bearer <admin.token>)",
+                ));
+            }
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// Compares without an early exit, so response time does not reveal how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

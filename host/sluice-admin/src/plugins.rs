@@ -1,0 +1,232 @@
+//! `/api/v1/plugins`: list slots, upload a plugin, promote, roll back, enable, clear, events.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::UNIX_EPOCH;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_config::SlotKind;
+use sluice_policy::{Loaded, Plugin, PluginInfo, PolicyError, Slot};
+
+use crate::{AdminState, ApiError};
+
+fn slot_kind(name: &str) -> Result<SlotKind, ApiError> {
+    SlotKind::parse(name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "unknown slot {name:?}; slots are router, scaler and anomaly"
+        ))
+    })
+}
+
+fn millis(at: std::time::SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn info_json(info: &PluginInfo) -> Value {
+    json!({
+        "name": info.name,
+        "version": info.version,
+        "world": info.world.as_str(),
+        "hash": info.hash,
+        "size_bytes": info.size,
+        "imports": info.imports,
+        "exports": info.exports,
+        "uses_wasi": info.uses_wasi,
+        "cached_compile": info.cached,
+        "compile_ms": info.compile_time.as_secs_f64() * 1000.0,
+        "loaded_at_ms": millis(info.loaded_at),
+    })
+}
+
+fn plugin_json(plugin: &Plugin) -> Value {
+    let stats = &plugin.stats;
+    let calls = stats.calls.load(Relaxed);
+    let failures = stats.failures.load(Relaxed);
+    let successes = calls.saturating_sub(failures);
+    let mean_ns = stats
+        .busy_ns
+        .load(Relaxed)
+        .checked_div(successes)
+        .unwrap_or(0);
+    let compared = stats.shadow_compared.load(Relaxed);
+    let agreed = stats.shadow_agreed.load(Relaxed);
+    json!({
+        "plugin": info_json(plugin.info()),
+        "label": plugin.label().as_ref(),
+        "disabled": plugin.is_disabled(),
+        "deadline_us": plugin.limits().deadline.as_micros() as u64,
+        "memory_limit_bytes": plugin.limits().memory_bytes,
+        "calls": calls,
+        "failures": {
+            "total": failures,
+            "timeout": stats.timeouts.load(Relaxed),
+            "memory": stats.memory.load(Relaxed),
+            "trap": stats.traps.load(Relaxed),
+            "invalid": stats.invalid.load(Relaxed),
+            "consecutive": stats.consecutive_failures.load(Relaxed),
+        },
+        "mean_call_ns": mean_ns,
+        "shadow": {
+            "compared": compared,
+            "agreed": agreed,
+            "agreement": if compared == 0 { Value::Null } else { json!(agreed as f64 / compared as f64) },
+            "dropped": stats.shadow_dropped.load(Relaxed),
+        },
+    })
+}
+
+fn slot_json(slot: &Slot) -> Value {
+    let builtin = match slot.kind() {
+        SlotKind::Router => "p2c-peak-ewma",
+        SlotKind::Scaler => "thresholds",
+        SlotKind::Anomaly => "z-score",
+    };
+    json!({
+        "slot": slot.kind().as_str(),
+        "builtin": builtin,
+        "active": slot.active().map(|p| plugin_json(&p)),
+        "shadow": slot.shadow().map(|p| plugin_json(&p)),
+        "history": slot.history().iter().map(|p| info_json(p.info())).collect::<Vec<_>>(),
+        "fallbacks": slot.fallbacks.load(Relaxed),
+        "failed_calls": slot.failed_calls.load(Relaxed),
+    })
+}
+
+/// `GET /api/v1/plugins`.
+pub async fn list(State(state): State<AdminState>) -> Json<Value> {
+    let slots: Vec<Value> = SlotKind::ALL
+        .iter()
+        .map(|kind| slot_json(state.policies.slot(*kind)))
+        .collect();
+    Json(json!({ "slots": slots }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// Load as the slot's shadow instead of activating it.
+    #[serde(default)]
+    shadow: bool,
+    /// The plugin's name (default `upload`).
+    name: Option<String>,
+}
+
+fn loaded_json(loaded: &Loaded) -> Value {
+    json!({
+        "slot": loaded.slot.as_str(),
+        "shadow": loaded.shadow,
+        "plugin": info_json(&loaded.info),
+        "self_test_samples": loaded.self_tested,
+        "took_ms": loaded.took.as_secs_f64() * 1000.0,
+    })
+}
+
+fn refusal(error: PolicyError) -> ApiError {
+    match error {
+        PolicyError::Action(message) => ApiError::conflict(message),
+        PolicyError::Engine(message) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("engine: {message}"),
+        ),
+        other => ApiError::unprocessable(format!("plugin refused: {other}")),
+    }
+}
+
+/// `POST /api/v1/plugins/{slot}?shadow=&name=` with the component as the body.
+pub async fn upload(
+    State(state): State<AdminState>,
+    Path(slot): Path<String>,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let kind = slot_kind(&slot)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty body; send the .wasm component as the request body",
+        ));
+    }
+    let name = query.name.unwrap_or_else(|| "upload".to_owned());
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "name must be 1-128 printable characters",
+        ));
+    }
+    let policies = std::sync::Arc::clone(&state.policies);
+    // Compiling can take seconds (interpreters embedded in Python or JavaScript plugins).
+    let loaded =
+        tokio::task::spawn_blocking(move || policies.load(&body, &name, Some(kind), query.shadow))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("load task failed: {e}"),
+                )
+            })?
+            .map_err(refusal)?;
+    Ok((StatusCode::CREATED, Json(loaded_json(&loaded))))
+}
+
+/// `POST /api/v1/plugins/{slot}/{promote|rollback|enable|clear}`.
+pub async fn act(
+    State(state): State<AdminState>,
+    Path((slot, action)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = slot_kind(&slot)?;
+    let policies = &state.policies;
+    let info = match action.as_str() {
+        "promote" => policies.promote(kind).map_err(refusal)?,
+        "rollback" => policies.rollback(kind).map_err(refusal)?,
+        "enable" => policies.enable(kind).map_err(refusal)?,
+        "clear" => {
+            policies.clear(kind);
+            return Ok(Json(slot_json(policies.slot(kind))));
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown action {other:?}; actions are promote, rollback, enable and clear"
+            )));
+        }
+    };
+    Ok(Json(
+        json!({ "slot": kind.as_str(), "active": info_json(&info) }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    #[serde(default)]
+    since: u64,
+}
+
+/// `GET /api/v1/plugins/events?since=N`.
+pub async fn events(
+    State(state): State<AdminState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let events: Vec<Value> = state
+        .policies
+        .events()
+        .since(query.since)
+        .into_iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq,
+                "at_ms": millis(e.at),
+                "slot": e.slot.as_str(),
+                "kind": e.kind.as_str(),
+                "plugin": e.plugin,
+                "message": e.message,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "events": events })))
+}

@@ -1,0 +1,42 @@
+//! Host-side bindings for the `sluice:policy` worlds, generated from `wit/` by wasmtime's
+//! `bindgen!`. The three worlds share the `types`, `log`, `clock` and `config` interfaces: they
+//! are generated once (with the router world) and reused by the others, so one host
+//! implementation serves every slot.
+
+#![allow(missing_docs, clippy::all)]
+
+/// The `router` world: `route(route-request) -> result<decision, string>`.
+pub mod router {
+    wasmtime::component::bindgen!({
+        world: "router",
+        path: "../../wit",
+    });
+}
+
+/// The `scaler` world: `plan(list<group-metrics>) -> result<scale-plan, string>`.
+pub mod scaler {
+    wasmtime::component::bindgen!({
+        world: "scaler",
+        path: "../../wit",
+        with: {
+            "sluice:policy/types": super::router::sluice::policy::types,
+            "sluice:policy/log": super::router::sluice::policy::log,
+            "sluice:policy/clock": super::router::sluice::policy::clock,
+            "sluice:policy/config": super::router::sluice::policy::config,
+        },
+    });
+}
+
+/// The `anomaly` world: `detect(list<metric-window>) -> result<list<insight>, string>`.
+pub mod anomaly {
+    wasmtime::component::bindgen!({
+        world: "anomaly",
+        path: "../../wit",
+        with: {
+            "sluice:policy/types": super::router::sluice::policy::types,
+            "sluice:policy/log": super::router::sluice::policy::log,
+            "sluice:policy/clock": super::router::sluice::policy::clock,
+            "sluice:policy/config": super::router::sluice::policy::config,
+        },
+    });
+}

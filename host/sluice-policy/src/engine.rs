@@ -1,0 +1,165 @@
+//! The one wasmtime engine of the process, its epoch ticker, and the on-disk cache of compiled
+//! components.
+//!
+//! Deadlines use epoch interruption: a background thread advances the engine's epoch every
+//! [`EPOCH_TICK`], and each call sets how many ticks it may run. This module must not run plugin
+//! code; it only compiles and caches it.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use crate::PolicyError;
+
+/// How often the epoch advances: the granularity of plugin deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_micros(500);
+
+/// The shared engine (compiling and running every plugin).
+pub fn engine() -> Result<&'static wasmtime::Engine, PolicyError> {
+    static ENGINE: OnceLock<Result<wasmtime::Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut config = wasmtime::Config::new();
+            config
+                .wasm_component_model(true)
+                .epoch_interruption(true)
+                .cranelift_opt_level(wasmtime::OptLevel::Speed)
+                .parallel_compilation(true);
+            let engine = wasmtime::Engine::new(&config).map_err(|e| e.to_string())?;
+            start_ticker(engine.weak());
+            Ok(engine)
+        })
+        .as_ref()
+        .map_err(|message| PolicyError::Engine(message.clone()))
+}
+
+fn start_ticker(engine: wasmtime::EngineWeak) {
+    let spawned = std::thread::Builder::new()
+        .name("sluice-epoch".to_owned())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(error) = spawned {
+        // Without the ticker no deadline fires; every call would then be unbounded.
+        tracing::error!(%error, "cannot start the plugin epoch thread; plugin deadlines will not fire");
+    }
+}
+
+/// Epoch ticks for a deadline: rounded up, plus one because the current tick may be about to end.
+pub fn deadline_ticks(deadline: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    let ticks = deadline.as_nanos().div_ceil(tick);
+    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
+}
+
+/// The content hash of a component (hex SHA-256): its identity in the cache and the admin API.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How a component was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileSource {
+    /// Compiled with Cranelift now.
+    Compiled,
+    /// Loaded from the on-disk cache.
+    Cached,
+}
+
+/// Compiled components on disk, named by content hash and engine fingerprint.
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: Option<PathBuf>,
+}
+
+impl CompileCache {
+    /// A cache in `dir`; `None` (or an empty path) compiles every time.
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Self {
+            dir: dir.filter(|d| !d.as_os_str().is_empty()),
+        }
+    }
+
+    /// The default folder: `$XDG_CACHE_HOME/sluice/wasm`, else `~/.cache/sluice/wasm`.
+    pub fn default_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?;
+        Some(base.join("sluice").join("wasm"))
+    }
+
+    /// Compiles `bytes`, or loads the compiled code cached for the same bytes and engine.
+    pub fn component(
+        &self,
+        engine: &wasmtime::Engine,
+        bytes: &[u8],
+        hash: &str,
+    ) -> Result<(Component, CompileSource), PolicyError> {
+        let Some(dir) = &self.dir else {
+            return Ok((compile(engine, bytes)?, CompileSource::Compiled));
+        };
+        let path = dir.join(format!("{hash}-{}.cwasm", engine_fingerprint(engine)));
+        if path.is_file() {
+            // SAFETY: the file was written by `Component::serialize` of this same engine build
+            // (the fingerprint is in its name) into Sluice's own cache folder; wasmtime checks
+            // its header and refuses files from another version or configuration.
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(component) => return Ok((component, CompileSource::Cached)),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "ignoring unusable compile cache entry");
+                }
+            }
+        }
+        let component = compile(engine, bytes)?;
+        if let Err(error) = store(&path, &component) {
+            tracing::warn!(path = %path.display(), %error, "cannot write compile cache entry");
+        }
+        Ok((component, CompileSource::Compiled))
+    }
+}
+
+fn compile(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Component, PolicyError> {
+    let started = Instant::now();
+    let component =
+        Component::new(engine, bytes).map_err(|e| PolicyError::Invalid(e.to_string()))?;
+    tracing::debug!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "component compiled"
+    );
+    Ok(component)
+}
+
+/// Writes atomically: a half-written entry must never be deserialized.
+fn store(path: &Path, component: &Component) -> std::io::Result<()> {
+    let serialized = component
+        .serialize()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temp, serialized)?;
+    std::fs::rename(&temp, path)
+}
+
+/// wasmtime's version plus its compatibility hash for this engine's settings.
+fn engine_fingerprint(engine: &wasmtime::Engine) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("wasmtime{}-{:016x}", wasmtime_version(), hasher.finish())
+}
+
+/// The wasmtime version this host was built with.
+pub fn wasmtime_version() -> &'static str {
+    "48.0.8"
+}

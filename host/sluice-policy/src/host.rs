@@ -1,0 +1,226 @@
+//! What a plugin instance can reach: the store data behind every call and the host imports
+//! (`log`, `clock`, `config`, `scorer`, and WASI for components that import it).
+//!
+//! This module owns the per-instance limits (memory cap) and the import implementations. It must
+//! not give a plugin anything beyond its slot's configuration values: no files, sockets,
+//! environment variables or host internals.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::bindings::router::sluice::policy::{clock, config, log, scorer};
+use crate::scorer::Scorer;
+
+/// Log lines longer than this are truncated.
+const MAX_LOG_LINE: usize = 4096;
+/// Log lines a plugin may write per second; the rest are counted and dropped.
+const LOG_LINES_PER_SECOND: u32 = 100;
+
+/// What every instance of one plugin shares: its name, configuration values and scorer.
+pub(crate) struct PluginEnv {
+    /// `name@version` of the plugin, used in its log lines.
+    pub label: String,
+    pub config: BTreeMap<String, String>,
+    pub scorer: Arc<dyn Scorer>,
+    pub log_budget: Mutex<LogBudget>,
+    pub started: Instant,
+}
+
+/// A fixed one-second window of allowed log lines.
+pub(crate) struct LogBudget {
+    window_start: Instant,
+    used: u32,
+    dropped: u64,
+}
+
+impl LogBudget {
+    pub fn new() -> Self {
+        Self {
+            window_start: Instant::now(),
+            used: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Whether one more line may be written now; when a new window opens, returns how many
+    /// lines the last one dropped so that the loss is visible.
+    fn take(&mut self, now: Instant) -> (bool, u64) {
+        let mut dropped_before = 0;
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start = now;
+            self.used = 0;
+            dropped_before = std::mem::take(&mut self.dropped);
+        }
+        if self.used < LOG_LINES_PER_SECOND {
+            self.used += 1;
+            (true, dropped_before)
+        } else {
+            self.dropped += 1;
+            (false, dropped_before)
+        }
+    }
+}
+
+/// A memory cap per instance that remembers whether it refused growth, so a failure can be
+/// reported as "memory limit" rather than as the trap the guest's allocator turned it into.
+pub(crate) struct MemoryCap {
+    pub max_bytes: usize,
+    pub hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million entries is far beyond any real policy.
+        Ok(desired <= 1 << 20)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+}
+
+/// The data of one plugin instance's store.
+pub(crate) struct HostState {
+    pub env: Arc<PluginEnv>,
+    pub memory: MemoryCap,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl HostState {
+    pub fn new(env: Arc<PluginEnv>, memory_limit: u64) -> Self {
+        // WASI with nothing in it: no preopened folders, environment, arguments or network, and
+        // stdio that discards. Only components that import WASI ever reach it.
+        let wasi = WasiCtxBuilder::new()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            env,
+            memory: MemoryCap {
+                max_bytes: usize::try_from(memory_limit).unwrap_or(usize::MAX),
+                hit: false,
+            },
+            wasi,
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// `HasData` marker so the generated `add_to_linker` functions hand out `&mut HostState`.
+pub(crate) struct HostData;
+
+impl HasData for HostData {
+    type Data<'a> = &'a mut HostState;
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) {
+        let (allowed, dropped) = self.env.log_budget.lock().take(Instant::now());
+        let plugin = self.env.label.as_str();
+        if dropped > 0 {
+            tracing::warn!(
+                plugin,
+                dropped,
+                "plugin log lines dropped (over 100 per second)"
+            );
+        }
+        if !allowed {
+            return;
+        }
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("...");
+        }
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, "{message}"),
+            log::Level::Info => tracing::info!(plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, "{message}"),
+            log::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+impl clock::Host for HostState {
+    fn now_ns(&mut self) -> u64 {
+        u64::try_from(self.env.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl config::Host for HostState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.env.config.get(&key).cloned()
+    }
+
+    fn keys(&mut self) -> Vec<String> {
+        self.env.config.keys().cloned().collect()
+    }
+}
+
+impl scorer::Host for HostState {
+    fn score(&mut self, batch: scorer::FeatureBatch) -> Result<Vec<f32>, String> {
+        self.env.scorer.score(batch.columns, &batch.values)
+    }
+
+    fn model(&mut self) -> String {
+        self.env.scorer.model()
+    }
+}
+
+impl crate::bindings::router::sluice::policy::types::Host for HostState {}
+
+/// The linker every plugin is instantiated with: the `sluice:policy` imports for all worlds,
+/// plus WASI (used only by components that import it).
+pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    crate::bindings::router::Router::add_to_linker::<HostState, HostData>(&mut linker, |s| s)?;
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    Ok(linker)
+}

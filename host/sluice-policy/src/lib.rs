@@ -1,0 +1,449 @@
+//! Sluice's policy engine: routing, scaling and anomaly decisions made by WebAssembly components
+//! (the `sluice:policy` WIT worlds in `wit/`), hot-loaded while streams flow.
+//!
+//! [`Policies`] owns three [`Slot`]s (`router`, `scaler`, `anomaly`). Each has an active plugin,
+//! an optional shadow, and a built-in native policy ([`builtin`]) that answers whenever the
+//! plugin cannot: none loaded, disabled by its breaker, or failing this call (trap, deadline,
+//! memory cap, invalid answer). Plugins run on one shared wasmtime engine ([`engine`]) with a
+//! per-call epoch deadline and a per-instance memory cap; compiled code is cached on disk.
+//!
+//! This crate must not reach into the data plane: it sees plain records and answers through
+//! the [`sluice_proxy::route::Router`] trait and the `plan`/`detect` calls.
+
+#![warn(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use sluice_config::{PluginsConfig, SlotKind};
+use wasmtime::component::Linker;
+
+pub mod bindings;
+pub mod builtin;
+pub mod engine;
+pub mod events;
+mod host;
+pub mod plugin;
+mod router;
+pub mod scorer;
+pub mod selftest;
+pub mod slot;
+pub mod types;
+mod watch;
+
+pub use events::{EventKind, EventLog, PolicyEvent};
+pub use plugin::{CallFailure, Plugin, PluginInfo};
+pub use router::{PolicyRouter, RecordedDecision};
+pub use scorer::{NeutralScorer, Scorer};
+pub use slot::Slot;
+pub use watch::Watcher;
+
+use crate::engine::CompileCache;
+use crate::host::{HostState, LogBudget, PluginEnv};
+use crate::plugin::Limits;
+use crate::slot::{Answer, shadow_compare};
+
+/// Why a plugin could not be loaded or an action could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The wasmtime engine could not be created.
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The plugin file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid WebAssembly component.
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    /// The component does not fit the world (missing or mistyped export, unknown import).
+    #[error("does not fit the policy contract: {0}")]
+    WrongWorld(String),
+    /// It could not be instantiated.
+    #[error("cannot start: {0}")]
+    Start(String),
+    /// It gave a wrong answer, trapped or timed out on the sample inputs.
+    #[error("failed its self-test: {0}")]
+    SelfTest(String),
+    /// An action that does not apply now (e.g. promote without a shadow).
+    #[error("{0}")]
+    Action(String),
+}
+
+/// A plugin that was loaded into a slot: the report the CLI and admin API give back.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The slot it went into.
+    pub slot: SlotKind,
+    /// Whether it is the slot's shadow (otherwise it is active).
+    pub shadow: bool,
+    /// What was loaded.
+    pub info: PluginInfo,
+    /// Self-test samples passed (0 when the self-test is off).
+    pub self_tested: usize,
+    /// Time from the bytes to the swap.
+    pub took: std::time::Duration,
+}
+
+/// The three policy slots and everything needed to load plugins into them.
+pub struct Policies {
+    engine: &'static wasmtime::Engine,
+    linker: Linker<HostState>,
+    cache: CompileCache,
+    scorer: Arc<dyn Scorer>,
+    dir: Option<PathBuf>,
+    slots: [Arc<Slot>; 3],
+    events: Arc<EventLog>,
+    started: Instant,
+    router: Arc<PolicyRouter>,
+}
+
+impl Policies {
+    /// Creates the slots and loads the configured plugins (`[plugins.<slot>] file/shadow`, else
+    /// `<dir>/<slot>.wasm` and `<dir>/<slot>.shadow.wasm`). A configured file that cannot be
+    /// loaded is an error; a default file that cannot be loaded is reported and the built-in
+    /// policy stays.
+    pub fn new(config: &PluginsConfig) -> Result<Arc<Self>, PolicyError> {
+        Self::with_scorer(config, Arc::new(NeutralScorer))
+    }
+
+    /// Like [`Policies::new`], with the scorer router plugins reach through the `scorer` import.
+    pub fn with_scorer(
+        config: &PluginsConfig,
+        scorer: Arc<dyn Scorer>,
+    ) -> Result<Arc<Self>, PolicyError> {
+        let engine = engine::engine()?;
+        let linker = host::linker(engine).map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
+        let cache_dir = match &config.cache_dir {
+            Some(dir) => Some(dir.clone()),
+            None => CompileCache::default_dir(),
+        };
+        let events = Arc::new(EventLog::default());
+        let slots = SlotKind::ALL.map(|kind| {
+            Arc::new(Slot::new(
+                kind,
+                config.slot(kind).clone(),
+                Arc::clone(&events),
+            ))
+        });
+        let router = Arc::new(PolicyRouter::new(Arc::clone(&slots[0])));
+        let policies = Arc::new(Self {
+            engine,
+            linker,
+            cache: CompileCache::new(cache_dir),
+            scorer,
+            dir: config.dir.clone(),
+            slots,
+            events,
+            started: Instant::now(),
+            router,
+        });
+        for kind in SlotKind::ALL {
+            let table = config.slot(kind);
+            for (shadow, configured, default_name) in [
+                (false, &table.file, format!("{kind}.wasm")),
+                (true, &table.shadow, format!("{kind}.shadow.wasm")),
+            ] {
+                match configured {
+                    Some(file) => {
+                        let path = policies.resolve(file);
+                        policies.load_file(&path, Some(kind), shadow)?;
+                    }
+                    None => {
+                        let Some(dir) = &policies.dir else { continue };
+                        let path = dir.join(default_name);
+                        if path.is_file() {
+                            // Refusals are already recorded as events with their reason.
+                            let _ = policies.load_file(&path, Some(kind), shadow);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(policies)
+    }
+
+    fn resolve(&self, file: &Path) -> PathBuf {
+        match &self.dir {
+            Some(dir) if file.is_relative() => dir.join(file),
+            _ => file.to_owned(),
+        }
+    }
+
+    /// The slot of `kind`.
+    pub fn slot(&self, kind: SlotKind) -> &Arc<Slot> {
+        &self.slots[SlotKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)]
+    }
+
+    /// The data plane's router (router slot with its built-in fallback and shadow).
+    pub fn router(&self) -> Arc<PolicyRouter> {
+        Arc::clone(&self.router)
+    }
+
+    /// The watched plugins folder, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The event log.
+    pub fn events(&self) -> &Arc<EventLog> {
+        &self.events
+    }
+
+    /// Reads and loads a file; the name is its file stem.
+    pub fn load_file(
+        &self,
+        path: &Path,
+        slot: Option<SlotKind>,
+        shadow: bool,
+    ) -> Result<Loaded, PolicyError> {
+        let name = plugin_name(path);
+        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        });
+        let bytes = match bytes {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                self.refused(slot, &name, &error);
+                return Err(error);
+            }
+        };
+        self.load(&bytes, &name, slot, shadow)
+    }
+
+    /// Loads a component: compile (or cache hit), type-check against its world (or `slot`'s),
+    /// instantiate, self-test, then swap it in as the active plugin or the shadow. On any
+    /// failure the slot keeps what it had and the reason is returned and recorded.
+    pub fn load(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        slot: Option<SlotKind>,
+        shadow: bool,
+    ) -> Result<Loaded, PolicyError> {
+        let started = Instant::now();
+        let result = self.prepare(bytes, name, slot);
+        let (plugin, self_tested) = match result {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                self.refused(slot, name, &error);
+                return Err(error);
+            }
+        };
+        let kind = plugin.info().world;
+        let target = self.slot(kind);
+        let mut plugin = plugin;
+        plugin.set_version(target.next_version());
+        let plugin = Arc::new(plugin);
+        let info = plugin.info().clone();
+        if shadow {
+            target.set_shadow(plugin);
+        } else {
+            let message = format!(
+                "{} ({} bytes, {}, self-test {} samples)",
+                &info.hash[..12],
+                info.size,
+                if info.cached {
+                    "cached compile"
+                } else {
+                    "compiled"
+                },
+                self_tested
+            );
+            target.activate(plugin, EventKind::Activated, message);
+        }
+        Ok(Loaded {
+            slot: kind,
+            shadow,
+            info,
+            self_tested,
+            took: started.elapsed(),
+        })
+    }
+
+    /// Compiles, binds and self-tests without touching any slot (`sluice plugin check`).
+    pub fn check(&self, bytes: &[u8], name: &str) -> Result<(PluginInfo, usize), PolicyError> {
+        let (plugin, samples) = self.prepare(bytes, name, None)?;
+        Ok((plugin.info().clone(), samples))
+    }
+
+    fn prepare(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        slot: Option<SlotKind>,
+    ) -> Result<(Plugin, usize), PolicyError> {
+        let hash = engine::content_hash(bytes);
+        let compile_started = Instant::now();
+        let (component, source) = self.cache.component(self.engine, bytes, &hash)?;
+        let compile_time = compile_started.elapsed();
+        let shape = plugin::shape(self.engine, &component);
+        // Settings come from the slot the plugin is meant for (or the world it targets).
+        let kind = slot.or(shape.world).unwrap_or(SlotKind::Router);
+        let settings = self.slot(kind).settings().clone();
+        let env = Arc::new(PluginEnv {
+            label: name.to_owned(),
+            config: settings.config.clone(),
+            scorer: Arc::clone(&self.scorer),
+            log_budget: parking_lot::Mutex::new(LogBudget::new()),
+            started: self.started,
+        });
+        let info = PluginInfo {
+            name: name.to_owned(),
+            version: 0,
+            world: kind,
+            hash,
+            size: bytes.len(),
+            imports: Vec::new(),
+            exports: Vec::new(),
+            uses_wasi: false,
+            cached: source == engine::CompileSource::Cached,
+            compile_time,
+            loaded_at: SystemTime::now(),
+        };
+        let limits = Limits {
+            deadline: settings.deadline_for(kind),
+            memory_bytes: settings.memory_limit(),
+        };
+        let plugin = Plugin::bind(
+            self.engine,
+            &self.linker,
+            &component,
+            slot,
+            info,
+            env,
+            limits,
+        )?;
+        let samples = if settings.runs_self_test() {
+            selftest::run(&plugin).map_err(PolicyError::SelfTest)?
+        } else {
+            0
+        };
+        Ok((plugin, samples))
+    }
+
+    fn refused(&self, slot: Option<SlotKind>, name: &str, error: &PolicyError) {
+        self.events.record(
+            slot.unwrap_or(SlotKind::Router),
+            EventKind::LoadFailed,
+            name,
+            format!("refused, the previous plugin stays: {error}"),
+        );
+    }
+
+    /// Promotes `slot`'s shadow to active.
+    pub fn promote(&self, slot: SlotKind) -> Result<PluginInfo, PolicyError> {
+        self.slot(slot)
+            .promote()
+            .map(|p| p.info().clone())
+            .map_err(PolicyError::Action)
+    }
+
+    /// Makes `slot`'s previous version active again.
+    pub fn rollback(&self, slot: SlotKind) -> Result<PluginInfo, PolicyError> {
+        self.slot(slot)
+            .rollback()
+            .map(|p| p.info().clone())
+            .map_err(PolicyError::Action)
+    }
+
+    /// Re-enables `slot`'s plugin after its breaker disabled it.
+    pub fn enable(&self, slot: SlotKind) -> Result<PluginInfo, PolicyError> {
+        self.slot(slot)
+            .enable()
+            .map(|p| p.info().clone())
+            .map_err(PolicyError::Action)
+    }
+
+    /// Returns `slot` to its built-in policy.
+    pub fn clear(&self, slot: SlotKind) {
+        self.slot(slot).clear();
+    }
+
+    /// Plans group sizes with the scaler slot (built-in thresholds on any failure). A shadow
+    /// scaler gets the same groups and is compared on its actions (class and delta).
+    pub fn plan(&self, groups: &[types::GroupMetrics]) -> types::ScalePlan {
+        let slot = self.slot(SlotKind::Scaler);
+        let plan = match slot.call(|p| p.plan(groups), types::check_plan) {
+            Answer::Answered(plan, _) => plan,
+            Answer::NoPlugin => builtin::Thresholds::default().plan(groups),
+            Answer::Failed(failure, plugin) => {
+                let mut plan = builtin::Thresholds::default().plan(groups);
+                plan.reasoning = format!(
+                    "{} [fallback: {} {}]",
+                    plan.reasoning,
+                    plugin.label(),
+                    failure.kind()
+                );
+                plan
+            }
+        };
+        if let Some(shadow) = slot.shadow() {
+            let actions = |p: &types::ScalePlan| {
+                let mut actions: Vec<_> =
+                    p.actions.iter().map(|a| (a.class as u8, a.delta)).collect();
+                actions.sort_unstable();
+                actions
+            };
+            shadow_compare(&shadow, shadow.plan(groups), types::check_plan, |other| {
+                actions(other) == actions(&plan)
+            });
+        }
+        plan
+    }
+
+    /// Finds anomalies with the anomaly slot (built-in z-score on any failure). A shadow
+    /// detector is compared on which metrics it flags, at which severity.
+    pub fn detect(&self, windows: &[types::MetricWindow]) -> Vec<types::Insight> {
+        let slot = self.slot(SlotKind::Anomaly);
+        let insights = match slot.call(|p| p.detect(windows), |i| types::check_insights(i)) {
+            Answer::Answered(insights, _) => insights,
+            Answer::NoPlugin | Answer::Failed(..) => builtin::ZScore::default().detect(windows),
+        };
+        if let Some(shadow) = slot.shadow() {
+            let flagged = |found: &[types::Insight]| {
+                let mut flagged: Vec<_> = found
+                    .iter()
+                    .map(|i| (i.metric.clone(), i.severity as u8))
+                    .collect();
+                flagged.sort_unstable();
+                flagged
+            };
+            shadow_compare(
+                &shadow,
+                shadow.detect(windows),
+                |i| types::check_insights(i),
+                |other| flagged(other) == flagged(&insights),
+            );
+        }
+        insights
+    }
+}
+
+/// A plugin's name from its path: the file name without `.wasm` (and `.shadow`).
+pub fn plugin_name(path: &Path) -> String {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    let stem = file.strip_suffix(".wasm").unwrap_or(&file);
+    stem.strip_suffix(".shadow").unwrap_or(stem).to_owned()
+}
+
+impl Policies {
+    /// Whether these exact bytes are already some slot's active plugin (or shadow), so that a
+    /// file rewritten with the same content is not loaded twice.
+    fn is_loaded(&self, bytes: &[u8], shadow: bool) -> bool {
+        let hash = engine::content_hash(bytes);
+        self.slots.iter().any(|slot| {
+            let current = if shadow { slot.shadow() } else { slot.active() };
+            current.is_some_and(|p| p.info().hash == hash)
+        })
+    }
+}

@@ -1,0 +1,484 @@
+//! One loaded plugin: a compiled component bound to its world, a pool of ready instances, and
+//! the bounded call that runs it (deadline, memory cap, trap and panic containment).
+//!
+//! This module knows how to run a plugin safely; it does not decide what to do with a failure
+//! (falling back, counting, disabling) - that is the slot's job.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+use sluice_config::SlotKind;
+use wasmtime::Store;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker};
+
+use crate::PolicyError;
+use crate::bindings::anomaly::{Anomaly, AnomalyPre};
+use crate::bindings::router::{Router, RouterPre};
+use crate::bindings::scaler::{Scaler, ScalerPre};
+use crate::engine::deadline_ticks;
+use crate::host::{HostState, PluginEnv};
+use crate::types::{Decision, GroupMetrics, Insight, MetricWindow, RouteRequest, ScalePlan};
+
+/// Idle instances kept per plugin; more concurrent callers instantiate extra ones and drop them.
+const MAX_IDLE_INSTANCES: usize = 16;
+/// Instantiation runs guest start-up code; it gets its own, generous bound.
+const INSTANTIATE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Why one plugin call produced no usable answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallFailure {
+    /// The call ran past its deadline and was interrupted.
+    #[error("deadline of {0:?} exceeded")]
+    Timeout(Duration),
+    /// The instance tried to grow its memory past the cap.
+    #[error("memory limit of {0} bytes reached")]
+    MemoryLimit(u64),
+    /// The guest trapped (including a guest panic, which aborts into `unreachable`).
+    #[error("trap: {0}")]
+    Trap(String),
+    /// A host function panicked during the call; the host kept running.
+    #[error("host panic during the call: {0}")]
+    Panic(String),
+    /// The plugin returned its `error` variant.
+    #[error("plugin error: {0}")]
+    Error(String),
+    /// The answer broke the contract (index out of range, NaN confidence, ...).
+    #[error("invalid answer: {0}")]
+    Invalid(String),
+    /// A new instance could not be created.
+    #[error("cannot instantiate: {0}")]
+    Instantiate(String),
+}
+
+impl CallFailure {
+    /// A short label for counters: `timeout`, `memory`, `trap`, `panic`, `error`, `invalid`,
+    /// `instantiate`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallFailure::Timeout(_) => "timeout",
+            CallFailure::MemoryLimit(_) => "memory",
+            CallFailure::Trap(_) => "trap",
+            CallFailure::Panic(_) => "panic",
+            CallFailure::Error(_) => "error",
+            CallFailure::Invalid(_) => "invalid",
+            CallFailure::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+/// Limits applied to every call of a plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Per-call deadline.
+    pub deadline: Duration,
+    /// Linear memory cap per instance, in bytes.
+    pub memory_bytes: u64,
+}
+
+/// Facts about a loaded plugin, for the admin API and `sluice plugin check`.
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
+    /// File stem or upload name.
+    pub name: String,
+    /// Version within its slot (1, 2, ...), assigned when loaded into a slot; 0 when only checked.
+    pub version: u32,
+    /// The world (and so the slot kind) it targets.
+    pub world: SlotKind,
+    /// Hex SHA-256 of the component bytes.
+    pub hash: String,
+    /// Component size in bytes.
+    pub size: usize,
+    /// Names of the component's imports (interfaces).
+    pub imports: Vec<String>,
+    /// Names of the component's exports.
+    pub exports: Vec<String>,
+    /// Whether it imports WASI (given an empty WASI context).
+    pub uses_wasi: bool,
+    /// Whether the compiled code came from the cache.
+    pub cached: bool,
+    /// Time to compile or load the compiled code.
+    pub compile_time: Duration,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+/// Calls and failures of one plugin version.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// Calls attempted.
+    pub calls: AtomicU64,
+    /// Calls that failed, any reason.
+    pub failures: AtomicU64,
+    /// Of which: deadline exceeded.
+    pub timeouts: AtomicU64,
+    /// Of which: memory cap reached.
+    pub memory: AtomicU64,
+    /// Of which: traps and host panics.
+    pub traps: AtomicU64,
+    /// Of which: invalid answers and plugin errors.
+    pub invalid: AtomicU64,
+    /// Failures since the last success.
+    pub consecutive_failures: AtomicU32,
+    /// Nanoseconds spent in successful calls (for the mean).
+    pub busy_ns: AtomicU64,
+    /// Calls compared with the active plugin while this plugin was a shadow.
+    pub shadow_compared: AtomicU64,
+    /// Of which the answers agreed.
+    pub shadow_agreed: AtomicU64,
+    /// Shadow inputs dropped because the shadow could not keep up.
+    pub shadow_dropped: AtomicU64,
+}
+
+impl PluginStats {
+    /// Counts a failure by kind and returns the consecutive-failure count.
+    pub(crate) fn failed(&self, failure: &CallFailure) -> u32 {
+        self.failures.fetch_add(1, Relaxed);
+        let counter = match failure {
+            CallFailure::Timeout(_) => &self.timeouts,
+            CallFailure::MemoryLimit(_) => &self.memory,
+            CallFailure::Trap(_) | CallFailure::Panic(_) | CallFailure::Instantiate(_) => {
+                &self.traps
+            }
+            CallFailure::Error(_) | CallFailure::Invalid(_) => &self.invalid,
+        };
+        counter.fetch_add(1, Relaxed);
+        self.consecutive_failures.fetch_add(1, Relaxed) + 1
+    }
+
+    pub(crate) fn succeeded(&self, took: Duration) {
+        self.consecutive_failures.store(0, Relaxed);
+        self.busy_ns
+            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+}
+
+enum Bound {
+    Router(RouterPre<HostState>),
+    Scaler(ScalerPre<HostState>),
+    Anomaly(AnomalyPre<HostState>),
+}
+
+enum Exports {
+    Router(Router),
+    Scaler(Scaler),
+    Anomaly(Anomaly),
+}
+
+struct Instance {
+    store: Store<HostState>,
+    exports: Exports,
+}
+
+/// A plugin ready to be called.
+pub struct Plugin {
+    info: PluginInfo,
+    label: Arc<str>,
+    bound: Bound,
+    env: Arc<PluginEnv>,
+    limits: Limits,
+    idle: Mutex<Vec<Instance>>,
+    /// Calls and failures of this version.
+    pub stats: PluginStats,
+    /// Set by the slot's breaker after too many consecutive failures.
+    pub(crate) disabled: AtomicBool,
+}
+
+/// The export each world must have, for messages.
+fn world_signature(world: SlotKind) -> &'static str {
+    match world {
+        SlotKind::Router => "route: func(request: route-request) -> result<decision, string>",
+        SlotKind::Scaler => "plan: func(groups: list<group-metrics>) -> result<scale-plan, string>",
+        SlotKind::Anomaly => {
+            "detect: func(windows: list<metric-window>) -> result<list<insight>, string>"
+        }
+    }
+}
+
+fn export_name(world: SlotKind) -> &'static str {
+    match world {
+        SlotKind::Router => "route",
+        SlotKind::Scaler => "plan",
+        SlotKind::Anomaly => "detect",
+    }
+}
+
+/// The component's import and export names, and the world its exports point to.
+pub(crate) struct Shape {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    pub world: Option<SlotKind>,
+}
+
+pub(crate) fn shape(engine: &wasmtime::Engine, component: &Component) -> Shape {
+    let ty = component.component_type();
+    let imports: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let exports: Vec<(String, bool)> = ty
+        .exports(engine)
+        .map(|(name, item)| {
+            (
+                name.to_owned(),
+                matches!(item.ty, ComponentItem::ComponentFunc(_)),
+            )
+        })
+        .collect();
+    let world = SlotKind::ALL.into_iter().find(|w| {
+        exports
+            .iter()
+            .any(|(name, func)| *func && name == export_name(*w))
+    });
+    Shape {
+        imports,
+        exports: exports.into_iter().map(|(name, _)| name).collect(),
+        world,
+    }
+}
+
+impl Plugin {
+    /// Binds a compiled component to its world (type-checking imports and exports) and
+    /// instantiates it once to prove it starts.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bind(
+        engine: &wasmtime::Engine,
+        linker: &Linker<HostState>,
+        component: &Component,
+        expected: Option<SlotKind>,
+        mut info: PluginInfo,
+        env: Arc<PluginEnv>,
+        limits: Limits,
+    ) -> Result<Self, PolicyError> {
+        let shape = shape(engine, component);
+        let listed = |names: &[String]| {
+            if names.is_empty() {
+                "nothing".to_owned()
+            } else {
+                names.join(", ")
+            }
+        };
+        let world = match (shape.world, expected) {
+            (Some(world), Some(expected)) if world != expected => {
+                return Err(PolicyError::WrongWorld(format!(
+                    "it targets the {world} world (exports `{}`), not {expected}",
+                    export_name(world)
+                )));
+            }
+            (Some(world), _) => world,
+            (None, Some(expected)) => {
+                return Err(PolicyError::WrongWorld(format!(
+                    "missing export `{}` required by the {expected} world (`{}`); it exports {}",
+                    export_name(expected),
+                    world_signature(expected),
+                    listed(&shape.exports)
+                )));
+            }
+            (None, None) => {
+                return Err(PolicyError::WrongWorld(format!(
+                    "it exports none of `route` (router world), `plan` (scaler world) or \
+                     `detect` (anomaly world); it exports {}",
+                    listed(&shape.exports)
+                )));
+            }
+        };
+        let pre = linker.instantiate_pre(component).map_err(|e| {
+            PolicyError::WrongWorld(format!(
+                "its imports do not match what Sluice provides to the {world} world \
+                 (sluice:policy@0.1.0 log, clock, config{}, and WASI): {e:#}",
+                if world == SlotKind::Router {
+                    ", scorer"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+        let mismatch = |e: wasmtime::Error| {
+            PolicyError::WrongWorld(format!(
+                "its `{}` export does not match the {world} world (`{}`): {e:#}",
+                export_name(world),
+                world_signature(world)
+            ))
+        };
+        let bound = match world {
+            SlotKind::Router => Bound::Router(RouterPre::new(pre).map_err(mismatch)?),
+            SlotKind::Scaler => Bound::Scaler(ScalerPre::new(pre).map_err(mismatch)?),
+            SlotKind::Anomaly => Bound::Anomaly(AnomalyPre::new(pre).map_err(mismatch)?),
+        };
+        info.world = world;
+        info.uses_wasi = shape.imports.iter().any(|name| name.starts_with("wasi:"));
+        info.imports = shape.imports;
+        info.exports = shape.exports;
+        let plugin = Self {
+            label: Arc::from(format!("{}@v{}", info.name, info.version)),
+            info,
+            bound,
+            env,
+            limits,
+            idle: Mutex::new(Vec::new()),
+            stats: PluginStats::default(),
+            disabled: AtomicBool::new(false),
+        };
+        let first = plugin
+            .instantiate()
+            .map_err(|failure| PolicyError::Start(failure.to_string()))?;
+        plugin.idle.lock().push(first);
+        Ok(plugin)
+    }
+
+    /// What was loaded.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// The per-call limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Whether the slot's breaker disabled this plugin.
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Relaxed)
+    }
+
+    pub(crate) fn set_version(&mut self, version: u32) {
+        self.info.version = version;
+        self.label = Arc::from(format!("{}@v{}", self.info.name, version));
+    }
+
+    /// `name@vN`, for logs, reasons and the decision history.
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
+    fn instantiate(&self) -> Result<Instance, CallFailure> {
+        let engine = match &self.bound {
+            Bound::Router(pre) => pre.engine(),
+            Bound::Scaler(pre) => pre.engine(),
+            Bound::Anomaly(pre) => pre.engine(),
+        };
+        let mut store = Store::new(
+            engine,
+            HostState::new(Arc::clone(&self.env), self.limits.memory_bytes),
+        );
+        store.limiter(|state| &mut state.memory);
+        store.set_epoch_deadline(deadline_ticks(INSTANTIATE_DEADLINE));
+        let started = catch_unwind(AssertUnwindSafe(|| match &self.bound {
+            Bound::Router(pre) => pre.instantiate(&mut store).map(Exports::Router),
+            Bound::Scaler(pre) => pre.instantiate(&mut store).map(Exports::Scaler),
+            Bound::Anomaly(pre) => pre.instantiate(&mut store).map(Exports::Anomaly),
+        }));
+        match started {
+            Ok(Ok(exports)) => Ok(Instance { store, exports }),
+            Ok(Err(error)) => Err(CallFailure::Instantiate(format!("{error:#}"))),
+            Err(panic) => Err(CallFailure::Instantiate(panic_message(&panic))),
+        }
+    }
+
+    /// Runs `call` on an idle (or new) instance under the deadline; a failed instance is
+    /// dropped, since a trap can leave it in any state.
+    fn run<R>(
+        &self,
+        deadline: Duration,
+        call: impl FnOnce(&mut Store<HostState>, &Exports) -> wasmtime::Result<R>,
+    ) -> Result<R, CallFailure> {
+        let idle = self.idle.lock().pop();
+        let mut instance = match idle {
+            Some(instance) => instance,
+            None => self.instantiate()?,
+        };
+        instance.store.data_mut().memory.hit = false;
+        instance.store.set_epoch_deadline(deadline_ticks(deadline));
+        let Instance { store, exports } = &mut instance;
+        let outcome = catch_unwind(AssertUnwindSafe(|| call(store, exports)));
+        match outcome {
+            Ok(Ok(value)) => {
+                let mut idle = self.idle.lock();
+                if idle.len() < MAX_IDLE_INSTANCES {
+                    idle.push(instance);
+                }
+                Ok(value)
+            }
+            Ok(Err(error)) => {
+                if instance.store.data().memory.hit {
+                    Err(CallFailure::MemoryLimit(self.limits.memory_bytes))
+                } else if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
+                {
+                    Err(CallFailure::Timeout(deadline))
+                } else {
+                    Err(CallFailure::Trap(format!("{error:#}")))
+                }
+            }
+            Err(panic) => Err(CallFailure::Panic(panic_message(&panic))),
+        }
+    }
+
+    /// Calls a router's `route`. The caller validates the decision against the candidates.
+    pub fn route(&self, request: &RouteRequest) -> Result<Decision, CallFailure> {
+        self.route_within(request, self.limits.deadline)
+    }
+
+    pub(crate) fn route_within(
+        &self,
+        request: &RouteRequest,
+        deadline: Duration,
+    ) -> Result<Decision, CallFailure> {
+        let answer = self.run(deadline, |store, exports| match exports {
+            Exports::Router(router) => router.call_route(store, request),
+            _ => Err(wasmtime::Error::msg("not a router plugin")),
+        })?;
+        answer.map_err(CallFailure::Error)
+    }
+
+    /// Calls a scaler's `plan`.
+    pub fn plan(&self, groups: &[GroupMetrics]) -> Result<ScalePlan, CallFailure> {
+        self.plan_within(groups, self.limits.deadline)
+    }
+
+    pub(crate) fn plan_within(
+        &self,
+        groups: &[GroupMetrics],
+        deadline: Duration,
+    ) -> Result<ScalePlan, CallFailure> {
+        let answer = self.run(deadline, |store, exports| match exports {
+            Exports::Scaler(scaler) => scaler.call_plan(store, groups),
+            _ => Err(wasmtime::Error::msg("not a scaler plugin")),
+        })?;
+        answer.map_err(CallFailure::Error)
+    }
+
+    /// Calls an anomaly detector's `detect`.
+    pub fn detect(&self, windows: &[MetricWindow]) -> Result<Vec<Insight>, CallFailure> {
+        self.detect_within(windows, self.limits.deadline)
+    }
+
+    pub(crate) fn detect_within(
+        &self,
+        windows: &[MetricWindow],
+        deadline: Duration,
+    ) -> Result<Vec<Insight>, CallFailure> {
+        let answer = self.run(deadline, |store, exports| match exports {
+            Exports::Anomaly(anomaly) => anomaly.call_detect(store, windows),
+            _ => Err(wasmtime::Error::msg("not an anomaly plugin")),
+        })?;
+        answer.map_err(CallFailure::Error)
+    }
+
+    /// Times a successful call for the stats; `Instant` is taken by the caller so that
+    /// validation is not counted as plugin time.
+    pub(crate) fn record_success(&self, started: Instant) {
+        self.stats.succeeded(started.elapsed());
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}

@@ -1,0 +1,215 @@
+//! The data plane's router: the router slot's plugin when there is a usable one, the built-in
+//! power-of-two-choices policy otherwise, and the shadow fed off the data path.
+//!
+//! A plugin failure costs one call: that call is answered by the built-in policy, counted, and
+//! the slot's breaker decides whether the plugin stays. Nothing here blocks on a lock held
+//! across a plugin call.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+
+use sluice_proxy::route::{RouteDecision, RouteRequest, Router};
+
+use crate::builtin::PeakEwmaP2c;
+use crate::plugin::Plugin;
+use crate::slot::{Answer, Slot, shadow_compare};
+use crate::types::{self, check_decision};
+
+/// Shadow inputs waiting for the shadow plugin; beyond this they are dropped and counted.
+const SHADOW_QUEUE: usize = 1024;
+/// Recent decisions kept for the admin API and tests.
+const RECENT_DECISIONS: usize = 256;
+
+/// One routing decision, as kept in the recent-decisions history.
+#[derive(Debug, Clone)]
+pub struct RecordedDecision {
+    /// When it was made.
+    pub at: SystemTime,
+    /// The monitor whose stream was placed.
+    pub monitor: Arc<str>,
+    /// The method called.
+    pub method: String,
+    /// Who decided: `name@vN` of the plugin, or `builtin`.
+    pub policy: Arc<str>,
+    /// Whether the built-in policy answered because the plugin failed.
+    pub fallback: bool,
+    /// The chosen connection's id.
+    pub connection_id: u64,
+    /// How many candidates there were.
+    pub candidates: usize,
+    /// The decision's confidence.
+    pub confidence: f32,
+    /// The decision's reason.
+    pub reason: String,
+}
+
+struct ShadowJob {
+    request: types::RouteRequest,
+    active_choice: usize,
+}
+
+/// Routes with the router slot.
+pub struct PolicyRouter {
+    slot: Arc<Slot>,
+    shadow_jobs: SyncSender<ShadowJob>,
+    recent: Mutex<VecDeque<RecordedDecision>>,
+    builtin_label: Arc<str>,
+}
+
+impl PolicyRouter {
+    pub(crate) fn new(slot: Arc<Slot>) -> Self {
+        let (shadow_jobs, receiver) = std::sync::mpsc::sync_channel(SHADOW_QUEUE);
+        let worker_slot = Arc::clone(&slot);
+        let spawned = std::thread::Builder::new()
+            .name("sluice-shadow-router".to_owned())
+            .spawn(move || shadow_worker(&worker_slot, &receiver));
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start the shadow router thread; shadow plugins get no input");
+        }
+        Self {
+            slot,
+            shadow_jobs,
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_DECISIONS)),
+            builtin_label: Arc::from("builtin"),
+        }
+    }
+
+    /// The last `n` decisions, newest last.
+    pub fn recent(&self, n: usize) -> Vec<RecordedDecision> {
+        let recent = self.recent.lock();
+        recent
+            .iter()
+            .skip(recent.len().saturating_sub(n))
+            .cloned()
+            .collect()
+    }
+
+    fn remember(
+        &self,
+        request: &RouteRequest<'_>,
+        decision: &RouteDecision,
+        policy: &Arc<str>,
+        fallback: bool,
+    ) {
+        let Some(chosen) = request.candidates.get(decision.index) else {
+            return;
+        };
+        let record = RecordedDecision {
+            at: SystemTime::now(),
+            monitor: Arc::clone(&request.monitor.id),
+            method: request.method.to_owned(),
+            policy: Arc::clone(policy),
+            fallback,
+            connection_id: chosen.connection_id,
+            candidates: request.candidates.len(),
+            confidence: decision.confidence,
+            reason: decision.reason.to_string(),
+        };
+        let mut recent = self.recent.lock();
+        if recent.len() == RECENT_DECISIONS {
+            recent.pop_front();
+        }
+        recent.push_back(record);
+    }
+
+    fn builtin(&self, request: &RouteRequest<'_>, why: Option<&str>) -> Option<RouteDecision> {
+        let mut decision = PeakEwmaP2c::pick(request.candidates)?;
+        if let Some(why) = why {
+            decision.reason = Cow::Owned(format!("{} [fallback: {why}]", decision.reason));
+        }
+        Some(decision)
+    }
+
+    fn offer_shadow(&self, shadow: &Plugin, request: types::RouteRequest, active_choice: usize) {
+        let job = ShadowJob {
+            request,
+            active_choice,
+        };
+        if let Err(TrySendError::Full(_)) = self.shadow_jobs.try_send(job) {
+            shadow.stats.shadow_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The shadow, when this call is sampled for it.
+    fn sampled(&self) -> Option<Arc<Plugin>> {
+        self.slot
+            .shadow()
+            .filter(|_| fastrand::f64() < self.slot.settings().shadow_share())
+    }
+}
+
+impl Router for PolicyRouter {
+    fn name(&self) -> &str {
+        "policy"
+    }
+
+    fn route(&self, request: &RouteRequest<'_>) -> Option<RouteDecision> {
+        let question = self.slot.callable().map(|_| types::route_request(request));
+        let answer = match &question {
+            Some(question) => {
+                let _span =
+                    tracing::debug_span!("route", candidates = question.candidates.len()).entered();
+                self.slot.call(
+                    |plugin| plugin.route(question),
+                    |decision| check_decision(decision, question.candidates.len()),
+                )
+            }
+            None => {
+                self.slot.used_builtin();
+                Answer::NoPlugin
+            }
+        };
+        let (decision, policy, fallback) = match answer {
+            Answer::Answered(decision, plugin) => {
+                let decision = RouteDecision {
+                    index: decision.choice as usize,
+                    confidence: decision.confidence,
+                    reason: Cow::Owned(decision.reasoning),
+                    alternatives: decision.alternatives.iter().map(|&a| a as usize).collect(),
+                };
+                (decision, Arc::clone(plugin.label()), false)
+            }
+            Answer::NoPlugin => (
+                self.builtin(request, None)?,
+                Arc::clone(&self.builtin_label),
+                false,
+            ),
+            Answer::Failed(failure, plugin) => {
+                let why = format!("{} {}", plugin.label(), failure.kind());
+                (
+                    self.builtin(request, Some(&why))?,
+                    Arc::clone(plugin.label()),
+                    true,
+                )
+            }
+        };
+        if let Some(shadow) = self.sampled() {
+            let question = question.unwrap_or_else(|| types::route_request(request));
+            self.offer_shadow(&shadow, question, decision.index);
+        }
+        self.remember(request, &decision, &policy, fallback);
+        Some(decision)
+    }
+}
+
+/// Runs shadow calls until the router is dropped.
+fn shadow_worker(slot: &Slot, jobs: &Receiver<ShadowJob>) {
+    while let Ok(job) = jobs.recv() {
+        let Some(shadow) = slot.shadow() else {
+            continue;
+        };
+        let candidates = job.request.candidates.len();
+        shadow_compare(
+            &shadow,
+            shadow.route(&job.request),
+            |decision| check_decision(decision, candidates),
+            |decision| decision.choice as usize == job.active_choice,
+        );
+    }
+}

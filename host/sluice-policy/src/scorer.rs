@@ -1,0 +1,36 @@
+//! The `scorer` host import: batch inference that router plugins call.
+//!
+//! The host owns which model backs it; until a model is configured the [`NeutralScorer`] answers.
+//! A scorer must be fast and must not block: it runs inside a router call, on the data path.
+
+/// Scores feature rows for router plugins.
+pub trait Scorer: Send + Sync + 'static {
+    /// One score per row of `values` (row-major, `columns` per row); higher is better.
+    fn score(&self, columns: u32, values: &[f32]) -> Result<Vec<f32>, String>;
+
+    /// The model's name and version, for decision reasons and the admin API.
+    fn model(&self) -> String;
+}
+
+/// The built-in scorer: every row gets the neutral score 0.5, so a router that blends the score
+/// into its own heuristic keeps the heuristic's order. Malformed batches are still refused so
+/// that plugin bugs show up before a real model is plugged in.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NeutralScorer;
+
+impl Scorer for NeutralScorer {
+    fn score(&self, columns: u32, values: &[f32]) -> Result<Vec<f32>, String> {
+        let columns = columns as usize;
+        if columns == 0 || !values.len().is_multiple_of(columns) {
+            return Err(format!(
+                "malformed batch: {} values is not a multiple of {columns} columns",
+                values.len()
+            ));
+        }
+        Ok(vec![0.5; values.len() / columns])
+    }
+
+    fn model(&self) -> String {
+        "builtin-neutral".to_owned()
+    }
+}

@@ -1,0 +1,164 @@
+//! Sample inputs a plugin must answer correctly before it is activated.
+//!
+//! The samples cover the shapes a plugin meets in production (one candidate, several, busy and
+//! idle connections, an empty window, a spike), so a plugin that traps, loops, or answers out of
+//! range on ordinary input is refused instead of being swapped in.
+
+use std::time::Duration;
+
+use crate::plugin::{CallFailure, Plugin};
+use crate::types::{
+    Candidate, Endpoint, GroupMetrics, MetricWindow, MonitorProfile, RouteRequest, TrafficClass,
+    check_decision, check_insights, check_plan,
+};
+use sluice_config::SlotKind;
+
+/// The self-test's deadline: the slot's deadline with headroom for a cold first call, since the
+/// first calls fault in code and memory.
+pub fn deadline(slot_deadline: Duration) -> Duration {
+    (slot_deadline * 10).max(Duration::from_millis(20))
+}
+
+fn endpoints(n: usize) -> Vec<Endpoint> {
+    (0..n)
+        .map(|i| Endpoint {
+            id: format!("ep-{i}"),
+            region: ["local", "us-east"][i % 2].to_owned(),
+            priority: u32::from(i == 2),
+        })
+        .collect()
+}
+
+fn candidate(id: u64, endpoint: u32, active: u32, latency_ms: f64) -> Candidate {
+    Candidate {
+        connection_id: id,
+        endpoint,
+        active_streams: active,
+        max_streams: 100,
+        latency_ms,
+        error_rate: 0.0,
+        age_ms: 60_000,
+    }
+}
+
+/// Router questions used by the self-test and the `policy` benchmark.
+pub fn sample_route_requests() -> Vec<RouteRequest> {
+    let monitor = |id: &str, class, critical| MonitorProfile {
+        id: id.to_owned(),
+        class,
+        critical,
+    };
+    vec![
+        RouteRequest {
+            monitor: monitor("self-test", TrafficClass::Realtime, true),
+            method: "/sluice.feed.v1.Feed/Subscribe".to_owned(),
+            endpoints: endpoints(1),
+            candidates: vec![candidate(1, 0, 0, 1.0)],
+        },
+        RouteRequest {
+            monitor: monitor("self-test", TrafficClass::Event, false),
+            method: "/sluice.feed.v1.Feed/Subscribe".to_owned(),
+            endpoints: endpoints(2),
+            candidates: (0..4)
+                .map(|i| {
+                    candidate(
+                        10 + i,
+                        (i % 2) as u32,
+                        (i * 30) as u32,
+                        1.0 + i as f64 * 7.5,
+                    )
+                })
+                .collect(),
+        },
+        RouteRequest {
+            monitor: monitor("anonymous", TrafficClass::State, false),
+            method: "/pkg.Service/Method".to_owned(),
+            endpoints: endpoints(3),
+            candidates: (0..16)
+                .map(|i| candidate(100 + i, (i % 3) as u32, (i * 5) as u32 % 97, 0.5 + i as f64))
+                .collect(),
+        },
+    ]
+}
+
+/// Scaler inputs used by the self-test.
+pub fn sample_groups() -> Vec<GroupMetrics> {
+    let group = |class, connections, utilization, queue_depth| GroupMetrics {
+        class,
+        connections,
+        min_connections: 1,
+        max_connections: 18,
+        active_streams: (utilization * f64::from(connections) * 100.0) as u32,
+        stream_capacity: connections * 100,
+        utilization,
+        queue_depth,
+        p99_latency_ms: 12.0,
+        error_rate: 0.0,
+        trend: 0.0,
+        since_last_scale_ms: u64::MAX,
+    };
+    vec![
+        group(TrafficClass::Realtime, 4, 0.92, 12),
+        group(TrafficClass::Event, 3, 0.40, 0),
+        group(TrafficClass::State, 2, 0.05, 0),
+    ]
+}
+
+/// Anomaly inputs used by the self-test: a steady metric, a spike, an empty window.
+pub fn sample_windows() -> Vec<MetricWindow> {
+    let steady: Vec<f64> = (0..30).map(|i| 100.0 + f64::from(i % 5)).collect();
+    let mut spike = steady.clone();
+    spike.push(900.0);
+    vec![
+        MetricWindow {
+            name: "pool.streams".to_owned(),
+            interval_ms: 1000,
+            samples: steady,
+        },
+        MetricWindow {
+            name: "upstream.errors_per_s".to_owned(),
+            interval_ms: 1000,
+            samples: spike,
+        },
+        MetricWindow {
+            name: "pool.queue_depth".to_owned(),
+            interval_ms: 1000,
+            samples: Vec::new(),
+        },
+    ]
+}
+
+/// Runs the samples for the plugin's world; the first failure, with which sample caused it.
+pub fn run(plugin: &Plugin) -> Result<usize, String> {
+    let deadline = deadline(plugin.limits().deadline);
+    let describe = |what: &str, i: usize, failure: CallFailure| format!("{what} #{i}: {failure}");
+    match plugin.info().world {
+        SlotKind::Router => {
+            let samples = sample_route_requests();
+            for (i, request) in samples.iter().enumerate() {
+                let decision = plugin
+                    .route_within(request, deadline)
+                    .map_err(|f| describe("route sample", i, f))?;
+                check_decision(&decision, request.candidates.len()).map_err(|problem| {
+                    describe("route sample", i, CallFailure::Invalid(problem))
+                })?;
+            }
+            Ok(samples.len())
+        }
+        SlotKind::Scaler => {
+            let plan = plugin
+                .plan_within(&sample_groups(), deadline)
+                .map_err(|f| describe("plan sample", 0, f))?;
+            check_plan(&plan).map_err(|p| describe("plan sample", 0, CallFailure::Invalid(p)))?;
+            Ok(1)
+        }
+        SlotKind::Anomaly => {
+            let insights = plugin
+                .detect_within(&sample_windows(), deadline)
+                .map_err(|f| describe("detect sample", 0, f))?;
+            check_insights(&insights)
+                .map_err(|p| describe("detect sample", 0, CallFailure::Invalid(p)))?;
+            Ok(1)
+        }
+    }
+}

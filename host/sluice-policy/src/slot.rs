@@ -1,0 +1,283 @@
+//! A policy slot: the active plugin, an optional shadow, earlier versions for rollback, the
+//! breaker that disables a failing plugin, and the fallback count.
+//!
+//! Reading the active plugin is one atomic load (`arc-swap`), so swaps never block the data
+//! path. This module decides what a failure means (count, trip the breaker); it does not run
+//! plugins itself.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+use sluice_config::{SlotConfig, SlotKind};
+
+use crate::events::{EventKind, EventLog};
+use crate::plugin::{CallFailure, Plugin};
+
+/// Earlier active versions kept for rollback.
+const HISTORY: usize = 8;
+
+/// One slot's plugins and counters.
+pub struct Slot {
+    kind: SlotKind,
+    settings: SlotConfig,
+    active: ArcSwapOption<Plugin>,
+    shadow: ArcSwapOption<Plugin>,
+    history: Mutex<VecDeque<Arc<Plugin>>>,
+    next_version: AtomicU32,
+    events: Arc<EventLog>,
+    /// Calls answered by the built-in policy (no plugin, plugin disabled, or plugin failed).
+    pub fallbacks: AtomicU64,
+    /// Calls answered by the built-in policy because the plugin failed.
+    pub failed_calls: AtomicU64,
+    /// Swaps serialise here so that versions and history stay consistent; readers never take it.
+    swap: Mutex<()>,
+}
+
+impl Slot {
+    pub(crate) fn new(kind: SlotKind, settings: SlotConfig, events: Arc<EventLog>) -> Self {
+        Self {
+            kind,
+            settings,
+            active: ArcSwapOption::empty(),
+            shadow: ArcSwapOption::empty(),
+            history: Mutex::new(VecDeque::new()),
+            next_version: AtomicU32::new(1),
+            events,
+            fallbacks: AtomicU64::new(0),
+            failed_calls: AtomicU64::new(0),
+            swap: Mutex::new(()),
+        }
+    }
+
+    /// Which slot this is.
+    pub fn kind(&self) -> SlotKind {
+        self.kind
+    }
+
+    /// The slot's configuration.
+    pub fn settings(&self) -> &SlotConfig {
+        &self.settings
+    }
+
+    /// The active plugin, disabled or not.
+    pub fn active(&self) -> Option<Arc<Plugin>> {
+        self.active.load_full()
+    }
+
+    /// The active plugin when it may be called.
+    pub fn callable(&self) -> Option<Arc<Plugin>> {
+        self.active.load_full().filter(|p| !p.is_disabled())
+    }
+
+    /// The shadow plugin.
+    pub fn shadow(&self) -> Option<Arc<Plugin>> {
+        self.shadow.load_full()
+    }
+
+    /// Earlier active versions, newest last.
+    pub fn history(&self) -> Vec<Arc<Plugin>> {
+        self.history.lock().iter().cloned().collect()
+    }
+
+    pub(crate) fn next_version(&self) -> u32 {
+        self.next_version.fetch_add(1, Relaxed)
+    }
+
+    /// Makes `plugin` active; the previous one goes to the history.
+    pub(crate) fn activate(&self, plugin: Arc<Plugin>, kind: EventKind, message: String) {
+        let _swap = self.swap.lock();
+        let label = Arc::clone(plugin.label());
+        if let Some(previous) = self.active.swap(Some(plugin)) {
+            let mut history = self.history.lock();
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back(previous);
+        }
+        self.events.record(self.kind, kind, &label, message);
+    }
+
+    /// Makes `plugin` the shadow.
+    pub(crate) fn set_shadow(&self, plugin: Arc<Plugin>) {
+        let _swap = self.swap.lock();
+        let label = Arc::clone(plugin.label());
+        self.shadow.store(Some(plugin));
+        self.events.record(
+            self.kind,
+            EventKind::ShadowLoaded,
+            &label,
+            "receives sampled inputs off the data path",
+        );
+    }
+
+    /// Promotes the shadow to active.
+    pub(crate) fn promote(&self) -> Result<Arc<Plugin>, String> {
+        let shadow = {
+            let _swap = self.swap.lock();
+            self.shadow.swap(None)
+        };
+        let shadow =
+            shadow.ok_or_else(|| format!("the {} slot has no shadow plugin", self.kind))?;
+        let agreement = agreement(&shadow);
+        self.activate(
+            Arc::clone(&shadow),
+            EventKind::Promoted,
+            format!("shadow promoted (agreement {agreement})"),
+        );
+        Ok(shadow)
+    }
+
+    /// Makes the newest earlier version active again.
+    pub(crate) fn rollback(&self) -> Result<Arc<Plugin>, String> {
+        let _swap = self.swap.lock();
+        let previous = self
+            .history
+            .lock()
+            .pop_back()
+            .ok_or_else(|| format!("the {} slot has no earlier version", self.kind))?;
+        previous.disabled.store(false, Relaxed);
+        previous.stats.consecutive_failures.store(0, Relaxed);
+        let replaced = self.active.swap(Some(Arc::clone(&previous)));
+        let message = match replaced {
+            Some(replaced) => format!("replaces {}", replaced.label()),
+            None => "replaces the built-in policy".to_owned(),
+        };
+        self.events
+            .record(self.kind, EventKind::RolledBack, previous.label(), message);
+        Ok(previous)
+    }
+
+    /// Re-enables a plugin the breaker disabled.
+    pub(crate) fn enable(&self) -> Result<Arc<Plugin>, String> {
+        let active = self
+            .active()
+            .ok_or_else(|| format!("the {} slot has no plugin", self.kind))?;
+        active.stats.consecutive_failures.store(0, Relaxed);
+        if active.disabled.swap(false, Relaxed) {
+            self.events
+                .record(self.kind, EventKind::Enabled, active.label(), "re-enabled");
+        }
+        Ok(active)
+    }
+
+    /// Removes the active plugin (and shadow): the built-in policy answers.
+    pub(crate) fn clear(&self) {
+        let _swap = self.swap.lock();
+        self.shadow.store(None);
+        if let Some(previous) = self.active.swap(None) {
+            let label = Arc::clone(previous.label());
+            self.history.lock().push_back(previous);
+            self.events.record(
+                self.kind,
+                EventKind::Cleared,
+                &label,
+                "built-in policy active",
+            );
+        }
+    }
+
+    /// Counts a failed call of the active plugin and trips the breaker at the threshold.
+    pub(crate) fn failed(&self, plugin: &Plugin, failure: &CallFailure) {
+        self.failed_calls.fetch_add(1, Relaxed);
+        self.fallbacks.fetch_add(1, Relaxed);
+        let consecutive = plugin.stats.failed(failure);
+        tracing::debug!(slot = %self.kind, plugin = %plugin.label(), %failure, "plugin call failed; built-in policy used");
+        if consecutive >= self.settings.failures_to_disable()
+            && !plugin.disabled.swap(true, Relaxed)
+        {
+            self.events.record(
+                self.kind,
+                EventKind::Disabled,
+                plugin.label(),
+                format!(
+                    "{consecutive} consecutive failures (last: {failure}); the built-in policy \
+                     answers until the plugin is re-enabled or replaced"
+                ),
+            );
+        }
+    }
+
+    /// Counts a call answered by the built-in policy with no plugin involved.
+    pub(crate) fn used_builtin(&self) {
+        self.fallbacks.fetch_add(1, Relaxed);
+    }
+
+    /// One call of the active plugin: counted, timed, and its answer checked. Failures are
+    /// counted against the plugin (and may trip its breaker) before they are returned.
+    pub(crate) fn call<T>(
+        &self,
+        call: impl FnOnce(&Plugin) -> Result<T, CallFailure>,
+        check: impl FnOnce(&T) -> Result<(), String>,
+    ) -> Answer<T> {
+        let Some(plugin) = self.callable() else {
+            self.used_builtin();
+            return Answer::NoPlugin;
+        };
+        plugin.stats.calls.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        let answer = call(&plugin)
+            .and_then(|value| check(&value).map(|()| value).map_err(CallFailure::Invalid));
+        match answer {
+            Ok(value) => {
+                plugin.record_success(started);
+                Answer::Answered(value, plugin)
+            }
+            Err(failure) => {
+                self.failed(&plugin, &failure);
+                Answer::Failed(failure, plugin)
+            }
+        }
+    }
+}
+
+/// What [`Slot::call`] got.
+pub(crate) enum Answer<T> {
+    /// The plugin's valid answer.
+    Answered(T, Arc<Plugin>),
+    /// No callable plugin: the built-in policy must answer.
+    NoPlugin,
+    /// The plugin failed (already counted): the built-in policy must answer.
+    Failed(CallFailure, Arc<Plugin>),
+}
+
+/// A shadow's agreement as text, e.g. `97.5% of 400`.
+pub fn agreement(plugin: &Plugin) -> String {
+    let compared = plugin.stats.shadow_compared.load(Relaxed);
+    if compared == 0 {
+        return "not measured".to_owned();
+    }
+    let agreed = plugin.stats.shadow_agreed.load(Relaxed);
+    format!(
+        "{:.1}% of {compared}",
+        agreed as f64 * 100.0 / compared as f64
+    )
+}
+
+/// Records a shadow's answer: a failure, or whether it agreed with the active answer.
+pub(crate) fn shadow_compare<T>(
+    shadow: &Plugin,
+    answer: Result<T, CallFailure>,
+    check: impl FnOnce(&T) -> Result<(), String>,
+    agrees: impl FnOnce(&T) -> bool,
+) {
+    shadow.stats.calls.fetch_add(1, Relaxed);
+    let started = Instant::now();
+    let answer =
+        answer.and_then(|value| check(&value).map(|()| value).map_err(CallFailure::Invalid));
+    match answer {
+        Ok(value) => {
+            shadow.record_success(started);
+            shadow.stats.shadow_compared.fetch_add(1, Relaxed);
+            if agrees(&value) {
+                shadow.stats.shadow_agreed.fetch_add(1, Relaxed);
+            }
+        }
+        Err(failure) => {
+            shadow.stats.failed(&failure);
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Starts everything one Sluice process runs from its config: the policy slots (and the plugins
+//! folder watcher), the data plane with the policy router, and the admin API.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sluice_admin::{AdminHandle, AdminServer};
+use sluice_config::Config;
+use sluice_policy::{Policies, Watcher};
+use sluice_proxy::{Proxy, ProxyHandle};
+
+/// The running parts of one process.
+pub struct Services {
+    /// The data plane.
+    pub proxy: ProxyHandle,
+    /// The admin API, when enabled.
+    pub admin: Option<AdminHandle>,
+    /// The policy slots.
+    pub policies: Arc<Policies>,
+    _watcher: Option<Watcher>,
+}
+
+/// Loads the plugins, binds the listeners and starts serving.
+pub async fn start(config: Arc<Config>) -> anyhow::Result<Services> {
+    let plugins = config.plugins.clone();
+    // Compiling plugins can take seconds (Python and JavaScript embed an interpreter).
+    let policies = tokio::task::spawn_blocking(move || Policies::new(&plugins))
+        .await
+        .context("plugin loading task failed")?
+        .context("cannot load the configured policy plugins")?;
+    let watcher = match (&config.plugins.dir, config.plugins.watch) {
+        (Some(_), true) => Some(Watcher::start(&policies)?),
+        _ => None,
+    };
+    let router: Arc<dyn sluice_proxy::route::Router> = policies.router();
+    let proxy = Proxy::bind_with_router(Arc::clone(&config), router)
+        .await?
+        .spawn();
+    let admin = if config.admin.enabled {
+        let server = AdminServer::bind(&config.admin, Arc::clone(&policies))
+            .await
+            .with_context(|| format!("cannot bind the admin listener {}", config.admin.listen))?;
+        Some(server.spawn())
+    } else {
+        None
+    };
+    Ok(Services {
+        proxy,
+        admin,
+        policies,
+        _watcher: watcher,
+    })
+}
+
+impl Services {
+    /// Stops the admin API, then drains the data plane.
+    pub async fn shutdown(self) {
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
+        }
+        self.proxy.shutdown().await;
+    }
+}

@@ -1,0 +1,219 @@
+//! Sluice's default anomaly detector (`anomaly` world): a z-score of each window's latest sample
+//! against the samples before it.
+//!
+//! For each metric window with at least `min_samples` samples (default 10; fewer is warm-up and
+//! yields nothing): the mean and (sample) standard deviation of all samples but the last, and
+//! `z = (last - mean) / stddev`. `|z|` above `warning_z` (default 3) is a warning, above
+//! `critical_z` (default 4) critical. Non-finite samples are skipped; a non-finite latest sample
+//! yields nothing.
+//!
+//! A flat history (standard deviation 0) yields nothing while the latest sample equals it, and a
+//! critical insight as soon as it differs: no deviation can be measured against it, so any
+//! change is unprecedented. Its `z` is then [`FLAT_Z`] (1e9, with the sign of the change), a
+//! finite stand-in for infinity; measured z-scores are capped to the same range.
+//!
+//! Insight: kind `anomaly`, title `Spike in <metric>` or `Drop in <metric>`, `metric` the
+//! window's name, `value` the latest sample, `score` `|z|` (larger is more unusual, as the
+//! contract says; the sign is in the title and the description).
+
+#![no_std]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use sluice_plugin::parse_f64;
+use sluice_plugin::text::{push_fixed, push_short, push_u64};
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "anomaly",
+});
+
+use sluice::policy::types::{InsightKind, Severity};
+use sluice::policy::{config, log};
+
+/// The z-score reported when the history is flat and the latest sample is not; also the cap.
+pub const FLAT_Z: f64 = 1e9;
+
+/// Set once a bad config value has been reported.
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+struct Detector;
+
+impl Guest for Detector {
+    fn detect(windows: Vec<MetricWindow>) -> Result<Vec<Insight>, String> {
+        let settings = Settings::load();
+        Ok(windows
+            .iter()
+            .filter_map(|window| examine(window, &settings))
+            .collect())
+    }
+}
+
+export!(Detector);
+
+/// Thresholds, from the config with the defaults above.
+struct Settings {
+    warning_z: f64,
+    critical_z: f64,
+    min_samples: usize,
+}
+
+impl Settings {
+    fn load() -> Self {
+        let mut settings = Settings {
+            warning_z: 3.0,
+            critical_z: 4.0,
+            min_samples: 10,
+        };
+        for key in config::keys() {
+            let Some(text) = config::get(&key) else {
+                continue;
+            };
+            let value = parse_f64(&text);
+            let ok = match (key.as_str(), value) {
+                ("warning_z", Some(v)) if v > 0.0 => {
+                    settings.warning_z = v;
+                    true
+                }
+                ("critical_z", Some(v)) if v > 0.0 => {
+                    settings.critical_z = v;
+                    true
+                }
+                // Two samples of history at least, for a standard deviation.
+                ("min_samples", Some(v)) if (3.0..=1e6).contains(&v) && v == v as usize as f64 => {
+                    settings.min_samples = v as usize;
+                    true
+                }
+                _ => false,
+            };
+            if !ok {
+                warn_once(&key, &text, "unknown key or invalid value");
+            }
+        }
+        if settings.critical_z < settings.warning_z {
+            warn_once(
+                "critical_z",
+                "(below warning_z)",
+                "using warning_z for both thresholds",
+            );
+            settings.critical_z = settings.warning_z;
+        }
+        settings
+    }
+}
+
+fn warn_once(key: &str, text: &str, why: &str) {
+    if WARNED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let mut message = String::from("anomaly: config ");
+    message.push_str(key);
+    message.push_str(" = ");
+    message.push_str(text);
+    message.push_str(": ");
+    message.push_str(why);
+    message.push_str(" (further problems are not reported)");
+    log::log(log::Level::Warn, &message);
+}
+
+/// Mean, sample standard deviation and count of the finite values (Welford's method).
+fn stats(samples: &[f64]) -> (f64, f64, usize) {
+    let mut count = 0_usize;
+    let mut mean = 0.0;
+    let mut m2 = 0.0;
+    for &x in samples.iter().filter(|x| x.is_finite()) {
+        count += 1;
+        let delta = x - mean;
+        mean += delta / count as f64;
+        m2 += delta * (x - mean);
+    }
+    let stddev = if count > 1 {
+        libm::sqrt((m2 / (count - 1) as f64).max(0.0))
+    } else {
+        0.0
+    };
+    (mean, stddev, count)
+}
+
+fn examine(window: &MetricWindow, settings: &Settings) -> Option<Insight> {
+    let (&last, history) = window.samples.split_last()?;
+    if window.samples.len() < settings.min_samples || !last.is_finite() {
+        return None;
+    }
+    let (mean, stddev, count) = stats(history);
+    if count + 1 < settings.min_samples {
+        return None;
+    }
+    let deviation = last - mean;
+    let flat = stddev.is_nan() || stddev <= 0.0;
+    let z = if flat {
+        if deviation == 0.0 {
+            return None;
+        }
+        FLAT_Z.copysign(deviation)
+    } else {
+        (deviation / stddev).clamp(-FLAT_Z, FLAT_Z)
+    };
+    let score = z.abs();
+    let severity = if score > settings.critical_z {
+        Severity::Critical
+    } else if score > settings.warning_z {
+        Severity::Warning
+    } else {
+        return None;
+    };
+
+    let name = &window.name;
+    let mut title = String::with_capacity(9 + name.len());
+    title.push_str(if z > 0.0 { "Spike in " } else { "Drop in " });
+    title.push_str(name);
+
+    let mut description = String::with_capacity(160);
+    description.push_str(name);
+    description.push_str(" = ");
+    push_short(&mut description, last);
+    if flat {
+        description.push_str(" after ");
+        push_u64(&mut description, count as u64);
+        description.push_str(" samples flat at ");
+        push_short(&mut description, mean);
+        description.push_str(" (no variation to measure against)");
+    } else {
+        description.push_str(" vs a mean of ");
+        push_short(&mut description, mean);
+        description.push_str(" (stddev ");
+        push_short(&mut description, stddev);
+        description.push_str(") over the previous ");
+        push_u64(&mut description, count as u64);
+        description.push_str(" samples: z = ");
+        push_fixed(&mut description, z, 1);
+    }
+    description.push_str(if matches!(severity, Severity::Critical) {
+        ", above the critical threshold |z| > "
+    } else {
+        ", above the warning threshold |z| > "
+    });
+    let threshold = if matches!(severity, Severity::Critical) {
+        settings.critical_z
+    } else {
+        settings.warning_z
+    };
+    push_short(&mut description, threshold);
+    description.push_str(" (samples every ");
+    push_u64(&mut description, u64::from(window.interval_ms));
+    description.push_str(" ms)");
+
+    Some(Insight {
+        kind: InsightKind::Anomaly,
+        severity,
+        title,
+        description,
+        metric: Some(name.clone()),
+        value: last,
+        score,
+    })
+}

@@ -1,0 +1,236 @@
+//! The admin API's plugin routes: authentication, JSON errors, uploads, actions.
+
+use std::sync::Arc;
+
+use sluice_admin::AdminServer;
+use sluice_config::AdminConfig;
+use sluice_policy::Policies;
+use sluice_tests::admin::request;
+use sluice_tests::plugins::*;
+
+async fn admin(token: Option<&str>) -> (sluice_admin::AdminHandle, Arc<Policies>) {
+    let config = plugins_config();
+    let policies = tokio::task::spawn_blocking(move || Policies::new(&config))
+        .await
+        .unwrap()
+        .unwrap();
+    let admin = AdminConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        token: token.map(str::to_owned),
+        ..AdminConfig::default()
+    };
+    let server = AdminServer::bind(&admin, Arc::clone(&policies))
+        .await
+        .expect("admin binds");
+    (server.spawn(), policies)
+}
+
+#[tokio::test]
+async fn every_route_but_health_needs_the_token() {
+    let (server, _policies) = admin(Some("s3cret")).await;
+    let addr = server.addr();
+    let health = request(addr, "GET", "/healthz", None, Vec::new()).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(
+        request(addr, "GET", "/readyz", None, Vec::new())
+            .await
+            .status,
+        200
+    );
+    let missing = request(addr, "GET", "/api/v1/plugins", None, Vec::new()).await;
+    assert_eq!(missing.status, 401);
+    assert!(
+        missing.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing bearer token")
+    );
+    let wrong = request(addr, "GET", "/api/v1/plugins", Some("guess"), Vec::new()).await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.json["status"], 401);
+    let upload = request(addr, "POST", "/api/v1/plugins/router", None, b"x".to_vec()).await;
+    assert_eq!(upload.status, 401, "uploads need the token too");
+    let listed = request(addr, "GET", "/api/v1/plugins", Some("s3cret"), Vec::new()).await;
+    assert_eq!(listed.status, 200);
+    let slots = listed.json["slots"].as_array().unwrap();
+    assert_eq!(slots.len(), 3);
+    assert_eq!(slots[0]["slot"], "router");
+    assert_eq!(slots[0]["builtin"], "p2c-peak-ewma");
+    assert!(slots[0]["active"].is_null());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_with_the_right_status() {
+    let (server, policies) = admin(None).await;
+    let addr = server.addr();
+    let unknown_slot = request(
+        addr,
+        "POST",
+        "/api/v1/plugins/balancer",
+        None,
+        b"x".to_vec(),
+    )
+    .await;
+    assert_eq!(unknown_slot.status, 404);
+    assert!(
+        unknown_slot.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("router, scaler and anomaly")
+    );
+    let empty = request(addr, "POST", "/api/v1/plugins/router", None, Vec::new()).await;
+    assert_eq!(empty.status, 400);
+    let bad_query = request(
+        addr,
+        "POST",
+        "/api/v1/plugins/router?shadow=maybe",
+        None,
+        b"x".to_vec(),
+    )
+    .await;
+    assert_eq!(bad_query.status, 400, "{}", bad_query.text);
+    let garbage = request(
+        addr,
+        "POST",
+        "/api/v1/plugins/router",
+        None,
+        b"garbage".to_vec(),
+    )
+    .await;
+    assert_eq!(garbage.status, 422);
+    assert!(
+        garbage.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid WebAssembly component")
+    );
+    let no_shadow = request(
+        addr,
+        "POST",
+        "/api/v1/plugins/router/promote",
+        None,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(no_shadow.status, 409);
+    assert!(
+        no_shadow.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("no shadow")
+    );
+    let bad_action = request(
+        addr,
+        "POST",
+        "/api/v1/plugins/router/explode",
+        None,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(bad_action.status, 404);
+    let nowhere = request(addr, "GET", "/api/v1/nothing", None, Vec::new()).await;
+    assert_eq!(nowhere.status, 404);
+    assert!(nowhere.json["error"].is_string());
+    assert!(
+        policies
+            .slot(sluice_config::SlotKind::Router)
+            .active()
+            .is_none()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_upload_and_roll_back_through_the_api() {
+    let Some(built) = built_plugins() else { return };
+    let (server, policies) = admin(Some("t")).await;
+    let addr = server.addr();
+    let first = std::fs::read(built.join("test-pick-first.wasm")).unwrap();
+    let last = std::fs::read(built.join("test-pick-last.wasm")).unwrap();
+    let loaded = request(
+        addr,
+        "POST",
+        "/api/v1/plugins/router?name=first",
+        Some("t"),
+        first,
+    )
+    .await;
+    assert_eq!(loaded.status, 201, "{}", loaded.text);
+    assert_eq!(loaded.json["plugin"]["name"], "first");
+    assert_eq!(loaded.json["plugin"]["version"], 1);
+    assert_eq!(loaded.json["self_test_samples"], 3);
+    let shadow = request(
+        addr,
+        "POST",
+        "/api/v1/plugins/router?name=last&shadow=true",
+        Some("t"),
+        last,
+    )
+    .await;
+    assert_eq!(shadow.status, 201, "{}", shadow.text);
+    let listed = request(addr, "GET", "/api/v1/plugins", Some("t"), Vec::new()).await;
+    assert_eq!(listed.json["slots"][0]["active"]["plugin"]["name"], "first");
+    assert_eq!(listed.json["slots"][0]["shadow"]["plugin"]["name"], "last");
+    let promoted = request(
+        addr,
+        "POST",
+        "/api/v1/plugins/router/promote",
+        Some("t"),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(promoted.status, 200, "{}", promoted.text);
+    assert_eq!(
+        policies
+            .slot(sluice_config::SlotKind::Router)
+            .active()
+            .unwrap()
+            .info()
+            .name,
+        "last"
+    );
+    let rolled = request(
+        addr,
+        "POST",
+        "/api/v1/plugins/router/rollback",
+        Some("t"),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(rolled.json["active"]["name"], "first");
+    let wrong_world = std::fs::read(built.join("scaler.wasm")).unwrap();
+    let refused = request(
+        addr,
+        "POST",
+        "/api/v1/plugins/router",
+        Some("t"),
+        wrong_world,
+    )
+    .await;
+    assert_eq!(refused.status, 422);
+    assert!(
+        refused.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("targets the scaler world")
+    );
+    let events = request(addr, "GET", "/api/v1/plugins/events", Some("t"), Vec::new()).await;
+    let kinds: Vec<&str> = events.json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "activated",
+            "shadow_loaded",
+            "promoted",
+            "rolled_back",
+            "load_failed"
+        ]
+    );
+    server.shutdown().await;
+}

@@ -1,0 +1,442 @@
+//! Policy plugins routing real streams: every language's example, hostile plugins on the data
+//! path and at load time, the breaker, shadow agreement, the compile cache, and the scaler and
+//! anomaly slots. Components come from `cargo xtask plugins` (see `sluice_tests::plugins`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use sluice_config::{Config, SlotKind, TrafficClass};
+use sluice_policy::{EventKind, Policies, PolicyError};
+use sluice_tests::plugins::*;
+use sluice_tests::*;
+
+/// A Sluice whose event class keeps 3 warm connections of 4 streams each, so the router always
+/// has several candidates.
+fn several_candidates(upstream: &sluice_feed::FeedHandle) -> Config {
+    let mut config = config_for(&[upstream]);
+    config.classes.event.min_connections = 3;
+    config.classes.event.max_streams_per_connection = 4;
+    config.plugins = plugins_config();
+    config
+}
+
+/// Opens a short subscription, reads its messages to the end, and returns the decision that
+/// placed it.
+async fn routed_stream(
+    proxy: &sluice_proxy::ProxyHandle,
+    policies: &Policies,
+) -> sluice_policy::RecordedDecision {
+    let mut stream =
+        open_subscription(proxy.addr(), "probe", subscribe("probe", 1000.0, 16, 2)).await;
+    let mut received = 0;
+    while let Some(_event) = bounded(Duration::from_secs(10), "probe stream", stream.message())
+        .await
+        .expect("probe stream succeeds")
+    {
+        received += 1;
+    }
+    assert_eq!(received, 2, "the probe stream delivered every message");
+    policies
+        .router()
+        .recent(1)
+        .pop()
+        .expect("the stream was routed")
+}
+
+async fn warm(proxy: &sluice_proxy::ProxyHandle) {
+    assert!(
+        eventually(Duration::from_secs(10), || proxy.snapshot().connections
+            >= 3)
+        .await,
+        "warm connections open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_language_example_routes_real_streams() {
+    let Some(built) = built_plugins() else { return };
+    let upstream = feed("up").await;
+    let mut config = several_candidates(&upstream);
+    config
+        .plugins
+        .router
+        .config
+        .insert("region".to_owned(), "local".to_owned());
+    let (proxy, policies) = sluice_with_policies(config).await;
+    warm(&proxy).await;
+    for (file, prefix) in [
+        ("router.wasm", "router:"),
+        ("example-c-router.wasm", "c:"),
+        ("example-js-router.wasm", "js:"),
+        ("example-python-router.wasm", "python:"),
+    ] {
+        let loaded = load_plugin(&policies, built.join(file), Some(SlotKind::Router), false)
+            .await
+            .unwrap_or_else(|e| panic!("{file} loads: {e}"));
+        assert_eq!(loaded.self_tested, 3);
+        for _ in 0..3 {
+            let decision = routed_stream(&proxy, &policies).await;
+            assert!(
+                !decision.fallback && decision.reason.starts_with(prefix),
+                "{file} decided: {decision:?}"
+            );
+            assert_eq!(
+                *decision.policy,
+                format!("{}@v{}", loaded.info.name, loaded.info.version)
+            );
+        }
+        if file.contains("python") {
+            assert!(loaded.info.uses_wasi, "the Python guest imports WASI");
+            let decision = routed_stream(&proxy, &policies).await;
+            assert!(decision.reason.contains("region local"), "{decision:?}");
+        }
+        let active = policies
+            .slot(SlotKind::Router)
+            .active()
+            .expect("active plugin");
+        assert_eq!(
+            active.stats.failures.load(Relaxed),
+            0,
+            "{file} never failed"
+        );
+    }
+    proxy.shutdown().await;
+}
+
+/// Loads a hostile plugin into the router slot (self-test off) and checks that streams still
+/// flow, each call falls back and is counted under `counter`, and the breaker trips at 3.
+async fn survives(
+    built: &Path,
+    proxy: &sluice_proxy::ProxyHandle,
+    policies: &Arc<Policies>,
+    file: &str,
+    kind: &str,
+    counter: fn(&sluice_policy::plugin::PluginStats) -> u64,
+) {
+    load_plugin(policies, built.join(file), Some(SlotKind::Router), false)
+        .await
+        .unwrap_or_else(|e| panic!("{file} loads without its self-test: {e}"));
+    for call in 0..4 {
+        let decision = routed_stream(proxy, policies).await;
+        if call < 3 {
+            assert!(decision.fallback, "{file}: {decision:?}");
+            assert!(
+                decision.reason.contains("[fallback: ") && decision.reason.contains(kind),
+                "{file}: the fallback names the failure: {}",
+                decision.reason
+            );
+        } else {
+            // The breaker disabled the plugin after 3 failures: the built-in answers directly.
+            assert_eq!(&*decision.policy, "builtin", "{file}: {decision:?}");
+        }
+    }
+    let plugin = policies
+        .slot(SlotKind::Router)
+        .active()
+        .expect("still loaded");
+    assert_eq!(plugin.stats.failures.load(Relaxed), 3, "{file}");
+    assert_eq!(
+        counter(&plugin.stats),
+        3,
+        "{file} failures counted as {kind}"
+    );
+    assert!(plugin.is_disabled(), "{file} disabled by the breaker");
+    let events = policies.events().since(0);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::Disabled && e.plugin == **plugin.label()),
+        "a visible event for {file}: {events:?}"
+    );
+    let enabled = policies.enable(SlotKind::Router).expect("re-enable");
+    assert_eq!(enabled.version, plugin.info().version);
+    assert!(!plugin.is_disabled());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_fall_back_are_counted_and_leave_streams_alone() {
+    let Some(built) = built_plugins() else { return };
+    let upstream = feed("up").await;
+    let mut config = several_candidates(&upstream);
+    let router = &mut config.plugins.router;
+    router.self_test = Some(false);
+    router.failure_threshold = Some(3);
+    router.deadline = Some(Duration::from_millis(20));
+    router.memory_limit_bytes = Some(4 * 1024 * 1024);
+    let (proxy, policies) = sluice_with_policies(config).await;
+    warm(&proxy).await;
+    // A long-lived stream placed before any hostile plugin; it must not notice them.
+    let mut steady =
+        open_subscription(proxy.addr(), "steady", subscribe("steady", 500.0, 32, 0)).await;
+    let _ = steady.message().await.expect("steady stream starts");
+
+    survives(
+        &built,
+        &proxy,
+        &policies,
+        "test-loop.wasm",
+        "timeout",
+        |s| s.timeouts.load(Relaxed),
+    )
+    .await;
+    survives(
+        &built,
+        &proxy,
+        &policies,
+        "test-memory-bomb.wasm",
+        "memory",
+        |s| s.memory.load(Relaxed),
+    )
+    .await;
+    survives(&built, &proxy, &policies, "test-panic.wasm", "trap", |s| {
+        s.traps.load(Relaxed)
+    })
+    .await;
+    survives(
+        &built,
+        &proxy,
+        &policies,
+        "test-out-of-range.wasm",
+        "invalid",
+        |s| s.invalid.load(Relaxed),
+    )
+    .await;
+    survives(&built, &proxy, &policies, "test-nan.wasm", "invalid", |s| {
+        s.invalid.load(Relaxed)
+    })
+    .await;
+    survives(&built, &proxy, &policies, "test-error.wasm", "error", |s| {
+        s.invalid.load(Relaxed)
+    })
+    .await;
+
+    let mut after = 0;
+    while after < 50 {
+        bounded(Duration::from_secs(5), "steady stream", steady.message())
+            .await
+            .expect("the steady stream never failed")
+            .expect("the steady stream never ended");
+        after += 1;
+    }
+    assert_eq!(proxy.snapshot().stats.upstream_failures_total, 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_plugins_are_refused_with_the_reason_and_the_previous_one_stays() {
+    let Some(built) = built_plugins() else { return };
+    let upstream = feed("up").await;
+    let mut config = several_candidates(&upstream);
+    config.plugins.router.deadline = Some(Duration::from_millis(5));
+    let (proxy, policies) = sluice_with_policies(config).await;
+    load_plugin(&policies, built.join("test-pick-first.wasm"), None, false)
+        .await
+        .expect("a good plugin loads");
+    let expect_refused = |result: Result<sluice_policy::Loaded, PolicyError>, needles: &[&str]| {
+        let error = result.expect_err("refused").to_string();
+        for needle in needles {
+            assert!(
+                error.contains(needle),
+                "{error:?} should mention {needle:?}"
+            );
+        }
+    };
+    let garbage = policies.load(
+        b"\0asm\x0d\0\x01\0garbage",
+        "garbage",
+        Some(SlotKind::Router),
+        false,
+    );
+    expect_refused(garbage, &["not a valid WebAssembly component"]);
+    let text = policies.load(b"hello, I am not wasm", "text", None, false);
+    expect_refused(text, &["not a valid WebAssembly component"]);
+    let wrong = load_plugin(
+        &policies,
+        built.join("test-wrong-signature.wasm"),
+        Some(SlotKind::Router),
+        false,
+    )
+    .await;
+    expect_refused(
+        wrong,
+        &[
+            "`route` export does not match the router world",
+            "route-request",
+        ],
+    );
+    let none = load_plugin(
+        &policies,
+        built.join("test-no-export.wasm"),
+        Some(SlotKind::Router),
+        false,
+    )
+    .await;
+    expect_refused(none, &["missing export `route`", "it exports nothing"]);
+    let scaler_as_router = load_plugin(
+        &policies,
+        built.join("scaler.wasm"),
+        Some(SlotKind::Router),
+        false,
+    )
+    .await;
+    expect_refused(
+        scaler_as_router,
+        &["targets the scaler world", "not router"],
+    );
+    let looping = load_plugin(&policies, built.join("test-loop.wasm"), None, false).await;
+    expect_refused(looping, &["self-test", "deadline"]);
+    let out_of_range =
+        load_plugin(&policies, built.join("test-out-of-range.wasm"), None, false).await;
+    expect_refused(out_of_range, &["self-test", "out of range"]);
+    let panicking = load_plugin(&policies, built.join("test-panic.wasm"), None, false).await;
+    expect_refused(panicking, &["self-test", "unreachable"]);
+
+    let active = policies
+        .slot(SlotKind::Router)
+        .active()
+        .expect("still active");
+    assert_eq!(active.info().name, "test-pick-first");
+    let refusals = policies
+        .events()
+        .since(0)
+        .into_iter()
+        .filter(|e| e.kind == EventKind::LoadFailed)
+        .count();
+    assert_eq!(refusals, 8, "every refusal is a visible event");
+    let decision = routed_stream(&proxy, &policies).await;
+    assert_eq!(decision.reason, "pick-first");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_that_always_disagrees_is_reported_and_can_be_promoted() {
+    let Some(built) = built_plugins() else { return };
+    let upstream = feed("up").await;
+    let mut config = several_candidates(&upstream);
+    config.plugins.router.shadow_sample = Some(1.0);
+    let (proxy, policies) = sluice_with_policies(config).await;
+    warm(&proxy).await;
+    load_plugin(&policies, built.join("test-pick-first.wasm"), None, false)
+        .await
+        .expect("active loads");
+    load_plugin(&policies, built.join("test-pick-last.wasm"), None, true)
+        .await
+        .expect("shadow loads");
+    // Six streams held open over 3 connections of 4: every decision has at least 2 candidates.
+    let mut held = Vec::new();
+    for i in 0..6 {
+        let mut stream = open_subscription(
+            proxy.addr(),
+            &format!("m{i}"),
+            subscribe(&format!("t{i}"), 100.0, 16, 0),
+        )
+        .await;
+        let _ = stream.message().await.expect("stream starts");
+        held.push(stream);
+    }
+    let shadow = policies.slot(SlotKind::Router).shadow().expect("shadow");
+    assert!(
+        eventually(Duration::from_secs(5), || shadow
+            .stats
+            .shadow_compared
+            .load(Relaxed)
+            >= 6)
+        .await,
+        "the shadow saw every decision"
+    );
+    assert!(
+        policies
+            .router()
+            .recent(6)
+            .iter()
+            .all(|d| d.candidates >= 2),
+        "every decision had a choice to disagree on"
+    );
+    assert_eq!(shadow.stats.shadow_compared.load(Relaxed), 6);
+    assert_eq!(
+        shadow.stats.shadow_agreed.load(Relaxed),
+        0,
+        "agreement is 0%"
+    );
+    assert_eq!(sluice_policy::slot::agreement(&shadow), "0.0% of 6");
+
+    let promoted = policies.promote(SlotKind::Router).expect("promote");
+    assert_eq!(promoted.name, "test-pick-last");
+    drop(held);
+    let decision = routed_stream(&proxy, &policies).await;
+    assert_eq!(decision.reason, "pick-last");
+    let rolled_back = policies.rollback(SlotKind::Router).expect("rollback");
+    assert_eq!(rolled_back.name, "test-pick-first");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_the_same_component_uses_the_compile_cache() {
+    let Some(built) = built_plugins() else { return };
+    let cache = tempfile::tempdir().unwrap();
+    let mut config = plugins_config();
+    config.cache_dir = Some(cache.path().to_owned());
+    let policies = tokio::task::spawn_blocking(move || Policies::new(&config))
+        .await
+        .unwrap()
+        .unwrap();
+    let file = built.join("router.wasm");
+    let cold = load_plugin(&policies, file.clone(), None, false)
+        .await
+        .unwrap();
+    assert!(!cold.info.cached, "first load compiles");
+    let warm = load_plugin(&policies, file, None, false).await.unwrap();
+    assert!(warm.info.cached, "second load comes from the cache");
+    assert_eq!(warm.info.version, cold.info.version + 1);
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_scaler_and_anomaly_plugins_agree_with_the_built_ins() {
+    let Some(built) = built_plugins() else { return };
+    let mut config = plugins_config();
+    config.scaler.file = Some(built.join("scaler.wasm"));
+    config.anomaly.file = Some(built.join("anomaly.wasm"));
+    let policies = tokio::task::spawn_blocking(move || Policies::new(&config))
+        .await
+        .unwrap()
+        .expect("default plugins load at start");
+    let groups = sluice_policy::selftest::sample_groups();
+    let plan = policies.plan(&groups);
+    let builtin = sluice_policy::builtin::Thresholds::default().plan(&groups);
+    let deltas = |p: &sluice_policy::types::ScalePlan| {
+        p.actions
+            .iter()
+            .map(|a| (a.class, a.delta))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        deltas(&plan),
+        deltas(&builtin),
+        "plugin: {}",
+        plan.reasoning
+    );
+    assert_eq!(
+        deltas(&plan),
+        vec![
+            (sluice_policy::types::TrafficClass::Realtime, 2),
+            (sluice_policy::types::TrafficClass::State, -1)
+        ]
+    );
+    let windows = sluice_policy::selftest::sample_windows();
+    let insights = policies.detect(&windows);
+    assert_eq!(insights.len(), 1, "{insights:?}");
+    assert_eq!(insights[0].metric.as_deref(), Some("upstream.errors_per_s"));
+    assert_eq!(
+        insights[0].severity,
+        sluice_policy::types::Severity::Critical
+    );
+    for kind in [SlotKind::Scaler, SlotKind::Anomaly] {
+        let plugin = policies.slot(kind).active().expect("loaded");
+        assert_eq!(plugin.stats.calls.load(Relaxed), 1);
+        assert_eq!(plugin.stats.failures.load(Relaxed), 0);
+    }
+    let _ = TrafficClass::Event;
+}
