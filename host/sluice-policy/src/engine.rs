@@ -8,6 +8,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -37,6 +38,11 @@ pub fn engine() -> Result<&'static wasmtime::Engine, PolicyError> {
         .map_err(|message| PolicyError::Engine(message.clone()))
 }
 
+/// Plugin calls (and instantiations) running now; the ticker sleeps while there are none, so an
+/// idle host does not wake up 2,000 times a second.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
+
 fn start_ticker(engine: wasmtime::EngineWeak) {
     let spawned = std::thread::Builder::new()
         .name("sluice-epoch".to_owned())
@@ -44,12 +50,43 @@ fn start_ticker(engine: wasmtime::EngineWeak) {
             while let Some(engine) = engine.upgrade() {
                 engine.increment_epoch();
                 drop(engine);
-                std::thread::sleep(EPOCH_TICK);
+                if IN_FLIGHT.load(Ordering::Acquire) == 0 {
+                    // Woken by the next call; the timeout only bounds a missed wake-up.
+                    std::thread::park_timeout(Duration::from_millis(100));
+                } else {
+                    std::thread::sleep(EPOCH_TICK);
+                }
             }
         });
-    if let Err(error) = spawned {
+    match spawned {
+        Ok(handle) => {
+            let _ = TICKER.set(handle.thread().clone());
+        }
         // Without the ticker no deadline fires; every call would then be unbounded.
-        tracing::error!(%error, "cannot start the plugin epoch thread; plugin deadlines will not fire");
+        Err(error) => {
+            tracing::error!(%error, "cannot start the plugin epoch thread; plugin deadlines will not fire")
+        }
+    }
+}
+
+/// Keeps the epoch ticking while it lives: taken around every plugin call. A call's deadline
+/// counts ticks from when it starts, so a ticker that was asleep loses nothing.
+pub(crate) struct Ticking;
+
+impl Ticking {
+    pub(crate) fn start() -> Self {
+        if IN_FLIGHT.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(ticker) = TICKER.get()
+        {
+            ticker.unpark();
+        }
+        Ticking
+    }
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -20,7 +20,7 @@ use crate::PolicyError;
 use crate::bindings::anomaly::{Anomaly, AnomalyPre};
 use crate::bindings::router::{Router, RouterPre};
 use crate::bindings::scaler::{Scaler, ScalerPre};
-use crate::engine::deadline_ticks;
+use crate::engine::{Ticking, deadline_ticks};
 use crate::host::{HostState, PluginEnv};
 use crate::types::{Decision, GroupMetrics, Insight, MetricWindow, RouteRequest, ScalePlan};
 
@@ -366,6 +366,7 @@ impl Plugin {
             HostState::new(Arc::clone(&self.env), self.limits.memory_bytes),
         );
         store.limiter(|state| &mut state.memory);
+        let _ticking = Ticking::start();
         store.set_epoch_deadline(deadline_ticks(INSTANTIATE_DEADLINE));
         let started = catch_unwind(AssertUnwindSafe(|| match &self.bound {
             Bound::Router(pre) => pre.instantiate(&mut store).map(Exports::Router),
@@ -392,9 +393,11 @@ impl Plugin {
             None => self.instantiate()?,
         };
         instance.store.data_mut().memory.hit = false;
+        let ticking = Ticking::start();
         instance.store.set_epoch_deadline(deadline_ticks(deadline));
         let Instance { store, exports } = &mut instance;
         let outcome = catch_unwind(AssertUnwindSafe(|| call(store, exports)));
+        drop(ticking);
         match outcome {
             Ok(Ok(value)) => {
                 let mut idle = self.idle.lock();

@@ -203,6 +203,30 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
         config.monitors.len(),
         config.methods.len()
     );
+    for slot in SlotKind::ALL {
+        let table = config.plugins.slot(slot);
+        let file = match (&table.file, &config.plugins.dir) {
+            (Some(file), _) => file.display().to_string(),
+            (None, Some(dir)) => format!("{}/{slot}.wasm if present, else built-in", dir.display()),
+            (None, None) => "built-in".to_owned(),
+        };
+        println!(
+            "  {slot} policy: {file} (deadline {:?}, memory {} MiB)",
+            table.deadline_for(slot),
+            table.memory_limit() / (1024 * 1024)
+        );
+    }
+    if config.admin.enabled {
+        println!(
+            "  admin API on {} ({})",
+            config.admin.listen,
+            if config.admin.token.is_some() {
+                "bearer token required"
+            } else {
+                "no token"
+            }
+        );
+    }
     Ok(())
 }
 
