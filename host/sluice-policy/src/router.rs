@@ -6,6 +6,7 @@
 //! across a plugin call.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -23,6 +24,12 @@ use crate::types::{self, check_decision};
 
 /// Shadow inputs waiting for the shadow plugin; beyond this they are dropped and counted.
 const SHADOW_QUEUE: usize = 1024;
+thread_local! {
+    /// This thread's routing question, refilled for every decision so that its buffers are
+    /// reused instead of allocated per stream.
+    static QUESTION: RefCell<Option<types::RouteRequest>> = const { RefCell::new(None) };
+}
+
 /// Recent decisions kept for the admin API and tests.
 const RECENT_DECISIONS: usize = 256;
 
@@ -136,6 +143,14 @@ impl PolicyRouter {
         }
     }
 
+    fn ask(&self, plugin: Arc<Plugin>, question: &types::RouteRequest) -> Answer<types::Decision> {
+        self.slot.call_plugin(
+            plugin,
+            |plugin| plugin.route(question),
+            |decision| check_decision(decision, question.candidates.len()),
+        )
+    }
+
     /// The shadow, when this call is sampled for it.
     fn sampled(&self) -> Option<Arc<Plugin>> {
         self.slot
@@ -150,20 +165,21 @@ impl Router for PolicyRouter {
     }
 
     fn route(&self, request: &RouteRequest<'_>) -> Option<RouteDecision> {
-        let question = self.slot.callable().map(|_| types::route_request(request));
-        let answer = match &question {
-            Some(question) => {
-                let _span =
-                    tracing::debug_span!("route", candidates = question.candidates.len()).entered();
-                self.slot.call(
-                    |plugin| plugin.route(question),
-                    |decision| check_decision(decision, question.candidates.len()),
-                )
-            }
-            None => {
-                self.slot.used_builtin();
-                Answer::NoPlugin
-            }
+        let answer = if let Some(plugin) = self.slot.callable() {
+            let _span =
+                tracing::debug_span!("route", candidates = request.candidates.len()).entered();
+            QUESTION.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut scratch) => {
+                    let question = scratch.get_or_insert_with(|| types::route_request(request));
+                    types::fill_route_request(question, request);
+                    self.ask(plugin, question)
+                }
+                // Only reachable if a plugin call re-entered routing on this thread.
+                Err(_) => self.ask(plugin, &types::route_request(request)),
+            })
+        } else {
+            self.slot.used_builtin();
+            Answer::NoPlugin
         };
         let (decision, policy, fallback) = match answer {
             Answer::Answered(decision, plugin) => {
@@ -190,8 +206,7 @@ impl Router for PolicyRouter {
             }
         };
         if let Some(shadow) = self.sampled() {
-            let question = question.unwrap_or_else(|| types::route_request(request));
-            self.offer_shadow(&shadow, question, decision.index);
+            self.offer_shadow(&shadow, types::route_request(request), decision.index);
         }
         self.remember(request, &decision, &policy, fallback);
         Some(decision)

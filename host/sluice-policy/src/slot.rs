@@ -217,6 +217,16 @@ impl Slot {
             self.used_builtin();
             return Answer::NoPlugin;
         };
+        self.call_plugin(plugin, call, check)
+    }
+
+    /// [`Slot::call`] with a plugin the caller already loaded from [`Slot::callable`].
+    pub(crate) fn call_plugin<T>(
+        &self,
+        plugin: Arc<Plugin>,
+        call: impl FnOnce(&Plugin) -> Result<T, CallFailure>,
+        check: impl FnOnce(&T) -> Result<(), String>,
+    ) -> Answer<T> {
         plugin.stats.calls.fetch_add(1, Relaxed);
         let started = Instant::now();
         let answer = call(&plugin)
