@@ -396,7 +396,16 @@ impl Plugin {
         let ticking = Ticking::start();
         instance.store.set_epoch_deadline(deadline_ticks(deadline));
         let Instance { store, exports } = &mut instance;
-        let outcome = catch_unwind(AssertUnwindSafe(|| call(store, exports)));
+        let guarded = || catch_unwind(AssertUnwindSafe(|| call(store, exports)));
+        // WASI's blocking calls (a guest writing to stdout, say) run a future to completion on
+        // the current tokio runtime, which a runtime worker thread may not do. Handing the
+        // worker's other tasks off for the duration of the call makes that legal; it costs a
+        // few microseconds, so only components that import WASI pay it.
+        let outcome = if self.info.uses_wasi && on_runtime_worker() {
+            tokio::task::block_in_place(guarded)
+        } else {
+            guarded()
+        };
         drop(ticking);
         match outcome {
             Ok(Ok(value)) => {
@@ -476,6 +485,12 @@ impl Plugin {
     pub(crate) fn record_success(&self, started: Instant) {
         self.stats.succeeded(started.elapsed());
     }
+}
+
+/// Whether this thread belongs to a multi-threaded tokio runtime (where `block_in_place` works).
+fn on_runtime_worker() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
