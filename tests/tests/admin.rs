@@ -9,6 +9,13 @@ use sluice_tests::admin::request;
 use sluice_tests::plugins::*;
 
 async fn admin(token: Option<&str>) -> (sluice_admin::AdminHandle, Arc<Policies>) {
+    admin_with(token, AdminConfig::default().max_upload_bytes).await
+}
+
+async fn admin_with(
+    token: Option<&str>,
+    max_upload_bytes: usize,
+) -> (sluice_admin::AdminHandle, Arc<Policies>) {
     let config = plugins_config();
     let policies = tokio::task::spawn_blocking(move || Policies::new(&config))
         .await
@@ -17,6 +24,7 @@ async fn admin(token: Option<&str>) -> (sluice_admin::AdminHandle, Arc<Policies>
     let admin = AdminConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         token: token.map(str::to_owned),
+        max_upload_bytes,
         ..AdminConfig::default()
     };
     let server = AdminServer::bind(&admin, Arc::clone(&policies))
@@ -50,6 +58,14 @@ async fn every_route_but_health_needs_the_token() {
     assert_eq!(wrong.json["status"], 401);
     let upload = request(addr, "POST", "/api/v1/plugins/router", None, b"x".to_vec()).await;
     assert_eq!(upload.status, 401, "uploads need the token too");
+    for (method, path) in [
+        ("GET", "/api/v1/plugins/events"),
+        ("POST", "/api/v1/plugins/router/promote"),
+        ("POST", "/api/v1/plugins/router/clear"),
+    ] {
+        let answer = request(addr, method, path, None, Vec::new()).await;
+        assert_eq!(answer.status, 401, "{method} {path}");
+    }
     let listed = request(addr, "GET", "/api/v1/plugins", Some("s3cret"), Vec::new()).await;
     assert_eq!(listed.status, 200);
     let slots = listed.json["slots"].as_array().unwrap();
@@ -62,7 +78,7 @@ async fn every_route_but_health_needs_the_token() {
 
 #[tokio::test]
 async fn bad_requests_get_json_errors_with_the_right_status() {
-    let (server, policies) = admin(None).await;
+    let (server, policies) = admin_with(None, 1024).await;
     let addr = server.addr();
     let unknown_slot = request(
         addr,
@@ -129,6 +145,16 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
     )
     .await;
     assert_eq!(bad_action.status, 404);
+    let too_big = request(addr, "POST", "/api/v1/plugins/router", None, vec![0; 4096]).await;
+    assert_eq!(too_big.status, 413);
+    assert!(too_big.json["error"].is_string(), "{}", too_big.text);
+    let wrong_method = request(addr, "GET", "/api/v1/plugins/router", None, Vec::new()).await;
+    assert_eq!(wrong_method.status, 405);
+    assert!(
+        wrong_method.json["error"].is_string(),
+        "{}",
+        wrong_method.text
+    );
     let nowhere = request(addr, "GET", "/api/v1/nothing", None, Vec::new()).await;
     assert_eq!(nowhere.status, 404);
     assert!(nowhere.json["error"].is_string());

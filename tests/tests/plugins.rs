@@ -14,11 +14,27 @@ use sluice_tests::*;
 
 /// A Sluice whose event class keeps 3 warm connections of 4 streams each, so the router always
 /// has several candidates.
+///
+/// The router deadline is 1 s, not 1 ms: these tests check what plugins decide, and other tests
+/// in this binary compile 18 MB components on every core meanwhile, which can stall a call for
+/// tens of milliseconds. Tests about deadlines set their own; latency is the benchmark's job.
 fn several_candidates(upstream: &sluice_feed::FeedHandle) -> Config {
     let mut config = config_for(&[upstream]);
     config.classes.event.min_connections = 3;
     config.classes.event.max_streams_per_connection = 4;
     config.plugins = plugins_config();
+    config.plugins.router.deadline = Some(Duration::from_secs(1));
+    config
+}
+
+/// [`several_candidates`] with one value in the router plugin's `config` table.
+fn router_configured(upstream: &sluice_feed::FeedHandle, key: &str, value: &str) -> Config {
+    let mut config = several_candidates(upstream);
+    config
+        .plugins
+        .router
+        .config
+        .insert(key.to_owned(), value.to_owned());
     config
 }
 
@@ -58,12 +74,7 @@ async fn warm(proxy: &sluice_proxy::ProxyHandle) {
 async fn every_language_example_routes_real_streams() {
     let Some(built) = built_plugins() else { return };
     let upstream = feed("up").await;
-    let mut config = several_candidates(&upstream);
-    config
-        .plugins
-        .router
-        .config
-        .insert("region".to_owned(), "local".to_owned());
+    let config = router_configured(&upstream, "region", "local");
     let (proxy, policies) = sluice_with_policies(config).await;
     warm(&proxy).await;
     for (file, prefix) in [
@@ -163,7 +174,7 @@ async fn hostile_plugins_fall_back_are_counted_and_leave_streams_alone() {
     let router = &mut config.plugins.router;
     router.self_test = Some(false);
     router.failure_threshold = Some(3);
-    router.deadline = Some(Duration::from_millis(20));
+    router.deadline = Some(Duration::from_millis(200));
     router.memory_limit_bytes = Some(4 * 1024 * 1024);
     let (proxy, policies) = sluice_with_policies(config).await;
     warm(&proxy).await;
@@ -229,7 +240,7 @@ async fn broken_plugins_are_refused_with_the_reason_and_the_previous_one_stays()
     let Some(built) = built_plugins() else { return };
     let upstream = feed("up").await;
     let mut config = several_candidates(&upstream);
-    config.plugins.router.deadline = Some(Duration::from_millis(5));
+    config.plugins.router.deadline = Some(Duration::from_millis(50));
     let (proxy, policies) = sluice_with_policies(config).await;
     load_plugin(&policies, built.join("test-pick-first.wasm"), None, false)
         .await
@@ -439,4 +450,65 @@ async fn default_scaler_and_anomaly_plugins_agree_with_the_built_ins() {
         assert_eq!(plugin.stats.failures.load(Relaxed), 0);
     }
     let _ = TrafficClass::Event;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_plugin_may_print_on_the_data_path_but_never_block() {
+    let Some(built) = built_plugins() else { return };
+    let file = built.join("test-python-wasi.wasm");
+    let upstream = feed("up").await;
+
+    // Printing reaches WASI's blocking stdout write, on a runtime worker thread.
+    let config = router_configured(&upstream, "mode", "print");
+    let (proxy, policies) = sluice_with_policies(config).await;
+    load_plugin(&policies, file.clone(), None, false)
+        .await
+        .expect("a printing plugin passes its self-test");
+    for _ in 0..3 {
+        let decision = routed_stream(&proxy, &policies).await;
+        assert!(!decision.fallback, "{decision:?}");
+        assert_eq!(decision.reason, "python-wasi: printed");
+    }
+    proxy.shutdown().await;
+
+    // Sleeping waits in wasi:io/poll, where no deadline reaches: refused at once.
+    let mut config = router_configured(&upstream, "mode", "sleep");
+    config.plugins.router.self_test = Some(false);
+    // Long enough that the call reaches its sleep: the refusal, not the deadline, must end it.
+    config.plugins.router.deadline = Some(Duration::from_secs(2));
+    let (proxy, policies) = sluice_with_policies(config).await;
+    load_plugin(&policies, file.clone(), None, false)
+        .await
+        .expect("loads without its self-test");
+    let started = std::time::Instant::now();
+    let decision = bounded(
+        Duration::from_secs(20),
+        "a stream routed past a sleeping plugin",
+        routed_stream(&proxy, &policies),
+    )
+    .await;
+    assert!(
+        decision.fallback && decision.reason.contains("trap"),
+        "{decision:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no wait: {:?}",
+        started.elapsed()
+    );
+    let bytes = std::fs::read(&file).unwrap();
+    let checker = Arc::clone(&policies);
+    let refused = bounded(
+        Duration::from_secs(60),
+        "checking a sleeping plugin",
+        tokio::task::spawn_blocking(move || checker.check(&bytes, "sleepy")),
+    )
+    .await
+    .unwrap();
+    // `check` runs the self-test even though this slot skips it for loads.
+    let error = refused
+        .expect_err("a sleeping plugin fails its self-test")
+        .to_string();
+    assert!(error.contains("policies may not block"), "{error}");
+    proxy.shutdown().await;
 }

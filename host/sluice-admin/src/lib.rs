@@ -115,6 +115,12 @@ fn router(state: AdminState, max_upload_bytes: usize) -> Router {
         .route("/readyz", get(|| async { "ready\n" }))
         .merge(api)
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
+        })
         .with_state(state)
 }
 

@@ -143,9 +143,10 @@ pub async fn upload(
     State(state): State<AdminState>,
     Path(slot): Path<String>,
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let kind = slot_kind(&slot)?;
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if body.is_empty() {
         return Err(ApiError::bad_request(

@@ -184,7 +184,13 @@ fn store(path: &Path, component: &Component) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per write: two loads of the same bytes may store the same entry at once.
+    static WRITES: AtomicUsize = AtomicUsize::new(0);
+    let temp = path.with_extension(format!(
+        "tmp{}-{}",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::write(&temp, serialized)?;
     std::fs::rename(&temp, path)
 }

@@ -71,19 +71,24 @@ impl LogBudget {
 pub(crate) struct MemoryCap {
     pub max_bytes: usize,
     pub hit: bool,
+    /// Bytes of all the instance's linear memories together: the cap is per instance, not per
+    /// memory.
+    total: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if total > self.max_bytes {
             self.hit = true;
             return Ok(false);
         }
+        self.total = total;
         Ok(true)
     }
 
@@ -132,6 +137,7 @@ impl HostState {
             memory: MemoryCap {
                 max_bytes: usize::try_from(memory_limit).unwrap_or(usize::MAX),
                 hit: false,
+                total: 0,
             },
             wasi,
             table: ResourceTable::new(),
@@ -169,15 +175,7 @@ impl log::Host for HostState {
         if !allowed {
             return;
         }
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str("...");
-        }
+        let message = crate::types::truncate_reason(message, MAX_LOG_LINE);
         match level {
             log::Level::Trace => tracing::trace!(plugin, "{message}"),
             log::Level::Debug => tracing::debug!(plugin, "{message}"),
@@ -216,11 +214,32 @@ impl scorer::Host for HostState {
 
 impl crate::bindings::router::sluice::policy::types::Host for HostState {}
 
+/// The WASI version whose blocking functions are replaced (the one wasmtime-wasi 48 links;
+/// components importing any 0.2.x version resolve to it).
+const WASI_IO_POLL: &str = "wasi:io/poll@0.2.12";
+
+/// The trap a plugin gets when it tries to wait.
+const NO_BLOCKING: &str = concat!(
+    "policies may not block: wasi:io/poll (sleep, waiting on a stream or a timer) is refused, ",
+    "because an epoch deadline cannot interrupt a wait inside the host"
+);
+
 /// The linker every plugin is instantiated with: the `sluice:policy` imports for all worlds,
 /// plus WASI (used only by components that import it).
+///
+/// WASI's `poll` and `pollable.block` are replaced by functions that trap: they wait inside the
+/// host, where no deadline reaches, so a plugin that sleeps would otherwise hold its caller for
+/// as long as it likes. Everything else a policy could use from WASI (clocks, random, writing to
+/// the discarded stdout) returns at once.
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     crate::bindings::router::Router::add_to_linker::<HostState, HostData>(&mut linker, |s| s)?;
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance(WASI_IO_POLL)?;
+    for name in ["poll", "[method]pollable.block"] {
+        poll.func_new(name, |_, _, _, _| Err(wasmtime::Error::msg(NO_BLOCKING)))?;
+    }
+    linker.allow_shadowing(false);
     Ok(linker)
 }

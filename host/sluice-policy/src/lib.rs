@@ -228,11 +228,12 @@ impl Policies {
         shadow: bool,
     ) -> Result<Loaded, PolicyError> {
         let started = Instant::now();
-        let result = self.prepare(bytes, name, slot);
+        let mut world = None;
+        let result = self.prepare(bytes, name, slot, false, &mut world);
         let (plugin, self_tested) = match result {
             Ok(prepared) => prepared,
             Err(error) => {
-                self.refused(slot, name, &error);
+                self.refused(slot.or(world), name, &error);
                 return Err(error);
             }
         };
@@ -267,23 +268,28 @@ impl Policies {
         })
     }
 
-    /// Compiles, binds and self-tests without touching any slot (`sluice plugin check`).
+    /// Compiles, binds and self-tests (always, whatever the slot's `self_test` says) without
+    /// touching any slot (`sluice plugin check`).
     pub fn check(&self, bytes: &[u8], name: &str) -> Result<(PluginInfo, usize), PolicyError> {
-        let (plugin, samples) = self.prepare(bytes, name, None)?;
+        let (plugin, samples) = self.prepare(bytes, name, None, true, &mut None)?;
         Ok((plugin.info().clone(), samples))
     }
 
+    /// Compiles, binds and (unless the slot turns it off and `self_test` is false) self-tests.
     fn prepare(
         &self,
         bytes: &[u8],
         name: &str,
         slot: Option<SlotKind>,
+        self_test: bool,
+        world: &mut Option<SlotKind>,
     ) -> Result<(Plugin, usize), PolicyError> {
         let hash = engine::content_hash(bytes);
         let compile_started = Instant::now();
         let (component, source) = self.cache.component(self.engine, bytes, &hash)?;
         let compile_time = compile_started.elapsed();
         let shape = plugin::shape(self.engine, &component);
+        *world = shape.world;
         // Settings come from the slot the plugin is meant for (or the world it targets).
         let kind = slot.or(shape.world).unwrap_or(SlotKind::Router);
         let settings = self.slot(kind).settings().clone();
@@ -320,7 +326,7 @@ impl Policies {
             env,
             limits,
         )?;
-        let samples = if settings.runs_self_test() {
+        let samples = if self_test || settings.runs_self_test() {
             selftest::run(&plugin).map_err(PolicyError::SelfTest)?
         } else {
             0
@@ -328,6 +334,8 @@ impl Policies {
         Ok((plugin, samples))
     }
 
+    /// Records a refusal under the slot it was meant for: the requested one, else the world the
+    /// component targets, else (garbage, no known export) the router slot.
     fn refused(&self, slot: Option<SlotKind>, name: &str, error: &PolicyError) {
         self.events.record(
             slot.unwrap_or(SlotKind::Router),
@@ -391,9 +399,12 @@ impl Policies {
                 actions.sort_unstable();
                 actions
             };
-            shadow_compare(&shadow, shadow.plan(groups), types::check_plan, |other| {
-                actions(other) == actions(&plan)
-            });
+            shadow_compare(
+                &shadow,
+                |s| s.plan(groups),
+                types::check_plan,
+                |other| actions(other) == actions(&plan),
+            );
         }
         plan
     }
@@ -417,7 +428,7 @@ impl Policies {
             };
             shadow_compare(
                 &shadow,
-                shadow.detect(windows),
+                |s| s.detect(windows),
                 |i| types::check_insights(i),
                 |other| flagged(other) == flagged(&insights),
             );

@@ -22,12 +22,20 @@ use crate::bindings::router::{Router, RouterPre};
 use crate::bindings::scaler::{Scaler, ScalerPre};
 use crate::engine::{Ticking, deadline_ticks};
 use crate::host::{HostState, PluginEnv};
-use crate::types::{Decision, GroupMetrics, Insight, MetricWindow, RouteRequest, ScalePlan};
+use crate::types::{
+    Decision, GroupMetrics, Insight, MetricWindow, RouteRequest, ScalePlan, truncate_reason,
+};
 
 /// Idle instances kept per plugin; more concurrent callers instantiate extra ones and drop them.
 const MAX_IDLE_INSTANCES: usize = 16;
-/// Instantiation runs guest start-up code; it gets its own, generous bound.
+/// Longest failure message kept (they go into events and logs).
+const MAX_FAILURE_BYTES: usize = 1024;
+/// Instantiation runs guest start-up code; when a plugin is loaded it gets this generous bound.
 const INSTANTIATE_DEADLINE: Duration = Duration::from_secs(2);
+/// A new instance made during a call (no idle one left) is bounded by this many call deadlines
+/// (at least 100 ms, at most [`INSTANTIATE_DEADLINE`]), so a slow start-up costs the data path
+/// little more than a slow call.
+const INSTANTIATE_DEADLINES_PER_CALL: u32 = 50;
 
 /// Why one plugin call produced no usable answer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -324,10 +332,15 @@ impl Plugin {
             disabled: AtomicBool::new(false),
         };
         let first = plugin
-            .instantiate()
+            .instantiate(INSTANTIATE_DEADLINE)
             .map_err(|failure| PolicyError::Start(failure.to_string()))?;
         plugin.idle.lock().push(first);
         Ok(plugin)
+    }
+
+    /// Drops the idle instances (and their memories); the next call instantiates afresh.
+    pub(crate) fn release_instances(&self) {
+        self.idle.lock().clear();
     }
 
     /// What was loaded.
@@ -355,7 +368,7 @@ impl Plugin {
         &self.label
     }
 
-    fn instantiate(&self) -> Result<Instance, CallFailure> {
+    fn instantiate(&self, deadline: Duration) -> Result<Instance, CallFailure> {
         let engine = match &self.bound {
             Bound::Router(pre) => pre.engine(),
             Bound::Scaler(pre) => pre.engine(),
@@ -367,7 +380,7 @@ impl Plugin {
         );
         store.limiter(|state| &mut state.memory);
         let _ticking = Ticking::start();
-        store.set_epoch_deadline(deadline_ticks(INSTANTIATE_DEADLINE));
+        store.set_epoch_deadline(deadline_ticks(deadline));
         let started = catch_unwind(AssertUnwindSafe(|| match &self.bound {
             Bound::Router(pre) => pre.instantiate(&mut store).map(Exports::Router),
             Bound::Scaler(pre) => pre.instantiate(&mut store).map(Exports::Scaler),
@@ -390,7 +403,10 @@ impl Plugin {
         let idle = self.idle.lock().pop();
         let mut instance = match idle {
             Some(instance) => instance,
-            None => self.instantiate()?,
+            None => self.instantiate(
+                (deadline * INSTANTIATE_DEADLINES_PER_CALL)
+                    .clamp(Duration::from_millis(100), INSTANTIATE_DEADLINE),
+            )?,
         };
         instance.store.data_mut().memory.hit = false;
         let ticking = Ticking::start();
@@ -422,10 +438,16 @@ impl Plugin {
                 {
                     Err(CallFailure::Timeout(deadline))
                 } else {
-                    Err(CallFailure::Trap(format!("{error:#}")))
+                    Err(CallFailure::Trap(truncate_reason(
+                        format!("{error:#}"),
+                        MAX_FAILURE_BYTES,
+                    )))
                 }
             }
-            Err(panic) => Err(CallFailure::Panic(panic_message(&panic))),
+            Err(panic) => Err(CallFailure::Panic(truncate_reason(
+                panic_message(&panic),
+                MAX_FAILURE_BYTES,
+            ))),
         }
     }
 
@@ -443,7 +465,7 @@ impl Plugin {
             Exports::Router(router) => router.call_route(store, request),
             _ => Err(wasmtime::Error::msg("not a router plugin")),
         })?;
-        answer.map_err(CallFailure::Error)
+        answer.map_err(|message| CallFailure::Error(truncate_reason(message, MAX_FAILURE_BYTES)))
     }
 
     /// Calls a scaler's `plan`.
@@ -460,7 +482,7 @@ impl Plugin {
             Exports::Scaler(scaler) => scaler.call_plan(store, groups),
             _ => Err(wasmtime::Error::msg("not a scaler plugin")),
         })?;
-        answer.map_err(CallFailure::Error)
+        answer.map_err(|message| CallFailure::Error(truncate_reason(message, MAX_FAILURE_BYTES)))
     }
 
     /// Calls an anomaly detector's `detect`.
@@ -477,7 +499,7 @@ impl Plugin {
             Exports::Anomaly(anomaly) => anomaly.call_detect(store, windows),
             _ => Err(wasmtime::Error::msg("not an anomaly plugin")),
         })?;
-        answer.map_err(CallFailure::Error)
+        answer.map_err(|message| CallFailure::Error(truncate_reason(message, MAX_FAILURE_BYTES)))
     }
 
     /// Times a successful call for the stats; `Instant` is taken by the caller so that

@@ -2,8 +2,9 @@
 //! power-of-two-choices policy otherwise, and the shadow fed off the data path.
 //!
 //! A plugin failure costs one call: that call is answered by the built-in policy, counted, and
-//! the slot's breaker decides whether the plugin stays. Nothing here blocks on a lock held
-//! across a plugin call.
+//! the slot's breaker decides whether the plugin stays. The pool calls this with its class
+//! group's lock held, so a call costs every placement in that class its duration: the deadline
+//! bounds it.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -186,7 +187,10 @@ impl Router for PolicyRouter {
                 let decision = RouteDecision {
                     index: decision.choice as usize,
                     confidence: decision.confidence,
-                    reason: Cow::Owned(decision.reasoning),
+                    reason: Cow::Owned(types::truncate_reason(
+                        decision.reasoning,
+                        types::MAX_REASON_BYTES,
+                    )),
                     alternatives: decision.alternatives.iter().map(|&a| a as usize).collect(),
                 };
                 (decision, Arc::clone(plugin.label()), false)
@@ -222,7 +226,7 @@ fn shadow_worker(slot: &Slot, jobs: &Receiver<ShadowJob>) {
         let candidates = job.request.candidates.len();
         shadow_compare(
             &shadow,
-            shadow.route(&job.request),
+            |shadow| shadow.route(&job.request),
             |decision| check_decision(decision, candidates),
             |decision| decision.choice as usize == job.active_choice,
         );

@@ -92,13 +92,20 @@ impl Slot {
         let _swap = self.swap.lock();
         let label = Arc::clone(plugin.label());
         if let Some(previous) = self.active.swap(Some(plugin)) {
-            let mut history = self.history.lock();
-            if history.len() == HISTORY {
-                history.pop_front();
-            }
-            history.push_back(previous);
+            self.keep(previous);
         }
         self.events.record(self.kind, kind, &label, message);
+    }
+
+    /// Adds a replaced plugin to the history, dropping the oldest beyond [`HISTORY`]. Its idle
+    /// instances go: a version in the history is only kept to be made active again.
+    fn keep(&self, plugin: Arc<Plugin>) {
+        plugin.release_instances();
+        let mut history = self.history.lock();
+        while history.len() >= HISTORY {
+            history.pop_front();
+        }
+        history.push_back(plugin);
     }
 
     /// Makes `plugin` the shadow.
@@ -170,7 +177,7 @@ impl Slot {
         self.shadow.store(None);
         if let Some(previous) = self.active.swap(None) {
             let label = Arc::clone(previous.label());
-            self.history.lock().push_back(previous);
+            self.keep(previous);
             self.events.record(
                 self.kind,
                 EventKind::Cleared,
@@ -270,12 +277,13 @@ pub fn agreement(plugin: &Plugin) -> String {
 /// Records a shadow's answer: a failure, or whether it agreed with the active answer.
 pub(crate) fn shadow_compare<T>(
     shadow: &Plugin,
-    answer: Result<T, CallFailure>,
+    call: impl FnOnce(&Plugin) -> Result<T, CallFailure>,
     check: impl FnOnce(&T) -> Result<(), String>,
     agrees: impl FnOnce(&T) -> bool,
 ) {
     shadow.stats.calls.fetch_add(1, Relaxed);
     let started = Instant::now();
+    let answer = call(shadow);
     let answer =
         answer.and_then(|value| check(&value).map(|()| value).map_err(CallFailure::Invalid));
     match answer {

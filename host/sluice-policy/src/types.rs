@@ -6,6 +6,25 @@ pub use crate::bindings::router::sluice::policy::types::{
     MonitorProfile, RouteRequest, ScaleAction, ScalePlan, Severity, TrafficClass,
 };
 
+/// Alternatives a decision may list (the WIT contract says "up to 3").
+pub const MAX_ALTERNATIVES: usize = 3;
+
+/// Longest reason kept from a plugin; longer ones are cut (every stream keeps its reason).
+pub const MAX_REASON_BYTES: usize = 512;
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
+pub fn truncate_reason(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max.saturating_sub(3);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
 /// Candidates beyond this are not passed to a plugin (the WIT contract promises at most 256).
 pub const MAX_CANDIDATES: usize = 256;
 
@@ -100,6 +119,12 @@ pub fn check_decision(decision: &Decision, candidates: usize) -> Result<(), Stri
         return Err(format!(
             "confidence {} is not between 0 and 1",
             decision.confidence
+        ));
+    }
+    if decision.alternatives.len() > MAX_ALTERNATIVES {
+        return Err(format!(
+            "{} alternatives; at most {MAX_ALTERNATIVES}",
+            decision.alternatives.len()
         ));
     }
     if let Some(bad) = decision

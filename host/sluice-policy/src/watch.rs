@@ -58,7 +58,7 @@ fn is_written(kind: &EventKind) -> bool {
     matches!(
         kind,
         EventKind::Access(AccessKind::Close(AccessMode::Write))
-            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To))
     )
 }
 
@@ -70,32 +70,49 @@ fn is_plugin_file(path: &Path) -> bool {
 }
 
 fn reload_loop(policies: &Weak<Policies>, paths: &Receiver<PathBuf>) {
-    while let Ok(path) = paths.recv() {
+    while let Ok(first) = paths.recv() {
+        // Several events for one write arrive together: load each path once, in order.
+        let mut batch = vec![first];
+        while let Ok(more) = paths.try_recv() {
+            if !batch.contains(&more) {
+                batch.push(more);
+            }
+        }
         let Some(policies) = policies.upgrade() else {
             return;
         };
-        let shadow = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(".shadow.wasm"));
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            // Deleted or renamed away before we got to it: nothing to load.
-            Err(_) => continue,
-        };
-        if policies.is_loaded(&bytes, shadow) {
-            continue;
+        for path in batch {
+            reload(&policies, &path);
         }
-        let name = crate::plugin_name(&path);
-        match policies.load(&bytes, &name, None, shadow) {
-            Ok(loaded) => tracing::info!(
-                file = %path.display(),
-                slot = %loaded.slot,
-                version = loaded.info.version,
-                took_ms = loaded.took.as_secs_f64() * 1000.0,
-                "plugin reloaded from the folder"
-            ),
-            Err(error) => tracing::warn!(file = %path.display(), %error, "plugin refused"),
+    }
+}
+
+fn reload(policies: &Policies, path: &Path) {
+    let shadow = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".shadow.wasm"));
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        // Deleted or renamed away before we got to it: nothing to load.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
+        Err(error) => {
+            tracing::warn!(file = %path.display(), %error, "cannot read plugin file");
+            return;
         }
+    };
+    if policies.is_loaded(&bytes, shadow) {
+        return;
+    }
+    let name = crate::plugin_name(path);
+    match policies.load(&bytes, &name, None, shadow) {
+        Ok(loaded) => tracing::info!(
+            file = %path.display(),
+            slot = %loaded.slot,
+            version = loaded.info.version,
+            took_ms = loaded.took.as_secs_f64() * 1000.0,
+            "plugin reloaded from the folder"
+        ),
+        Err(error) => tracing::warn!(file = %path.display(), %error, "plugin refused"),
     }
 }

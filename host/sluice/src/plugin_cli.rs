@@ -30,7 +30,7 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
     println!(
         "  wasi:      {}",
         if info.uses_wasi {
-            "imported (given an empty context: no files, sockets or environment)"
+            "imported (given an empty context: no files, sockets or environment; waiting traps)"
         } else {
             "not imported"
         }

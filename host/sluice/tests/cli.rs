@@ -12,7 +12,11 @@ const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
 /// Runs `sluice <args>`; whether it succeeded, and stdout followed by stderr.
 fn sluice(args: &[&std::ffi::OsStr]) -> (bool, String) {
-    let output = Command::new(SLUICE).args(args).output().unwrap();
+    let output = Command::new(SLUICE)
+        .args(args)
+        .env_remove("SLUICE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

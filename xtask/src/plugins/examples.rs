@@ -33,8 +33,12 @@ const WORLD: &str = "router";
 
 /// One example: its folder under `plugins/examples/` and how to build it.
 struct Example {
-    /// Folder name; the output is `example-<name>.wasm`.
+    /// Folder name; the output is `<prefix><name>.wasm`.
     name: &'static str,
+    /// Folder under `plugins/` that holds `name`.
+    folder: &'static str,
+    /// `example-` for the examples, `test-` for plugins only the host's tests load.
+    prefix: &'static str,
     /// Tool versions that change the output (the JS tools are pinned by the folder's own
     /// `package-lock.json`, which is hashed with the sources).
     tools: &'static [&'static str],
@@ -45,11 +49,22 @@ struct Example {
 const EXAMPLES: &[Example] = &[
     Example {
         name: "python-router",
+        folder: "examples",
+        prefix: "example-",
+        tools: PY_TOOLS,
+        build: build_python,
+    },
+    Example {
+        name: "python-wasi",
+        folder: "testing",
+        prefix: "test-",
         tools: PY_TOOLS,
         build: build_python,
     },
     Example {
         name: "js-router",
+        folder: "examples",
+        prefix: "example-",
         tools: &[
             "jco componentize --backend quickjs --backend-qjs-disable-async --backend-qjs-stub-wasi",
         ],
@@ -57,6 +72,8 @@ const EXAMPLES: &[Example] = &[
     },
     Example {
         name: "c-router",
+        folder: "examples",
+        prefix: "example-",
         tools: &[PY_TOOLS[1], WIT_BINDGEN_C],
         build: build_c,
     },
@@ -72,7 +89,7 @@ struct Inputs {
 /// whose inputs did not change. Tries every example and fails at the end if any failed.
 pub fn build_examples(out_dir: &Path) -> Result<()> {
     let root = util::repo_root();
-    let examples_dir = root.join("plugins").join("examples");
+    let plugins_dir = root.join("plugins");
     let inputs = Inputs {
         wit_dir: root.join("wit"),
     };
@@ -84,8 +101,8 @@ pub fn build_examples(out_dir: &Path) -> Result<()> {
 
     let mut failed = Vec::new();
     for example in EXAMPLES {
-        let source = examples_dir.join(example.name);
-        let output = out_dir.join(format!("example-{}.wasm", example.name));
+        let source = plugins_dir.join(example.folder).join(example.name);
+        let output = out_dir.join(format!("{}{}.wasm", example.prefix, example.name));
         if let Err(error) = build_example(example, &inputs, &source, &output, &wit_files) {
             eprintln!("example {}: FAILED: {error:#}", example.name);
             failed.push(example.name);
@@ -164,7 +181,7 @@ fn build_python(inputs: &Inputs, source: &Path, output: &Path) -> Result<()> {
     let python = install_py_tools()?;
     let staging = util::target_dir()?
         .join("plugin-examples")
-        .join("python-router")
+        .join(source.file_name().unwrap_or_default())
         .join("src");
     fresh_dir(&staging)?;
     for (name, bytes) in source_files(source)? {

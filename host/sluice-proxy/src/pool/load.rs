@@ -15,8 +15,15 @@ const ERROR_WEIGHT: f64 = 0.1;
 
 struct State {
     latency_ns: f64,
-    sampled_at: Instant,
+    latency_at: Instant,
     error_rate: f64,
+    error_at: Instant,
+}
+
+/// How much of a value measured `since` ago still counts now.
+fn kept(since: Instant, now: Instant) -> f64 {
+    let elapsed = now.saturating_duration_since(since).as_secs_f64();
+    (-elapsed / DECAY.as_secs_f64()).exp()
 }
 
 /// Load of one upstream connection.
@@ -27,16 +34,19 @@ pub struct ConnectionLoad {
 impl ConnectionLoad {
     /// Starts from a first latency sample (the connection's PING round trip).
     pub fn new(initial_latency: Duration) -> Self {
+        let now = Instant::now();
         Self {
             state: Mutex::new(State {
                 latency_ns: initial_latency.as_nanos() as f64,
-                sampled_at: Instant::now(),
+                latency_at: now,
                 error_rate: 0.0,
+                error_at: now,
             }),
         }
     }
 
-    /// Adds a latency sample.
+    /// Adds a latency sample: a slower one replaces the estimate at once, a faster one pulls it
+    /// down as much as the time since the last sample allows.
     pub fn observe_latency(&self, sample: Duration) {
         let sample = sample.as_nanos() as f64;
         let now = Instant::now();
@@ -44,28 +54,31 @@ impl ConnectionLoad {
         if sample > state.latency_ns {
             state.latency_ns = sample;
         } else {
-            let elapsed = now
-                .saturating_duration_since(state.sampled_at)
-                .as_secs_f64();
-            let keep = (-elapsed / DECAY.as_secs_f64()).exp();
-            state.latency_ns = state.latency_ns * keep + sample * (1.0 - keep);
+            let keep = kept(state.latency_at, now);
+            state.latency_ns = sample + (state.latency_ns - sample) * keep;
         }
-        state.sampled_at = now;
+        state.latency_at = now;
     }
 
     /// Adds a stream's outcome to the error rate.
     pub fn observe_outcome(&self, failed: bool) {
+        let now = Instant::now();
         let mut state = self.state.lock();
         let sample = if failed { 1.0 } else { 0.0 };
-        state.error_rate = state.error_rate * (1.0 - ERROR_WEIGHT) + sample * ERROR_WEIGHT;
+        let rate = state.error_rate * kept(state.error_at, now);
+        state.error_rate = rate * (1.0 - ERROR_WEIGHT) + sample * ERROR_WEIGHT;
+        state.error_at = now;
     }
 
-    /// The current latency estimate and error rate.
+    /// The current latency estimate and error rate. Both fade toward zero while no stream
+    /// reports (as tower's peak-EWMA does when a connection is idle), so a connection that was
+    /// slow or failing once is tried again later rather than starved forever.
     pub fn read(&self) -> (Duration, f64) {
+        let now = Instant::now();
         let state = self.state.lock();
         (
-            Duration::from_nanos(state.latency_ns as u64),
-            state.error_rate,
+            Duration::from_nanos((state.latency_ns * kept(state.latency_at, now)) as u64),
+            state.error_rate * kept(state.error_at, now),
         )
     }
 }
@@ -78,7 +91,8 @@ mod tests {
     fn peaks_at_once_and_decays_toward_lower_samples() {
         let load = ConnectionLoad::new(Duration::from_millis(1));
         load.observe_latency(Duration::from_millis(50));
-        assert_eq!(load.read().0, Duration::from_millis(50));
+        let peak = load.read().0;
+        assert!(peak > Duration::from_micros(49_900) && peak <= Duration::from_millis(50));
         std::thread::sleep(Duration::from_millis(20));
         load.observe_latency(Duration::from_millis(1));
         let (latency, _) = load.read();
@@ -96,5 +110,14 @@ mod tests {
             load.observe_outcome(false);
         }
         assert!(load.read().1 < 0.1);
+    }
+
+    #[test]
+    fn an_idle_estimate_fades() {
+        let load = ConnectionLoad::new(Duration::from_millis(100));
+        let later = Instant::now() + Duration::from_secs(30);
+        let state = load.state.lock();
+        let faded = state.latency_ns * kept(state.latency_at, later);
+        assert!(faded < 100e6 * 0.06, "after 3 time constants: {faded}");
     }
 }
