@@ -2,9 +2,8 @@
 //! power-of-two-choices policy otherwise, and the shadow fed off the data path.
 //!
 //! A plugin failure costs one call: that call is answered by the built-in policy, counted, and
-//! the slot's breaker decides whether the plugin stays. The pool calls this with its class
-//! group's lock held, so a call costs every placement in that class its duration: the deadline
-//! bounds it.
+//! the slot's breaker decides whether the plugin stays. The pool calls this without its class
+//! group's lock, so a slow plugin delays only the stream being placed, by at most its deadline.
 
 use std::borrow::Cow;
 use std::cell::RefCell;

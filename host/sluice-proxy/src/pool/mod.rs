@@ -154,6 +154,14 @@ impl UpstreamConnection {
         self.closed.store(true, Relaxed);
     }
 
+    /// Takes a stream slot if the connection has one free.
+    fn try_reserve(&self) -> bool {
+        let capacity = self.capacity();
+        self.active_streams
+            .fetch_update(Relaxed, Relaxed, |n| (n < capacity).then_some(n + 1))
+            .is_ok()
+    }
+
     fn candidate(&self, now: Instant) -> Candidate {
         let (latency, error_rate) = self.load.read();
         Candidate {
@@ -341,6 +349,10 @@ pub struct Pool {
     queue_timeout: Duration,
 }
 
+/// Routing rounds without the group's lock before placing under it with the built-in policy
+/// (each lost round means concurrent streams took the slots the router chose).
+const ROUTE_ATTEMPTS: usize = 3;
+
 enum Step {
     Leased(Lease),
     Open(Vec<Arc<Endpoint>>),
@@ -526,19 +538,15 @@ impl Pool {
     }
 
     fn try_place(&self, group: &Arc<Group>, monitor: &MonitorProfile, method: &str) -> Step {
-        let mut state = group.state.lock();
-        let before = state.connections.len();
-        state.connections.retain(|c| !c.is_closed());
-        if state.connections.len() != before {
-            tracing::debug!(class = %group.class, removed = before - state.connections.len(), "pruned closed connections");
-        }
-        let now = Instant::now();
-        let open: Vec<&Arc<UpstreamConnection>> = state
-            .connections
-            .iter()
-            .filter(|c| c.active_streams() < c.capacity())
-            .collect();
-        if !open.is_empty() {
+        // The router runs without the group's lock (a policy plugin may take up to its
+        // deadline); the slot it picks is then taken with a compare-and-swap, and a slot lost to
+        // a concurrent stream means looking again.
+        for _ in 0..ROUTE_ATTEMPTS {
+            let open = self.connections_with_room(group);
+            if open.is_empty() {
+                break;
+            }
+            let now = Instant::now();
             let candidates: Vec<Candidate> = open.iter().map(|c| c.candidate(now)).collect();
             let request = RouteRequest {
                 monitor,
@@ -550,9 +558,26 @@ impl Pool {
                 .route(&request)
                 .filter(|d| d.index < candidates.len() && d.confidence.is_finite())
                 .or_else(|| LeastLoaded::pick(&candidates));
-            if let Some(decision) = decision {
-                let connection = Arc::clone(open[decision.index]);
-                return Step::Leased(self.lease(group, connection, decision));
+            let Some(decision) = decision else { break };
+            let connection = &open[decision.index];
+            if connection.try_reserve() {
+                return Step::Leased(self.lease_reserved(group, Arc::clone(connection), decision));
+            }
+        }
+        let mut state = group.state.lock();
+        let now = Instant::now();
+        // Decided under the lock, so that opening connections and queueing below see a
+        // consistent group: a slot that freed up meanwhile is taken by the built-in policy.
+        let open: Vec<&Arc<UpstreamConnection>> = state
+            .connections
+            .iter()
+            .filter(|c| !c.is_closed() && c.active_streams() < c.capacity())
+            .collect();
+        let candidates: Vec<Candidate> = open.iter().map(|c| c.candidate(now)).collect();
+        if let Some(decision) = LeastLoaded::pick(&candidates) {
+            let connection = open[decision.index];
+            if connection.try_reserve() {
+                return Step::Leased(self.lease_reserved(group, Arc::clone(connection), decision));
             }
         }
         // Streams queue behind connections already being opened as long as those will have room,
@@ -576,13 +601,29 @@ impl Pool {
         Step::Wait
     }
 
-    fn lease(
+    /// The group's open connections with a free slot now (pruning closed ones).
+    fn connections_with_room(&self, group: &Group) -> Vec<Arc<UpstreamConnection>> {
+        let mut state = group.state.lock();
+        let before = state.connections.len();
+        state.connections.retain(|c| !c.is_closed());
+        if state.connections.len() != before {
+            tracing::debug!(class = %group.class, removed = before - state.connections.len(), "pruned closed connections");
+        }
+        state
+            .connections
+            .iter()
+            .filter(|c| c.active_streams() < c.capacity())
+            .cloned()
+            .collect()
+    }
+
+    /// A lease on a slot already counted in `connection.active_streams`.
+    fn lease_reserved(
         &self,
         group: &Arc<Group>,
         connection: Arc<UpstreamConnection>,
         decision: RouteDecision,
     ) -> Lease {
-        connection.active_streams.fetch_add(1, Relaxed);
         connection.streams_total.fetch_add(1, Relaxed);
         self.stats.incr(|s| &s.upstream_streams_total);
         Lease {
@@ -712,7 +753,10 @@ impl Pool {
                 reason: "new connection opened for this stream".into(),
                 alternatives: Vec::new(),
             };
-            self.lease(group, Arc::clone(&connection), decision)
+            // The opener's slot: taken even if the peer's limit turned out lower, because this
+            // stream was promised the connection it opened.
+            connection.active_streams.fetch_add(1, Relaxed);
+            self.lease_reserved(group, Arc::clone(&connection), decision)
         });
         let mut state = group.state.lock();
         state.opening -= 1;

@@ -3,7 +3,9 @@
 //! The pool builds a list of [`Candidate`]s (connections of the monitor's class group with a free
 //! stream slot) and asks a [`Router`]. Routers see plain records, never pool internals, so a
 //! policy can be swapped (the policy plugins plug in here) without touching the data path. A
-//! router must be fast and must not block: it runs while the group's lock is held.
+//! router must be fast and must not block: it runs on the path of every new stream (without the
+//! group's lock; the pool takes the chosen slot afterwards and asks again if a concurrent stream
+//! took it first).
 
 use std::borrow::Cow;
 use std::sync::Arc;
