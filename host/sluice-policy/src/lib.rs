@@ -227,9 +227,22 @@ impl Policies {
         slot: Option<SlotKind>,
         shadow: bool,
     ) -> Result<Loaded, PolicyError> {
+        self.load_hashed(bytes, engine::content_hash(bytes), name, slot, shadow)
+    }
+
+    /// [`Policies::load`] with the bytes' [`engine::content_hash`] already computed (hashing an
+    /// 18 MB interpreter-based component takes milliseconds: do it once per load).
+    fn load_hashed(
+        &self,
+        bytes: &[u8],
+        hash: String,
+        name: &str,
+        slot: Option<SlotKind>,
+        shadow: bool,
+    ) -> Result<Loaded, PolicyError> {
         let started = Instant::now();
         let mut world = None;
-        let result = self.prepare(bytes, name, slot, false, &mut world);
+        let result = self.prepare(bytes, hash, name, slot, false, &mut world);
         let (plugin, self_tested) = match result {
             Ok(prepared) => prepared,
             Err(error) => {
@@ -271,7 +284,8 @@ impl Policies {
     /// Compiles, binds and self-tests (always, whatever the slot's `self_test` says) without
     /// touching any slot (`sluice plugin check`).
     pub fn check(&self, bytes: &[u8], name: &str) -> Result<(PluginInfo, usize), PolicyError> {
-        let (plugin, samples) = self.prepare(bytes, name, None, true, &mut None)?;
+        let hash = engine::content_hash(bytes);
+        let (plugin, samples) = self.prepare(bytes, hash, name, None, true, &mut None)?;
         Ok((plugin.info().clone(), samples))
     }
 
@@ -279,12 +293,12 @@ impl Policies {
     fn prepare(
         &self,
         bytes: &[u8],
+        hash: String,
         name: &str,
         slot: Option<SlotKind>,
         self_test: bool,
         world: &mut Option<SlotKind>,
     ) -> Result<(Plugin, usize), PolicyError> {
-        let hash = engine::content_hash(bytes);
         let compile_started = Instant::now();
         let (component, source) = self.cache.component(self.engine, bytes, &hash)?;
         let compile_time = compile_started.elapsed();
@@ -448,13 +462,19 @@ pub fn plugin_name(path: &Path) -> String {
 }
 
 impl Policies {
-    /// Whether these exact bytes are already some slot's active plugin (or shadow), so that a
-    /// file rewritten with the same content is not loaded twice.
-    fn is_loaded(&self, bytes: &[u8], shadow: bool) -> bool {
+    /// Loads a file the watcher saw written, unless the same bytes (by hash) are already some
+    /// slot's active plugin (or shadow): editors and copies often write a file twice.
+    fn load_if_changed(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        shadow: bool,
+    ) -> Option<Result<Loaded, PolicyError>> {
         let hash = engine::content_hash(bytes);
-        self.slots.iter().any(|slot| {
+        let loaded = self.slots.iter().any(|slot| {
             let current = if shadow { slot.shadow() } else { slot.active() };
             current.is_some_and(|p| p.info().hash == hash)
-        })
+        });
+        (!loaded).then(|| self.load_hashed(bytes, hash, name, None, shadow))
     }
 }

@@ -97,7 +97,7 @@ pub struct PluginInfo {
     pub version: u32,
     /// The world (and so the slot kind) it targets.
     pub world: SlotKind,
-    /// Hex SHA-256 of the component bytes.
+    /// Hex BLAKE3 hash of the component bytes.
     pub hash: String,
     /// Component size in bytes.
     pub size: usize,

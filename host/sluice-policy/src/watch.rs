@@ -101,11 +101,11 @@ fn reload(policies: &Policies, path: &Path) {
             return;
         }
     };
-    if policies.is_loaded(&bytes, shadow) {
-        return;
-    }
     let name = crate::plugin_name(path);
-    match policies.load(&bytes, &name, None, shadow) {
+    let Some(result) = policies.load_if_changed(&bytes, &name, shadow) else {
+        return;
+    };
+    match result {
         Ok(loaded) => tracing::info!(
             file = %path.display(),
             slot = %loaded.slot,
