@@ -850,6 +850,10 @@ listen = "127.0.0.1:0"
 max_concurrent_streams = 2000
 shutdown_grace = "1s"
 
+[admin]
+# Any free port: a fixed one would clash with a Sluice already running on this machine.
+listen = "127.0.0.1:0"
+
 [pool]
 max_connections = 4
 
