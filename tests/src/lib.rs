@@ -117,8 +117,16 @@ pub async fn open_subscription(
     monitor: &str,
     request: pb::SubscribeRequest,
 ) -> tonic::Streaming<pb::Event> {
-    client(addr)
-        .await
+    subscribe_on(&mut client(addr).await, request, monitor).await
+}
+
+/// Opens a Subscribe stream as `monitor` on `client`'s connection.
+pub async fn subscribe_on(
+    client: &mut FeedClient<Channel>,
+    request: pb::SubscribeRequest,
+    monitor: &str,
+) -> tonic::Streaming<pb::Event> {
+    client
         .subscribe(as_monitor(request, monitor))
         .await
         .expect("subscribe")
@@ -177,6 +185,14 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits up to 5 s for `feed` to have exactly `n` Subscribe streams open; whether it did.
+pub async fn upstream_subscriptions_reach(feed: &FeedHandle, n: u64) -> bool {
+    eventually(Duration::from_secs(5), || {
+        feed.stats.snapshot().subscribe_active == n
+    })
+    .await
 }
 
 /// Runs `future` with a hard limit so that a hang fails the test instead of stalling CI.

@@ -18,11 +18,7 @@ async fn a_slow_monitor_does_not_slow_a_fast_one_on_the_same_connection() {
 
     // The slow monitor reads one event and then nothing.
     let mut slow_client = client(proxy.addr()).await;
-    let mut slow = slow_client
-        .subscribe(as_monitor(subscribe("slow", 0.0, 1024, 0), "slow"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut slow = subscribe_on(&mut slow_client, subscribe("slow", 0.0, 1024, 0), "slow").await;
     slow.message().await.unwrap().unwrap();
 
     // The fast monitor, on another client connection but the same upstream connection, must
@@ -30,14 +26,12 @@ async fn a_slow_monitor_does_not_slow_a_fast_one_on_the_same_connection() {
     let mut fast_client = client(proxy.addr()).await;
     const FAST_EVENTS: u64 = 20_000;
     let received = bounded(LIMIT, "fast monitor", async {
-        let mut fast = fast_client
-            .subscribe(as_monitor(
-                subscribe("fast", 0.0, 1024, FAST_EVENTS),
-                "fast",
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut fast = subscribe_on(
+            &mut fast_client,
+            subscribe("fast", 0.0, 1024, FAST_EVENTS),
+            "fast",
+        )
+        .await;
         let mut next = 0;
         while let Some(event) = fast.message().await.unwrap() {
             assert_eq!(event.seq, next);
@@ -79,11 +73,7 @@ async fn a_lagging_monitor_is_disconnected_with_resource_exhausted() {
     config.classes.event.lag_timeout = Duration::from_millis(300);
     let proxy = sluice(config).await;
     let mut c = client(proxy.addr()).await;
-    let mut stream = c
-        .subscribe(as_monitor(subscribe("t", 0.0, 4096, 0), "laggard"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = subscribe_on(&mut c, subscribe("t", 0.0, 4096, 0), "laggard").await;
     stream.message().await.unwrap().unwrap();
     assert!(
         eventually(Duration::from_secs(10), || proxy
@@ -98,12 +88,7 @@ async fn a_lagging_monitor_is_disconnected_with_resource_exhausted() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("lagging"), "{status:?}");
     assert!(
-        eventually(Duration::from_secs(5), || upstream
-            .stats
-            .snapshot()
-            .subscribe_active
-            == 0)
-        .await,
+        upstream_subscriptions_reach(&upstream, 0).await,
         "the upstream stream of a cut-off monitor was not cancelled"
     );
 }

@@ -18,11 +18,7 @@ async fn a_monitor_sending_garbage_is_dropped_and_others_are_served() {
     config.server.idle_timeout = Duration::from_millis(500);
     let proxy = sluice(config).await;
     let mut c = client(proxy.addr()).await;
-    let mut stream = c
-        .subscribe(as_monitor(subscribe("t", 100.0, 8, 0), "good"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = subscribe_on(&mut c, subscribe("t", 100.0, 8, 0), "good").await;
     stream.message().await.unwrap().unwrap();
 
     for garbage in [
@@ -149,11 +145,7 @@ async fn a_monitor_that_vanishes_releases_its_upstream_stream() {
     let proxy = sluice(config_for(&[&upstream])).await;
     {
         let mut c = client(proxy.addr()).await;
-        let mut stream = c
-            .subscribe(as_monitor(subscribe("t", 100.0, 8, 0), "m"))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = subscribe_on(&mut c, subscribe("t", 100.0, 8, 0), "m").await;
         stream.message().await.unwrap().unwrap();
         // Dropping the client and its channel closes the TCP connection under the stream.
     }

@@ -16,11 +16,7 @@ async fn shutdown_lets_calls_finish_within_the_grace_period() {
     let proxy = sluice(config).await;
     let addr = proxy.addr();
     let mut c = client(addr).await;
-    let mut stream = c
-        .subscribe(as_monitor(subscribe("t", 50.0, 8, 20), "m"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = subscribe_on(&mut c, subscribe("t", 50.0, 8, 20), "m").await;
     stream.message().await.unwrap().unwrap();
     let shutdown = tokio::spawn(proxy.shutdown());
     let mut received = 1;
@@ -44,11 +40,7 @@ async fn shutdown_ends_endless_streams_with_unavailable() {
     config.server.shutdown_grace = Duration::from_millis(300);
     let proxy = sluice(config).await;
     let mut c = client(proxy.addr()).await;
-    let mut stream = c
-        .subscribe(as_monitor(subscribe("t", 50.0, 8, 0), "m"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = subscribe_on(&mut c, subscribe("t", 50.0, 8, 0), "m").await;
     stream.message().await.unwrap().unwrap();
     let shutdown = tokio::spawn(proxy.shutdown());
     let status = bounded(LIMIT, "stream until shutdown", status_at_end(&mut stream)).await;
@@ -56,12 +48,7 @@ async fn shutdown_ends_endless_streams_with_unavailable() {
     assert!(status.message().contains("shutting down"), "{status:?}");
     bounded(LIMIT, "shutdown", shutdown).await.unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || upstream
-            .stats
-            .snapshot()
-            .subscribe_active
-            == 0)
-        .await,
+        upstream_subscriptions_reach(&upstream, 0).await,
         "the upstream stream outlived the shutdown"
     );
 }

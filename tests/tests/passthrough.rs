@@ -223,12 +223,7 @@ async fn a_tonic_deadline_ends_the_stream_on_both_sides() {
     );
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(
-        eventually(Duration::from_secs(5), || upstream
-            .stats
-            .snapshot()
-            .subscribe_active
-            == 0)
-        .await,
+        upstream_subscriptions_reach(&upstream, 0).await,
         "the upstream stream was not ended after the deadline"
     );
 }
@@ -238,11 +233,7 @@ async fn a_monitor_cancel_cancels_the_upstream_stream() {
     let upstream = feed("up").await;
     let proxy = sluice(config_for(&[&upstream])).await;
     let mut c = client(proxy.addr()).await;
-    let mut stream = c
-        .subscribe(as_monitor(subscribe("t", 100.0, 8, 0), "m1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = subscribe_on(&mut c, subscribe("t", 100.0, 8, 0), "m1").await;
     for _ in 0..3 {
         bounded(LIMIT, "first events", stream.message())
             .await

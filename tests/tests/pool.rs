@@ -102,11 +102,7 @@ async fn a_full_pool_queues_then_refuses_with_resource_exhausted() {
     // Two streams fill the only connection.
     let mut held = Vec::new();
     for i in 0..2 {
-        let mut s = c
-            .subscribe(as_monitor(subscribe(&format!("h{i}"), 10.0, 8, 0), "m"))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut s = subscribe_on(&mut c, subscribe(&format!("h{i}"), 10.0, 8, 0), "m").await;
         s.message().await.unwrap();
         held.push(s);
     }
@@ -230,14 +226,7 @@ async fn connections_spread_over_endpoints_and_skip_a_dead_one() {
         .unwrap();
         held.push(s.into_inner());
     }
-    assert!(
-        eventually(Duration::from_secs(5), || a
-            .stats
-            .snapshot()
-            .subscribe_active
-            == 3)
-        .await
-    );
+    assert!(upstream_subscriptions_reach(&a, 3).await);
 }
 
 #[tokio::test]

@@ -44,11 +44,7 @@ async fn identical_subscriptions_fan_out_from_one_upstream_stream() {
 
     // A different request gets its own upstream stream.
     let mut c = client(proxy.addr()).await;
-    let mut other = c
-        .subscribe(as_monitor(subscribe("other", 200.0, 64, 0), "m9"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut other = subscribe_on(&mut c, subscribe("other", 200.0, 64, 0), "m9").await;
     other.message().await.unwrap().unwrap();
     assert_eq!(upstream.stats.snapshot().subscribe_started, 2);
 
@@ -61,12 +57,7 @@ async fn identical_subscriptions_fan_out_from_one_upstream_stream() {
     assert_eq!(upstream.stats.snapshot().subscribe_active, 2);
     drop(streams);
     assert!(
-        eventually(Duration::from_secs(5), || upstream
-            .stats
-            .snapshot()
-            .subscribe_active
-            == 1)
-        .await,
+        upstream_subscriptions_reach(&upstream, 1).await,
         "{:?}",
         upstream.stats.snapshot()
     );
@@ -84,11 +75,7 @@ async fn identical_subscriptions_fan_out_from_one_upstream_stream() {
 async fn a_late_joiner_receives_from_the_point_it_joined() {
     let (upstream, proxy) = shared_sluice(1024).await;
     let mut first_client = client(proxy.addr()).await;
-    let mut first = first_client
-        .subscribe(as_monitor(subscribe("feed", 500.0, 16, 0), "early"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut first = subscribe_on(&mut first_client, subscribe("feed", 500.0, 16, 0), "early").await;
     for expected in 0..50 {
         let event = bounded(LIMIT, "early events", first.message())
             .await
@@ -97,11 +84,7 @@ async fn a_late_joiner_receives_from_the_point_it_joined() {
         assert_eq!(event.seq, expected);
     }
     let mut late_client = client(proxy.addr()).await;
-    let mut late = late_client
-        .subscribe(as_monitor(subscribe("feed", 500.0, 16, 0), "late"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut late = subscribe_on(&mut late_client, subscribe("feed", 500.0, 16, 0), "late").await;
     let joined_at = bounded(LIMIT, "late event", late.message())
         .await
         .unwrap()
@@ -181,18 +164,20 @@ async fn a_failing_shared_upstream_gives_every_subscriber_the_status() {
 async fn a_lagging_subscriber_is_cut_off_without_hurting_the_others() {
     let (upstream, proxy) = shared_sluice(16).await;
     let mut slow_client = client(proxy.addr()).await;
-    let mut slow = slow_client
-        .subscribe(as_monitor(subscribe("firehose", 0.0, 2048, 0), "slow"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut slow = subscribe_on(
+        &mut slow_client,
+        subscribe("firehose", 0.0, 2048, 0),
+        "slow",
+    )
+    .await;
     slow.message().await.unwrap().unwrap();
     let mut fast_client = client(proxy.addr()).await;
-    let mut fast = fast_client
-        .subscribe(as_monitor(subscribe("firehose", 0.0, 2048, 0), "fast"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut fast = subscribe_on(
+        &mut fast_client,
+        subscribe("firehose", 0.0, 2048, 0),
+        "fast",
+    )
+    .await;
     let mut previous = bounded(LIMIT, "fast first", fast.message())
         .await
         .unwrap()
@@ -224,11 +209,12 @@ async fn a_lagging_subscriber_is_cut_off_without_hurting_the_others() {
 async fn a_joiner_is_served_even_when_the_only_other_subscriber_has_stalled() {
     let (upstream, proxy) = shared_sluice(16).await;
     let mut stalled_client = client(proxy.addr()).await;
-    let mut stalled = stalled_client
-        .subscribe(as_monitor(subscribe("feed", 0.0, 1024, 0), "stalled"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stalled = subscribe_on(
+        &mut stalled_client,
+        subscribe("feed", 0.0, 1024, 0),
+        "stalled",
+    )
+    .await;
     stalled.message().await.unwrap().unwrap();
     // Let the stalled subscriber's windows fill, so the shared stream waits for it.
     let settled = eventually(Duration::from_secs(10), {
@@ -247,11 +233,12 @@ async fn a_joiner_is_served_even_when_the_only_other_subscriber_has_stalled() {
         "the shared stream never paused for the stalled subscriber"
     );
     let mut joiner_client = client(proxy.addr()).await;
-    let mut joiner = joiner_client
-        .subscribe(as_monitor(subscribe("feed", 0.0, 1024, 0), "joiner"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut joiner = subscribe_on(
+        &mut joiner_client,
+        subscribe("feed", 0.0, 1024, 0),
+        "joiner",
+    )
+    .await;
     let mut previous = bounded(LIMIT, "joiner's first event", joiner.message())
         .await
         .unwrap()

@@ -23,7 +23,7 @@ const LOG_LINES_PER_SECOND: u32 = 100;
 
 /// What every instance of one plugin shares: its name, configuration values and scorer.
 pub(crate) struct PluginEnv {
-    /// `name@version` of the plugin, used in its log lines.
+    /// The plugin's name (file stem or upload name), used in its log lines.
     pub label: String,
     pub config: BTreeMap<String, String>,
     pub scorer: Arc<dyn Scorer>,
