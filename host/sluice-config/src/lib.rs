@@ -19,9 +19,14 @@ use serde::{Deserialize, Serialize};
 
 mod env;
 mod plugins;
+mod resilience;
 
 pub use env::expand_env;
 pub use plugins::{AdminConfig, PluginsConfig, SlotConfig, SlotKind};
+pub use resilience::{
+    BreakerSettings, BreakerTable, BreakersConfig, FailureKinds, HealthConfig, RateLimitConfig,
+    ResumeMode,
+};
 
 /// A configuration that could not be read, parsed or validated.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +94,12 @@ pub struct Config {
     /// The admin HTTP listener.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Circuit breakers per connection, endpoint and monitor.
+    #[serde(default)]
+    pub breakers: BreakersConfig,
+    /// Endpoint health checks and outlier detection.
+    #[serde(default)]
+    pub health: HealthConfig,
 }
 
 /// The listener monitors connect to.
@@ -158,6 +169,25 @@ pub struct PoolConfig {
     /// HTTP/2 receive window of each stream, in bytes: the most a stream buffers on each side
     /// before flow control holds its sender back. Default 128 KiB.
     pub stream_window_bytes: u32,
+    /// An idle-or-busy upstream connection is PINGed this often; `0s` turns keepalive off.
+    /// Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// A PING not answered within this closes the connection (a black hole is detected within
+    /// `keepalive_interval + keepalive_timeout`). Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// First pause before reconnecting to an endpoint that refused a connection; each further
+    /// refusal doubles it (with jitter) up to `reconnect_backoff_max`. Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_backoff: Duration,
+    /// Longest reconnect pause. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_backoff_max: Duration,
+    /// How long a draining connection (GOAWAY, scale-down, endpoint drain) keeps its streams
+    /// that cannot be resumed before it is closed. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub max_drain_time: Duration,
 }
 
 impl Default for PoolConfig {
@@ -168,6 +198,11 @@ impl Default for PoolConfig {
             queue_capacity: 1024,
             queue_timeout: Duration::from_secs(5),
             stream_window_bytes: 128 * 1024,
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
+            reconnect_backoff: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(10),
+            max_drain_time: Duration::from_secs(30),
         }
     }
 }
@@ -339,6 +374,9 @@ pub struct EndpointConfig {
     /// that monitors never hold it. Values may be `${ENV_VAR}`.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Cap on stream creation towards this endpoint (new streams and resumes). Unset: no cap.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 fn default_region() -> String {
@@ -385,6 +423,12 @@ pub struct MonitorConfig {
     /// When set, the monitor must also send this value in `x-sluice-token`. May be `${ENV_VAR}`.
     #[serde(default)]
     pub token: Option<String>,
+    /// Prefer connections to endpoints in this region while any is usable.
+    #[serde(default)]
+    pub prefer_region: Option<String>,
+    /// Avoid connections whose measured latency is above this while others are below it.
+    #[serde(default, with = "humantime_serde")]
+    pub max_latency: Option<Duration>,
 }
 
 /// Options for a method or a whole service.
@@ -407,10 +451,46 @@ pub struct MethodConfig {
     /// Overrides `server.max_message_bytes` for this method.
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
+    /// How a broken upstream stream is resumed: `none` (default), `replay-last` or `replay-all`.
+    #[serde(default)]
+    pub resume: ResumeMode,
+    /// Upstream streams tried for one resume before the monitor gets `UNAVAILABLE`. Default 5.
+    #[serde(default = "default_resume_attempts")]
+    pub resume_attempts: u32,
+    /// Time one resume may take, over all its attempts. Default 10 s.
+    #[serde(default = "default_resume_timeout", with = "humantime_serde")]
+    pub resume_timeout: Duration,
+    /// Also resume when the upstream ends the stream with `UNAVAILABLE`. Default true.
+    #[serde(default = "default_true")]
+    pub resume_on_unavailable: bool,
+    /// Response messages remembered (by hash) to drop duplicates delivered again after a
+    /// resume; 0 turns the check off. Default 0.
+    #[serde(default)]
+    pub dedup_window: usize,
+    /// Request bytes kept for `replay-all`; a stream that sends more is no longer resumable.
+    /// Default 1 MiB.
+    #[serde(default = "default_replay_buffer")]
+    pub replay_buffer_bytes: usize,
 }
 
 fn default_share_buffer() -> usize {
     1024
+}
+
+fn default_resume_attempts() -> u32 {
+    5
+}
+
+fn default_resume_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_replay_buffer() -> usize {
+    1024 * 1024
 }
 
 impl MethodConfig {
@@ -482,7 +562,8 @@ impl Config {
         self.validate_monitors()?;
         self.validate_methods()?;
         self.validate_plugins()?;
-        self.validate_admin()
+        self.validate_admin()?;
+        self.validate_resilience()
     }
 
     /// The method options that apply to `path`: the first exact match, else the first service
@@ -659,6 +740,17 @@ impl Config {
             for (name, value) in &endpoint.metadata {
                 check_metadata(&key(&format!("metadata.{name}")), name, value)?;
             }
+            if let Some(limit) = &endpoint.rate_limit {
+                if !(limit.streams_per_second > 0.0 && limit.streams_per_second.is_finite()) {
+                    return Err(invalid(
+                        key("rate_limit.streams_per_second"),
+                        "must be a positive number",
+                    ));
+                }
+                if limit.burst == Some(0) {
+                    return Err(invalid(key("rate_limit.burst"), "must be at least 1"));
+                }
+            }
         }
         Ok(())
     }
@@ -699,6 +791,20 @@ impl Config {
                         method.path
                     ),
                 ));
+            }
+            if method.resume.resumes() {
+                if method.share {
+                    return Err(invalid(
+                        key("resume"),
+                        "cannot be combined with share = true (a shared stream resumes as one)",
+                    ));
+                }
+                if method.resume_attempts == 0 {
+                    return Err(invalid(key("resume_attempts"), "must be at least 1"));
+                }
+                if method.resume_timeout.is_zero() {
+                    return Err(invalid(key("resume_timeout"), "must be greater than 0"));
+                }
             }
             if method.max_message_bytes == Some(0) {
                 return Err(invalid(key("max_message_bytes"), "must be greater than 0"));

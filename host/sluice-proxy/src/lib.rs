@@ -20,6 +20,7 @@ pub mod forward;
 pub mod front;
 pub mod grpc;
 pub mod pool;
+pub mod resume;
 pub mod route;
 pub mod stats;
 pub mod tls;
@@ -37,6 +38,7 @@ use tokio::task::JoinHandle;
 use crate::forward::ShareRegistry;
 use crate::front::identity::MonitorDirectory;
 use crate::pool::{GroupSnapshot, Pool, PoolError};
+use crate::resume::{ReplayUnchanged, Resumer};
 use crate::route::{LeastLoaded, Router};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::tls::TlsError;
@@ -48,6 +50,8 @@ pub(crate) struct Context {
     pub stats: Arc<Stats>,
     pub monitors: MonitorDirectory,
     pub shares: ShareRegistry,
+    /// Rewrites requests of broken streams before they are replayed.
+    pub resumer: Arc<dyn Resumer>,
     /// Flipped when the shutdown grace has run out: open calls end with `UNAVAILABLE`.
     pub terminate: watch::Sender<bool>,
 }
@@ -92,6 +96,15 @@ impl Proxy {
         config: Arc<Config>,
         router: Arc<dyn Router>,
     ) -> Result<Self, ProxyError> {
+        Self::bind_with_policies(config, router, Arc::new(ReplayUnchanged)).await
+    }
+
+    /// Binds with a specific placement policy and resumer.
+    pub async fn bind_with_policies(
+        config: Arc<Config>,
+        router: Arc<dyn Router>,
+        resumer: Arc<dyn Resumer>,
+    ) -> Result<Self, ProxyError> {
         // Configs built in code skip `Config::from_file`; the data path relies on these rules.
         config.validate()?;
         let stats = Arc::new(Stats::default());
@@ -113,6 +126,7 @@ impl Proxy {
             pool,
             stats,
             shares: ShareRegistry::default(),
+            resumer,
             terminate: watch::Sender::new(false),
         });
         Ok(Self { ctx, listener, tls })

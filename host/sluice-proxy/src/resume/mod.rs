@@ -1,0 +1,62 @@
+//! The resume seam: how the request of a broken stream is rewritten before it is replayed on
+//! another upstream.
+//!
+//! The host knows only the configured mode (`replay-last`, `replay-all`); protocol knowledge,
+//! such as the feed's `from_seq` or a `from_slot` taken from the last message seen, lives in a
+//! [`Resumer`] (the `resumer` policy plugin). A resumer sees plain message payloads, never
+//! streams or connections, and must be fast: it runs once per resume, on the failover path.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::route::MonitorProfile;
+
+/// What a resumer is told about a broken stream.
+#[derive(Debug)]
+pub struct ResumeRequest<'a> {
+    /// Whose stream it is.
+    pub monitor: &'a MonitorProfile,
+    /// The method, `/package.Service/Method`.
+    pub method: &'a str,
+    /// The request message payloads the host would replay (without the 5-byte gRPC prefix),
+    /// oldest first: the last one for `replay-last`, all of them for `replay-all`.
+    pub requests: &'a [Bytes],
+    /// The payload of the last response message delivered to the monitor, if any.
+    pub last_response: Option<&'a Bytes>,
+    /// Response messages delivered to the monitor so far.
+    pub responses_delivered: u64,
+    /// Which resume of this stream this is, from 1.
+    pub attempt: u32,
+}
+
+/// A resumer's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeAnswer {
+    /// Send these request payloads, in order, on the new upstream stream.
+    Replay(Vec<Bytes>),
+    /// No resumer is loaded for this method: replay the requests unchanged.
+    Unchanged,
+    /// The resumer failed (trap, deadline, error); the reason is logged and counted, and the
+    /// requests are replayed unchanged.
+    Failed(String),
+}
+
+/// Rewrites the request(s) of a broken stream before they are replayed.
+pub trait Resumer: Send + Sync {
+    /// Decides what to send on the new upstream stream.
+    fn resume(&self, request: &ResumeRequest<'_>) -> ResumeAnswer;
+}
+
+/// Replays requests unchanged (no plugin).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReplayUnchanged;
+
+impl Resumer for ReplayUnchanged {
+    fn resume(&self, _request: &ResumeRequest<'_>) -> ResumeAnswer {
+        ResumeAnswer::Unchanged
+    }
+}
+
+/// A shared resumer.
+pub type SharedResumer = Arc<dyn Resumer>;
