@@ -18,7 +18,9 @@ use tonic::transport::Channel;
 pub use sluice_feed::pb;
 
 pub mod admin;
+pub mod fault;
 pub mod plugins;
+pub mod process;
 
 /// Largest message the test clients accept.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -57,36 +59,20 @@ pub fn config_for(feeds: &[&FeedHandle]) -> Config {
 
 /// An endpoint entry with defaults.
 pub fn endpoint(id: &str, url: &str) -> EndpointConfig {
-    EndpointConfig {
-        id: id.to_owned(),
-        url: url.to_owned(),
-        region: "local".to_owned(),
-        priority: 0,
-        tls: false,
-        ca_file: None,
-        tls_server_name: None,
-        metadata: Default::default(),
-    }
+    EndpointConfig::new(id, url)
 }
 
 /// A monitor entry.
 pub fn monitor(id: &str, class: TrafficClass) -> MonitorConfig {
-    MonitorConfig {
-        id: id.to_owned(),
-        class,
-        critical: false,
-        token: None,
-    }
+    MonitorConfig::new(id, class)
 }
 
 /// A method rule that shares Subscribe streams.
 pub fn shared_subscribe(buffer: usize) -> MethodConfig {
     MethodConfig {
-        path: SUBSCRIBE.to_owned(),
         share: true,
-        share_key_metadata: Vec::new(),
         share_buffer_messages: buffer,
-        max_message_bytes: None,
+        ..MethodConfig::new(SUBSCRIBE)
     }
 }
 

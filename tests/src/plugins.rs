@@ -52,7 +52,7 @@ pub fn plugins_config() -> PluginsConfig {
     }
 }
 
-/// Starts the policy engine from `config.plugins` and a Sluice routing with it.
+/// Starts the policy engine from `config.plugins` and a Sluice routing and resuming with it.
 pub async fn sluice_with_policies(config: Config) -> (ProxyHandle, Arc<Policies>) {
     config.validate().expect("test config is valid");
     let plugins = config.plugins.clone();
@@ -60,7 +60,7 @@ pub async fn sluice_with_policies(config: Config) -> (ProxyHandle, Arc<Policies>
         .await
         .expect("load task")
         .expect("policies load");
-    let proxy = Proxy::bind_with_router(Arc::new(config), policies.router())
+    let proxy = Proxy::bind_with_policies(Arc::new(config), policies.router(), policies.resumer())
         .await
         .expect("sluice binds")
         .spawn();

@@ -1,36 +1,52 @@
-//! The admin API's plugin routes: authentication, JSON errors, uploads, actions.
+//! The admin API: authentication, JSON errors, plugin uploads and actions, endpoint health,
+//! circuit breakers and their overrides, endpoint drains.
 
 use std::sync::Arc;
 
 use sluice_admin::AdminServer;
 use sluice_config::AdminConfig;
+use sluice_feed::FeedHandle;
 use sluice_policy::Policies;
+use sluice_proxy::ProxyHandle;
 use sluice_tests::admin::request;
 use sluice_tests::plugins::*;
 
-async fn admin(token: Option<&str>) -> (sluice_admin::AdminHandle, Arc<Policies>) {
-    admin_with(token, AdminConfig::default().max_upload_bytes).await
+/// An admin API over a running Sluice with one feed endpoint.
+struct Admin {
+    server: sluice_admin::AdminHandle,
+    policies: Arc<Policies>,
+    proxy: ProxyHandle,
+    _feed: FeedHandle,
 }
 
-async fn admin_with(
-    token: Option<&str>,
-    max_upload_bytes: usize,
-) -> (sluice_admin::AdminHandle, Arc<Policies>) {
+async fn admin(token: Option<&str>) -> (sluice_admin::AdminHandle, Arc<Policies>) {
+    let admin = admin_with(token, AdminConfig::default().max_upload_bytes).await;
+    (admin.server, admin.policies)
+}
+
+async fn admin_with(token: Option<&str>, max_upload_bytes: usize) -> Admin {
     let config = plugins_config();
     let policies = tokio::task::spawn_blocking(move || Policies::new(&config))
         .await
         .unwrap()
         .unwrap();
+    let feed = sluice_tests::feed("feed").await;
+    let proxy = sluice_tests::sluice(sluice_tests::config_for(&[&feed])).await;
     let admin = AdminConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         token: token.map(str::to_owned),
         max_upload_bytes,
         ..AdminConfig::default()
     };
-    let server = AdminServer::bind(&admin, Arc::clone(&policies))
+    let server = AdminServer::bind(&admin, Arc::clone(&policies), proxy.view())
         .await
         .expect("admin binds");
-    (server.spawn(), policies)
+    Admin {
+        server: server.spawn(),
+        policies,
+        proxy,
+        _feed: feed,
+    }
 }
 
 #[tokio::test]
@@ -69,16 +85,21 @@ async fn every_route_but_health_needs_the_token() {
     let listed = request(addr, "GET", "/api/v1/plugins", Some("s3cret"), Vec::new()).await;
     assert_eq!(listed.status, 200);
     let slots = listed.json["slots"].as_array().unwrap();
-    assert_eq!(slots.len(), 3);
+    assert_eq!(slots.len(), 4);
     assert_eq!(slots[0]["slot"], "router");
     assert_eq!(slots[0]["builtin"], "p2c-peak-ewma");
     assert!(slots[0]["active"].is_null());
+    assert_eq!(slots[3]["slot"], "resumer");
+    assert_eq!(slots[3]["builtin"], "replay-unchanged");
+    assert!(slots[3]["active"].is_null());
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn bad_requests_get_json_errors_with_the_right_status() {
-    let (server, policies) = admin_with(None, 1024).await;
+    let Admin {
+        server, policies, ..
+    } = admin_with(None, 1024).await;
     let addr = server.addr();
     let unknown_slot = request(
         addr,
@@ -93,7 +114,7 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
         unknown_slot.json["error"]
             .as_str()
             .unwrap()
-            .contains("router, scaler and anomaly")
+            .contains("router, scaler, anomaly, resumer")
     );
     let empty = request(addr, "POST", "/api/v1/plugins/router", None, Vec::new()).await;
     assert_eq!(empty.status, 400);
@@ -258,5 +279,151 @@ async fn plugins_upload_and_roll_back_through_the_api() {
             "load_failed"
         ]
     );
+
+    // The resumer slot takes uploads like the others, and lists what it got.
+    let resumer = std::fs::read(built.join("feed-resumer.wasm")).unwrap();
+    let loaded = request(
+        addr,
+        "POST",
+        "/api/v1/plugins/resumer?name=feed",
+        Some("t"),
+        resumer,
+    )
+    .await;
+    assert_eq!(loaded.status, 201, "{}", loaded.text);
+    assert_eq!(loaded.json["slot"], "resumer");
+    assert_eq!(loaded.json["plugin"]["world"], "resumer");
+    assert_eq!(loaded.json["self_test_samples"], 3);
+    let listed = request(addr, "GET", "/api/v1/plugins", Some("t"), Vec::new()).await;
+    assert_eq!(listed.json["slots"][3]["slot"], "resumer");
+    assert_eq!(listed.json["slots"][3]["active"]["plugin"]["name"], "feed");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn breakers_can_be_forced_open_and_released_and_endpoints_drained() {
+    let Admin {
+        server,
+        proxy,
+        _feed: _upstream,
+        ..
+    } = admin_with(Some("t"), 1024).await;
+    let addr = server.addr();
+    let token = Some("t");
+    for (method, path) in [
+        ("GET", "/api/v1/endpoints"),
+        ("GET", "/api/v1/breakers"),
+        ("POST", "/api/v1/breakers/endpoint/feed-0/force-open"),
+        ("POST", "/api/v1/endpoints/feed-0/drain"),
+    ] {
+        let answer = request(addr, method, path, None, Vec::new()).await;
+        assert_eq!(answer.status, 401, "{method} {path}");
+    }
+    let endpoints = request(addr, "GET", "/api/v1/endpoints", token, Vec::new()).await;
+    assert_eq!(endpoints.status, 200);
+    assert_eq!(endpoints.json["endpoints"][0]["id"], "feed-0");
+    assert_eq!(
+        endpoints.json["endpoints"][0]["health"]["health"],
+        "healthy"
+    );
+    assert_eq!(endpoints.json["endpoints"][0]["breaker"]["state"], "closed");
+
+    let mut c = sluice_tests::client(proxy.addr()).await;
+    let echo = || sluice_tests::as_monitor(sluice_tests::pb::EchoRequest::default(), "m");
+    c.echo(echo()).await.expect("echo before");
+
+    let forced = request(
+        addr,
+        "POST",
+        "/api/v1/breakers/endpoint/feed-0/force-open",
+        token,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(forced.status, 200, "{:?}", forced.json);
+    assert_eq!(forced.json["breaker"]["state"], "forced-open");
+    let refused = c.echo(echo()).await.expect_err("endpoint forced open");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(
+        refused
+            .message()
+            .contains("feed-0: endpoint circuit breaker is forced-open"),
+        "{refused:?}"
+    );
+    let released = request(
+        addr,
+        "POST",
+        "/api/v1/breakers/endpoint/feed-0/release",
+        token,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(released.json["breaker"]["state"], "closed");
+    c.echo(echo()).await.expect("echo after release");
+    let events = request(
+        addr,
+        "GET",
+        "/api/v1/breakers/events?since=0",
+        token,
+        Vec::new(),
+    )
+    .await;
+    let causes: Vec<&str> = events.json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["cause"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        causes,
+        [
+            "forced open by an operator",
+            "override released by an operator"
+        ]
+    );
+
+    // The monitor's breaker exists once it called; unknown names and scopes are 404.
+    let monitor = request(
+        addr,
+        "POST",
+        "/api/v1/breakers/monitor/m/disable",
+        token,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(monitor.json["breaker"]["state"], "disabled");
+    for path in [
+        "/api/v1/breakers/monitor/nobody/disable",
+        "/api/v1/breakers/galaxy/feed-0/disable",
+        "/api/v1/breakers/endpoint/feed-0/explode",
+        "/api/v1/endpoints/nowhere/drain",
+    ] {
+        let answer = request(addr, "POST", path, token, Vec::new()).await;
+        assert_eq!(answer.status, 404, "{path}: {:?}", answer.json);
+        assert!(answer.json["error"].is_string());
+    }
+    let bad_since = request(
+        addr,
+        "GET",
+        "/api/v1/breakers/events?since=x",
+        token,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(bad_since.status, 400);
+
+    let drained = request(
+        addr,
+        "POST",
+        "/api/v1/endpoints/feed-0/drain",
+        token,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(drained.status, 200);
+    assert_eq!(drained.json["draining_connections"], 1);
+    // A drained connection takes no new streams: the next call opens a new one.
+    c.echo(echo()).await.expect("echo after drain");
+    assert_eq!(proxy.snapshot().stats.connections_opened_total, 2);
     server.shutdown().await;
 }

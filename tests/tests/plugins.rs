@@ -245,14 +245,8 @@ async fn broken_plugins_are_refused_with_the_reason_and_the_previous_one_stays()
     load_plugin(&policies, built.join("test-pick-first.wasm"), None, false)
         .await
         .expect("a good plugin loads");
-    let expect_refused = |result: Result<sluice_policy::Loaded, PolicyError>, needles: &[&str]| {
-        let error = result.expect_err("refused").to_string();
-        for needle in needles {
-            assert!(
-                error.contains(needle),
-                "{error:?} should mention {needle:?}"
-            );
-        }
+    let expect_refused = |result, needles: &[&str]| {
+        refusal(result, needles);
     };
     let garbage = policies.load(
         b"\0asm\x0d\0\x01\0garbage",
@@ -511,4 +505,398 @@ async fn a_wasi_plugin_may_print_on_the_data_path_but_never_block() {
         .to_string();
     assert!(error.contains("policies may not block"), "{error}");
     proxy.shutdown().await;
+}
+
+/// Policies whose resumer slot has a generous deadline (see [`several_candidates`] for why) and
+/// a breaker that trips after `failure_threshold` failures.
+async fn resumer_policies(failure_threshold: u32) -> Arc<Policies> {
+    let mut config = plugins_config();
+    config.resumer.deadline = Some(Duration::from_secs(1));
+    config.resumer.failure_threshold = Some(failure_threshold);
+    tokio::task::spawn_blocking(move || Policies::new(&config))
+        .await
+        .expect("load task")
+        .expect("policies start")
+}
+
+/// Asks `policies`' resumer about one broken stream of `method`.
+fn resume(
+    policies: &Policies,
+    method: &str,
+    requests: &[bytes::Bytes],
+    last_response: Option<&bytes::Bytes>,
+) -> sluice_proxy::resume::ResumeAnswer {
+    let monitor = sluice_proxy::route::MonitorProfile {
+        id: Arc::from("tx-indexer"),
+        class: TrafficClass::Realtime,
+        critical: false,
+    };
+    let request = sluice_proxy::resume::ResumeRequest {
+        monitor: &monitor,
+        method,
+        requests,
+        last_response,
+        responses_delivered: 42,
+        attempt: 1,
+    };
+    policies.resumer().resume(&request)
+}
+
+fn encoded(message: &impl prost::Message) -> bytes::Bytes {
+    bytes::Bytes::from(message.encode_to_vec())
+}
+
+/// The one message of a `Replay` answer.
+fn replayed(answer: sluice_proxy::resume::ResumeAnswer) -> bytes::Bytes {
+    match answer {
+        sluice_proxy::resume::ResumeAnswer::Replay(mut messages) if messages.len() == 1 => {
+            messages.remove(0)
+        }
+        other => panic!("expected one message to replay, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_resumer_continues_a_subscription_after_the_last_event() {
+    use prost::Message as _;
+    use sluice_proxy::resume::ResumeAnswer;
+
+    let Some(built) = built_plugins() else { return };
+    let policies = resumer_policies(3).await;
+    let request = pb::SubscribeRequest {
+        from_seq: 0,
+        rate: 100.0,
+        payload_bytes: 16,
+        count: 0,
+        topic: "t".to_owned(),
+    };
+    let request_bytes = encoded(&request);
+    let event = encoded(&pb::Event {
+        seq: 41,
+        sent_at_ns: 1_700_000_000_000_000_000,
+        payload: bytes::Bytes::from(vec![7; 16]),
+        topic: "t".to_owned(),
+    });
+
+    // No plugin: the built-in replays the request unchanged.
+    assert_eq!(
+        resume(
+            &policies,
+            SUBSCRIBE,
+            std::slice::from_ref(&request_bytes),
+            Some(&event)
+        ),
+        ResumeAnswer::Unchanged
+    );
+    let slot = policies.slot(SlotKind::Resumer);
+    assert_eq!(slot.fallbacks.load(Relaxed), 1);
+
+    let loaded = load_plugin(
+        &policies,
+        built.join("feed-resumer.wasm"),
+        Some(SlotKind::Resumer),
+        false,
+    )
+    .await
+    .expect("feed-resumer loads into the resumer slot");
+    assert_eq!(loaded.slot, SlotKind::Resumer);
+    assert_eq!(loaded.info.world, SlotKind::Resumer);
+    assert_eq!(loaded.self_tested, 3);
+    assert!(!loaded.info.uses_wasi);
+
+    // After event 41 the subscription continues at 42; every other field is as it was.
+    let rewritten = replayed(resume(
+        &policies,
+        SUBSCRIBE,
+        std::slice::from_ref(&request_bytes),
+        Some(&event),
+    ));
+    let resumed = pb::SubscribeRequest::decode(rewritten.clone()).expect("a SubscribeRequest");
+    assert_eq!(
+        resumed,
+        pb::SubscribeRequest {
+            from_seq: 42,
+            ..request.clone()
+        }
+    );
+    // Byte for byte: the new from_seq first (the original 0 was not encoded), then the rest.
+    let mut expected = vec![0x08, 42];
+    expected.extend_from_slice(&request_bytes);
+    assert_eq!(rewritten.as_ref(), expected.as_slice());
+
+    // A from_seq already set is replaced; unknown fields pass through untouched.
+    let mut with_unknown = pb::SubscribeRequest {
+        from_seq: 7,
+        count: 5,
+        ..request.clone()
+    }
+    .encode_to_vec();
+    with_unknown.extend_from_slice(&[0x7a, 2, b'h', b'i']); // field 15, "hi"
+    assert_eq!(
+        &with_unknown[..2],
+        &[0x08, 7],
+        "prost writes from_seq first"
+    );
+    let rewritten = replayed(resume(
+        &policies,
+        SUBSCRIBE,
+        &[bytes::Bytes::from(with_unknown.clone())],
+        Some(&event),
+    ));
+    assert_eq!(&rewritten[..2], &[0x08, 42]);
+    assert_eq!(&rewritten[2..], &with_unknown[2..]);
+
+    // Broken before the first event: nothing to skip, the request is replayed as it was.
+    let unchanged = replayed(resume(
+        &policies,
+        SUBSCRIBE,
+        std::slice::from_ref(&request_bytes),
+        None,
+    ));
+    assert_eq!(unchanged, request_bytes);
+
+    // Another method: handed back as it is.
+    let other = [bytes::Bytes::from_static(b"\x0a\x02hi")];
+    let answer = resume(&policies, "/sluice.feed.v1.Feed/Echo", &other, Some(&event));
+    assert_eq!(answer, ResumeAnswer::Replay(other.to_vec()));
+
+    // Garbage in the request or the last response: a plugin error, counted as a failure.
+    let plugin = slot.active().expect("loaded");
+    let garbage = bytes::Bytes::from_static(b"not a protobuf message");
+    for (requests, last, needle) in [
+        (
+            [garbage.clone()],
+            Some(&event),
+            "the request is not a sluice.feed.v1.SubscribeRequest",
+        ),
+        (
+            [request_bytes.clone()],
+            Some(&garbage),
+            "the last response is not a sluice.feed.v1.Event",
+        ),
+    ] {
+        match resume(&policies, SUBSCRIBE, &requests, last) {
+            ResumeAnswer::Failed(reason) => {
+                assert!(
+                    reason.contains("feed-resumer@v1")
+                        && reason.contains("error")
+                        && reason.contains(needle),
+                    "{reason}"
+                );
+            }
+            other => panic!("garbage should fail the call, got {other:?}"),
+        }
+    }
+    assert_eq!(plugin.stats.failures.load(Relaxed), 2);
+    assert_eq!(plugin.stats.invalid.load(Relaxed), 2);
+    assert_eq!(slot.failed_calls.load(Relaxed), 2);
+    assert_eq!(plugin.stats.calls.load(Relaxed), 6);
+
+    // A success resets the breaker's count; three failures in a row then disable the plugin,
+    // and the built-in answers.
+    replayed(resume(
+        &policies,
+        SUBSCRIBE,
+        std::slice::from_ref(&request_bytes),
+        Some(&event),
+    ));
+    for _ in 0..3 {
+        let answer = resume(
+            &policies,
+            SUBSCRIBE,
+            std::slice::from_ref(&garbage),
+            Some(&event),
+        );
+        assert!(matches!(answer, ResumeAnswer::Failed(_)), "{answer:?}");
+    }
+    assert!(plugin.is_disabled());
+    assert_eq!(
+        resume(
+            &policies,
+            SUBSCRIBE,
+            std::slice::from_ref(&request_bytes),
+            Some(&event)
+        ),
+        ResumeAnswer::Unchanged
+    );
+    let disabled = policies
+        .events()
+        .since(0)
+        .into_iter()
+        .filter(|e| e.slot == SlotKind::Resumer && e.kind == EventKind::Disabled)
+        .count();
+    assert_eq!(disabled, 1, "the breaker's trip is a visible event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resumer_slot_takes_only_resumers() {
+    let Some(built) = built_plugins() else { return };
+    let policies = resumer_policies(5).await;
+    let refused = |result, needles: &[&str]| {
+        let error = refusal(result, needles);
+        assert!(matches!(error, PolicyError::WrongWorld(_)), "{error:?}");
+    };
+    let router = load_plugin(
+        &policies,
+        built.join("router.wasm"),
+        Some(SlotKind::Resumer),
+        false,
+    )
+    .await;
+    refused(
+        router,
+        &["targets the router world (exports `route`), not resumer"],
+    );
+    let nothing = load_plugin(
+        &policies,
+        built.join("test-no-export.wasm"),
+        Some(SlotKind::Resumer),
+        false,
+    )
+    .await;
+    refused(
+        nothing,
+        &[
+            "missing export `resume` required by the resumer world",
+            "resume: func(request: resume-request) -> result<list<list<u8>>, string>",
+        ],
+    );
+    let resumer_as_router = load_plugin(
+        &policies,
+        built.join("feed-resumer.wasm"),
+        Some(SlotKind::Router),
+        false,
+    )
+    .await;
+    refused(
+        resumer_as_router,
+        &["targets the resumer world (exports `resume`), not router"],
+    );
+    assert!(policies.slot(SlotKind::Resumer).active().is_none());
+    assert!(policies.slot(SlotKind::Router).active().is_none());
+    let refusals: Vec<SlotKind> = policies
+        .events()
+        .since(0)
+        .into_iter()
+        .filter(|e| e.kind == EventKind::LoadFailed)
+        .map(|e| e.slot)
+        .collect();
+    assert_eq!(
+        refusals,
+        [SlotKind::Resumer, SlotKind::Resumer, SlotKind::Router]
+    );
+
+    // Without a slot named (the watched folder, `sluice plugin check`), the world picks it.
+    let loaded = load_plugin(&policies, built.join("feed-resumer.wasm"), None, false)
+        .await
+        .expect("loads by its world");
+    assert_eq!(loaded.slot, SlotKind::Resumer);
+    let bytes = std::fs::read(built.join("feed-resumer.wasm")).unwrap();
+    let checker = Arc::clone(&policies);
+    let (info, samples) = tokio::task::spawn_blocking(move || checker.check(&bytes, "feed"))
+        .await
+        .unwrap()
+        .expect("the feed resumer passes the check");
+    assert_eq!(info.world, SlotKind::Resumer);
+    assert_eq!(info.exports, ["resume"]);
+    assert_eq!(samples, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_resumer_is_compared_with_what_was_sent() {
+    let Some(built) = built_plugins() else { return };
+    let policies = resumer_policies(5).await;
+    let file = built.join("feed-resumer.wasm");
+    load_plugin(&policies, file.clone(), Some(SlotKind::Resumer), true)
+        .await
+        .expect("shadow loads");
+    let request = encoded(&subscribe("t", 100.0, 16, 0));
+    let event = encoded(&pb::Event {
+        seq: 9,
+        ..Default::default()
+    });
+    // No active plugin: the requests go unchanged, and the shadow (which rewrites) disagrees.
+    assert_eq!(
+        resume(
+            &policies,
+            SUBSCRIBE,
+            std::slice::from_ref(&request),
+            Some(&event)
+        ),
+        sluice_proxy::resume::ResumeAnswer::Unchanged
+    );
+    let shadow = policies.slot(SlotKind::Resumer).shadow().expect("shadow");
+    assert!(
+        eventually(Duration::from_secs(10), || shadow
+            .stats
+            .shadow_compared
+            .load(Relaxed)
+            == 1)
+        .await,
+        "the shadow saw the resume"
+    );
+    assert_eq!(shadow.stats.shadow_agreed.load(Relaxed), 0);
+
+    // The same plugin active: the shadow agrees.
+    load_plugin(&policies, file, Some(SlotKind::Resumer), false)
+        .await
+        .expect("active loads");
+    replayed(resume(
+        &policies,
+        SUBSCRIBE,
+        std::slice::from_ref(&request),
+        Some(&event),
+    ));
+    assert!(
+        eventually(Duration::from_secs(10), || shadow
+            .stats
+            .shadow_compared
+            .load(Relaxed)
+            == 2)
+        .await,
+        "the shadow saw the second resume"
+    );
+    assert_eq!(shadow.stats.shadow_agreed.load(Relaxed), 1);
+    assert_eq!(sluice_policy::slot::agreement(&shadow), "50.0% of 2");
+}
+
+#[test]
+fn the_resume_self_test_samples_are_real_feed_messages() {
+    use prost::Message as _;
+
+    let samples = sluice_policy::selftest::sample_resume_requests();
+    let first = &samples[0];
+    assert_eq!(first.method, SUBSCRIBE);
+    assert_eq!(first.requests[0].len(), 16);
+    let request = pb::SubscribeRequest::decode(first.requests[0].as_slice()).unwrap();
+    assert_eq!(
+        request,
+        pb::SubscribeRequest {
+            from_seq: 7,
+            rate: 100.0,
+            payload_bytes: 16,
+            count: 0,
+            topic: "t".to_owned(),
+        }
+    );
+    let event = pb::Event::decode(first.last_response.as_deref().unwrap()).unwrap();
+    assert_eq!(event.seq, 41);
+    assert_eq!(event.topic, "t");
+    assert!(samples[1].last_response.is_none());
+    for sample in &samples {
+        sluice_policy::types::check_resume(&sample.requests, sample).expect("valid as they are");
+    }
+}
+
+/// Asserts that a load was refused with a message mentioning every needle; returns the error.
+fn refusal(result: Result<sluice_policy::Loaded, PolicyError>, needles: &[&str]) -> PolicyError {
+    let error = result.expect_err("refused");
+    let message = error.to_string();
+    for needle in needles {
+        assert!(
+            message.contains(needle),
+            "{message:?} should mention {needle:?}"
+        );
+    }
+    error
 }

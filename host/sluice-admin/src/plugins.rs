@@ -17,7 +17,8 @@ use crate::{AdminState, ApiError};
 fn slot_kind(name: &str) -> Result<SlotKind, ApiError> {
     SlotKind::parse(name).ok_or_else(|| {
         ApiError::not_found(format!(
-            "unknown slot {name:?}; slots are router, scaler and anomaly"
+            "unknown slot {name:?}; slots are {}",
+            SlotKind::names()
         ))
     })
 }
@@ -86,6 +87,7 @@ fn slot_json(slot: &Slot) -> Value {
         SlotKind::Router => "p2c-peak-ewma",
         SlotKind::Scaler => "thresholds",
         SlotKind::Anomaly => "z-score",
+        SlotKind::Resumer => "replay-unchanged",
     };
     json!({
         "slot": slot.kind().as_str(),
@@ -200,11 +202,12 @@ pub async fn act(
     ))
 }
 
+/// Query of the event routes: `?since=N` gives the events with a larger sequence number.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     #[serde(default)]
-    since: u64,
+    pub(crate) since: u64,
 }
 
 /// `GET /api/v1/plugins/events?since=N`.

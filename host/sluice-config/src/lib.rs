@@ -384,6 +384,21 @@ fn default_region() -> String {
 }
 
 impl EndpointConfig {
+    /// An endpoint with every optional field at its default.
+    pub fn new(id: impl Into<String>, url: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            url: url.into(),
+            region: default_region(),
+            priority: 0,
+            tls: false,
+            ca_file: None,
+            tls_server_name: None,
+            metadata: BTreeMap::new(),
+            rate_limit: None,
+        }
+    }
+
     /// Whether connections to this endpoint use TLS.
     pub fn uses_tls(&self) -> bool {
         self.tls || self.url.starts_with("https://")
@@ -493,7 +508,38 @@ fn default_replay_buffer() -> usize {
     1024 * 1024
 }
 
+impl MonitorConfig {
+    /// A monitor with every optional field at its default.
+    pub fn new(id: impl Into<String>, class: TrafficClass) -> Self {
+        Self {
+            id: id.into(),
+            class,
+            critical: false,
+            token: None,
+            prefer_region: None,
+            max_latency: None,
+        }
+    }
+}
+
 impl MethodConfig {
+    /// Options for `path` with every field at its default.
+    pub fn new(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            share: false,
+            share_key_metadata: Vec::new(),
+            share_buffer_messages: default_share_buffer(),
+            max_message_bytes: None,
+            resume: ResumeMode::None,
+            resume_attempts: default_resume_attempts(),
+            resume_timeout: default_resume_timeout(),
+            resume_on_unavailable: true,
+            dedup_window: 0,
+            replay_buffer_bytes: default_replay_buffer(),
+        }
+    }
+
     /// Whether this entry applies to `path`.
     pub fn matches(&self, path: &str) -> bool {
         match self.path.strip_suffix("/*") {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The three policy slots.
+/// The four policy slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SlotKind {
@@ -19,11 +19,18 @@ pub enum SlotKind {
     Scaler,
     /// Finds anomalies in metric windows (`anomaly` world).
     Anomaly,
+    /// Rewrites the requests of a broken stream before they are replayed (`resumer` world).
+    Resumer,
 }
 
 impl SlotKind {
     /// Every slot, in a fixed order.
-    pub const ALL: [SlotKind; 3] = [SlotKind::Router, SlotKind::Scaler, SlotKind::Anomaly];
+    pub const ALL: [SlotKind; 4] = [
+        SlotKind::Router,
+        SlotKind::Scaler,
+        SlotKind::Anomaly,
+        SlotKind::Resumer,
+    ];
 
     /// The slot's (and its WIT world's) name.
     pub fn as_str(self) -> &'static str {
@@ -31,10 +38,16 @@ impl SlotKind {
             SlotKind::Router => "router",
             SlotKind::Scaler => "scaler",
             SlotKind::Anomaly => "anomaly",
+            SlotKind::Resumer => "resumer",
         }
     }
 
-    /// Parses `router`, `scaler` or `anomaly`.
+    /// The slot names, comma separated, for messages: `router, scaler, anomaly, resumer`.
+    pub fn names() -> String {
+        Self::ALL.map(Self::as_str).join(", ")
+    }
+
+    /// Parses `router`, `scaler`, `anomaly` or `resumer`.
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
@@ -68,6 +81,8 @@ pub struct PluginsConfig {
     pub scaler: SlotConfig,
     /// The anomaly slot (default deadline 50 ms).
     pub anomaly: SlotConfig,
+    /// The resumer slot (default deadline 5 ms).
+    pub resumer: SlotConfig,
 }
 
 fn yes() -> bool {
@@ -81,6 +96,7 @@ impl PluginsConfig {
             SlotKind::Router => &self.router,
             SlotKind::Scaler => &self.scaler,
             SlotKind::Anomaly => &self.anomaly,
+            SlotKind::Resumer => &self.resumer,
         }
     }
 }
@@ -95,7 +111,7 @@ pub struct SlotConfig {
     /// A shadow plugin: fed the same inputs off the data path and compared with the active one.
     pub shadow: Option<PathBuf>,
     /// Per-call deadline, enforced by epoch interruption (rounded up to the 0.5 ms tick).
-    /// Default 1 ms for the router, 50 ms for the scaler and anomaly slots.
+    /// Default 1 ms for the router, 5 ms for the resumer, 50 ms for the scaler and anomaly slots.
     #[serde(with = "humantime_serde")]
     pub deadline: Option<Duration>,
     /// Linear memory a plugin instance may grow to, in bytes. Default 64 MiB (interpreters for
@@ -118,6 +134,7 @@ impl SlotConfig {
     pub fn default_deadline(slot: SlotKind) -> Duration {
         match slot {
             SlotKind::Router => Duration::from_millis(1),
+            SlotKind::Resumer => Duration::from_millis(5),
             SlotKind::Scaler | SlotKind::Anomaly => Duration::from_millis(50),
         }
     }

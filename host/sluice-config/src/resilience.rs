@@ -297,8 +297,7 @@ impl super::Config {
                 "must be greater than 0 while keepalive is on",
             ));
         }
-        if pool.reconnect_backoff.is_zero() || pool.reconnect_backoff > pool.reconnect_backoff_max
-        {
+        if pool.reconnect_backoff.is_zero() || pool.reconnect_backoff > pool.reconnect_backoff_max {
             return Err(invalid(
                 "pool.reconnect_backoff",
                 "must be greater than 0 and at most pool.reconnect_backoff_max",

@@ -196,3 +196,59 @@ fn endpoint_authority_and_host() {
     assert_eq!(config.endpoints[0].authority(), "127.0.0.1:7000");
     assert_eq!(config.endpoints[0].host(), "127.0.0.1");
 }
+
+#[test]
+fn the_resumer_slot_has_its_own_table_and_defaults() {
+    assert_eq!(SlotKind::parse("resumer"), Some(SlotKind::Resumer));
+    assert_eq!(SlotKind::Resumer.to_string(), "resumer");
+    assert!(SlotKind::ALL.contains(&SlotKind::Resumer));
+    assert_eq!(SlotKind::names(), "router, scaler, anomaly, resumer");
+    assert_eq!(SlotKind::parse("resume"), None);
+
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.plugins.resumer, SlotConfig::default());
+    assert_eq!(
+        config.plugins.resumer.deadline_for(SlotKind::Resumer),
+        Duration::from_millis(5)
+    );
+
+    let config = parse(&format!(
+        "{MINIMAL}\n[plugins.resumer]\ndeadline = \"2ms\"\nfailure_threshold = 3\n\
+         config = {{ field = \"from_seq\" }}\n"
+    ))
+    .unwrap();
+    let table = config.plugins.slot(SlotKind::Resumer);
+    assert_eq!(
+        table.deadline_for(SlotKind::Resumer),
+        Duration::from_millis(2)
+    );
+    assert_eq!(table.failures_to_disable(), 3);
+    assert_eq!(table.config["field"], "from_seq");
+    // The other slots keep their defaults.
+    assert_eq!(config.plugins.router, SlotConfig::default());
+}
+
+#[test]
+fn bad_resumer_settings_name_their_key() {
+    let err = error_of(&format!(
+        "{MINIMAL}\n[plugins.resumer]\ndeadline = \"20s\"\n"
+    ));
+    assert!(err.contains("plugins.resumer.deadline"), "{err}");
+    let err = error_of(&format!(
+        "{MINIMAL}\n[plugins.resumer]\nfailure_threshold = 0\n"
+    ));
+    assert!(err.contains("plugins.resumer.failure_threshold"), "{err}");
+    let err = error_of(&format!(
+        "{MINIMAL}\n[plugins.resumer]\ndedline = \"1ms\"\n"
+    ));
+    assert!(err.contains("dedline"), "{err}");
+    let err = error_of(&format!(
+        "{MINIMAL}\n[plugins.resumer]\nfile = \"/nonexistent/feed-resumer.wasm\"\n"
+    ));
+    assert!(
+        err.contains("plugins.resumer.file") && err.contains("does not exist"),
+        "{err}"
+    );
+    let err = error_of(&format!("{MINIMAL}\n[plugins.resumers]\n"));
+    assert!(err.contains("resumers"), "{err}");
+}

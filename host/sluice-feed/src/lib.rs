@@ -9,6 +9,9 @@
 //! - a server runner ([`spawn`]) that counts connections and calls ([`FeedStats`]) and that can be
 //!   stopped gracefully ([`FeedHandle::shutdown`]) or abruptly ([`FeedHandle::abort`], or dropping
 //!   the handle), which is how tests make an upstream "die";
+//! - the standard gRPC health service (`grpc.health.v1.Health`, see [Health checks](#health-checks));
+//! - an HTTP/2 GOAWAY on demand that leaves open streams running ([`FeedHandle::goaway`]), which is
+//!   how tests make an upstream drain its connections while streams flow;
 //! - two binaries: `sluice-feed` (the server) and `sluice-load` (the load generator used by the
 //!   benchmarks).
 //!
@@ -25,6 +28,18 @@
 //! tonic has no API for a handler to add trailers to a successful response, so both echoes are
 //! done by a thin service wrapper around the generated server that edits the HTTP response and
 //! its final trailers frame. Only calls that ask for a trailer echo pay for the body wrapper.
+//!
+//! # Health checks
+//!
+//! Every server also serves the standard [gRPC health checking protocol][health]
+//! (`grpc.health.v1.Health`, `Check` and `Watch`, from the `tonic-health` crate). Two service
+//! names are known: `""` (the server as a whole) and [`FEED_SERVICE`] (`sluice.feed.v1.Feed`).
+//! Both report `SERVING` from the start; [`FeedHandle::set_serving`] flips both to `NOT_SERVING`
+//! and back, while the server keeps accepting connections and answering Feed calls, so a test can
+//! make an endpoint fail its health checks without making it unreachable. Any other service name
+//! gets `NOT_FOUND`. Health responses do not carry the metadata echo described above.
+//!
+//! [health]: https://github.com/grpc/grpc/blob/master/doc/health-checking.md
 
 #![warn(missing_docs)]
 
@@ -45,6 +60,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 pub use stats::{FeedStats, FeedStatsSnapshot};
 
@@ -54,6 +71,9 @@ pub use stats::{FeedStats, FeedStatsSnapshot};
 pub mod pb {
     tonic::include_proto!("sluice.feed.v1");
 }
+
+/// The gRPC service name of the feed (`sluice.feed.v1.Feed`), as used by the health service.
+pub const FEED_SERVICE: &str = pb::feed_server::SERVICE_NAME;
 
 /// Names of the request and response metadata keys the feed understands or produces.
 pub mod headers {
@@ -215,6 +235,7 @@ pub struct FeedHandle {
     drain: watch::Sender<bool>,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     sockets: Arc<incoming::Sockets>,
+    health: HealthReporter,
 }
 
 impl FeedHandle {
@@ -227,6 +248,10 @@ impl FeedHandle {
     /// Stops gracefully: closes the listener, ends every Subscribe stream with UNAVAILABLE
     /// "server shutting down" (so clients can resume elsewhere), sends GOAWAY and waits up to
     /// `grace` for the remaining calls (Chat, Collect) before closing the connections.
+    ///
+    /// The Subscribe streams are ended at the same moment the GOAWAY is sent (in no fixed order),
+    /// so a client never sees a GOAWAY while its Subscribe stream still flows; use
+    /// [`FeedHandle::goaway`] for that.
     pub async fn shutdown_with_grace(mut self, grace: Duration) -> Result<(), FeedError> {
         // Closing the listen socket first makes new clients fail fast instead of completing a
         // TCP handshake with a server that will never answer.
@@ -251,6 +276,45 @@ impl FeedHandle {
         };
         self.sockets.kill_all();
         result
+    }
+
+    /// Starts a graceful HTTP/2 drain without ending any call: closes the listener (new
+    /// connections are refused) and has every open connection send GOAWAY, while the calls
+    /// already open on them, Subscribe streams included, keep running to their natural end.
+    ///
+    /// Each connection sends a GOAWAY (NO_ERROR) whose last stream id is 2^31-1, followed by a
+    /// PING; once the client answers the PING it sends a second GOAWAY naming the last stream it
+    /// accepted. Clients may open no new streams on the connection after the first one. A
+    /// connection closes once its last stream ends; endless Subscribe streams keep it (and
+    /// [`FeedHandle::is_finished`] false) until the client cancels them or the server is stopped
+    /// with [`FeedHandle::shutdown_with_grace`] (which then ends them with UNAVAILABLE),
+    /// [`FeedHandle::abort`] or by dropping the handle. Calling it again does nothing.
+    ///
+    /// The listener is closed before this returns; the GOAWAY frames are sent by the server's
+    /// connection tasks moments later (a client that needs to know waits for them, e.g. until a
+    /// new call on its connection is refused).
+    ///
+    /// This is what tonic's graceful shutdown does (hyper's and h2's `graceful_shutdown` per
+    /// connection), without the Subscribe drain that [`FeedHandle::shutdown_with_grace`] adds.
+    pub fn goaway(&mut self) {
+        self.sockets.close_listener();
+        if let Some(stop) = self.stop_accepting.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Sets the health status reported for both `""` (the whole server) and [`FEED_SERVICE`]:
+    /// `SERVING` when `serving`, else `NOT_SERVING`. Only the health service is affected: the
+    /// server keeps accepting connections and serving Feed calls. `Watch` streams are notified.
+    pub async fn set_serving(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in ["", FEED_SERVICE] {
+            self.health.set_service_status(service, status).await;
+        }
     }
 
     /// Stops at once: closes the listener and every connection (clients see the connection
@@ -308,7 +372,14 @@ pub async fn spawn(
     let grpc = pb::feed_server::FeedServer::new(feed)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let router = builder.add_service(metadata_echo::MetadataEcho::new(grpc, &name)?);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // `""` (the whole server) starts as SERVING already.
+    health
+        .set_service_status(FEED_SERVICE, ServingStatus::Serving)
+        .await;
+    let router = builder
+        .add_service(metadata_echo::MetadataEcho::new(grpc, &name)?)
+        .add_service(health_service);
 
     let listener = Arc::new(listener);
     let sockets = Arc::new(incoming::Sockets::new(listener.clone()));
@@ -336,5 +407,6 @@ pub async fn spawn(
         drain: drain_tx,
         task: Some(task),
         sockets,
+        health,
     })
 }

@@ -3,13 +3,19 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::pb::feed_client::FeedClient;
-use crate::pb::{ChatMessage, EchoRequest, SubscribeRequest};
-use crate::{FeedConfig, FeedHandle, FeedStatsSnapshot, MAX_MESSAGE_SIZE, TlsIdentity, spawn};
+use crate::pb::{ChatMessage, EchoRequest, Event, SubscribeRequest};
+use crate::{
+    FEED_SERVICE, FeedConfig, FeedHandle, FeedStatsSnapshot, MAX_MESSAGE_SIZE, TlsIdentity, spawn,
+};
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -522,4 +528,206 @@ async fn rejects_bad_config() {
         spawn(loopback(), config, None).await,
         Err(crate::FeedError::InvalidConfig(_))
     ));
+}
+
+/// Bounds a wait in a test.
+async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(5), future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+async fn health_status(health: &mut HealthClient<Channel>, service: &str) -> ServingStatus {
+    let reply = health
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    reply.status()
+}
+
+#[tokio::test]
+async fn health_reports_serving_and_follows_set_serving() {
+    let feed = start(FeedConfig::default()).await;
+    let channel = Endpoint::from_shared(format!("http://{}", feed.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let mut feed_client = FeedClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: FEED_SERVICE.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next_watched = async move || {
+        within("health watch", watch.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(next_watched().await, ServingStatus::Serving);
+    for service in ["", FEED_SERVICE] {
+        assert_eq!(
+            health_status(&mut health, service).await,
+            ServingStatus::Serving
+        );
+    }
+
+    feed.set_serving(false).await;
+    for service in ["", FEED_SERVICE] {
+        assert_eq!(
+            health_status(&mut health, service).await,
+            ServingStatus::NotServing
+        );
+    }
+    assert_eq!(next_watched().await, ServingStatus::NotServing);
+    // Only the health service changes: the feed itself still answers.
+    feed_client.echo(EchoRequest::default()).await.unwrap();
+
+    feed.set_serving(true).await;
+    for service in ["", FEED_SERVICE] {
+        assert_eq!(
+            health_status(&mut health, service).await,
+            ServingStatus::Serving
+        );
+    }
+    assert_eq!(next_watched().await, ServingStatus::Serving);
+
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+/// One gRPC message frame: uncompressed flag, big-endian length, the encoded message.
+fn grpc_frame(message: &impl Message) -> Bytes {
+    let encoded = message.encode_to_vec();
+    let mut frame = BytesMut::with_capacity(5 + encoded.len());
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(encoded.len()).unwrap());
+    frame.put_slice(&encoded);
+    frame.freeze()
+}
+
+/// Reads gRPC messages off a raw HTTP/2 response body.
+struct GrpcReader {
+    body: h2::RecvStream,
+    buffer: BytesMut,
+}
+
+impl GrpcReader {
+    /// The next [`Event`], waiting for DATA frames as needed (each bounded).
+    async fn next_event(&mut self) -> Event {
+        loop {
+            if self.buffer.len() >= 5 {
+                let len = u32::from_be_bytes(self.buffer[1..5].try_into().unwrap()) as usize;
+                if self.buffer.len() >= 5 + len {
+                    let frame = self.buffer.split_to(5 + len);
+                    return Event::decode(&frame[5..]).unwrap();
+                }
+            }
+            let chunk = within("data frame", self.body.data())
+                .await
+                .expect("stream ended")
+                .unwrap();
+            self.body
+                .flow_control()
+                .release_capacity(chunk.len())
+                .unwrap();
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
+}
+
+#[tokio::test]
+async fn goaway_keeps_open_streams_running_and_refuses_new_ones() {
+    let mut feed = start(FeedConfig::default()).await;
+    let addr = feed.addr;
+    // A raw HTTP/2 client, to see the GOAWAY itself (tonic's channel hides it).
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = within("handshake", h2::client::handshake(tcp))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut send = within("ready", send.ready()).await.unwrap();
+    let request = http::Request::post(format!("http://{addr}/sluice.feed.v1.Feed/Subscribe"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut request_body) = send.send_request(request, false).unwrap();
+    request_body
+        .send_data(grpc_frame(&subscribe(0, 0, 200.0, 0)), true)
+        .unwrap();
+    let response = within("response headers", response).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let mut events = GrpcReader {
+        body: response.into_body(),
+        buffer: BytesMut::new(),
+    };
+    let mut last_seq = events.next_event().await.seq;
+
+    feed.goaway();
+
+    // The server's GOAWAY arrives: the connection takes no new streams.
+    let refused = within("GOAWAY", async {
+        loop {
+            match send.clone().ready().await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(e) => return e,
+            }
+        }
+    })
+    .await;
+    assert!(
+        refused.is_go_away() && refused.is_remote(),
+        "unexpected error: {refused:?}"
+    );
+    assert_eq!(refused.reason(), Some(h2::Reason::NO_ERROR));
+
+    // The open Subscribe stream keeps flowing after it: events produced after the GOAWAY
+    // arrived, in order.
+    let goaway_seen_at = crate::service::now_ns();
+    let mut after_goaway = 0;
+    while after_goaway < 5 {
+        let event = events.next_event().await;
+        assert_eq!(event.seq, last_seq + 1);
+        last_seq = event.seq;
+        if event.sent_at_ns > goaway_seen_at {
+            after_goaway += 1;
+        }
+    }
+    // New connections are refused.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    assert!(!feed.is_finished());
+
+    // Once its last stream is gone the connection closes, and so does the server.
+    drop(events);
+    drop(request_body);
+    drop(send);
+    within("connection close", connection)
+        .await
+        .unwrap()
+        .unwrap();
+    within("server end", async {
+        while !feed.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    eventually(&feed, |s| {
+        s.subscribe_active == 0 && s.connections_open == 0
+    })
+    .await;
+    feed.shutdown().await.unwrap();
 }

@@ -1,5 +1,5 @@
 //! Host-side bindings for the `sluice:policy` worlds, generated from `wit/` by wasmtime's
-//! `bindgen!`. The three worlds share the `types`, `log`, `clock` and `config` interfaces: they
+//! `bindgen!`. The four worlds share the `types`, `log`, `clock` and `config` interfaces: they
 //! are generated once (with the router world) and reused by the others, so one host
 //! implementation serves every slot.
 
@@ -31,6 +31,20 @@ pub mod scaler {
 pub mod anomaly {
     wasmtime::component::bindgen!({
         world: "anomaly",
+        path: "../../wit",
+        with: {
+            "sluice:policy/types": super::router::sluice::policy::types,
+            "sluice:policy/log": super::router::sluice::policy::log,
+            "sluice:policy/clock": super::router::sluice::policy::clock,
+            "sluice:policy/config": super::router::sluice::policy::config,
+        },
+    });
+}
+
+/// The `resumer` world: `resume(resume-request) -> result<list<list<u8>>, string>`.
+pub mod resumer {
+    wasmtime::component::bindgen!({
+        world: "resumer",
         path: "../../wit",
         with: {
             "sluice:policy/types": super::router::sluice::policy::types,

@@ -1,14 +1,16 @@
-//! Sluice's policy engine: routing, scaling and anomaly decisions made by WebAssembly components
-//! (the `sluice:policy` WIT worlds in `wit/`), hot-loaded while streams flow.
+//! Sluice's policy engine: routing, scaling, anomaly and resume decisions made by WebAssembly
+//! components (the `sluice:policy` WIT worlds in `wit/`), hot-loaded while streams flow.
 //!
-//! [`Policies`] owns three [`Slot`]s (`router`, `scaler`, `anomaly`). Each has an active plugin,
-//! an optional shadow, and a built-in native policy ([`builtin`]) that answers whenever the
-//! plugin cannot: none loaded, disabled by its breaker, or failing this call (trap, deadline,
-//! memory cap, invalid answer). Plugins run on one shared wasmtime engine ([`engine`]) with a
-//! per-call epoch deadline and a per-instance memory cap; compiled code is cached on disk.
+//! [`Policies`] owns four [`Slot`]s (`router`, `scaler`, `anomaly`, `resumer`). Each has an
+//! active plugin, an optional shadow, and a built-in native policy ([`builtin`]) that answers
+//! whenever the plugin cannot: none loaded, disabled by its breaker, or failing this call (trap,
+//! deadline, memory cap, invalid answer). Plugins run on one shared wasmtime engine
+//! ([`engine`]) with a per-call epoch deadline and a per-instance memory cap; compiled code is
+//! cached on disk.
 //!
 //! This crate must not reach into the data plane: it sees plain records and answers through
-//! the [`sluice_proxy::route::Router`] trait and the `plan`/`detect` calls.
+//! the [`sluice_proxy::route::Router`] and [`sluice_proxy::resume::Resumer`] traits and the
+//! `plan`/`detect` calls.
 
 #![warn(missing_docs)]
 
@@ -25,6 +27,7 @@ pub mod engine;
 pub mod events;
 mod host;
 pub mod plugin;
+mod resumer;
 mod router;
 pub mod scorer;
 pub mod selftest;
@@ -34,6 +37,7 @@ mod watch;
 
 pub use events::{EventKind, EventLog, PolicyEvent};
 pub use plugin::{CallFailure, Plugin, PluginInfo};
+pub use resumer::PolicyResumer;
 pub use router::{PolicyRouter, RecordedDecision};
 pub use scorer::{NeutralScorer, Scorer};
 pub use slot::Slot;
@@ -90,17 +94,18 @@ pub struct Loaded {
     pub took: std::time::Duration,
 }
 
-/// The three policy slots and everything needed to load plugins into them.
+/// The four policy slots and everything needed to load plugins into them.
 pub struct Policies {
     engine: &'static wasmtime::Engine,
     linker: Linker<HostState>,
     cache: CompileCache,
     scorer: Arc<dyn Scorer>,
     dir: Option<PathBuf>,
-    slots: [Arc<Slot>; 3],
+    slots: [Arc<Slot>; SlotKind::ALL.len()],
     events: Arc<EventLog>,
     started: Instant,
     router: Arc<PolicyRouter>,
+    resumer: Arc<PolicyResumer>,
 }
 
 impl Policies {
@@ -131,7 +136,15 @@ impl Policies {
                 Arc::clone(&events),
             ))
         });
-        let router = Arc::new(PolicyRouter::new(Arc::clone(&slots[0])));
+        let slot_of = |kind: SlotKind| {
+            slots
+                .iter()
+                .find(|slot| slot.kind() == kind)
+                .map(Arc::clone)
+                .ok_or_else(|| PolicyError::Engine(format!("no {kind} slot")))
+        };
+        let router = Arc::new(PolicyRouter::new(slot_of(SlotKind::Router)?));
+        let resumer = Arc::new(PolicyResumer::new(slot_of(SlotKind::Resumer)?));
         let policies = Arc::new(Self {
             engine,
             linker,
@@ -142,6 +155,7 @@ impl Policies {
             events,
             started: Instant::now(),
             router,
+            resumer,
         });
         for kind in SlotKind::ALL {
             let table = config.slot(kind);
@@ -183,6 +197,12 @@ impl Policies {
     /// The data plane's router (router slot with its built-in fallback and shadow).
     pub fn router(&self) -> Arc<PolicyRouter> {
         Arc::clone(&self.router)
+    }
+
+    /// The data plane's resumer (resumer slot; without a usable plugin the requests of a broken
+    /// stream are replayed unchanged), for [`sluice_proxy::Proxy::bind_with_policies`].
+    pub fn resumer(&self) -> Arc<dyn sluice_proxy::resume::Resumer> {
+        Arc::clone(&self.resumer) as Arc<dyn sluice_proxy::resume::Resumer>
     }
 
     /// The watched plugins folder, if any.

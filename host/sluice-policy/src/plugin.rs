@@ -18,12 +18,14 @@ use wasmtime::component::{Component, Linker};
 
 use crate::PolicyError;
 use crate::bindings::anomaly::{Anomaly, AnomalyPre};
+use crate::bindings::resumer::{Resumer, ResumerPre};
 use crate::bindings::router::{Router, RouterPre};
 use crate::bindings::scaler::{Scaler, ScalerPre};
 use crate::engine::{Ticking, deadline_ticks};
 use crate::host::{HostState, PluginEnv};
 use crate::types::{
-    Decision, GroupMetrics, Insight, MetricWindow, RouteRequest, ScalePlan, truncate_reason,
+    Decision, GroupMetrics, Insight, MetricWindow, ResumeRequest, RouteRequest, ScalePlan,
+    truncate_reason,
 };
 
 /// Idle instances kept per plugin; more concurrent callers instantiate extra ones and drop them.
@@ -169,12 +171,14 @@ enum Bound {
     Router(RouterPre<HostState>),
     Scaler(ScalerPre<HostState>),
     Anomaly(AnomalyPre<HostState>),
+    Resumer(ResumerPre<HostState>),
 }
 
 enum Exports {
     Router(Router),
     Scaler(Scaler),
     Anomaly(Anomaly),
+    Resumer(Resumer),
 }
 
 struct Instance {
@@ -204,6 +208,9 @@ fn world_signature(world: SlotKind) -> &'static str {
         SlotKind::Anomaly => {
             "detect: func(windows: list<metric-window>) -> result<list<insight>, string>"
         }
+        SlotKind::Resumer => {
+            "resume: func(request: resume-request) -> result<list<list<u8>>, string>"
+        }
     }
 }
 
@@ -212,6 +219,7 @@ fn export_name(world: SlotKind) -> &'static str {
         SlotKind::Router => "route",
         SlotKind::Scaler => "plan",
         SlotKind::Anomaly => "detect",
+        SlotKind::Resumer => "resume",
     }
 }
 
@@ -288,8 +296,8 @@ impl Plugin {
             }
             (None, None) => {
                 return Err(PolicyError::WrongWorld(format!(
-                    "it exports none of `route` (router world), `plan` (scaler world) or \
-                     `detect` (anomaly world); it exports {}",
+                    "it exports none of `route` (router world), `plan` (scaler world), \
+                     `detect` (anomaly world) or `resume` (resumer world); it exports {}",
                     listed(&shape.exports)
                 )));
             }
@@ -316,6 +324,7 @@ impl Plugin {
             SlotKind::Router => Bound::Router(RouterPre::new(pre).map_err(mismatch)?),
             SlotKind::Scaler => Bound::Scaler(ScalerPre::new(pre).map_err(mismatch)?),
             SlotKind::Anomaly => Bound::Anomaly(AnomalyPre::new(pre).map_err(mismatch)?),
+            SlotKind::Resumer => Bound::Resumer(ResumerPre::new(pre).map_err(mismatch)?),
         };
         info.world = world;
         info.uses_wasi = shape.imports.iter().any(|name| name.starts_with("wasi:"));
@@ -373,6 +382,7 @@ impl Plugin {
             Bound::Router(pre) => pre.engine(),
             Bound::Scaler(pre) => pre.engine(),
             Bound::Anomaly(pre) => pre.engine(),
+            Bound::Resumer(pre) => pre.engine(),
         };
         let mut store = Store::new(
             engine,
@@ -385,6 +395,7 @@ impl Plugin {
             Bound::Router(pre) => pre.instantiate(&mut store).map(Exports::Router),
             Bound::Scaler(pre) => pre.instantiate(&mut store).map(Exports::Scaler),
             Bound::Anomaly(pre) => pre.instantiate(&mut store).map(Exports::Anomaly),
+            Bound::Resumer(pre) => pre.instantiate(&mut store).map(Exports::Resumer),
         }));
         match started {
             Ok(Ok(exports)) => Ok(Instance { store, exports }),
@@ -498,6 +509,23 @@ impl Plugin {
         let answer = self.run(deadline, |store, exports| match exports {
             Exports::Anomaly(anomaly) => anomaly.call_detect(store, windows),
             _ => Err(wasmtime::Error::msg("not an anomaly plugin")),
+        })?;
+        answer.map_err(|message| CallFailure::Error(truncate_reason(message, MAX_FAILURE_BYTES)))
+    }
+
+    /// Calls a resumer's `resume`. The caller validates the messages against the request.
+    pub fn resume(&self, request: &ResumeRequest) -> Result<Vec<Vec<u8>>, CallFailure> {
+        self.resume_within(request, self.limits.deadline)
+    }
+
+    pub(crate) fn resume_within(
+        &self,
+        request: &ResumeRequest,
+        deadline: Duration,
+    ) -> Result<Vec<Vec<u8>>, CallFailure> {
+        let answer = self.run(deadline, |store, exports| match exports {
+            Exports::Resumer(resumer) => resumer.call_resume(store, request),
+            _ => Err(wasmtime::Error::msg("not a resumer plugin")),
         })?;
         answer.map_err(|message| CallFailure::Error(truncate_reason(message, MAX_FAILURE_BYTES)))
     }

@@ -1,15 +1,16 @@
 //! Sample inputs a plugin must answer correctly before it is activated.
 //!
 //! The samples cover the shapes a plugin meets in production (one candidate, several, busy and
-//! idle connections, an empty window, a spike), so a plugin that traps, loops, or answers out of
-//! range on ordinary input is refused instead of being swapped in.
+//! idle connections, an empty window, a spike, a stream broken before and after its first
+//! response), so a plugin that traps, loops, or answers out of range on ordinary input is
+//! refused instead of being swapped in.
 
 use std::time::Duration;
 
 use crate::plugin::{CallFailure, Plugin};
 use crate::types::{
-    Candidate, Endpoint, GroupMetrics, MetricWindow, MonitorProfile, RouteRequest, TrafficClass,
-    check_decision, check_insights, check_plan,
+    Candidate, Endpoint, GroupMetrics, MetricWindow, MonitorProfile, ResumeRequest, RouteRequest,
+    TrafficClass, check_decision, check_insights, check_plan, check_resume,
 };
 use sluice_config::SlotKind;
 
@@ -128,6 +129,64 @@ pub fn sample_windows() -> Vec<MetricWindow> {
     ]
 }
 
+/// The feed's `Subscribe` method, the protocol of the resume samples.
+const FEED_SUBSCRIBE: &str = "/sluice.feed.v1.Feed/Subscribe";
+
+/// A 16-byte `sluice.feed.v1.SubscribeRequest`: `from_seq` 7, `rate` 100.0, `payload_bytes` 16,
+/// `topic` "t".
+const SAMPLE_SUBSCRIBE: [u8; 16] = [
+    0x08, 7, // from_seq = 7
+    0x11, 0, 0, 0, 0, 0, 0, 0x59, 0x40, // rate = 100.0 (fixed64)
+    0x18, 16, // payload_bytes = 16
+    0x2a, 1, b't', // topic = "t"
+];
+
+/// A `sluice.feed.v1.Event`: `seq` 41, `sent_at_ns` 1, `payload` 4 bytes, `topic` "t".
+const SAMPLE_EVENT: [u8; 13] = [
+    0x08, 41, // seq = 41
+    0x10, 1, // sent_at_ns = 1
+    0x1a, 4, 0xde, 0xad, 0xbe, 0xef, // payload
+    0x22, 1, b't', // topic = "t"
+];
+
+/// Resumer questions used by the self-test: a feed subscription broken after 35 events, the
+/// same one broken before its first event, and two messages of a method a feed resumer does
+/// not know (which it must hand back unchanged). The payloads are real protobuf messages, so
+/// a protocol-specific resumer can parse them.
+pub fn sample_resume_requests() -> Vec<ResumeRequest> {
+    let monitor = MonitorProfile {
+        id: "self-test".to_owned(),
+        class: TrafficClass::Realtime,
+        critical: false,
+    };
+    vec![
+        ResumeRequest {
+            monitor: monitor.clone(),
+            method: FEED_SUBSCRIBE.to_owned(),
+            requests: vec![SAMPLE_SUBSCRIBE.to_vec()],
+            last_response: Some(SAMPLE_EVENT.to_vec()),
+            responses_delivered: 35,
+            attempt: 1,
+        },
+        ResumeRequest {
+            monitor: monitor.clone(),
+            method: FEED_SUBSCRIBE.to_owned(),
+            requests: vec![SAMPLE_SUBSCRIBE.to_vec()],
+            last_response: None,
+            responses_delivered: 0,
+            attempt: 2,
+        },
+        ResumeRequest {
+            monitor,
+            method: "/pkg.Service/Method".to_owned(),
+            requests: vec![vec![0x0a, 2, b'h', b'i'], vec![0x10, 1]],
+            last_response: Some(vec![0x08, 1]),
+            responses_delivered: 1,
+            attempt: 1,
+        },
+    ]
+}
+
 /// Runs the samples for the plugin's world; the first failure, with which sample caused it.
 pub fn run(plugin: &Plugin) -> Result<usize, String> {
     let deadline = deadline(plugin.limits().deadline);
@@ -159,6 +218,18 @@ pub fn run(plugin: &Plugin) -> Result<usize, String> {
             check_insights(&insights)
                 .map_err(|p| describe("detect sample", 0, CallFailure::Invalid(p)))?;
             Ok(1)
+        }
+        SlotKind::Resumer => {
+            let samples = sample_resume_requests();
+            for (i, request) in samples.iter().enumerate() {
+                let messages = plugin
+                    .resume_within(request, deadline)
+                    .map_err(|f| describe("resume sample", i, f))?;
+                check_resume(&messages, request).map_err(|problem| {
+                    describe("resume sample", i, CallFailure::Invalid(problem))
+                })?;
+            }
+            Ok(samples.len())
         }
     }
 }

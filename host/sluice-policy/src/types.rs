@@ -1,9 +1,10 @@
-//! The plain records policies exchange with the host (generated from `wit/types.wit`), and
-//! their conversions from the data plane's routing types.
+//! The plain records policies exchange with the host (generated from `wit/types.wit`), their
+//! conversions from the data plane's routing and resume types, and the checks of each world's
+//! answers.
 
 pub use crate::bindings::router::sluice::policy::types::{
     Candidate, Decision, Endpoint, GroupMetrics, Insight, InsightKind, MetricWindow,
-    MonitorProfile, RouteRequest, ScaleAction, ScalePlan, Severity, TrafficClass,
+    MonitorProfile, ResumeRequest, RouteRequest, ScaleAction, ScalePlan, Severity, TrafficClass,
 };
 
 /// Alternatives a decision may list (the WIT contract says "up to 3").
@@ -36,6 +37,71 @@ impl From<sluice_config::TrafficClass> for TrafficClass {
             sluice_config::TrafficClass::State => TrafficClass::State,
         }
     }
+}
+
+/// Messages a resumer may answer with (the WIT contract says "at most 64").
+pub const MAX_RESUME_MESSAGES: usize = 64;
+
+/// How much larger than all its inputs together (requests and last response) one message of a
+/// resumer's answer may be: room for a rewritten field or a few added ones, while a plugin that
+/// runs away cannot make the host send megabytes upstream.
+pub const RESUME_GROWTH_BYTES: usize = 64 * 1024;
+
+impl From<&sluice_proxy::route::MonitorProfile> for MonitorProfile {
+    fn from(monitor: &sluice_proxy::route::MonitorProfile) -> Self {
+        MonitorProfile {
+            id: monitor.id.to_string(),
+            class: monitor.class.into(),
+            critical: monitor.critical,
+        }
+    }
+}
+
+/// The WIT form of a data-plane resume question (the payloads are copied once; a resume is
+/// rare next to routing decisions).
+pub fn resume_request(request: &sluice_proxy::resume::ResumeRequest<'_>) -> ResumeRequest {
+    ResumeRequest {
+        monitor: request.monitor.into(),
+        method: request.method.to_owned(),
+        requests: request.requests.iter().map(|m| m.to_vec()).collect(),
+        last_response: request.last_response.map(|m| m.to_vec()),
+        responses_delivered: request.responses_delivered,
+        attempt: request.attempt,
+    }
+}
+
+/// The largest message a resumer may answer `request` with: all its input messages together
+/// plus [`RESUME_GROWTH_BYTES`].
+pub fn max_resume_message(request: &ResumeRequest) -> usize {
+    let inputs: usize = request.requests.iter().map(Vec::len).sum();
+    let last = request.last_response.as_ref().map_or(0, Vec::len);
+    inputs
+        .saturating_add(last)
+        .saturating_add(RESUME_GROWTH_BYTES)
+}
+
+/// Checks a resumer's answer against the question; the reason when it is unusable: no
+/// message, more than [`MAX_RESUME_MESSAGES`], or one larger than [`max_resume_message`].
+pub fn check_resume(messages: &[Vec<u8>], request: &ResumeRequest) -> Result<(), String> {
+    if messages.is_empty() {
+        return Err("no request message to replay (return the requests to keep them)".to_owned());
+    }
+    if messages.len() > MAX_RESUME_MESSAGES {
+        return Err(format!(
+            "{} messages; at most {MAX_RESUME_MESSAGES}",
+            messages.len()
+        ));
+    }
+    let max = max_resume_message(request);
+    if let Some((index, message)) = messages.iter().enumerate().find(|(_, m)| m.len() > max) {
+        return Err(format!(
+            "message #{index} has {} bytes; at most {max} (the inputs' {} bytes + {} KiB)",
+            message.len(),
+            max - RESUME_GROWTH_BYTES,
+            RESUME_GROWTH_BYTES / 1024
+        ));
+    }
+    Ok(())
 }
 
 /// The WIT form of a data-plane routing question.
@@ -248,5 +314,71 @@ mod tests {
         assert_eq!(question.endpoints[0].region, "c-region");
         assert_eq!(question.candidates.len(), 1);
         assert_eq!(question.candidates[0].endpoint, 0);
+    }
+
+    fn resume_question(requests: Vec<Vec<u8>>, last: Option<Vec<u8>>) -> ResumeRequest {
+        ResumeRequest {
+            monitor: MonitorProfile {
+                id: "m".to_owned(),
+                class: TrafficClass::Event,
+                critical: false,
+            },
+            method: "/pkg.S/M".to_owned(),
+            requests,
+            last_response: last,
+            responses_delivered: 3,
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn resume_answers_are_bounded_in_count_and_size() {
+        let question = resume_question(vec![vec![1; 10], vec![2; 20]], Some(vec![3; 5]));
+        assert_eq!(max_resume_message(&question), 35 + RESUME_GROWTH_BYTES);
+        assert!(check_resume(&question.requests, &question).is_ok());
+        assert!(
+            check_resume(&[Vec::new()], &question).is_ok(),
+            "an empty message is valid"
+        );
+        assert!(check_resume(&[vec![0; 35 + RESUME_GROWTH_BYTES]], &question).is_ok());
+
+        let empty = check_resume(&[], &question).unwrap_err();
+        assert!(empty.contains("no request message"), "{empty}");
+        let many = check_resume(&vec![vec![0]; MAX_RESUME_MESSAGES + 1], &question).unwrap_err();
+        assert!(many.contains("65 messages; at most 64"), "{many}");
+        let big =
+            check_resume(&[vec![0], vec![0; 36 + RESUME_GROWTH_BYTES]], &question).unwrap_err();
+        assert!(
+            big.contains("message #1") && big.contains("the inputs' 35 bytes + 64 KiB"),
+            "{big}"
+        );
+    }
+
+    #[test]
+    fn resume_questions_copy_the_data_plane_request() {
+        let monitor = Monitor {
+            id: Arc::from("tx-indexer"),
+            class: sluice_config::TrafficClass::Realtime,
+            critical: true,
+        };
+        let requests = [bytes::Bytes::from_static(b"\x08\x01")];
+        let last = bytes::Bytes::from_static(b"\x08\x29");
+        let ask = sluice_proxy::resume::ResumeRequest {
+            monitor: &monitor,
+            method: "/sluice.feed.v1.Feed/Subscribe",
+            requests: &requests,
+            last_response: Some(&last),
+            responses_delivered: 41,
+            attempt: 2,
+        };
+        let question = resume_request(&ask);
+        assert_eq!(question.monitor.id, "tx-indexer");
+        assert_eq!(question.monitor.class, TrafficClass::Realtime);
+        assert!(question.monitor.critical);
+        assert_eq!(question.method, "/sluice.feed.v1.Feed/Subscribe");
+        assert_eq!(question.requests, vec![b"\x08\x01".to_vec()]);
+        assert_eq!(question.last_response.as_deref(), Some(&b"\x08\x29"[..]));
+        assert_eq!(question.responses_delivered, 41);
+        assert_eq!(question.attempt, 2);
     }
 }

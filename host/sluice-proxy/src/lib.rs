@@ -15,10 +15,12 @@
 
 #![warn(missing_docs)]
 
+pub mod breaker;
 mod coalesce;
 pub mod forward;
 pub mod front;
 pub mod grpc;
+pub mod health;
 pub mod pool;
 pub mod resume;
 pub mod route;
@@ -145,7 +147,8 @@ impl Proxy {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let ctx = Arc::clone(&self.ctx);
         let warm_ctx = Arc::clone(&self.ctx);
-        tokio::spawn(async move { warm_ctx.pool.warm().await });
+        let health_checks = self.ctx.config.health.active;
+        tokio::spawn(async move { warm_ctx.pool.warm(health_checks).await });
         let task = tokio::spawn(front::accept_loop(
             ctx,
             self.listener,
@@ -194,14 +197,26 @@ impl ProxyHandle {
         &self.ctx.config
     }
 
+    /// A cloneable view for the admin API: state and operator actions.
+    pub fn view(&self) -> ProxyView {
+        ProxyView {
+            ctx: Arc::clone(&self.ctx),
+        }
+    }
+
     /// Counters, gauges and pool state.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            stats: self.ctx.stats.snapshot(),
-            groups: self.ctx.pool.snapshot(),
-            connections: self.ctx.pool.open_connections(),
-            shared_streams: self.ctx.shares.len(),
-        }
+        self.view().snapshot()
+    }
+
+    /// Every endpoint's health and breaker.
+    pub fn endpoints(&self) -> Vec<pool::EndpointSnapshot> {
+        self.view().endpoints()
+    }
+
+    /// Breaker state changes with a sequence number above `since`, oldest first.
+    pub fn breaker_events(&self, since: u64) -> Vec<breaker::BreakerEvent> {
+        self.view().breaker_events(since)
     }
 
     /// Stops accepting and sends GOAWAY to monitors, lets open calls finish for up to
@@ -231,5 +246,63 @@ impl ProxyHandle {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// What the admin API sees of a running proxy, and the operator actions it may take. Cheap to
+/// clone; it keeps the proxy's shared state alive, not its listener.
+#[derive(Clone)]
+pub struct ProxyView {
+    ctx: Arc<Context>,
+}
+
+impl ProxyView {
+    /// Counters, gauges and pool state.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            stats: self.ctx.stats.snapshot(),
+            groups: self.ctx.pool.snapshot(),
+            connections: self.ctx.pool.open_connections(),
+            shared_streams: self.ctx.shares.len(),
+        }
+    }
+
+    /// Every endpoint's health and breaker.
+    pub fn endpoints(&self) -> Vec<pool::EndpointSnapshot> {
+        self.ctx.pool.endpoints()
+    }
+
+    /// Every breaker: endpoints, connections, monitors.
+    pub fn breakers(&self) -> Vec<breaker::BreakerSnapshot> {
+        self.ctx.pool.breakers()
+    }
+
+    /// Breaker state changes with a sequence number above `since`, oldest first.
+    pub fn breaker_events(&self, since: u64) -> Vec<breaker::BreakerEvent> {
+        self.ctx.pool.breaker_events().since(since)
+    }
+
+    /// Forces a breaker open, disables it, or (`None`) releases the override. Returns `false`
+    /// when no breaker has that scope and name.
+    pub fn override_breaker(
+        &self,
+        scope: breaker::Scope,
+        name: &str,
+        value: Option<breaker::Override>,
+    ) -> bool {
+        match self.ctx.pool.breaker(scope, name) {
+            Some(breaker) => {
+                breaker.set_override(value);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drains every connection to `endpoint` (resumable streams move elsewhere). Returns the
+    /// number of connections that started draining, or `None` for an unknown endpoint.
+    pub fn drain_endpoint(&self, endpoint: &str) -> Option<usize> {
+        self.ctx.pool.endpoint(endpoint)?;
+        Some(self.ctx.pool.drain_endpoint(endpoint))
     }
 }

@@ -71,6 +71,18 @@ stats! {
     bytes_to_upstream_total,
     /// Payload bytes sent from upstreams to monitors.
     bytes_to_monitors_total,
+    /// Calls refused because their monitor's circuit breaker was open.
+    breaker_rejected_total,
+    /// Streams refused because an endpoint's stream-creation queue was full.
+    rate_limited_total,
+    /// Broken or migrated upstream streams that were resumed on another upstream stream.
+    resumes_total,
+    /// Resumes that gave up (attempts or time exhausted); the monitor got `UNAVAILABLE`.
+    resume_failures_total,
+    /// Streams moved off a draining connection (GOAWAY, removal, operator drain).
+    migrations_total,
+    /// Response messages dropped as duplicates after a resume.
+    duplicates_dropped_total,
 }
 
 /// Which gauge a [`GaugeGuard`] holds up.
@@ -96,6 +108,11 @@ impl Stats {
     /// Adds one to a counter.
     pub fn incr(&self, field: GaugeField) {
         field(self).fetch_add(1, Relaxed);
+    }
+
+    /// Adds `amount` to a counter.
+    pub fn add(&self, field: GaugeField, amount: u64) {
+        field(self).fetch_add(amount, Relaxed);
     }
 }
 

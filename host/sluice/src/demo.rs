@@ -81,14 +81,8 @@ fn demo_config(
     config.endpoints = endpoints
         .iter()
         .map(|(id, addr)| EndpointConfig {
-            id: id.clone(),
-            url: format!("http://{addr}"),
-            region: "local".to_owned(),
-            priority: 0,
-            tls: false,
-            ca_file: None,
-            tls_server_name: None,
             metadata: [("x-token".to_owned(), format!("demo-token-{id}"))].into(),
+            ..EndpointConfig::new(id.clone(), format!("http://{addr}"))
         })
         .collect();
     // Small per-connection limits so that the demo's 20 monitors spread over several
@@ -103,19 +97,16 @@ fn demo_config(
     config.monitors = monitors()
         .into_iter()
         .map(|m| MonitorConfig {
-            id: m.id,
-            class: m.class,
             critical: m.class == TrafficClass::Realtime,
-            token: None,
+            ..MonitorConfig::new(m.id, m.class)
         })
         .collect();
     config.methods = vec![MethodConfig {
-        path: "/sluice.feed.v1.Feed/Subscribe".to_owned(),
         share: true,
-        share_key_metadata: Vec::new(),
-        share_buffer_messages: 1024,
-        max_message_bytes: None,
+        ..MethodConfig::new("/sluice.feed.v1.Feed/Subscribe")
     }];
+    // The demo's feeds serve grpc.health.v1.
+    config.health.active = true;
     config
 }
 

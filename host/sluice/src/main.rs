@@ -83,7 +83,7 @@ enum PluginCommand {
     Load {
         /// The `.wasm` component.
         file: PathBuf,
-        /// The slot: router, scaler or anomaly.
+        /// The slot: router, scaler, anomaly or resumer.
         #[arg(long, value_parser = parse_slot)]
         slot: SlotKind,
         /// Load it as the slot's shadow instead of activating it.
@@ -99,7 +99,7 @@ enum PluginCommand {
 }
 
 fn parse_slot(text: &str) -> Result<SlotKind, String> {
-    SlotKind::parse(text).ok_or_else(|| format!("{text:?} is not a slot (router, scaler, anomaly)"))
+    SlotKind::parse(text).ok_or_else(|| format!("{text:?} is not a slot ({})", SlotKind::names()))
 }
 
 fn init_logging(format: LogFormat) {

@@ -1,5 +1,5 @@
 //! Starts everything one Sluice process runs from its config: the policy slots (and the plugins
-//! folder watcher), the data plane with the policy router, and the admin API.
+//! folder watcher), the data plane with the policy router and resumer, and the admin API.
 
 use std::sync::Arc;
 
@@ -33,11 +33,11 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Services> {
         _ => None,
     };
     let router: Arc<dyn sluice_proxy::route::Router> = policies.router();
-    let proxy = Proxy::bind_with_router(Arc::clone(&config), router)
+    let proxy = Proxy::bind_with_policies(Arc::clone(&config), router, policies.resumer())
         .await?
         .spawn();
     let admin = if config.admin.enabled {
-        let server = AdminServer::bind(&config.admin, Arc::clone(&policies))
+        let server = AdminServer::bind(&config.admin, Arc::clone(&policies), proxy.view())
             .await
             .with_context(|| format!("cannot bind the admin listener {}", config.admin.listen))?;
         Some(server.spawn())

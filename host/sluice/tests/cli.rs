@@ -251,6 +251,28 @@ fn plugin_check_describes_good_components_and_names_what_is_wrong_with_bad_ones(
     assert!(text.contains("self-test: passed 3 sample inputs"), "{text}");
     let (ok, text) = plugin_command(&["check", &path("scaler.wasm")]);
     assert!(ok && text.contains("valid scaler plugin"), "{text}");
+    let (ok, text) = plugin_command(&["check", &path("feed-resumer.wasm")]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("valid resumer plugin")
+            && text.contains("world:     sluice:policy/resumer@0.1.0")
+            && text.contains("exports:   resume")
+            && text.contains("self-test: passed 3 sample inputs"),
+        "{text}"
+    );
+    let (ok, text) = plugin_command(&[
+        "load",
+        &path("feed-resumer.wasm"),
+        "--slot",
+        "resumers",
+        "--admin",
+        "127.0.0.1:1",
+    ]);
+    assert!(!ok);
+    assert!(
+        text.contains("\"resumers\" is not a slot (router, scaler, anomaly, resumer)"),
+        "{text}"
+    );
 
     let (ok, text) = plugin_command(&["check", &path("test-no-export.wasm")]);
     assert!(!ok);

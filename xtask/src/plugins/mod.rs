@@ -3,7 +3,7 @@
 //!
 //! - [`toolchain`]: installs Debian's rustc-web toolchain into `.sluice/toolchain/rust-web`;
 //! - [`rust`]: builds the Rust guests in `plugins/rust` (default router, scaler and anomaly
-//!   policies, and the `test-*` plugins the host's tests load);
+//!   policies, the `feed-resumer` example, and the `test-*` plugins the host's tests load);
 //! - [`component`]: core module to component encoding, shared with the examples;
 //! - [`examples`]: example routers in other languages.
 

@@ -11,8 +11,9 @@ use tracing::Instrument;
 
 use super::pump::{self, Ending, OnFull, PumpError};
 use crate::Context;
+use crate::breaker::{Outcome, Permit};
 use crate::grpc::{self, Code, MessageScanner, Status};
-use crate::pool::Lease;
+use crate::pool::{FailureKind, Lease};
 use crate::route::MonitorProfile;
 
 /// Attempts to open an upstream stream before giving up (a connection can close between the
@@ -27,6 +28,9 @@ pub(crate) struct CallSetup {
     pub max_message_bytes: usize,
     pub on_full: OnFull,
     pub share: Option<super::share::ShareOptions>,
+    pub resume: Option<super::resumable::ResumeOptions>,
+    /// How long the first response message may take before the stream counts as failed.
+    pub first_message_timeout: std::time::Duration,
 }
 
 /// Serves one call from a monitor to its end.
@@ -44,6 +48,15 @@ pub(crate) async fn serve(
             return;
         }
     };
+    let mut monitor_permit = match ctx.pool.admit_monitor(&setup.profile) {
+        Ok(permit) => permit,
+        Err(status) => {
+            ctx.stats.incr(|s| &s.breaker_rejected_total);
+            tracing::debug!(monitor = %setup.profile.id, %status, "monitor breaker refused the call");
+            reply(&mut respond, &status);
+            return;
+        }
+    };
     let span = tracing::debug_span!(
         "stream",
         monitor = %setup.profile.id,
@@ -51,14 +64,35 @@ pub(crate) async fn serve(
         method = %setup.path,
     );
     async move {
-        if setup.share.is_some() {
+        let end = if setup.share.is_some() {
             super::share::serve(ctx, setup, request, respond).await;
+            return;
+        } else if let Some(options) = setup.resume {
+            super::resumable::serve(&ctx, setup, options, request, respond).await
         } else {
-            proxy(&ctx, setup, request, respond).await;
-        }
+            proxy(&ctx, setup, request, respond).await
+        };
+        record_monitor_outcome(&mut monitor_permit, &end);
     }
     .instrument(span)
     .await
+}
+
+/// Counts a call's end against its monitor's breaker: statuses that say the service was not
+/// there for the monitor are failures; a monitor's own cancellation counts for nothing.
+fn record_monitor_outcome(permit: &mut Permit, end: &End) {
+    match end {
+        End::Completed(None) => permit.record(Outcome::Success { slow: false }),
+        End::Completed(Some(_)) => permit.record(Outcome::Failure),
+        End::Cancelled => {}
+        End::Failed(status) => {
+            let outcome = match status.code {
+                Code::Unavailable | Code::DeadlineExceeded | Code::Internal => Outcome::Failure,
+                _ => Outcome::Success { slow: false },
+            };
+            permit.record(outcome);
+        }
+    }
 }
 
 /// Checks the call is gRPC and the monitor is allowed, and gathers its options.
@@ -108,6 +142,10 @@ fn admit(ctx: &Context, request: &Request<RecvStream>) -> Result<CallSetup, Resp
         share: method
             .filter(|m| m.share)
             .map(super::share::ShareOptions::from_config),
+        resume: method
+            .filter(|m| m.resume.resumes())
+            .map(super::resumable::ResumeOptions::from_config),
+        first_message_timeout: ctx.config.breakers.first_message_timeout,
     })
 }
 
@@ -201,6 +239,7 @@ pub(crate) async fn open_upstream(
     headers: &HeaderMap,
     end_of_stream: bool,
     deadline: Option<tokio::time::Instant>,
+    avoid: Option<u64>,
 ) -> Result<OpenStream, Status> {
     let mut last_error = String::new();
     let mut attempts = 0;
@@ -210,7 +249,16 @@ pub(crate) async fn open_upstream(
         if attempts == OPEN_ATTEMPTS {
             break;
         }
-        let lease = ctx.pool.acquire(profile, path.path()).await?;
+        let lease = ctx.pool.acquire(profile, path.path(), avoid).await?;
+        if let Some(bucket) = &lease.connection().endpoint.rate_limit {
+            bucket.acquire().await.map_err(|limited| {
+                ctx.stats.incr(|s| &s.rate_limited_total);
+                Status::resource_exhausted(format!(
+                    "endpoint {}: {limited}",
+                    lease.connection().endpoint.id
+                ))
+            })?;
+        }
         tracing::debug!(
             connection = lease.connection().id,
             endpoint = %lease.connection().endpoint.id,
@@ -250,8 +298,10 @@ pub(crate) async fn open_upstream(
 }
 
 /// How a relayed call ended, for logs and counters.
-enum End {
-    Completed,
+pub(crate) enum End {
+    /// The upstream's final status reached the monitor; `Some` when that status counts as a
+    /// breaker failure (`UNAVAILABLE`, `DEADLINE_EXCEEDED`).
+    Completed(Option<FailureKind>),
     Cancelled,
     Failed(Status),
 }
@@ -270,6 +320,7 @@ async fn forward_request(
         &mut scanner,
         OnFull::Wait,
         counter,
+        None,
     )
     .await;
     match result {
@@ -286,7 +337,7 @@ async fn forward_request(
 }
 
 /// Sends a status to a monitor whose response headers were not sent yet.
-fn reply(respond: &mut SendResponse<Bytes>, status: &Status) {
+pub(crate) fn reply(respond: &mut SendResponse<Bytes>, status: &Status) {
     let _ = respond.send_response(status.to_response(), true);
 }
 
@@ -295,24 +346,22 @@ async fn proxy(
     setup: CallSetup,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-) {
+) -> End {
     let (parts, body) = request.into_parts();
     let Some(path) = parts.uri.path_and_query().cloned() else {
-        reply(
-            &mut respond,
-            &Status::new(Code::Unimplemented, "request has no path"),
-        );
-        return;
+        let status = Status::new(Code::Unimplemented, "request has no path");
+        reply(&mut respond, &status);
+        return End::Failed(status);
     };
     let headers = grpc::headers::request_headers(&parts.headers, 4);
     let opened = tokio::select! {
         // Boxed: opening is short, and keeping its state out of the call's future keeps every
         // long-lived stream's task small.
-        opened = Box::pin(open_upstream(ctx, &setup.profile, &path, &headers, body.is_end_stream(), setup.deadline)) => opened,
+        opened = Box::pin(open_upstream(ctx, &setup.profile, &path, &headers, body.is_end_stream(), setup.deadline, None)) => opened,
         status = must_end(ctx, setup.deadline) => Err(status),
         _ = poll_fn(|cx| respond.poll_reset(cx)) => {
             ctx.stats.incr(|s| &s.cancelled_total);
-            return;
+            return End::Cancelled;
         }
     };
     let open = match opened {
@@ -320,20 +369,41 @@ async fn proxy(
         Err(status) => {
             tracing::debug!(%status, "call refused");
             reply(&mut respond, &status);
-            return;
+            return End::Failed(status);
         }
     };
     // Long-lived streams must not keep their request headers alive.
     drop((parts, path, headers));
     let end = relay(ctx, &setup, body, respond, open).await;
-    match end {
-        End::Completed => {}
+    match &end {
+        End::Completed(_) => {}
         End::Cancelled => {
             ctx.stats.incr(|s| &s.cancelled_total);
             tracing::debug!("cancelled by the monitor");
         }
         End::Failed(status) => tracing::debug!(%status, "call failed"),
     }
+    end
+}
+
+/// The breaker failure a final upstream status stands for, if any.
+pub(crate) fn status_failure(headers: &HeaderMap) -> Option<FailureKind> {
+    match headers.get("grpc-status").map(http::HeaderValue::as_bytes) {
+        Some(b"14") => Some(FailureKind::Unavailable),
+        Some(b"4") => Some(FailureKind::DeadlineExceeded),
+        _ => None,
+    }
+}
+
+/// Reports a stream's final upstream status to its lease; returns it as a breaker failure if
+/// it is one.
+pub(crate) fn record_final_status(lease: &Lease, headers: &HeaderMap) -> Option<FailureKind> {
+    let failure = status_failure(headers);
+    match failure {
+        Some(kind) => lease.failed(kind),
+        None => lease.finished(),
+    }
+    failure
 }
 
 async fn relay(
@@ -390,7 +460,7 @@ async fn relay(
             response
         }
         Err(error) => {
-            lease.observe_outcome(true);
+            lease.failed(FailureKind::Reset);
             ctx.stats.incr(|s| &s.upstream_failures_total);
             let status = upstream_failure(&error);
             reply(&mut respond, &status);
@@ -399,6 +469,8 @@ async fn relay(
     };
     let (parts, mut upstream_body) = response.into_parts();
     let end_of_stream = upstream_body.is_end_stream();
+    // A trailers-only answer: its status is in these headers.
+    let final_status = end_of_stream.then(|| record_final_status(&lease, &parts.headers));
     let mut head = Response::new(());
     *head.status_mut() = parts.status;
     *head.headers_mut() = grpc::headers::response_headers(&parts.headers);
@@ -407,11 +479,23 @@ async fn relay(
         Ok(downstream) => downstream,
         Err(_) => return End::Cancelled,
     };
-    if end_of_stream {
-        return End::Completed;
+    if let Some(failure) = final_status {
+        return End::Completed(failure);
     }
 
     // Phase 2: stream the response while the request side may still be flowing.
+    let first_seen = std::sync::atomic::AtomicBool::new(false);
+    let on_first_data = || {
+        first_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+        lease.first_message(sent_at.elapsed());
+    };
+    let first_message_due = tokio::time::sleep(
+        setup
+            .first_message_timeout
+            .saturating_sub(sent_at.elapsed()),
+    );
+    tokio::pin!(first_message_due);
+    let mut first_message_checked = false;
     let outcome = {
         let mut scanner = MessageScanner::new(setup.max_message_bytes);
         let counter = &ctx.stats.bytes_to_monitors_total;
@@ -421,11 +505,18 @@ async fn relay(
             &mut scanner,
             setup.on_full,
             counter,
+            Some(&on_first_data),
         );
         tokio::pin!(response_pump);
         loop {
             tokio::select! {
                 result = &mut response_pump => break Ok(result),
+                () = &mut first_message_due, if !first_message_checked => {
+                    first_message_checked = true;
+                    if !first_seen.load(std::sync::atomic::Ordering::Relaxed) {
+                        lease.failed(FailureKind::NoFirstMessage);
+                    }
+                }
                 result = &mut request_pump, if !request_done => {
                     request_done = true;
                     if let Some(end) = request_side_failure(ctx, result) {
@@ -444,12 +535,16 @@ async fn relay(
         }
         Err(end) => return end,
     };
-    let end = match result {
+    match result {
         Ok(Ending::Trailers(trailers)) => {
+            let failure = record_final_status(&lease, &trailers);
             let _ = downstream.send_trailers(grpc::headers::response_headers(&trailers));
-            End::Completed
+            End::Completed(failure)
         }
-        Ok(Ending::Closed) => End::Completed,
+        Ok(Ending::Closed) => {
+            lease.finished();
+            End::Completed(None)
+        }
         Err(PumpError::Sink(_)) => End::Cancelled,
         Err(PumpError::Lagging(waited)) => {
             let status = cut_off_lagging(ctx, waited);
@@ -463,15 +558,13 @@ async fn relay(
             End::Failed(status)
         }
         Err(PumpError::Source(error)) => {
-            lease.observe_outcome(true);
+            lease.failed(FailureKind::Reset);
             ctx.stats.incr(|s| &s.upstream_failures_total);
             let status = upstream_failure(&error);
             let _ = downstream.send_trailers(status.to_trailers());
-            return End::Failed(status);
+            End::Failed(status)
         }
-    };
-    lease.observe_outcome(false);
-    end
+    }
 }
 
 /// Interprets the end of the request side; `Some` when the call must stop now.

@@ -6,6 +6,7 @@
 
 mod call;
 pub mod pump;
+mod resumable;
 mod share;
 
 pub(crate) use call::serve;

@@ -53,13 +53,15 @@ pub enum Ending {
 
 /// Copies `source` into `sink` until the source ends.
 ///
-/// `bytes_counter` is bumped by the payload bytes moved.
+/// `bytes_counter` is bumped by the payload bytes moved; `on_first_data` is called once, when
+/// the first bytes arrive.
 pub async fn pump(
     source: &mut RecvStream,
     sink: &mut SendStream<Bytes>,
     scanner: &mut MessageScanner,
     on_full: OnFull,
     bytes_counter: &std::sync::atomic::AtomicU64,
+    mut on_first_data: Option<&(dyn Fn() + Sync)>,
 ) -> Result<Ending, PumpError> {
     loop {
         let next = tokio::select! {
@@ -71,6 +73,9 @@ pub async fn pump(
         };
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(PumpError::Source)?;
+        if let Some(first) = on_first_data.take() {
+            first();
+        }
         let len = chunk.len();
         scanner.feed(&chunk)?;
         let last = source.is_end_stream();

@@ -24,10 +24,13 @@ use parking_lot::Mutex;
 use sluice_config::MethodConfig;
 use tokio::sync::{Notify, broadcast, watch};
 
-use super::call::{CallSetup, cut_off_lagging, must_end, open_upstream, upstream_failure};
+use super::call::{
+    CallSetup, cut_off_lagging, must_end, open_upstream, record_final_status, upstream_failure,
+};
 use super::pump::{self, OnFull, PumpError};
 use crate::Context;
 use crate::grpc::{self, Code, MessageSplitter, Status};
+use crate::pool::FailureKind;
 use crate::route::MonitorProfile;
 use crate::stats::GaugeGuard;
 
@@ -418,18 +421,27 @@ async fn feed_subscribers(
     request: Bytes,
     max_message_bytes: usize,
 ) -> Result<HeaderMap, Status> {
-    let open = Box::pin(open_upstream(ctx, profile, path, headers, false, None)).await?;
-    let _lease = open.lease;
+    let open = Box::pin(open_upstream(
+        ctx, profile, path, headers, false, None, None,
+    ))
+    .await?;
+    let lease = open.lease;
     let mut send = open.send;
+    let sent_at = std::time::Instant::now();
     pump::send_all(&mut send, request, OnFull::Wait, true)
         .await
         .map_err(|e| Status::unavailable(format!("sending the request upstream failed: {e}")))?;
-    let response = open.response.await.map_err(|e| {
+    // Breakers hear how the shared stream went, as for any other upstream stream.
+    let broke = |e: h2::Error| {
+        lease.failed(FailureKind::Reset);
         ctx.stats.incr(|s| &s.upstream_failures_total);
         upstream_failure(&e)
-    })?;
+    };
+    let response = open.response.await.map_err(broke)?;
+    lease.observe_response(sent_at.elapsed());
     let (parts, mut body) = response.into_parts();
     if body.is_end_stream() {
+        record_final_status(&lease, &parts.headers);
         let mut ended = Response::new(());
         *ended.status_mut() = parts.status;
         *ended.headers_mut() = grpc::headers::response_headers(&parts.headers);
@@ -443,10 +455,10 @@ async fn feed_subscribers(
     let mut splitter = MessageSplitter::new(max_message_bytes);
     let mut published: u64 = 0;
     while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(|e| {
-            ctx.stats.incr(|s| &s.upstream_failures_total);
-            upstream_failure(&e)
-        })?;
+        let chunk = chunk.map_err(broke)?;
+        if published == 0 {
+            lease.first_message(sent_at.elapsed());
+        }
         let len = chunk.len();
         splitter.push(chunk);
         while let Some(message) = splitter
@@ -464,7 +476,13 @@ async fn feed_subscribers(
     splitter
         .finish()
         .map_err(|e| Status::internal(format!("upstream response rejected: {e}")))?;
-    let trailers = body.trailers().await.map_err(|e| upstream_failure(&e))?;
+    let trailers = body.trailers().await.map_err(broke)?;
+    match &trailers {
+        Some(trailers) => {
+            record_final_status(&lease, trailers);
+        }
+        None => lease.finished(),
+    }
     Ok(trailers
         .map(|t| grpc::headers::response_headers(&t))
         .unwrap_or_default())

@@ -119,10 +119,9 @@ mod tests {
         let mut config: Config = Config::default();
         config.server.reject_unknown_monitors = reject_unknown;
         config.monitors.push(sluice_config::MonitorConfig {
-            id: "rt".into(),
-            class: TrafficClass::Realtime,
             critical: true,
             token: Some("secret".into()),
+            ..sluice_config::MonitorConfig::new("rt", TrafficClass::Realtime)
         });
         MonitorDirectory::new(&config)
     }

@@ -9,5 +9,5 @@ pub mod headers;
 pub mod status;
 pub mod timeout;
 
-pub use framing::{FrameError, MessageScanner, MessageSplitter};
+pub use framing::{FrameError, MessageScanner, MessageSplitter, PREFIX_LEN};
 pub use status::{Code, Status};

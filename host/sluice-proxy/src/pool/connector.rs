@@ -15,6 +15,7 @@ use rustls::pki_types::ServerName;
 use sluice_config::EndpointConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::coalesce::YieldFirst;
 use crate::tls::{self, TlsError};
@@ -83,6 +84,10 @@ pub struct Opened {
     pub driver: Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>>,
     /// How long the first PING took to come back: the connection's first latency sample.
     pub ping_rtt: std::time::Duration,
+    /// Sends keepalive PINGs (absent only if the h2 library already handed it out).
+    pub ping_pong: Option<h2::PingPong>,
+    /// Set to true by `driver` when the peer sends GOAWAY.
+    pub goaway: watch::Sender<bool>,
 }
 
 impl Connector {
@@ -163,17 +168,20 @@ impl Connector {
                 addr: self.addr.clone(),
                 source,
             })?;
-        let ping_pong = connection.ping_pong();
+        let mut ping_pong = connection.ping_pong();
         let peer_max_streams = Arc::new(AtomicU32::new(0));
+        let goaway = watch::Sender::new(false);
         let mut driver: Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>> =
             Box::pin(YieldFirst::new(Driver {
                 connection,
                 peer_max_streams: Arc::clone(&peer_max_streams),
+                probe: send_request.clone(),
+                goaway: goaway.clone(),
             }));
         // The peer's SETTINGS (and so its stream limit) precede its answer to our first PING:
         // waiting one round trip means no stream is ever placed over the peer's limit.
         let ping_sent = std::time::Instant::now();
-        if let Some(mut ping_pong) = ping_pong {
+        if let Some(ping_pong) = ping_pong.as_mut() {
             let settled = async {
                 tokio::select! {
                     pong = ping_pong.ping(h2::Ping::opaque()) => pong,
@@ -190,14 +198,21 @@ impl Connector {
             peer_max_streams,
             driver,
             ping_rtt: ping_sent.elapsed(),
+            ping_pong,
+            goaway,
         })
     }
 }
 
-/// Polls the h2 connection and publishes the peer's stream limit whenever SETTINGS change it.
+/// Polls the h2 connection, publishes the peer's stream limit whenever SETTINGS change it, and
+/// notices GOAWAY.
 struct Driver<T> {
     connection: h2::client::Connection<T, Bytes>,
     peer_max_streams: Arc<AtomicU32>,
+    /// h2 reports a received GOAWAY only as an error on opening the next stream, so the driver
+    /// asks after every poll of the connection (a lock and a field check).
+    probe: h2::client::SendRequest<Bytes>,
+    goaway: watch::Sender<bool>,
 }
 
 impl<T> Future for Driver<T>
@@ -211,6 +226,12 @@ where
         let max = self.connection.max_concurrent_send_streams();
         self.peer_max_streams
             .store(u32::try_from(max).unwrap_or(u32::MAX), Relaxed);
+        if !*self.goaway.borrow()
+            && let Poll::Ready(Err(error)) = self.probe.poll_ready(cx)
+            && error.is_go_away()
+        {
+            self.goaway.send_replace(true);
+        }
         result
     }
 }

@@ -6,49 +6,36 @@
 //! global cap), and the bounded queue of streams waiting for a slot. It asks a [`Router`] where a
 //! stream goes but never looks at stream contents; forwarding bytes is the `forward` module's job.
 
+mod connection;
 mod connector;
+mod endpoint;
 pub mod load;
+pub mod rate;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::uri::{Authority, Scheme};
-use http::{HeaderName, HeaderValue};
 use parking_lot::Mutex;
-use sluice_config::{ClassConfig, Config, EndpointConfig, TrafficClass};
-use tokio::sync::Notify;
+use sluice_config::{BreakerSettings, ClassConfig, Config, FailureKinds, TrafficClass};
+use tokio::sync::{Notify, watch};
 
+pub use connection::{FailureKind, Lease, UpstreamConnection};
 pub use connector::{ConnectError, Connector, Http2Settings};
+pub use endpoint::Endpoint;
 
+use crate::breaker::{Breaker, BreakerEvents, BreakerSnapshot, Permit, Scope};
 use crate::grpc::Status;
+use crate::health::{Health, HealthSnapshot};
 use crate::route::{Candidate, LeastLoaded, MonitorProfile, RouteDecision, RouteRequest, Router};
 use crate::stats::Stats;
 use crate::tls::TlsError;
 
-/// How long an endpoint that refused a connection is passed over when another can be tried.
-const ENDPOINT_RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// One configured upstream endpoint and how to reach it.
-pub struct Endpoint {
-    /// The endpoint's id from the config.
-    pub id: Arc<str>,
-    /// Its region label.
-    pub region: Arc<str>,
-    /// Its priority (lower preferred).
-    pub priority: u32,
-    /// `http` or `https`, for the `:scheme` pseudo-header.
-    pub scheme: Scheme,
-    /// `host:port`, for the `:authority` pseudo-header.
-    pub authority: Authority,
-    /// Metadata added to every request sent here.
-    pub metadata: Vec<(HeaderName, HeaderValue)>,
-    connector: Connector,
-    retry_after: Mutex<Option<Instant>>,
-    /// Connections to this endpoint over all groups, including ones being opened.
-    connections: AtomicUsize,
-}
+/// Longest pause of a waiting stream before it looks again (endpoints may have recovered).
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
+/// Monitors with their own breaker; beyond this, unknown monitors share one.
+const MONITOR_BREAKERS: usize = 4096;
 
 /// An endpoint the pool could not set up.
 #[derive(Debug, thiserror::Error)]
@@ -69,167 +56,6 @@ pub enum PoolError {
         /// The problem.
         problem: String,
     },
-}
-
-impl Endpoint {
-    fn new(config: &EndpointConfig, settings: Http2Settings) -> Result<Self, PoolError> {
-        let invalid = |problem: String| PoolError::Invalid {
-            endpoint: config.id.clone(),
-            problem,
-        };
-        let authority = Authority::try_from(config.authority())
-            .map_err(|e| invalid(format!("bad authority {:?}: {e}", config.authority())))?;
-        let metadata = config
-            .metadata
-            .iter()
-            .map(|(name, value)| {
-                let name = HeaderName::try_from(name.as_str())
-                    .map_err(|e| invalid(format!("metadata name {name:?}: {e}")))?;
-                let value = HeaderValue::try_from(value.as_str())
-                    .map_err(|e| invalid(format!("metadata value for {name}: {e}")))?;
-                Ok((name, value))
-            })
-            .collect::<Result<Vec<_>, PoolError>>()?;
-        let connector = Connector::new(config, settings).map_err(|source| PoolError::Tls {
-            endpoint: config.id.clone(),
-            source,
-        })?;
-        Ok(Self {
-            id: Arc::from(config.id.as_str()),
-            region: Arc::from(config.region.as_str()),
-            priority: config.priority,
-            scheme: if config.uses_tls() {
-                Scheme::HTTPS
-            } else {
-                Scheme::HTTP
-            },
-            authority,
-            metadata,
-            connector,
-            retry_after: Mutex::new(None),
-            connections: AtomicUsize::new(0),
-        })
-    }
-
-    fn cooling_down(&self, now: Instant) -> bool {
-        self.retry_after.lock().is_some_and(|until| until > now)
-    }
-}
-
-/// One HTTP/2 connection to an endpoint, owned by one class group.
-pub struct UpstreamConnection {
-    /// Pool-unique id.
-    pub id: u64,
-    /// Where it goes.
-    pub endpoint: Arc<Endpoint>,
-    /// The group it belongs to.
-    pub class: TrafficClass,
-    send_request: h2::client::SendRequest<Bytes>,
-    active_streams: AtomicU32,
-    streams_total: AtomicU64,
-    configured_max: u32,
-    peer_max: Arc<AtomicU32>,
-    closed: Arc<AtomicBool>,
-    opened_at: Instant,
-    load: load::ConnectionLoad,
-}
-
-impl UpstreamConnection {
-    /// Streams this connection may carry now.
-    pub fn capacity(&self) -> u32 {
-        self.configured_max.min(self.peer_max.load(Relaxed))
-    }
-
-    /// Streams on it now.
-    pub fn active_streams(&self) -> u32 {
-        self.active_streams.load(Relaxed)
-    }
-
-    /// Whether the connection has ended (error, GOAWAY or peer close).
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Relaxed)
-    }
-
-    fn mark_closed(&self) {
-        self.closed.store(true, Relaxed);
-    }
-
-    /// Takes a stream slot if the connection has one free.
-    fn try_reserve(&self) -> bool {
-        let capacity = self.capacity();
-        self.active_streams
-            .fetch_update(Relaxed, Relaxed, |n| (n < capacity).then_some(n + 1))
-            .is_ok()
-    }
-
-    fn candidate(&self, now: Instant) -> Candidate {
-        let (latency, error_rate) = self.load.read();
-        Candidate {
-            connection_id: self.id,
-            endpoint_id: Arc::clone(&self.endpoint.id),
-            region: Arc::clone(&self.endpoint.region),
-            priority: self.endpoint.priority,
-            active_streams: self.active_streams(),
-            max_streams: self.capacity(),
-            latency,
-            error_rate,
-            age: now.saturating_duration_since(self.opened_at),
-        }
-    }
-}
-
-/// A reserved stream slot on a connection. Dropping it frees the slot and wakes waiters.
-pub struct Lease {
-    connection: Arc<UpstreamConnection>,
-    group: Arc<Group>,
-    decision: RouteDecision,
-    _upstream_active: crate::stats::GaugeGuard,
-}
-
-impl Lease {
-    /// The connection the slot is on.
-    pub fn connection(&self) -> &Arc<UpstreamConnection> {
-        &self.connection
-    }
-
-    /// Why the router chose this connection.
-    pub fn decision(&self) -> &RouteDecision {
-        &self.decision
-    }
-
-    /// A request handle for the connection, ready to open a stream.
-    ///
-    /// Fails when the connection closed since the slot was reserved (e.g. the peer sent
-    /// GOAWAY); the connection is then marked closed so the pool stops using it.
-    pub async fn ready(&self) -> Result<h2::client::SendRequest<Bytes>, h2::Error> {
-        let result = self.connection.send_request.clone().ready().await;
-        if result.is_err() {
-            self.connection.mark_closed();
-        }
-        result
-    }
-
-    /// Records the time from sending the request to the response headers (routing latency).
-    pub fn observe_response(&self, latency: Duration) {
-        self.connection.load.observe_latency(latency);
-    }
-
-    /// Records whether the stream failed on the upstream side (reset, connection error).
-    pub fn observe_outcome(&self, failed: bool) {
-        self.connection.load.observe_outcome(failed);
-    }
-
-    /// Marks the connection unusable for new streams (it failed while opening one).
-    pub fn discard_connection(&self) {
-        self.connection.mark_closed();
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.connection.active_streams.fetch_sub(1, Relaxed);
-        self.group.released.notify_waiters();
-    }
 }
 
 /// A connection being opened for a group: holds the group's `opening` count and the global
@@ -347,6 +173,39 @@ pub struct Pool {
     connect_timeout: Duration,
     queue_capacity: usize,
     queue_timeout: Duration,
+    keepalive: Option<Keepalive>,
+    max_drain_time: Duration,
+    failure_kinds: FailureKinds,
+    connection_breakers: BreakerSettings,
+    monitor_breakers: BreakerSettings,
+    breaker_events: Arc<BreakerEvents>,
+    monitors: Mutex<HashMap<Arc<str>, Arc<Breaker>>>,
+    preferences: HashMap<Arc<str>, MonitorPreferences>,
+    /// Ends background tasks (health checks) when the pool goes away.
+    stop: watch::Sender<bool>,
+}
+
+/// PING settings of upstream connections.
+#[derive(Debug, Clone, Copy)]
+struct Keepalive {
+    interval: Duration,
+    timeout: Duration,
+}
+
+/// A monitor's soft placement preferences.
+#[derive(Debug, Clone, Default)]
+struct MonitorPreferences {
+    region: Option<Arc<str>>,
+    max_latency: Option<Duration>,
+}
+
+/// What placement may do with one endpoint right now.
+#[derive(Debug, Clone, Copy)]
+struct EndpointView {
+    /// New streams may go there (healthy or degraded, breaker permits, best usable priority).
+    selected: bool,
+    /// Connections there take half their streams.
+    degraded: bool,
 }
 
 /// Routing rounds without the group's lock before placing under it with the built-in policy
@@ -359,6 +218,8 @@ enum Step {
     /// Wait for a connection that is being opened; it will have room.
     AwaitOpening,
     Wait,
+    /// No endpoint can take the stream now.
+    Unavailable(String),
 }
 
 /// A stream's claim on a slot of a connection being opened, given back when it retries.
@@ -370,6 +231,23 @@ impl Drop for Promise<'_> {
     fn drop(&mut self) {
         self.group.state.lock().promised -= 1;
     }
+}
+
+/// One endpoint as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndpointSnapshot {
+    /// Its id.
+    pub id: Arc<str>,
+    /// Its region.
+    pub region: Arc<str>,
+    /// Its priority.
+    pub priority: u32,
+    /// Health verdict and reason.
+    pub health: HealthSnapshot,
+    /// Its breaker.
+    pub breaker: BreakerSnapshot,
+    /// Connections to it.
+    pub connections: usize,
 }
 
 impl Pool {
@@ -401,27 +279,63 @@ impl Pool {
                 .unwrap_or(u32::MAX)
                 .min((1 << 31) - 1),
         };
+        let breaker_events = Arc::new(BreakerEvents::default());
         let endpoints = config
             .endpoints
             .iter()
-            .map(|e| Endpoint::new(e, settings).map(Arc::new))
+            .enumerate()
+            .map(|(i, e)| Endpoint::new(i, e, config, settings, &breaker_events).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let preferences = config
+            .monitors
+            .iter()
+            .map(|m| {
+                let preferences = MonitorPreferences {
+                    region: m.prefer_region.as_deref().map(Arc::from),
+                    max_latency: m.max_latency,
+                };
+                (Arc::from(m.id.as_str()), preferences)
+            })
+            .collect();
+        let pool = &config.pool;
         Ok(Self {
             endpoints,
             groups,
             router,
             stats,
-            global_cap: config.pool.max_connections,
+            global_cap: pool.max_connections,
             open_connections: Arc::new(AtomicUsize::new(0)),
             next_connection_id: AtomicU64::new(1),
-            connect_timeout: config.pool.connect_timeout,
-            queue_capacity: config.pool.queue_capacity,
-            queue_timeout: config.pool.queue_timeout,
+            connect_timeout: pool.connect_timeout,
+            queue_capacity: pool.queue_capacity,
+            queue_timeout: pool.queue_timeout,
+            keepalive: (!pool.keepalive_interval.is_zero()).then_some(Keepalive {
+                interval: pool.keepalive_interval,
+                timeout: pool.keepalive_timeout,
+            }),
+            max_drain_time: pool.max_drain_time,
+            failure_kinds: config.breakers.failures,
+            connection_breakers: config.breakers.connection(),
+            monitor_breakers: config.breakers.monitor(),
+            breaker_events,
+            monitors: Mutex::new(HashMap::new()),
+            preferences,
+            stop: watch::Sender::new(false),
         })
     }
 
-    /// Opens each group's `min_connections`. Failures are logged; streams retry later.
-    pub async fn warm(&self) {
+    /// Starts the endpoints' active health checks (when `[health] active`) and opens each
+    /// group's `min_connections`. Failures are logged; streams retry later.
+    pub async fn warm(&self, health_checks: bool) {
+        if health_checks {
+            for endpoint in &self.endpoints {
+                tokio::spawn(crate::health::run_active_checks(
+                    Arc::clone(endpoint),
+                    self.connect_timeout,
+                    self.stop.subscribe(),
+                ));
+            }
+        }
         for group in &self.groups {
             for _ in 0..group.min_connections {
                 let candidates = {
@@ -432,7 +346,8 @@ impl Pool {
                         break;
                     }
                     state.opening += 1;
-                    self.endpoint_order()
+                    let views = self.endpoint_views(Instant::now());
+                    self.endpoint_order(&views)
                 };
                 if let Err(status) = self.open_connection(group, candidates, false).await {
                     tracing::warn!(class = %group.class, error = %status.message, "could not pre-open connection");
@@ -466,9 +381,114 @@ impl Pool {
             .collect()
     }
 
+    /// Every endpoint's health and breaker.
+    pub fn endpoints(&self) -> Vec<EndpointSnapshot> {
+        self.endpoints
+            .iter()
+            .map(|e| EndpointSnapshot {
+                id: Arc::clone(&e.id),
+                region: Arc::clone(&e.region),
+                priority: e.priority,
+                health: e.health.snapshot(&e.breaker),
+                breaker: e.breaker.snapshot(),
+                connections: e.connection_count(),
+            })
+            .collect()
+    }
+
+    /// The endpoint with this id.
+    pub fn endpoint(&self, id: &str) -> Option<&Arc<Endpoint>> {
+        self.endpoints.iter().find(|e| &*e.id == id)
+    }
+
+    /// Every breaker: endpoints, live connections, monitors.
+    pub fn breakers(&self) -> Vec<BreakerSnapshot> {
+        let mut all: Vec<BreakerSnapshot> = self
+            .endpoints
+            .iter()
+            .map(|e| e.breaker.snapshot())
+            .collect();
+        for group in &self.groups {
+            let state = group.state.lock();
+            all.extend(state.connections.iter().map(|c| c.breaker.snapshot()));
+        }
+        all.extend(self.monitors.lock().values().map(|b| b.snapshot()));
+        all
+    }
+
+    /// Finds a breaker by scope and name (as listed by [`Pool::breakers`]).
+    pub fn breaker(&self, scope: Scope, name: &str) -> Option<Arc<Breaker>> {
+        match scope {
+            Scope::Endpoint => self.endpoint(name).map(|e| Arc::clone(&e.breaker)),
+            Scope::Monitor => self.monitors.lock().get(name).cloned(),
+            Scope::Connection => self.groups.iter().find_map(|group| {
+                let state = group.state.lock();
+                state
+                    .connections
+                    .iter()
+                    .find(|c| &**c.breaker.name() == name)
+                    .map(|c| Arc::clone(&c.breaker))
+            }),
+        }
+    }
+
+    /// Breaker state changes, oldest first.
+    pub fn breaker_events(&self) -> &Arc<BreakerEvents> {
+        &self.breaker_events
+    }
+
+    /// Admits one call of `monitor` through its breaker.
+    pub fn admit_monitor(&self, monitor: &MonitorProfile) -> Result<Permit, Status> {
+        let breaker = {
+            let mut monitors = self.monitors.lock();
+            let key = if monitors.len() < MONITOR_BREAKERS || monitors.contains_key(&monitor.id) {
+                Arc::clone(&monitor.id)
+            } else {
+                Arc::from("(other monitors)")
+            };
+            Arc::clone(monitors.entry(Arc::clone(&key)).or_insert_with(|| {
+                Breaker::new(
+                    Scope::Monitor,
+                    key,
+                    self.monitor_breakers,
+                    Arc::clone(&self.breaker_events),
+                )
+            }))
+        };
+        breaker
+            .admit()
+            .map_err(|refused| Status::unavailable(refused.to_string()))
+    }
+
+    /// Starts draining every connection to `endpoint`: they take no new streams, and resumable
+    /// streams move off them. Returns how many connections started draining.
+    pub fn drain_endpoint(&self, endpoint: &str) -> usize {
+        let mut drained = 0;
+        for group in &self.groups {
+            let state = group.state.lock();
+            for connection in state
+                .connections
+                .iter()
+                .filter(|c| &*c.endpoint.id == endpoint)
+            {
+                if !connection.is_draining() {
+                    connection.start_draining("endpoint drained by an operator");
+                    drained += 1;
+                }
+            }
+        }
+        drained
+    }
+
     /// Reserves a stream slot for `monitor`, opening a connection or waiting in the bounded
-    /// queue as needed. Errors are the gRPC status the monitor should get.
-    pub async fn acquire(&self, monitor: &MonitorProfile, method: &str) -> Result<Lease, Status> {
+    /// queue as needed. `avoid` names a connection not to use (the one a resumed stream broke
+    /// on). Errors are the gRPC status the monitor should get.
+    pub async fn acquire(
+        &self,
+        monitor: &MonitorProfile,
+        method: &str,
+        avoid: Option<u64>,
+    ) -> Result<Lease, Status> {
         let group = &self.groups[monitor.class.index()];
         let deadline = tokio::time::Instant::now() + self.queue_timeout;
         let mut queued: Option<QueueSlot<'_>> = None;
@@ -478,8 +498,9 @@ impl Pool {
             // Register interest before looking, so a slot freed in between is not missed.
             released.as_mut().enable();
             let mut promise = None;
-            match self.try_place(group, monitor, method) {
+            match self.try_place(group, monitor, method, avoid) {
                 Step::Leased(lease) => return Ok(lease),
+                Step::Unavailable(reason) => return Err(Status::unavailable(reason)),
                 Step::AwaitOpening => promise = Some(Promise { group }),
                 Step::Open(endpoints) => match self.open_connection(group, endpoints, true).await {
                     Ok(Some(lease)) => return Ok(lease),
@@ -489,7 +510,7 @@ impl Pool {
                             return Err(status);
                         }
                         // Other connections are alive: look again with a fresh registration.
-                        // The failed endpoints now cool down, so the next look waits for a
+                        // The failed endpoints now back off, so the next look waits for a
                         // slot instead of reconnecting at once.
                         continue;
                     }
@@ -513,8 +534,9 @@ impl Pool {
             }
             let timed_out = tokio::select! {
                 _ = &mut released => false,
-                // Endpoints that refused a connection may be tried again after their cool-down.
-                _ = tokio::time::sleep(ENDPOINT_RETRY_AFTER) => false,
+                // Endpoints that refused a connection, or whose breaker was open, may be usable
+                // again when their back-off or open period ends.
+                _ = tokio::time::sleep(self.recheck_after()) => false,
                 _ = tokio::time::sleep_until(deadline) => true,
             };
             drop(promise);
@@ -528,6 +550,19 @@ impl Pool {
         }
     }
 
+    /// How long a waiting stream sleeps before looking again without being woken.
+    fn recheck_after(&self) -> Duration {
+        let now = Instant::now();
+        self.endpoints
+            .iter()
+            .filter_map(|e| e.retry_at())
+            .filter(|at| *at > now)
+            .map(|at| at - now)
+            .min()
+            .unwrap_or(RECHECK_AFTER)
+            .clamp(Duration::from_millis(5), RECHECK_AFTER)
+    }
+
     fn has_live_connections(&self, group: &Group) -> bool {
         group
             .state
@@ -537,17 +572,78 @@ impl Pool {
             .any(|c| !c.is_closed())
     }
 
-    fn try_place(&self, group: &Arc<Group>, monitor: &MonitorProfile, method: &str) -> Step {
+    /// Which endpoints new streams may use now: those neither unhealthy nor refused by their
+    /// breaker, and of those only the best priority (traffic spills to lower priorities when
+    /// higher ones lose health, and comes back when they recover).
+    fn endpoint_views(&self, now: Instant) -> Vec<EndpointView> {
+        let verdicts: Vec<(bool, Health)> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                let health = e.health();
+                // An endpoint that just refused a connection and has none left cannot take a
+                // stream before its back-off ends: the next priority can.
+                let unreachable = e.backing_off(now) && e.connection_count() == 0;
+                let usable = health != Health::Unhealthy && !unreachable && e.breaker.permits(now);
+                (usable, health)
+            })
+            .collect();
+        let best = self
+            .endpoints
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, (usable, _))| *usable)
+            .map(|(e, _)| e.priority)
+            .min();
+        self.endpoints
+            .iter()
+            .zip(verdicts)
+            .map(|(e, (usable, health))| EndpointView {
+                selected: usable && Some(e.priority) == best,
+                degraded: health == Health::Degraded,
+            })
+            .collect()
+    }
+
+    /// Why no endpoint can take a stream, for the monitor's status message.
+    fn unavailable_reason(&self) -> String {
+        let reasons: Vec<String> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                let snapshot = e.health.snapshot(&e.breaker);
+                let why = snapshot
+                    .reason
+                    .unwrap_or_else(|| "half-open probes in flight".to_owned());
+                format!("{}: {why}", e.id)
+            })
+            .collect();
+        format!("no upstream endpoint is available ({})", reasons.join("; "))
+    }
+
+    fn try_place(
+        &self,
+        group: &Arc<Group>,
+        monitor: &MonitorProfile,
+        method: &str,
+        avoid: Option<u64>,
+    ) -> Step {
+        let views = self.endpoint_views(Instant::now());
+        if !views.iter().any(|v| v.selected) {
+            return Step::Unavailable(self.unavailable_reason());
+        }
+        let preferences = self.preferences.get(&monitor.id);
         // The router runs without the group's lock (a policy plugin may take up to its
         // deadline); the slot it picks is then taken with a compare-and-swap, and a slot lost to
         // a concurrent stream means looking again.
         for _ in 0..ROUTE_ATTEMPTS {
-            let open = self.connections_with_room(group);
+            let open = self.connections_with_room(group, &views, preferences, avoid);
             if open.is_empty() {
                 break;
             }
             let now = Instant::now();
-            let candidates: Vec<Candidate> = open.iter().map(|c| c.candidate(now)).collect();
+            let candidates: Vec<Candidate> =
+                open.iter().map(|(c, cap)| c.candidate(now, *cap)).collect();
             let request = RouteRequest {
                 monitor,
                 method,
@@ -559,25 +655,22 @@ impl Pool {
                 .filter(|d| d.index < candidates.len() && d.confidence.is_finite())
                 .or_else(|| LeastLoaded::pick(&candidates));
             let Some(decision) = decision else { break };
-            let connection = &open[decision.index];
-            if connection.try_reserve() {
-                return Step::Leased(self.lease_reserved(group, Arc::clone(connection), decision));
+            let (connection, capacity) = &open[decision.index];
+            if let Some(lease) = self.try_lease(group, connection, *capacity, decision) {
+                return Step::Leased(lease);
             }
         }
         let mut state = group.state.lock();
         let now = Instant::now();
         // Decided under the lock, so that opening connections and queueing below see a
         // consistent group: a slot that freed up meanwhile is taken by the built-in policy.
-        let open: Vec<&Arc<UpstreamConnection>> = state
-            .connections
-            .iter()
-            .filter(|c| !c.is_closed() && c.active_streams() < c.capacity())
-            .collect();
-        let candidates: Vec<Candidate> = open.iter().map(|c| c.candidate(now)).collect();
+        let open = placeable(&state.connections, &views, preferences, avoid);
+        let candidates: Vec<Candidate> =
+            open.iter().map(|(c, cap)| c.candidate(now, *cap)).collect();
         if let Some(decision) = LeastLoaded::pick(&candidates) {
-            let connection = open[decision.index];
-            if connection.try_reserve() {
-                return Step::Leased(self.lease_reserved(group, Arc::clone(connection), decision));
+            let (connection, capacity) = &open[decision.index];
+            if let Some(lease) = self.try_lease(group, connection, *capacity, decision) {
+                return Step::Leased(lease);
             }
         }
         // Streams queue behind connections already being opened as long as those will have room,
@@ -587,34 +680,77 @@ impl Pool {
             state.promised += 1;
             return Step::AwaitOpening;
         }
-        // While every endpoint has just refused a connection and the group still has live
-        // connections, wait for their slots rather than reconnect in a loop.
-        let all_cooling = self.endpoints.iter().all(|e| e.cooling_down(now));
-        let may_open = !all_cooling || state.connections.is_empty();
-        if may_open
+        let order = self.endpoint_order(&views);
+        // While every usable endpoint is backing off after refused connections, wait for their
+        // back-off (or for slots on live connections) rather than reconnect in a loop.
+        let all_backing_off = order.iter().all(|e| e.backing_off(now));
+        let live = state
+            .connections
+            .iter()
+            .any(|c| !c.is_closed() && views[c.endpoint_index()].selected);
+        if all_backing_off && !live && state.opening == 0 {
+            return Step::Unavailable(format!(
+                "no upstream endpoint reachable for class {} (reconnecting with back-off)",
+                group.class
+            ));
+        }
+        if !all_backing_off
             && state.connections.len() + state.opening < group.limit
             && self.reserve_global()
         {
             state.opening += 1;
-            return Step::Open(self.endpoint_order());
+            return Step::Open(order);
         }
         Step::Wait
     }
 
-    /// The group's open connections with a free slot now (pruning closed ones).
-    fn connections_with_room(&self, group: &Group) -> Vec<Arc<UpstreamConnection>> {
+    /// The group's connections that may take a stream now, with their current capacity
+    /// (pruning closed ones).
+    fn connections_with_room(
+        &self,
+        group: &Group,
+        views: &[EndpointView],
+        preferences: Option<&MonitorPreferences>,
+        avoid: Option<u64>,
+    ) -> Vec<(Arc<UpstreamConnection>, u32)> {
         let mut state = group.state.lock();
         let before = state.connections.len();
         state.connections.retain(|c| !c.is_closed());
         if state.connections.len() != before {
             tracing::debug!(class = %group.class, removed = before - state.connections.len(), "pruned closed connections");
         }
-        state
-            .connections
-            .iter()
-            .filter(|c| c.active_streams() < c.capacity())
-            .cloned()
+        placeable(&state.connections, views, preferences, avoid)
+            .into_iter()
+            .map(|(c, cap)| (Arc::clone(c), cap))
             .collect()
+    }
+
+    /// Takes a slot on `connection` and the breakers' leave for the stream; gives the slot
+    /// back if a breaker refuses (it may have just opened, or its probes are taken).
+    fn try_lease(
+        &self,
+        group: &Arc<Group>,
+        connection: &Arc<UpstreamConnection>,
+        capacity: u32,
+        decision: RouteDecision,
+    ) -> Option<Lease> {
+        if !connection.try_reserve(capacity) {
+            return None;
+        }
+        let permits = connection
+            .breaker
+            .admit()
+            .and_then(|c| connection.endpoint.breaker.admit().map(|e| [c, e]));
+        match permits {
+            Ok(permits) => {
+                Some(self.lease_reserved(group, Arc::clone(connection), decision, permits))
+            }
+            Err(refused) => {
+                tracing::debug!(connection = connection.id, %refused, "breaker refused a placement");
+                connection.active_streams.fetch_sub(1, Relaxed);
+                None
+            }
+        }
     }
 
     /// A lease on a slot already counted in `connection.active_streams`.
@@ -623,6 +759,7 @@ impl Pool {
         group: &Arc<Group>,
         connection: Arc<UpstreamConnection>,
         decision: RouteDecision,
+        permits: [Permit; 2],
     ) -> Lease {
         connection.streams_total.fetch_add(1, Relaxed);
         self.stats.incr(|s| &s.upstream_streams_total);
@@ -630,6 +767,8 @@ impl Pool {
             connection,
             group: Arc::clone(group),
             decision,
+            permits: Mutex::new(permits),
+            failure_kinds: self.failure_kinds,
             _upstream_active: self.stats.hold(|s| &s.upstream_streams_active),
         }
     }
@@ -640,27 +779,21 @@ impl Pool {
             .is_ok()
     }
 
-    /// Endpoints to try for a new connection: best priority first, then the one with the fewest
-    /// connections (spreading load); endpoints that just failed go last.
-    fn endpoint_order(&self) -> Vec<Arc<Endpoint>> {
+    /// Endpoints to try for a new connection: the selected (usable, best priority) ones, those
+    /// not backing off first, then the one with the fewest connections (spreading load).
+    fn endpoint_order(&self, views: &[EndpointView]) -> Vec<Arc<Endpoint>> {
         let now = Instant::now();
-        let mut order: Vec<(bool, u32, usize, usize)> = self
+        let mut order: Vec<(bool, usize, usize)> = self
             .endpoints
             .iter()
             .enumerate()
-            .map(|(i, e)| {
-                (
-                    e.cooling_down(now),
-                    e.priority,
-                    e.connections.load(Relaxed),
-                    i,
-                )
-            })
+            .filter(|(i, _)| views[*i].selected)
+            .map(|(i, e)| (e.backing_off(now), e.connection_count(), i))
             .collect();
         order.sort_unstable();
         order
             .into_iter()
-            .map(|(_, _, _, i)| Arc::clone(&self.endpoints[i]))
+            .map(|(_, _, i)| Arc::clone(&self.endpoints[i]))
             .collect()
     }
 
@@ -682,19 +815,31 @@ impl Pool {
         };
         let mut errors = Vec::new();
         for endpoint in endpoints {
+            let mut permit = match endpoint.breaker.admit() {
+                Ok(permit) => permit,
+                Err(refused) => {
+                    errors.push(format!("{}: {refused}", endpoint.id));
+                    continue;
+                }
+            };
             let attempt = EndpointAttempt::start(&endpoint);
-            match endpoint.connector.connect(self.connect_timeout).await {
+            match endpoint.connector().connect(self.connect_timeout).await {
                 Ok(opened) => {
                     attempt.succeeded();
                     opening.armed = false;
-                    *endpoint.retry_after.lock() = None;
+                    endpoint.connect_succeeded();
+                    // The streams on the connection report the endpoint's outcomes.
+                    drop(permit);
                     return Ok(self.adopt(group, endpoint, opened, take_slot));
                 }
                 Err(error) => {
                     drop(attempt);
+                    if self.failure_kinds.connect {
+                        permit.record(crate::breaker::Outcome::Failure);
+                    }
                     self.stats.incr(|s| &s.connection_errors_total);
                     tracing::warn!(endpoint = %endpoint.id, class = %group.class, %error, "upstream connect failed");
-                    *endpoint.retry_after.lock() = Some(Instant::now() + ENDPOINT_RETRY_AFTER);
+                    endpoint.connect_failed();
                     errors.push(format!("{}: {error}", endpoint.id));
                 }
             }
@@ -714,9 +859,15 @@ impl Pool {
         opened: connector::Opened,
         take_slot: bool,
     ) -> Option<Lease> {
-        let closed = Arc::new(AtomicBool::new(false));
+        let id = self.next_connection_id.fetch_add(1, Relaxed);
         let connection = Arc::new(UpstreamConnection {
-            id: self.next_connection_id.fetch_add(1, Relaxed),
+            id,
+            breaker: Breaker::new(
+                Scope::Connection,
+                Arc::from(format!("{}#{id}", endpoint.id)),
+                self.connection_breakers,
+                Arc::clone(&self.breaker_events),
+            ),
             endpoint: Arc::clone(&endpoint),
             class: group.class,
             send_request: opened.send_request,
@@ -724,29 +875,23 @@ impl Pool {
             streams_total: AtomicU64::new(0),
             configured_max: group.max_streams,
             peer_max: opened.peer_max_streams,
-            closed: Arc::clone(&closed),
+            closed: AtomicBool::new(false),
+            draining: opened.goaway,
             opened_at: Instant::now(),
             load: load::ConnectionLoad::new(opened.ping_rtt),
         });
         self.stats.incr(|s| &s.connections_opened_total);
         tracing::info!(connection = connection.id, endpoint = %endpoint.id, class = %group.class, "upstream connection opened");
-        let driver = opened.driver;
-        let open_connections = Arc::clone(&self.open_connections);
-        let groups = self.groups.clone();
-        let endpoint_for_driver = Arc::clone(&endpoint);
-        let id = connection.id;
-        tokio::spawn(async move {
-            if let Err(error) = driver.await {
-                tracing::info!(connection = id, %error, "upstream connection ended");
-            } else {
-                tracing::debug!(connection = id, "upstream connection closed");
-            }
-            closed.store(true, Relaxed);
-            endpoint_for_driver.connections.fetch_sub(1, Relaxed);
-            open_connections.fetch_sub(1, Relaxed);
-            wake_every_class(&groups);
-        });
-        let lease = take_slot.then(|| {
+        tokio::spawn(supervise(
+            Arc::clone(&connection),
+            opened.driver,
+            opened.ping_pong,
+            self.keepalive,
+            self.max_drain_time,
+            Arc::clone(&self.open_connections),
+            self.groups.clone(),
+        ));
+        let lease = if take_slot {
             let decision = RouteDecision {
                 index: 0,
                 confidence: 1.0,
@@ -756,13 +901,138 @@ impl Pool {
             // The opener's slot: taken even if the peer's limit turned out lower, because this
             // stream was promised the connection it opened.
             connection.active_streams.fetch_add(1, Relaxed);
-            self.lease_reserved(group, Arc::clone(&connection), decision)
-        });
+            let permits = connection
+                .breaker
+                .admit()
+                .and_then(|c| endpoint.breaker.admit().map(|e| [c, e]));
+            match permits {
+                Ok(permits) => {
+                    Some(self.lease_reserved(group, Arc::clone(&connection), decision, permits))
+                }
+                Err(refused) => {
+                    // The endpoint's half-open probes are all taken: look again.
+                    tracing::debug!(connection = connection.id, %refused, "breaker refused the opener's slot");
+                    connection.active_streams.fetch_sub(1, Relaxed);
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut state = group.state.lock();
         state.opening -= 1;
         state.connections.push(connection);
         drop(state);
         group.released.notify_waiters();
         lease
+    }
+}
+
+/// Connections of `connections` that may take a stream now, with their capacity: open, on a
+/// selected endpoint, breaker permitting, with a free slot; narrowed to the monitor's preferred
+/// region and latency when that leaves any.
+fn placeable<'a>(
+    connections: &'a [Arc<UpstreamConnection>],
+    views: &[EndpointView],
+    preferences: Option<&MonitorPreferences>,
+    avoid: Option<u64>,
+) -> Vec<(&'a Arc<UpstreamConnection>, u32)> {
+    let now = Instant::now();
+    let mut open: Vec<(&Arc<UpstreamConnection>, u32)> = connections
+        .iter()
+        .filter(|c| !c.is_closed() && Some(c.id) != avoid)
+        .filter_map(|c| {
+            let view = views[c.endpoint_index()];
+            if !view.selected {
+                return None;
+            }
+            let capacity = if view.degraded {
+                c.degraded_capacity()
+            } else {
+                c.capacity()
+            };
+            (c.active_streams() < capacity && c.breaker.permits(now)).then_some((c, capacity))
+        })
+        .collect();
+    if let Some(preferences) = preferences {
+        if let Some(region) = &preferences.region
+            && open.iter().any(|(c, _)| &c.endpoint.region == region)
+        {
+            open.retain(|(c, _)| &c.endpoint.region == region);
+        }
+        if let Some(max) = preferences.max_latency
+            && open.iter().any(|(c, _)| c.load.read().0 <= max)
+        {
+            open.retain(|(c, _)| c.load.read().0 <= max);
+        }
+    }
+    open
+}
+
+/// Runs one connection until it ends: drives it, PINGs it, notices GOAWAY, and closes it once a
+/// drain has lasted `max_drain_time`. Then gives its counts back and wakes waiting streams.
+async fn supervise(
+    connection: Arc<UpstreamConnection>,
+    driver: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), h2::Error>> + Send>>,
+    ping_pong: Option<h2::PingPong>,
+    keepalive: Option<Keepalive>,
+    max_drain_time: Duration,
+    open_connections: Arc<AtomicUsize>,
+    groups: [Arc<Group>; 3],
+) {
+    let id = connection.id;
+    let endpoint = Arc::clone(&connection.endpoint);
+    let mut draining = connection.draining.subscribe();
+    let drain_deadline = async {
+        let _ = draining.wait_for(|d| *d).await;
+        tokio::time::sleep(max_drain_time).await;
+    };
+    let pinger = async {
+        match (keepalive, ping_pong) {
+            (Some(keepalive), Some(ping_pong)) => keep_alive(ping_pong, keepalive).await,
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = driver => match result {
+            Err(error) => tracing::info!(connection = id, endpoint = %endpoint.id, %error, "upstream connection ended"),
+            Ok(()) => tracing::debug!(connection = id, "upstream connection closed"),
+        },
+        error = pinger => {
+            tracing::warn!(connection = id, endpoint = %endpoint.id, %error, "keepalive failed; closing the connection");
+            // Dropping the driver closes the socket and fails every stream on it, which
+            // resumes the resumable ones elsewhere.
+        }
+        () = drain_deadline => {
+            tracing::info!(connection = id, endpoint = %endpoint.id, ?max_drain_time, "drain time over; closing the connection");
+        }
+    }
+    // Closed, not drained: its streams fail on their own, and those failures count against the
+    // breakers (a migration would not).
+    connection.mark_closed();
+    endpoint.connections.fetch_sub(1, Relaxed);
+    open_connections.fetch_sub(1, Relaxed);
+    wake_every_class(&groups);
+}
+
+/// Why keepalive gave up on a connection.
+#[derive(Debug, thiserror::Error)]
+enum KeepaliveError {
+    #[error("no PING answer within {0:?}")]
+    Timeout(Duration),
+    #[error("PING failed: {0}")]
+    Failed(h2::Error),
+}
+
+/// PINGs every `interval`; returns when one is not answered within `timeout`. A black-holed
+/// connection (packets dropped, no RST or FIN) is detected within `interval + timeout`.
+async fn keep_alive(mut ping_pong: h2::PingPong, keepalive: Keepalive) -> KeepaliveError {
+    loop {
+        tokio::time::sleep(keepalive.interval).await;
+        match tokio::time::timeout(keepalive.timeout, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(error)) => return KeepaliveError::Failed(error),
+            Err(_) => return KeepaliveError::Timeout(keepalive.timeout),
+        }
     }
 }

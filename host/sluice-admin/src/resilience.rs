@@ -1,0 +1,85 @@
+//! `/api/v1/endpoints` and `/api/v1/breakers`: endpoint health, circuit breakers and their
+//! events, and the operator actions on them (force a breaker open, disable it, release it;
+//! drain an endpoint).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde_json::{Value, json};
+use sluice_proxy::breaker::{Override, Scope};
+
+use crate::plugins::EventsQuery;
+use crate::{AdminState, ApiError};
+
+/// `GET /api/v1/endpoints`
+pub async fn endpoints(State(state): State<AdminState>) -> Json<Value> {
+    Json(json!({ "endpoints": state.proxy.endpoints() }))
+}
+
+/// `POST /api/v1/endpoints/{id}/drain`
+pub async fn drain(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let drained = state
+        .proxy
+        .drain_endpoint(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no endpoint {id:?}")))?;
+    Ok(Json(
+        json!({ "endpoint": id, "draining_connections": drained }),
+    ))
+}
+
+/// `GET /api/v1/breakers`
+pub async fn breakers(State(state): State<AdminState>) -> Json<Value> {
+    Json(json!({ "breakers": state.proxy.breakers() }))
+}
+
+/// `GET /api/v1/breakers/events?since=N`
+pub async fn events(
+    State(state): State<AdminState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(
+        json!({ "events": state.proxy.breaker_events(query.since) }),
+    ))
+}
+
+/// `POST /api/v1/breakers/{scope}/{name}/{action}` with action `force-open`, `disable` or
+/// `release`.
+pub async fn act(
+    State(state): State<AdminState>,
+    Path((scope, name, action)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let scope = match scope.as_str() {
+        "connection" => Scope::Connection,
+        "endpoint" => Scope::Endpoint,
+        "monitor" => Scope::Monitor,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown breaker scope {other:?}; scopes are connection, endpoint, monitor"
+            )));
+        }
+    };
+    let value = match action.as_str() {
+        "force-open" => Some(Override::ForceOpen),
+        "disable" => Some(Override::Disable),
+        "release" => None,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown breaker action {other:?}; actions are force-open, disable, release"
+            )));
+        }
+    };
+    if !state.proxy.override_breaker(scope, &name, value) {
+        return Err(ApiError::not_found(format!(
+            "no {scope} breaker named {name:?} (monitor breakers exist once the monitor called)"
+        )));
+    }
+    let breaker = state
+        .proxy
+        .breakers()
+        .into_iter()
+        .find(|b| b.scope == scope && *b.name == *name);
+    Ok(Json(json!({ "breaker": breaker })))
+}

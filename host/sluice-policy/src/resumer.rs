@@ -1,0 +1,132 @@
+//! The data plane's resumer: the resumer slot's plugin when there is a usable one, the built-in
+//! "replay unchanged" otherwise, and the shadow fed off the failover path.
+//!
+//! A resume happens once per broken stream, so the question is built afresh (payloads copied)
+//! for every call. A plugin failure (trap, deadline, `error`, invalid answer) is counted like
+//! any slot's failure and answered with [`ResumeAnswer::Failed`], which makes the host replay
+//! the requests unchanged; the slot's breaker decides whether the plugin stays.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+
+use bytes::Bytes;
+use sluice_proxy::resume::{ResumeAnswer, ResumeRequest, Resumer};
+
+use crate::builtin::ReplayUnchanged;
+use crate::plugin::Plugin;
+use crate::slot::{Answer, Slot, shadow_compare};
+use crate::types::{self, check_resume};
+
+/// Resume questions waiting for the shadow plugin; beyond this they are dropped and counted.
+const SHADOW_QUEUE: usize = 64;
+
+struct ShadowJob {
+    request: types::ResumeRequest,
+    /// What the host sends upstream for this resume (the active plugin's messages, or the
+    /// requests unchanged): the shadow agrees when it answers the same messages.
+    sent: Vec<Vec<u8>>,
+}
+
+/// Rewrites the requests of broken streams with the resumer slot.
+pub struct PolicyResumer {
+    slot: Arc<Slot>,
+    shadow_jobs: SyncSender<ShadowJob>,
+}
+
+impl PolicyResumer {
+    pub(crate) fn new(slot: Arc<Slot>) -> Self {
+        let (shadow_jobs, receiver) = std::sync::mpsc::sync_channel(SHADOW_QUEUE);
+        let worker_slot = Arc::clone(&slot);
+        let spawned = std::thread::Builder::new()
+            .name("sluice-shadow-resumer".to_owned())
+            .spawn(move || shadow_worker(&worker_slot, &receiver));
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start the shadow resumer thread; shadow plugins get no input");
+        }
+        Self { slot, shadow_jobs }
+    }
+
+    fn offer_shadow(&self, shadow: &Plugin, request: types::ResumeRequest, sent: Vec<Vec<u8>>) {
+        if let Err(TrySendError::Full(_)) = self.shadow_jobs.try_send(ShadowJob { request, sent }) {
+            shadow.stats.shadow_dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl Resumer for PolicyResumer {
+    fn resume(&self, request: &ResumeRequest<'_>) -> ResumeAnswer {
+        // Nothing to replay: nothing to rewrite (the contract promises plugins a request).
+        if request.requests.is_empty() {
+            return ResumeAnswer::Unchanged;
+        }
+        let shadow = self.slot.shadow();
+        let Some(plugin) = self.slot.callable() else {
+            self.slot.used_builtin();
+            if let Some(shadow) = shadow {
+                let question = types::resume_request(request);
+                let sent = question.requests.clone();
+                self.offer_shadow(&shadow, question, sent);
+            }
+            return ReplayUnchanged.resume(request);
+        };
+        let question = types::resume_request(request);
+        let _span =
+            tracing::debug_span!("resume", method = request.method, attempt = request.attempt)
+                .entered();
+        let answer = self.slot.call_plugin(
+            plugin,
+            |plugin| plugin.resume(&question),
+            |messages| check_resume(messages, &question),
+        );
+        let (answer, sent) = match answer {
+            Answer::Answered(messages, plugin) => {
+                tracing::debug!(
+                    plugin = %plugin.label(),
+                    monitor = %request.monitor.id,
+                    messages = messages.len(),
+                    "requests rewritten for the resumed stream"
+                );
+                let sent = shadow.is_some().then(|| messages.clone());
+                let replay = messages.into_iter().map(Bytes::from).collect();
+                (ResumeAnswer::Replay(replay), sent)
+            }
+            Answer::Failed(failure, plugin) => {
+                let reason = types::truncate_reason(
+                    format!(
+                        "resumer {} failed ({}): {failure}",
+                        plugin.label(),
+                        failure.kind()
+                    ),
+                    types::MAX_REASON_BYTES,
+                );
+                let sent = shadow.is_some().then(|| question.requests.clone());
+                (ResumeAnswer::Failed(reason), sent)
+            }
+            // `call_plugin` always calls the plugin it is given.
+            Answer::NoPlugin => (
+                ResumeAnswer::Unchanged,
+                shadow.is_some().then(|| question.requests.clone()),
+            ),
+        };
+        if let (Some(shadow), Some(sent)) = (shadow, sent) {
+            self.offer_shadow(&shadow, question, sent);
+        }
+        answer
+    }
+}
+
+/// Runs shadow calls until the resumer is dropped.
+fn shadow_worker(slot: &Slot, jobs: &Receiver<ShadowJob>) {
+    while let Ok(job) = jobs.recv() {
+        let Some(shadow) = slot.shadow() else {
+            continue;
+        };
+        shadow_compare(
+            &shadow,
+            |shadow| shadow.resume(&job.request),
+            |messages| check_resume(messages, &job.request),
+            |messages| *messages == job.sent,
+        );
+    }
+}

@@ -1,0 +1,747 @@
+//! Resumable calls: a monitor's stream that outlives the upstream streams carrying it.
+//!
+//! For methods configured with `resume = "replay-last"` or `"replay-all"`, the relay works in
+//! whole messages in both directions. It keeps what a resume must replay (the monitor's latest
+//! request, or all of them up to `replay_buffer_bytes`) and the last response message it
+//! delivered. When the upstream stream breaks (reset, connection lost, `UNAVAILABLE`), or its
+//! connection starts draining (GOAWAY, operator drain), it opens a new upstream stream on
+//! another connection - the pool's breakers and health decide which - sends the replay, after
+//! the [`crate::resume::Resumer`] had a chance to rewrite it (e.g. `from_seq` = last seq + 1),
+//! and keeps feeding the same downstream stream. The monitor sees the first upstream's response
+//! headers, then messages, then the final status: never the switch.
+//!
+//! Only whole messages reach the monitor, so a switch never leaves half a message on the
+//! downstream stream. An optional dedup window drops response messages seen shortly before the
+//! switch. When attempts or time run out, the monitor gets `UNAVAILABLE` with the reason.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::poll_fn;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::{HeaderMap, Request, Response};
+use sluice_config::{MethodConfig, ResumeMode};
+use tokio::sync::watch;
+
+use super::call::{
+    CallSetup, End, OpenStream, cut_off_lagging, must_end, open_upstream, record_final_status,
+    reply, status_failure, upstream_failure,
+};
+use super::pump::{OnFull, PumpError, send_all};
+use crate::Context;
+use crate::grpc::{self, Code, FrameError, MessageSplitter, PREFIX_LEN, Status};
+use crate::pool::{FailureKind, Lease};
+use crate::resume::{ResumeAnswer, ResumeRequest};
+
+/// A method's resume settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResumeOptions {
+    mode: ResumeMode,
+    attempts: u32,
+    timeout: Duration,
+    on_unavailable: bool,
+    dedup_window: usize,
+    replay_buffer_bytes: usize,
+}
+
+impl ResumeOptions {
+    pub(crate) fn from_config(method: &MethodConfig) -> Self {
+        Self {
+            mode: method.resume,
+            attempts: method.resume_attempts,
+            timeout: method.resume_timeout,
+            on_unavailable: method.resume_on_unavailable,
+            dedup_window: method.dedup_window,
+            replay_buffer_bytes: method.replay_buffer_bytes,
+        }
+    }
+}
+
+/// The request messages a resume replays.
+struct ReplayBuffer {
+    mode: ResumeMode,
+    /// Framed messages (prefix included), oldest first.
+    messages: VecDeque<Bytes>,
+    bytes: usize,
+    limit: usize,
+    /// More than `limit` bytes were needed: the stream can no longer be resumed faithfully.
+    overflowed: bool,
+}
+
+impl ReplayBuffer {
+    fn new(options: &ResumeOptions) -> Self {
+        Self {
+            mode: options.mode,
+            messages: VecDeque::new(),
+            bytes: 0,
+            limit: options.replay_buffer_bytes,
+            overflowed: false,
+        }
+    }
+
+    fn record(&mut self, framed: &Bytes) {
+        if self.overflowed {
+            return;
+        }
+        if self.mode == ResumeMode::ReplayLast {
+            self.messages.clear();
+            self.bytes = 0;
+        }
+        self.bytes += framed.len();
+        if self.bytes > self.limit {
+            self.overflowed = true;
+            self.messages.clear();
+            return;
+        }
+        self.messages.push_back(framed.clone());
+    }
+
+    /// Whether any message is compressed (a resumer sees raw protobuf only).
+    fn any_compressed(&self) -> bool {
+        self.messages.iter().any(|m| m.first() != Some(&0))
+    }
+}
+
+/// Hashes of recently delivered response messages.
+struct Dedup {
+    window: usize,
+    order: VecDeque<u64>,
+    seen: HashSet<u64>,
+}
+
+impl Dedup {
+    fn new(window: usize) -> Self {
+        Self {
+            window,
+            order: VecDeque::with_capacity(window.min(4096)),
+            seen: HashSet::with_capacity(window.min(4096)),
+        }
+    }
+
+    /// Remembers `message`; `true` when `check` is set and it was seen within the window.
+    fn is_duplicate(&mut self, message: &[u8], check: bool) -> bool {
+        if self.window == 0 {
+            return false;
+        }
+        // SipHash with fixed keys: deterministic within the process, collisions negligible
+        // for a window of recent messages.
+        let mut hasher = std::hash::DefaultHasher::new();
+        message.hash(&mut hasher);
+        let hash = hasher.finish();
+        if check && self.seen.contains(&hash) {
+            return true;
+        }
+        if self.seen.insert(hash) {
+            self.order.push_back(hash);
+            if self.order.len() > self.window
+                && let Some(old) = self.order.pop_front()
+            {
+                self.seen.remove(&old);
+            }
+        }
+        false
+    }
+}
+
+/// Where the current upstream stream's response is.
+enum Phase {
+    Head(h2::client::ResponseFuture),
+    Body(RecvStream),
+    Trailers(RecvStream),
+    Done,
+}
+
+/// One upstream stream carrying the call.
+struct Upstream {
+    lease: Lease,
+    send: Option<SendStream<Bytes>>,
+    phase: Phase,
+    splitter: MessageSplitter,
+    sent_at: Instant,
+    first_seen: bool,
+    first_checked: bool,
+    first_due: std::pin::Pin<Box<tokio::time::Sleep>>,
+    draining: watch::Receiver<bool>,
+}
+
+impl Upstream {
+    fn new(open: OpenStream, setup: &CallSetup) -> Self {
+        let draining = open.lease.draining();
+        Self {
+            draining,
+            lease: open.lease,
+            send: Some(open.send),
+            phase: Phase::Head(open.response),
+            splitter: MessageSplitter::new(setup.max_message_bytes),
+            sent_at: Instant::now(),
+            first_seen: false,
+            first_checked: false,
+            first_due: Box::pin(tokio::time::sleep(setup.first_message_timeout)),
+        }
+    }
+
+    /// Stops using this upstream stream: h2 resets it (CANCEL) once every handle is gone.
+    fn abandon(mut self) {
+        if let Some(send) = self.send.as_mut() {
+            send.send_reset(h2::Reason::CANCEL);
+        }
+    }
+}
+
+enum UpstreamEvent {
+    Head(Response<RecvStream>),
+    Data(Bytes),
+    Trailers(Option<HeaderMap>),
+}
+
+/// The next thing the upstream stream says; an error means it broke. Cancel-safe: every await
+/// is a poll of h2 state.
+async fn next_event(phase: &mut Phase) -> Result<UpstreamEvent, h2::Error> {
+    loop {
+        match phase {
+            Phase::Head(response) => return response.await.map(UpstreamEvent::Head),
+            Phase::Body(body) => match body.data().await {
+                Some(chunk) => return chunk.map(UpstreamEvent::Data),
+                None => {
+                    if let Phase::Body(body) = std::mem::replace(phase, Phase::Done) {
+                        *phase = Phase::Trailers(body);
+                    }
+                }
+            },
+            Phase::Trailers(body) => return body.trailers().await.map(UpstreamEvent::Trailers),
+            Phase::Done => return std::future::pending().await,
+        }
+    }
+}
+
+/// Why the current upstream stream is given up.
+struct Break {
+    /// The breaker failure, or `None` for a migration off a draining connection.
+    failure: Option<FailureKind>,
+    reason: String,
+}
+
+/// What one turn of the relay loop saw.
+enum Turn {
+    MonitorGone,
+    MustEnd(Status),
+    Draining,
+    FirstMessageDue,
+    Request(Option<Result<Bytes, h2::Error>>),
+    Upstream(Result<UpstreamEvent, h2::Error>),
+}
+
+/// The monitor side of the call.
+struct Downstream {
+    respond: SendResponse<Bytes>,
+    /// Set once the response headers went out.
+    stream: Option<SendStream<Bytes>>,
+}
+
+impl Downstream {
+    fn poll_reset(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let reset = match self.stream.as_mut() {
+            Some(stream) => stream.poll_reset(cx),
+            None => self.respond.poll_reset(cx),
+        };
+        reset.map(|_| ())
+    }
+
+    /// Ends the call with `status`.
+    fn fail(&mut self, status: Status) -> End {
+        match self.stream.as_mut() {
+            Some(stream) => {
+                let _ = stream.send_trailers(status.to_trailers());
+            }
+            None => reply(&mut self.respond, &status),
+        }
+        End::Failed(status)
+    }
+}
+
+/// Serves one resumable call to its end.
+pub(crate) async fn serve(
+    ctx: &Arc<Context>,
+    setup: CallSetup,
+    options: ResumeOptions,
+    request: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+) -> End {
+    let (parts, mut body) = request.into_parts();
+    let mut downstream = Downstream {
+        respond,
+        stream: None,
+    };
+    let Some(path) = parts.uri.path_and_query().cloned() else {
+        return downstream.fail(Status::new(Code::Unimplemented, "request has no path"));
+    };
+    // Kept for the life of the call: every resume sends them again.
+    let headers = grpc::headers::request_headers(&parts.headers, 4);
+    drop(parts);
+    let must_end = must_end(ctx, setup.deadline);
+    tokio::pin!(must_end);
+
+    let opened = tokio::select! {
+        opened = Box::pin(open_upstream(ctx, &setup.profile, &path, &headers, false, setup.deadline, None)) => opened,
+        status = &mut must_end => Err(status),
+        () = poll_fn(|cx| downstream.poll_reset(cx)) => return End::Cancelled,
+    };
+    let mut upstream = match opened {
+        Ok(open) => Upstream::new(open, &setup),
+        Err(status) => return downstream.fail(status),
+    };
+
+    let mut replay = ReplayBuffer::new(&options);
+    let mut request_splitter = MessageSplitter::new(setup.max_message_bytes);
+    let mut request_ended = false;
+    let mut dedup = Dedup::new(options.dedup_window);
+    let mut last_response: Option<Bytes> = None;
+    let mut delivered: u64 = 0;
+    let mut resumes: u32 = 0;
+
+    loop {
+        let turn = tokio::select! {
+            biased;
+            () = poll_fn(|cx| downstream.poll_reset(cx)) => Turn::MonitorGone,
+            status = &mut must_end => Turn::MustEnd(status),
+            _ = upstream.draining.wait_for(|d| *d) => Turn::Draining,
+            () = &mut upstream.first_due, if !upstream.first_checked => Turn::FirstMessageDue,
+            chunk = body.data(), if !request_ended => Turn::Request(chunk),
+            event = next_event(&mut upstream.phase) => Turn::Upstream(event),
+        };
+        let broken = match turn {
+            Turn::MonitorGone => {
+                upstream.abandon();
+                return End::Cancelled;
+            }
+            Turn::MustEnd(status) => {
+                upstream.abandon();
+                return downstream.fail(status);
+            }
+            Turn::Draining => Break {
+                failure: None,
+                reason: "its connection is draining".to_owned(),
+            },
+            Turn::FirstMessageDue => {
+                upstream.first_checked = true;
+                if !upstream.first_seen {
+                    upstream.lease.failed(FailureKind::NoFirstMessage);
+                }
+                continue;
+            }
+            Turn::Request(None) => {
+                request_ended = true;
+                if let Err(error) = request_splitter.finish() {
+                    upstream.abandon();
+                    return downstream.fail(Status::resource_exhausted(format!(
+                        "request rejected: {error}"
+                    )));
+                }
+                if let Some(send) = upstream.send.as_mut() {
+                    // A failure here shows up on the response side.
+                    let _ = send.send_data(Bytes::new(), true);
+                }
+                continue;
+            }
+            Turn::Request(Some(Err(_))) => {
+                // The monitor reset its stream.
+                upstream.abandon();
+                return End::Cancelled;
+            }
+            Turn::Request(Some(Ok(chunk))) => {
+                let len = chunk.len();
+                request_splitter.push(chunk);
+                loop {
+                    let message = match request_splitter.next_message() {
+                        Ok(Some(message)) => message,
+                        Ok(None) => break,
+                        Err(error) => {
+                            return reject(ctx, upstream, &mut downstream, "request", error);
+                        }
+                    };
+                    replay.record(&message);
+                    ctx.stats
+                        .add(|s| &s.bytes_to_upstream_total, message.len() as u64);
+                    if let Some(send) = upstream.send.as_mut() {
+                        // A failure here shows up on the response side.
+                        let _ = send_all(send, message, OnFull::Wait, false).await;
+                    }
+                }
+                let _ = body.flow_control().release_capacity(len);
+                continue;
+            }
+            Turn::Upstream(Err(error)) => Break {
+                failure: Some(FailureKind::Reset),
+                reason: upstream_failure(&error).message,
+            },
+            Turn::Upstream(Ok(UpstreamEvent::Head(response))) => {
+                upstream.lease.observe_response(upstream.sent_at.elapsed());
+                let (parts, upstream_body) = response.into_parts();
+                if upstream_body.is_end_stream() {
+                    // Trailers-only: the status is in these headers.
+                    if let Some(broken) = resumable_status(&options, &parts.headers) {
+                        broken
+                    } else {
+                        let failure = record_final_status(&upstream.lease, &parts.headers);
+                        let trailers = grpc::headers::response_headers(&parts.headers);
+                        return match downstream.stream.as_mut() {
+                            Some(stream) => {
+                                let _ = stream.send_trailers(trailers);
+                                End::Completed(failure)
+                            }
+                            None => {
+                                let mut head = Response::new(());
+                                *head.status_mut() = parts.status;
+                                *head.headers_mut() = trailers;
+                                let _ = downstream.respond.send_response(head, true);
+                                End::Completed(failure)
+                            }
+                        };
+                    }
+                } else {
+                    if downstream.stream.is_none() {
+                        let mut head = Response::new(());
+                        *head.status_mut() = parts.status;
+                        *head.headers_mut() = grpc::headers::response_headers(&parts.headers);
+                        match downstream.respond.send_response(head, false) {
+                            Ok(stream) => downstream.stream = Some(stream),
+                            Err(_) => {
+                                upstream.abandon();
+                                return End::Cancelled;
+                            }
+                        }
+                    }
+                    // A resumed stream's headers are not the monitor's business: it already
+                    // has the first upstream's.
+                    upstream.phase = Phase::Body(upstream_body);
+                    continue;
+                }
+            }
+            Turn::Upstream(Ok(UpstreamEvent::Data(chunk))) => {
+                let len = chunk.len();
+                upstream.splitter.push(chunk);
+                let Some(stream) = downstream.stream.as_mut() else {
+                    continue;
+                };
+                loop {
+                    let message = match upstream.splitter.next_message() {
+                        Ok(Some(message)) => message,
+                        Ok(None) => break,
+                        Err(error) => {
+                            return reject(
+                                ctx,
+                                upstream,
+                                &mut downstream,
+                                "upstream response",
+                                error,
+                            );
+                        }
+                    };
+                    if !upstream.first_seen {
+                        upstream.first_seen = true;
+                        upstream.lease.first_message(upstream.sent_at.elapsed());
+                    }
+                    if dedup.is_duplicate(&message, resumes > 0) {
+                        ctx.stats.incr(|s| &s.duplicates_dropped_total);
+                        continue;
+                    }
+                    let payload = message.slice(PREFIX_LEN..);
+                    let size = message.len() as u64;
+                    match send_all(stream, message, setup.on_full, false).await {
+                        Ok(()) => {}
+                        Err(PumpError::Lagging(waited)) => {
+                            upstream.abandon();
+                            let status = cut_off_lagging(ctx, waited);
+                            return downstream.fail(status);
+                        }
+                        Err(_) => {
+                            upstream.abandon();
+                            return End::Cancelled;
+                        }
+                    }
+                    ctx.stats.add(|s| &s.bytes_to_monitors_total, size);
+                    last_response = Some(payload);
+                    delivered += 1;
+                }
+                if let Phase::Body(body) = &mut upstream.phase {
+                    let _ = body.flow_control().release_capacity(len);
+                }
+                continue;
+            }
+            Turn::Upstream(Ok(UpstreamEvent::Trailers(trailers))) => {
+                let trailers = trailers.unwrap_or_default();
+                if let Some(broken) = resumable_status(&options, &trailers) {
+                    broken
+                } else {
+                    if let Err(error) = upstream.splitter.finish() {
+                        return downstream.fail(Status::internal(format!(
+                            "upstream response ended inside a message: {error}"
+                        )));
+                    }
+                    let failure = record_final_status(&upstream.lease, &trailers);
+                    if let Some(stream) = downstream.stream.as_mut() {
+                        let _ = stream.send_trailers(grpc::headers::response_headers(&trailers));
+                    }
+                    return End::Completed(failure);
+                }
+            }
+        };
+
+        // The upstream stream is gone or going: resume the call on another one.
+        let broken_connection = upstream.lease.connection().id;
+        match broken.failure {
+            Some(kind) => {
+                upstream.lease.failed(kind);
+                ctx.stats.incr(|s| &s.upstream_failures_total);
+            }
+            None => ctx.stats.incr(|s| &s.migrations_total),
+        }
+        upstream.abandon();
+        if replay.overflowed {
+            ctx.stats.incr(|s| &s.resume_failures_total);
+            return downstream.fail(Status::unavailable(format!(
+                "upstream stream broke ({}) and cannot be resumed: the call sent more than \
+                 replay_buffer_bytes ({}) of requests",
+                broken.reason, options.replay_buffer_bytes
+            )));
+        }
+        tracing::info!(
+            connection = broken_connection,
+            reason = %broken.reason,
+            delivered,
+            "resuming the stream on another upstream stream",
+        );
+        let state = ResumeState {
+            replay: &replay,
+            request_ended,
+            last_response: last_response.as_ref(),
+            delivered,
+            attempt: resumes + 1,
+            broken_connection,
+            reason: &broken.reason,
+        };
+        let reopened = tokio::select! {
+            reopened = Box::pin(reopen(ctx, &setup, &options, &path, &headers, state)) => reopened,
+            status = &mut must_end => Err(status),
+            () = poll_fn(|cx| downstream.poll_reset(cx)) => return End::Cancelled,
+        };
+        match reopened {
+            Ok(next) => {
+                ctx.stats.incr(|s| &s.resumes_total);
+                resumes += 1;
+                upstream = next;
+            }
+            Err(status) => {
+                ctx.stats.incr(|s| &s.resume_failures_total);
+                tracing::info!(%status, "resume failed");
+                return downstream.fail(status);
+            }
+        }
+    }
+}
+
+/// Ends the call over a message that broke the framing rules or the size limit.
+fn reject(
+    ctx: &Context,
+    upstream: Upstream,
+    downstream: &mut Downstream,
+    what: &str,
+    error: FrameError,
+) -> End {
+    ctx.stats.incr(|s| &s.oversized_messages_total);
+    upstream.abandon();
+    downstream.fail(Status::resource_exhausted(format!(
+        "{what} rejected: {error}"
+    )))
+}
+
+/// A final status that means "try elsewhere" for this method.
+fn resumable_status(options: &ResumeOptions, headers: &HeaderMap) -> Option<Break> {
+    let unavailable = status_failure(headers) == Some(FailureKind::Unavailable);
+    (unavailable && options.on_unavailable).then(|| Break {
+        failure: Some(FailureKind::Unavailable),
+        reason: format!(
+            "upstream answered UNAVAILABLE: {}",
+            headers
+                .get("grpc-message")
+                .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+                .unwrap_or_default()
+        ),
+    })
+}
+
+/// What a resume needs to know about the call so far.
+struct ResumeState<'a> {
+    replay: &'a ReplayBuffer,
+    request_ended: bool,
+    last_response: Option<&'a Bytes>,
+    delivered: u64,
+    attempt: u32,
+    broken_connection: u64,
+    reason: &'a str,
+}
+
+/// Opens a new upstream stream for the call and sends the replay, within the method's resume
+/// attempts and time.
+async fn reopen(
+    ctx: &Arc<Context>,
+    setup: &CallSetup,
+    options: &ResumeOptions,
+    path: &http::uri::PathAndQuery,
+    headers: &HeaderMap,
+    state: ResumeState<'_>,
+) -> Result<Upstream, Status> {
+    let started = Instant::now();
+    let messages = replay_messages(ctx, setup, &state);
+    let mut last_error = state.reason.to_owned();
+    for attempt in 1..=options.attempts {
+        let Some(remaining) = options.timeout.checked_sub(started.elapsed()) else {
+            break;
+        };
+        let opened = tokio::time::timeout(
+            remaining,
+            open_upstream(
+                ctx,
+                &setup.profile,
+                path,
+                headers,
+                false,
+                setup.deadline,
+                Some(state.broken_connection),
+            ),
+        )
+        .await;
+        match opened {
+            Ok(Ok(open)) => {
+                let mut upstream = Upstream::new(open, setup);
+                match send_replay(&mut upstream, &messages, state.request_ended).await {
+                    Ok(()) => return Ok(upstream),
+                    Err(error) => {
+                        upstream.lease.failed(FailureKind::Reset);
+                        last_error = format!("replay failed: {error}");
+                    }
+                }
+            }
+            Ok(Err(status)) => last_error = status.message,
+            Err(_) => break,
+        }
+        // Back off a little (with jitter) so that many streams resuming at once spread out.
+        let pause = Duration::from_millis(20 * (1 << attempt.min(5)))
+            .mul_f64(0.5 + fastrand::f64() / 2.0)
+            .min(options.timeout.saturating_sub(started.elapsed()));
+        tokio::time::sleep(pause).await;
+    }
+    Err(Status::unavailable(format!(
+        "upstream stream broke ({}) and could not be resumed within {} attempts and {:?}: {last_error}",
+        state.reason, options.attempts, options.timeout
+    )))
+}
+
+/// The framed request messages to send on the new upstream stream: the replay, rewritten by
+/// the resumer when one is loaded.
+fn replay_messages(ctx: &Context, setup: &CallSetup, state: &ResumeState<'_>) -> Vec<Bytes> {
+    let recorded: Vec<Bytes> = state.replay.messages.iter().cloned().collect();
+    if state.replay.any_compressed() {
+        return recorded;
+    }
+    let payloads: Vec<Bytes> = recorded.iter().map(|m| m.slice(PREFIX_LEN..)).collect();
+    let request = ResumeRequest {
+        monitor: &setup.profile,
+        method: &setup.path,
+        requests: &payloads,
+        last_response: state.last_response,
+        responses_delivered: state.delivered,
+        attempt: state.attempt,
+    };
+    match ctx.resumer.resume(&request) {
+        ResumeAnswer::Replay(rewritten) => rewritten.iter().map(|p| frame(p)).collect(),
+        ResumeAnswer::Unchanged => recorded,
+        ResumeAnswer::Failed(reason) => {
+            tracing::warn!(%reason, "resumer failed; replaying the requests unchanged");
+            recorded
+        }
+    }
+}
+
+/// Prefixes a payload as an uncompressed gRPC message.
+fn frame(payload: &[u8]) -> Bytes {
+    let mut framed = BytesMut::with_capacity(PREFIX_LEN + payload.len());
+    framed.put_u8(0);
+    framed.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
+    framed.put_slice(payload);
+    framed.freeze()
+}
+
+async fn send_replay(
+    upstream: &mut Upstream,
+    messages: &[Bytes],
+    request_ended: bool,
+) -> Result<(), PumpError> {
+    let Some(send) = upstream.send.as_mut() else {
+        return Ok(());
+    };
+    for message in messages {
+        send_all(send, message.clone(), OnFull::Wait, false).await?;
+    }
+    if request_ended {
+        send.send_data(Bytes::new(), true)
+            .map_err(PumpError::Sink)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(mode: ResumeMode, limit: usize) -> ResumeOptions {
+        ResumeOptions {
+            mode,
+            attempts: 3,
+            timeout: Duration::from_secs(1),
+            on_unavailable: true,
+            dedup_window: 0,
+            replay_buffer_bytes: limit,
+        }
+    }
+
+    #[test]
+    fn replay_last_keeps_one_message_and_replay_all_keeps_them_up_to_the_limit() {
+        let mut last = ReplayBuffer::new(&options(ResumeMode::ReplayLast, 1024));
+        last.record(&frame(b"a"));
+        last.record(&frame(b"b"));
+        assert_eq!(last.messages.len(), 1);
+        assert_eq!(&last.messages[0][PREFIX_LEN..], b"b");
+
+        let mut all = ReplayBuffer::new(&options(ResumeMode::ReplayAll, 14));
+        all.record(&frame(b"aa"));
+        all.record(&frame(b"bb"));
+        assert_eq!(all.messages.len(), 2);
+        assert!(!all.overflowed);
+        all.record(&frame(b"cc"));
+        assert!(all.overflowed, "21 bytes exceed the 14-byte buffer");
+        assert!(all.messages.is_empty());
+    }
+
+    #[test]
+    fn dedup_drops_only_after_a_switch_and_forgets_beyond_the_window() {
+        let mut dedup = Dedup::new(2);
+        assert!(!dedup.is_duplicate(b"x", false));
+        assert!(!dedup.is_duplicate(b"x", false), "no check before a resume");
+        assert!(dedup.is_duplicate(b"x", true));
+        assert!(!dedup.is_duplicate(b"y", true));
+        assert!(!dedup.is_duplicate(b"z", true));
+        assert!(
+            !dedup.is_duplicate(b"x", true),
+            "x left the 2-message window"
+        );
+        let mut off = Dedup::new(0);
+        off.is_duplicate(b"x", true);
+        assert!(!off.is_duplicate(b"x", true));
+    }
+}

@@ -1,0 +1,233 @@
+//! Endpoint health: active `grpc.health.v1` checks and passive outlier detection.
+//!
+//! An endpoint is
+//! - **unhealthy** when its active checks failed `unhealthy_threshold` times in a row, or its
+//!   endpoint breaker is open (passive detection: the breaker counts failed connects and
+//!   streams);
+//! - **degraded** when its breaker is half-open or more than `degraded_error_rate` of its recent
+//!   streams failed; it then takes half the usual streams per connection;
+//! - **healthy** otherwise.
+//!
+//! This module measures and reports. Acting on health (which endpoints get new streams, spill
+//! to lower priorities) is the pool's job.
+
+pub mod check;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use sluice_config::HealthConfig;
+
+use crate::breaker::{Breaker, BreakerState};
+use crate::pool::Endpoint;
+
+/// An endpoint's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Takes streams normally.
+    Healthy,
+    /// Takes half its usual streams per connection.
+    Degraded,
+    /// Takes no new streams.
+    Unhealthy,
+}
+
+/// Smallest number of recent streams before an error rate can degrade an endpoint.
+const DEGRADE_MIN_CALLS: u32 = 5;
+
+/// What the active checks found so far.
+#[derive(Debug, Default)]
+struct ActiveState {
+    failures_in_row: u32,
+    passes_in_row: u32,
+    unhealthy: bool,
+    last_error: Option<String>,
+    last_check: Option<Instant>,
+}
+
+/// Health inputs of one endpoint.
+#[derive(Debug)]
+pub struct EndpointHealth {
+    config: HealthConfig,
+    active: Mutex<ActiveState>,
+}
+
+/// A point-in-time view of an endpoint's health.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthSnapshot {
+    /// The combined verdict.
+    pub health: Health,
+    /// Why it is not healthy, if it is not.
+    pub reason: Option<String>,
+    /// Whether active checks run.
+    pub active_checks: bool,
+    /// The last active check's error, if it failed.
+    pub last_check_error: Option<String>,
+}
+
+impl EndpointHealth {
+    /// Health with no observations: healthy.
+    pub fn new(config: &HealthConfig) -> Self {
+        Self {
+            config: config.clone(),
+            active: Mutex::new(ActiveState::default()),
+        }
+    }
+
+    /// The verdict now, given the endpoint's breaker.
+    pub fn health(&self, breaker: &Breaker) -> Health {
+        self.assess(breaker).0
+    }
+
+    /// The verdict and its reason.
+    pub fn snapshot(&self, breaker: &Breaker) -> HealthSnapshot {
+        let (health, reason) = self.assess(breaker);
+        HealthSnapshot {
+            health,
+            reason,
+            active_checks: self.config.active,
+            last_check_error: self.active.lock().last_error.clone(),
+        }
+    }
+
+    fn assess(&self, breaker: &Breaker) -> (Health, Option<String>) {
+        {
+            let active = self.active.lock();
+            if active.unhealthy {
+                let error = active.last_error.as_deref().unwrap_or("unknown error");
+                return (
+                    Health::Unhealthy,
+                    Some(format!(
+                        "{} health checks failed in a row: {error}",
+                        active.failures_in_row.max(self.config.unhealthy_threshold)
+                    )),
+                );
+            }
+        }
+        let snapshot = breaker.snapshot();
+        match snapshot.state {
+            BreakerState::Open | BreakerState::ForcedOpen => {
+                return (
+                    Health::Unhealthy,
+                    Some(format!("endpoint circuit breaker is {}", snapshot.state)),
+                );
+            }
+            BreakerState::HalfOpen => {
+                return (
+                    Health::Degraded,
+                    Some("endpoint circuit breaker is half-open".to_owned()),
+                );
+            }
+            BreakerState::Closed | BreakerState::Disabled => {}
+        }
+        if snapshot.window_calls >= DEGRADE_MIN_CALLS {
+            let rate = f64::from(snapshot.window_failures) / f64::from(snapshot.window_calls);
+            if rate > self.config.degraded_error_rate {
+                return (
+                    Health::Degraded,
+                    Some(format!(
+                        "{:.0}% of {} recent streams failed",
+                        rate * 100.0,
+                        snapshot.window_calls
+                    )),
+                );
+            }
+        }
+        (Health::Healthy, None)
+    }
+
+    /// Records one active check. Returns the new verdict of the checks when it changed
+    /// (`Some(true)`: now passing).
+    fn record_check(&self, result: Result<(), String>) -> Option<bool> {
+        let mut active = self.active.lock();
+        active.last_check = Some(Instant::now());
+        match result {
+            Ok(()) => {
+                active.passes_in_row += 1;
+                active.failures_in_row = 0;
+                active.last_error = None;
+                if active.unhealthy && active.passes_in_row >= self.config.healthy_threshold {
+                    active.unhealthy = false;
+                    return Some(true);
+                }
+            }
+            Err(error) => {
+                active.failures_in_row += 1;
+                active.passes_in_row = 0;
+                active.last_error = Some(error);
+                if !active.unhealthy && active.failures_in_row >= self.config.unhealthy_threshold {
+                    active.unhealthy = true;
+                    return Some(false);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Checks `endpoint` every `health.interval` until `stop` flips, over a dedicated connection
+/// that is reopened whenever it fails.
+pub(crate) async fn run_active_checks(
+    endpoint: Arc<Endpoint>,
+    connect_timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let config = endpoint.health.config.clone();
+    let mut interval = tokio::time::interval(config.interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connection: Option<h2::client::SendRequest<bytes::Bytes>> = None;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let result = match &connection {
+            Some(send_request) => check::check(
+                send_request.clone(),
+                &endpoint,
+                &config.service,
+                config.timeout,
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            None => match endpoint.connector().connect(connect_timeout).await {
+                Ok(opened) => {
+                    tokio::spawn(opened.driver);
+                    let send_request = opened.send_request;
+                    let result = check::check(
+                        send_request.clone(),
+                        &endpoint,
+                        &config.service,
+                        config.timeout,
+                    )
+                    .await
+                    .map_err(|e| e.to_string());
+                    connection = Some(send_request);
+                    result
+                }
+                Err(error) => Err(error.to_string()),
+            },
+        };
+        if result.is_err() {
+            // A fresh connection next time: the old one may be the problem.
+            connection = None;
+        }
+        if let Err(error) = &result {
+            tracing::debug!(endpoint = %endpoint.id, %error, "health check failed");
+        }
+        match endpoint.health.record_check(result) {
+            Some(true) => {
+                tracing::info!(endpoint = %endpoint.id, "health checks pass again");
+                // The breaker need not sit out its open period once checks pass.
+                endpoint.breaker.probe_now("health checks pass again");
+            }
+            Some(false) => {
+                tracing::warn!(endpoint = %endpoint.id, "endpoint unhealthy: health checks failing");
+            }
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! One upstream HTTP/2 connection and the stream slots leased on it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use sluice_config::{FailureKinds, TrafficClass};
+use tokio::sync::watch;
+
+use super::{Endpoint, Group, load};
+use crate::breaker::{Breaker, Outcome, Permit};
+use crate::route::{Candidate, RouteDecision};
+
+/// One HTTP/2 connection to an endpoint, owned by one class group.
+pub struct UpstreamConnection {
+    /// Pool-unique id.
+    pub id: u64,
+    /// Where it goes.
+    pub endpoint: Arc<Endpoint>,
+    /// The group it belongs to.
+    pub class: TrafficClass,
+    /// Counts failed streams on this connection.
+    pub breaker: Arc<Breaker>,
+    pub(super) send_request: h2::client::SendRequest<Bytes>,
+    pub(super) active_streams: AtomicU32,
+    pub(super) streams_total: AtomicU64,
+    pub(super) configured_max: u32,
+    pub(super) peer_max: Arc<AtomicU32>,
+    pub(super) closed: AtomicBool,
+    /// Flips to true when the connection starts draining (GOAWAY received, keepalive failure,
+    /// removal): resumable streams move off it.
+    pub(super) draining: watch::Sender<bool>,
+    pub(super) opened_at: Instant,
+    pub(super) load: load::ConnectionLoad,
+}
+
+impl UpstreamConnection {
+    /// Streams this connection may carry now.
+    pub fn capacity(&self) -> u32 {
+        self.configured_max.min(self.peer_max.load(Relaxed))
+    }
+
+    /// Streams it may carry while its endpoint is degraded: half, at least one.
+    pub fn degraded_capacity(&self) -> u32 {
+        (self.capacity() / 2).max(1)
+    }
+
+    /// Streams on it now.
+    pub fn active_streams(&self) -> u32 {
+        self.active_streams.load(Relaxed)
+    }
+
+    /// Whether the connection takes no new streams: it ended, or it is draining.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    /// Whether it is draining (its streams should move elsewhere).
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    pub(super) fn endpoint_index(&self) -> usize {
+        self.endpoint.index
+    }
+
+    pub(super) fn mark_closed(&self) {
+        self.closed.store(true, Relaxed);
+    }
+
+    /// Takes no new streams and asks resumable streams to move off.
+    pub(super) fn start_draining(&self, why: &str) {
+        self.mark_closed();
+        if !self.draining.send_replace(true) {
+            tracing::info!(connection = self.id, endpoint = %self.endpoint.id, why, "connection draining");
+        }
+    }
+
+    /// Takes a stream slot if the connection has one free under `capacity`.
+    pub(super) fn try_reserve(&self, capacity: u32) -> bool {
+        self.active_streams
+            .fetch_update(Relaxed, Relaxed, |n| (n < capacity).then_some(n + 1))
+            .is_ok()
+    }
+
+    pub(super) fn candidate(&self, now: Instant, capacity: u32) -> Candidate {
+        let (latency, error_rate) = self.load.read();
+        Candidate {
+            connection_id: self.id,
+            endpoint_id: Arc::clone(&self.endpoint.id),
+            region: Arc::clone(&self.endpoint.region),
+            priority: self.endpoint.priority,
+            active_streams: self.active_streams(),
+            max_streams: capacity,
+            latency,
+            error_rate,
+            age: now.saturating_duration_since(self.opened_at),
+        }
+    }
+}
+
+/// Why an upstream stream counts as failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Reset, or its connection died.
+    Reset,
+    /// The upstream answered `UNAVAILABLE`.
+    Unavailable,
+    /// The upstream answered `DEADLINE_EXCEEDED`.
+    DeadlineExceeded,
+    /// No first response message within `breakers.first_message_timeout`.
+    NoFirstMessage,
+}
+
+impl FailureKind {
+    fn counted(self, kinds: &FailureKinds) -> bool {
+        match self {
+            FailureKind::Reset => kinds.reset,
+            FailureKind::Unavailable => kinds.unavailable,
+            FailureKind::DeadlineExceeded => kinds.deadline_exceeded,
+            FailureKind::NoFirstMessage => kinds.no_first_message,
+        }
+    }
+}
+
+/// A reserved stream slot on a connection. Dropping it frees the slot and wakes waiters.
+pub struct Lease {
+    pub(super) connection: Arc<UpstreamConnection>,
+    pub(super) group: Arc<Group>,
+    pub(super) decision: RouteDecision,
+    /// The connection's and the endpoint's breaker leave; behind a lock so that the stream's
+    /// relay and its timers can report through a shared reference.
+    pub(super) permits: Mutex<[Permit; 2]>,
+    pub(super) failure_kinds: FailureKinds,
+    pub(super) _upstream_active: crate::stats::GaugeGuard,
+}
+
+impl Lease {
+    /// The connection the slot is on.
+    pub fn connection(&self) -> &Arc<UpstreamConnection> {
+        &self.connection
+    }
+
+    /// Why the router chose this connection.
+    pub fn decision(&self) -> &RouteDecision {
+        &self.decision
+    }
+
+    /// A request handle for the connection, ready to open a stream.
+    ///
+    /// Fails when the connection closed since the slot was reserved (e.g. the peer sent
+    /// GOAWAY); the connection is then marked closed so the pool stops using it.
+    pub async fn ready(&self) -> Result<h2::client::SendRequest<Bytes>, h2::Error> {
+        let result = self.connection.send_request.clone().ready().await;
+        if result.is_err() {
+            self.connection.mark_closed();
+        }
+        result
+    }
+
+    /// Records the time from sending the request to the response headers (routing latency).
+    pub fn observe_response(&self, latency: Duration) {
+        self.connection.load.observe_latency(latency);
+    }
+
+    /// The first response message arrived `after` the request was sent: the stream works.
+    pub fn first_message(&self, after: Duration) {
+        for permit in self.permits.lock().iter_mut() {
+            let slow = after > permit.breaker().slow_call_duration();
+            permit.record(Outcome::Success { slow });
+        }
+    }
+
+    /// The stream ended normally (for calls that never sent a response message, this is
+    /// their success).
+    pub fn finished(&self) {
+        self.connection.load.observe_outcome(false);
+        for permit in self.permits.lock().iter_mut() {
+            permit.record(Outcome::Success { slow: false });
+        }
+    }
+
+    /// The stream failed on the upstream side. Counts against the connection's and the
+    /// endpoint's breakers when the config counts this kind of failure, including failures
+    /// of streams that had already worked (a dying endpoint breaks established streams).
+    pub fn failed(&self, kind: FailureKind) {
+        self.connection.load.observe_outcome(true);
+        if !kind.counted(&self.failure_kinds) {
+            return;
+        }
+        for permit in self.permits.lock().iter_mut() {
+            if permit.is_recorded() {
+                permit.breaker().observe(Outcome::Failure);
+            } else {
+                permit.record(Outcome::Failure);
+            }
+        }
+    }
+
+    /// Marks the connection unusable for new streams (it failed while opening one).
+    pub fn discard_connection(&self) {
+        self.connection.mark_closed();
+    }
+
+    /// Resolves to `true` when the connection starts draining.
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.connection.draining.subscribe()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.connection.active_streams.fetch_sub(1, Relaxed);
+        self.group.released.notify_waiters();
+    }
+}

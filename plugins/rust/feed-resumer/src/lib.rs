@@ -1,0 +1,379 @@
+//! An example resumer (`resumer` world) for the feed service's `Subscribe`
+//! (`proto/feed.proto`): a broken subscription continues after the last event the monitor saw
+//! instead of starting over.
+//!
+//! Why a plugin: when an upstream stream breaks, Sluice reopens it on another upstream and
+//! replays the monitor's request. Replayed as it was, a `SubscribeRequest` asks for the events
+//! from its original `from_seq` again, so the monitor would see duplicates. Only the protocol
+//! knows which field says where to start; the host knows none, so it asks this plugin.
+//!
+//! What it does, for `/sluice.feed.v1.Feed/Subscribe`:
+//!
+//! - With a last response (an `Event`), it reads the event's `seq` (field 1, varint; absent
+//!   means 0, as in proto3) and answers the single request rewritten so that `from_seq`
+//!   (field 1, varint) is `seq + 1`. Every other field is kept byte for byte, in its order,
+//!   unknown fields included; the new `from_seq` is written first (where protobuf encoders put
+//!   field 1) and every earlier `from_seq` entry is dropped.
+//! - With no last response (the stream broke before its first event), it answers the request
+//!   unchanged: nothing was delivered, so the original `from_seq` is still right.
+//! - Bytes that are not a well-formed message of the expected type - a truncated or overlong
+//!   varint, a field running past the end, field number 0, a group, a known field with the
+//!   wrong wire type (`from_seq` must be a varint, `rate` a fixed64, ...) - and a `seq` of
+//!   `u64::MAX` (no next event) give an `error`. So do several requests: `Subscribe` is server
+//!   streaming and takes exactly one. The host then replays the request unchanged and counts a
+//!   plugin failure, which is what should happen when the payloads are not what this plugin
+//!   was written for.
+//!
+//! Any other method is answered with its requests unchanged: this plugin knows only the feed.
+//!
+//! The wire format is read and written by hand (a varint reader and writer; no `prost`), so the
+//! component stays small and `no_std` like the other plugins, and the bytes it does not
+//! understand pass through untouched.
+//!
+//! `count` (field 4, "stop after this many events") is kept as it is, like every other field:
+//! a resumed subscription with a `count` therefore sends up to `count` more events. Rewriting it
+//! would need to know whether `requests` holds the monitor's original request or one already
+//! rewritten by an earlier resume; with `count` 0 (never stop), the usual case, there is
+//! nothing to adjust.
+//!
+//! It logs each rewrite at debug level (`from_seq 0 -> 42`). It reads no configuration.
+
+#![no_std]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use sluice_plugin::text::push_u64;
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "resumer",
+});
+
+use sluice::policy::log;
+
+/// The method this plugin resumes.
+pub const SUBSCRIBE: &str = "/sluice.feed.v1.Feed/Subscribe";
+
+/// `from_seq`'s field number in `SubscribeRequest`, and `seq`'s in `Event`.
+const FROM_SEQ: u32 = 1;
+const SEQ: u32 = 1;
+
+/// Protobuf wire types.
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LENGTH_DELIMITED: u8 = 2;
+const FIXED32: u8 = 5;
+
+/// The fields of one message type and the wire type each must have.
+struct Schema {
+    name: &'static str,
+    fields: &'static [(u32, u8)],
+}
+
+/// `sluice.feed.v1.SubscribeRequest`: from_seq, rate, payload_bytes, count, topic.
+const SUBSCRIBE_REQUEST: Schema = Schema {
+    name: "sluice.feed.v1.SubscribeRequest",
+    fields: &[
+        (1, VARINT),
+        (2, FIXED64),
+        (3, VARINT),
+        (4, VARINT),
+        (5, LENGTH_DELIMITED),
+    ],
+};
+
+/// `sluice.feed.v1.Event`: seq, sent_at_ns, payload, topic.
+const EVENT: Schema = Schema {
+    name: "sluice.feed.v1.Event",
+    fields: &[
+        (1, VARINT),
+        (2, VARINT),
+        (3, LENGTH_DELIMITED),
+        (4, LENGTH_DELIMITED),
+    ],
+};
+
+struct FeedResumer;
+
+impl Guest for FeedResumer {
+    fn resume(request: ResumeRequest) -> Result<Vec<Vec<u8>>, String> {
+        if request.method != SUBSCRIBE {
+            return Ok(request.requests);
+        }
+        let ResumeRequest {
+            requests,
+            last_response,
+            responses_delivered,
+            attempt,
+            ..
+        } = request;
+        let [subscribe] = <[Vec<u8>; 1]>::try_from(requests).map_err(|requests| {
+            let mut message = String::from(
+                "feed-resumer: Subscribe is server streaming and takes one request; got ",
+            );
+            push_u64(&mut message, requests.len() as u64);
+            message
+        })?;
+        let from_seq = last_varint(&subscribe, &SUBSCRIBE_REQUEST, FROM_SEQ)
+            .map_err(|p| p.describe("the request", &SUBSCRIBE_REQUEST))?;
+        let Some(event) = last_response else {
+            return Ok(vec![subscribe]);
+        };
+        let seq = last_varint(&event, &EVENT, SEQ)
+            .map_err(|p| p.describe("the last response", &EVENT))?;
+        let next = seq.checked_add(1).ok_or_else(|| {
+            String::from("feed-resumer: the last event's seq is the largest u64; no event follows")
+        })?;
+        let rewritten = with_varint_first(&subscribe, &SUBSCRIBE_REQUEST, FROM_SEQ, next)
+            .map_err(|p| p.describe("the request", &SUBSCRIBE_REQUEST))?;
+
+        let mut line = String::from("feed-resumer: Subscribe from_seq ");
+        push_u64(&mut line, from_seq);
+        line.push_str(" -> ");
+        push_u64(&mut line, next);
+        line.push_str(" (resume #");
+        push_u64(&mut line, u64::from(attempt));
+        line.push_str(", ");
+        push_u64(&mut line, responses_delivered);
+        line.push_str(" events delivered)");
+        log::log(log::Level::Debug, &line);
+        Ok(vec![rewritten])
+    }
+}
+
+export!(FeedResumer);
+
+/// Why bytes are not a well-formed message, and where.
+#[derive(Debug)]
+struct Problem {
+    what: Issue,
+    at: usize,
+}
+
+#[derive(Debug)]
+enum Issue {
+    /// The message ends inside a varint.
+    TruncatedVarint,
+    /// A varint longer than 64 bits.
+    VarintOverflow,
+    /// A field's value runs past the end of the message.
+    PastTheEnd,
+    /// Field number 0 or above 2^29 - 1.
+    BadFieldNumber(u64),
+    /// Wire types 3 and 4 (groups, unused by proto3) and 6, 7 (undefined).
+    BadWireType(u8),
+    /// A known field with another wire type than its declaration's.
+    WrongWireType { field: u32, found: u8, expected: u8 },
+}
+
+impl Problem {
+    fn describe(&self, which: &str, schema: &Schema) -> String {
+        let mut text = String::from("feed-resumer: ");
+        text.push_str(which);
+        text.push_str(" is not a ");
+        text.push_str(schema.name);
+        text.push_str(": ");
+        match self.what {
+            Issue::TruncatedVarint => text.push_str("it ends inside a varint"),
+            Issue::VarintOverflow => text.push_str("a varint is longer than 64 bits"),
+            Issue::PastTheEnd => text.push_str("a field runs past the end"),
+            Issue::BadFieldNumber(number) => {
+                text.push_str("invalid field number ");
+                push_u64(&mut text, number);
+            }
+            Issue::BadWireType(wire) => {
+                text.push_str("invalid wire type ");
+                push_u64(&mut text, u64::from(wire));
+            }
+            Issue::WrongWireType {
+                field,
+                found,
+                expected,
+            } => {
+                text.push_str("field ");
+                push_u64(&mut text, u64::from(field));
+                text.push_str(" has wire type ");
+                push_u64(&mut text, u64::from(found));
+                text.push_str(", expected ");
+                push_u64(&mut text, u64::from(expected));
+            }
+        }
+        text.push_str(" (at byte ");
+        push_u64(&mut text, self.at as u64);
+        text.push(')');
+        text
+    }
+}
+
+/// One field of a message: its number, and where its bytes (tag included) are.
+struct Field {
+    number: u32,
+    /// The value, for varint fields.
+    varint: Option<u64>,
+    start: usize,
+    end: usize,
+}
+
+/// Reads the fields of one message, checking known fields against `schema`.
+struct Fields<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    schema: &'a Schema,
+}
+
+impl<'a> Fields<'a> {
+    fn new(bytes: &'a [u8], schema: &'a Schema) -> Self {
+        Self {
+            bytes,
+            at: 0,
+            schema,
+        }
+    }
+
+    fn varint(&mut self) -> Result<u64, Problem> {
+        let start = self.at;
+        let mut value: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let Some(&byte) = self.bytes.get(self.at) else {
+                return Err(Problem {
+                    what: Issue::TruncatedVarint,
+                    at: start,
+                });
+            };
+            self.at += 1;
+            // The tenth byte holds the 64th bit only.
+            if shift == 63 && byte > 1 {
+                return Err(Problem {
+                    what: Issue::VarintOverflow,
+                    at: start,
+                });
+            }
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(Problem {
+            what: Issue::VarintOverflow,
+            at: start,
+        })
+    }
+
+    /// Moves past `len` bytes of a field's value.
+    fn skip(&mut self, len: u64) -> Result<(), Problem> {
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| self.at.checked_add(len))
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or(Problem {
+                what: Issue::PastTheEnd,
+                at: self.at,
+            })?;
+        self.at = end;
+        Ok(())
+    }
+
+    /// The next field, or `None` at the end of the message.
+    fn next_field(&mut self) -> Result<Option<Field>, Problem> {
+        if self.at == self.bytes.len() {
+            return Ok(None);
+        }
+        let start = self.at;
+        let tag = self.varint()?;
+        let number = tag >> 3;
+        let wire = (tag & 7) as u8;
+        let number = match u32::try_from(number) {
+            Ok(n) if (1..(1 << 29)).contains(&n) => n,
+            _ => {
+                return Err(Problem {
+                    what: Issue::BadFieldNumber(number),
+                    at: start,
+                });
+            }
+        };
+        if let Some(&(_, expected)) = self.schema.fields.iter().find(|(n, _)| *n == number)
+            && expected != wire
+        {
+            return Err(Problem {
+                what: Issue::WrongWireType {
+                    field: number,
+                    found: wire,
+                    expected,
+                },
+                at: start,
+            });
+        }
+        let mut varint = None;
+        match wire {
+            VARINT => varint = Some(self.varint()?),
+            FIXED64 => self.skip(8)?,
+            LENGTH_DELIMITED => {
+                let len = self.varint()?;
+                self.skip(len)?;
+            }
+            FIXED32 => self.skip(4)?,
+            other => {
+                return Err(Problem {
+                    what: Issue::BadWireType(other),
+                    at: start,
+                });
+            }
+        }
+        Ok(Some(Field {
+            number,
+            varint,
+            start,
+            end: self.at,
+        }))
+    }
+}
+
+/// Checks the whole message and returns the varint field `number` (its last occurrence, as
+/// protobuf decoders do; 0 when absent, the proto3 default).
+fn last_varint(bytes: &[u8], schema: &Schema, number: u32) -> Result<u64, Problem> {
+    let mut fields = Fields::new(bytes, schema);
+    let mut value = 0;
+    while let Some(field) = fields.next_field()? {
+        if field.number == number {
+            value = field.varint.unwrap_or(value);
+        }
+    }
+    Ok(value)
+}
+
+/// The message with varint field `number` set to `value`: written first, every earlier entry
+/// of it dropped, every other field copied byte for byte in its order.
+fn with_varint_first(
+    bytes: &[u8],
+    schema: &Schema,
+    number: u32,
+    value: u64,
+) -> Result<Vec<u8>, Problem> {
+    let mut out = Vec::with_capacity(bytes.len() + 12);
+    push_varint(&mut out, (u64::from(number) << 3) | u64::from(VARINT));
+    push_varint(&mut out, value);
+    let mut fields = Fields::new(bytes, schema);
+    while let Some(field) = fields.next_field()? {
+        if field.number != number {
+            let kept = bytes.get(field.start..field.end).ok_or(Problem {
+                what: Issue::PastTheEnd,
+                at: field.start,
+            })?;
+            out.extend_from_slice(kept);
+        }
+    }
+    Ok(out)
+}
+
+/// Appends `value` as a protobuf varint.
+fn push_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}

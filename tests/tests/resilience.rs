@@ -1,0 +1,563 @@
+//! Resilience with real faults: killed processes, GOAWAY, black holes, latency and resets from
+//! a TCP fault proxy, failing calls, health checks, and a resume storm against a rate limit.
+//! Monitors must not notice what can be resumed, and get a clear status for what cannot.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_config::{Config, MethodConfig, RateLimitConfig, ResumeMode};
+use sluice_proxy::ProxyHandle;
+use sluice_proxy::breaker::{BreakerState, Scope};
+use sluice_proxy::health::Health;
+use sluice_tests::fault::{Fault, FaultProxy};
+use sluice_tests::pb::EchoRequest;
+use sluice_tests::plugins::{built_plugins, plugins_config, sluice_with_policies};
+use sluice_tests::process::FeedProcess;
+use sluice_tests::*;
+use tokio::task::JoinHandle;
+use tonic::Code;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Subscribe resumed by replaying its request.
+fn resumable_subscribe() -> MethodConfig {
+    MethodConfig {
+        resume: ResumeMode::ReplayLast,
+        ..MethodConfig::new(SUBSCRIBE)
+    }
+}
+
+/// A primary (priority 0) and a secondary (priority 1) endpoint.
+fn primary_and_secondary(primary: &str, secondary: &str) -> Config {
+    let mut config = config_with_endpoint("primary", primary);
+    config.endpoints.push(sluice_config::EndpointConfig {
+        priority: 1,
+        ..endpoint("secondary", secondary)
+    });
+    config.methods = vec![resumable_subscribe()];
+    config
+}
+
+/// Reads `stream` until it delivered sequence number `last`, checking that every number from
+/// `first` arrives exactly once and in order. Returns the number of messages read.
+fn follow(
+    mut stream: tonic::Streaming<pb::Event>,
+    first: u64,
+    last: u64,
+    progress: Arc<std::sync::atomic::AtomicU64>,
+) -> JoinHandle<Result<u64, String>> {
+    tokio::spawn(async move {
+        let mut expected = first;
+        loop {
+            match stream.message().await {
+                Ok(Some(event)) => {
+                    if event.seq != expected {
+                        return Err(format!("expected seq {expected}, got {}", event.seq));
+                    }
+                    progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if event.seq == last {
+                        return Ok(last - first + 1);
+                    }
+                    expected += 1;
+                }
+                Ok(None) => return Err(format!("stream ended at seq {expected}")),
+                Err(status) => return Err(format!("stream failed at seq {expected}: {status}")),
+            }
+        }
+    })
+}
+
+fn endpoint_health(proxy: &ProxyHandle, id: &str) -> (Health, BreakerState) {
+    let endpoint = proxy
+        .endpoints()
+        .into_iter()
+        .find(|e| &*e.id == id)
+        .expect("endpoint exists");
+    (endpoint.health.health, endpoint.breaker.state)
+}
+
+/// Runs Sluice with `config`, opens a Subscribe stream, stops `primary` abruptly and returns the
+/// status the stream ended with.
+async fn status_after_the_primary_dies(
+    config: Config,
+    primary: sluice_feed::FeedHandle,
+) -> (ProxyHandle, tonic::Status) {
+    let proxy = sluice(config).await;
+    let mut stream = open_subscription(proxy.addr(), "m", subscribe("t", 100.0, 8, 0)).await;
+    stream.message().await.unwrap().unwrap();
+    primary.abort();
+    let status = bounded(
+        LIMIT,
+        "status after the primary died",
+        status_at_end(&mut stream),
+    )
+    .await;
+    (proxy, status)
+}
+
+#[tokio::test]
+async fn sigkill_of_the_primary_resumes_every_stream_on_the_secondary_exactly_once() {
+    let Some(dir) = built_plugins() else { return };
+    let primary = FeedProcess::start("primary");
+    let secondary = FeedProcess::start("secondary");
+    let mut config = primary_and_secondary(
+        &format!("http://{}", primary.addr),
+        &format!("http://{}", secondary.addr),
+    );
+    config.plugins = plugins_config();
+    config.plugins.resumer.file = Some(dir.join("feed-resumer.wasm"));
+    let (proxy, _policies) = sluice_with_policies(config).await;
+
+    const STREAMS: usize = 100;
+    const LAST: u64 = 399;
+    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut readers = Vec::new();
+    let mut c = client(proxy.addr()).await;
+    for i in 0..STREAMS {
+        let stream = subscribe_on(
+            &mut c,
+            subscribe(&format!("t{i}"), 200.0, 16, 0),
+            &format!("m{i}"),
+        )
+        .await;
+        readers.push(follow(stream, 0, LAST, Arc::clone(&progress)));
+    }
+    // Every stream is flowing before the kill.
+    assert!(
+        eventually(LIMIT, || progress
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= STREAMS as u64 * 20)
+        .await
+    );
+    assert_eq!(proxy.snapshot().stats.resumes_total, 0);
+    primary.kill();
+    for (i, reader) in readers.into_iter().enumerate() {
+        let read = bounded(LIMIT, "stream reaches its last seq", reader)
+            .await
+            .expect("reader task");
+        assert_eq!(
+            read,
+            Ok(LAST + 1),
+            "stream {i} must see every seq exactly once"
+        );
+    }
+    let stats = proxy.snapshot().stats;
+    assert!(
+        stats.resumes_total >= STREAMS as u64,
+        "every stream resumed: {stats:?}"
+    );
+    assert_eq!(stats.resume_failures_total, 0);
+    let (health, breaker) = endpoint_health(&proxy, "primary");
+    assert_eq!(health, Health::Unhealthy);
+    assert_eq!(breaker, BreakerState::Open);
+    drop(secondary);
+}
+
+#[tokio::test]
+async fn a_restarted_primary_goes_half_open_then_closed_and_takes_new_streams_back() {
+    let primary = FeedProcess::start("primary");
+    let secondary = feed("secondary").await;
+    let mut config = primary_and_secondary(
+        &format!("http://{}", primary.addr),
+        &format!("http://{}", secondary.addr),
+    );
+    config.breakers.endpoint.open_duration = Some(Duration::from_millis(300));
+    config.health.active = true;
+    config.health.interval = Duration::from_millis(100);
+    config.health.timeout = Duration::from_millis(500);
+    let proxy = sluice(config).await;
+
+    let mut c = client(proxy.addr()).await;
+    let mut old_streams = Vec::new();
+    for i in 0..10 {
+        let mut stream =
+            subscribe_on(&mut c, subscribe(&format!("t{i}"), 100.0, 8, 0), "old").await;
+        stream.message().await.unwrap().unwrap();
+        old_streams.push(stream);
+    }
+    let addr = primary.kill();
+    assert!(
+        eventually(LIMIT, || endpoint_health(&proxy, "primary").0
+            == Health::Unhealthy)
+        .await,
+        "the killed primary turns unhealthy"
+    );
+    // Streams resumed on the secondary keep flowing (without a resumer they start over).
+    for stream in &mut old_streams {
+        bounded(LIMIT, "message after failover", stream.message())
+            .await
+            .expect("no error after failover")
+            .expect("stream continues");
+    }
+
+    let restarted = FeedProcess::start_on("primary", addr);
+    assert!(
+        eventually(LIMIT, || endpoint_health(&proxy, "primary").1
+            != BreakerState::Open)
+        .await,
+        "health checks pass and the breaker lets probes through"
+    );
+    // New streams probe the primary (best priority again) until its breaker closes.
+    let mut new_streams = Vec::new();
+    let deadline = Instant::now() + LIMIT;
+    while endpoint_health(&proxy, "primary").1 != BreakerState::Closed {
+        assert!(Instant::now() < deadline, "the primary's breaker closes");
+        let response = c
+            .subscribe(as_monitor(subscribe("new", 100.0, 8, 0), "new"))
+            .await
+            .expect("subscribe after restart");
+        let mut stream = response.into_inner();
+        stream.message().await.unwrap().unwrap();
+        new_streams.push(stream);
+    }
+    let events: Vec<(BreakerState, BreakerState)> = proxy
+        .breaker_events(0)
+        .into_iter()
+        .filter(|e| e.scope == Scope::Endpoint && &*e.name == "primary")
+        .map(|e| (e.from, e.to))
+        .collect();
+    assert!(events.len() >= 3, "events: {events:?}");
+    let tail = &events[events.len() - 3..];
+    assert_eq!(
+        tail,
+        [
+            (BreakerState::Closed, BreakerState::Open),
+            (BreakerState::Open, BreakerState::HalfOpen),
+            (BreakerState::HalfOpen, BreakerState::Closed)
+        ],
+        "all events: {events:?}"
+    );
+    // Failback: a new stream lands on the primary.
+    let response = c
+        .subscribe(as_monitor(subscribe("back", 100.0, 8, 0), "new"))
+        .await
+        .expect("subscribe after failback");
+    assert_eq!(
+        response.metadata().get("x-feed-name").unwrap(),
+        "primary",
+        "new streams fail back to the primary"
+    );
+    // The streams that moved to the secondary were not broken by the failback.
+    for stream in &mut old_streams {
+        stream.message().await.unwrap().unwrap();
+    }
+    drop(restarted);
+}
+
+#[tokio::test]
+async fn goaway_migrates_resumable_streams_without_an_error() {
+    let mut primary = feed("primary").await;
+    let secondary = feed("secondary").await;
+    let mut config = primary_and_secondary(
+        &format!("http://{}", primary.addr),
+        &format!("http://{}", secondary.addr),
+    );
+    config.pool.max_drain_time = Duration::from_secs(30);
+    let proxy = sluice(config).await;
+    let mut c = client(proxy.addr()).await;
+    let mut streams = Vec::new();
+    for i in 0..5 {
+        let mut stream = subscribe_on(&mut c, subscribe(&format!("t{i}"), 100.0, 8, 0), "m").await;
+        stream.message().await.unwrap().unwrap();
+        streams.push(stream);
+    }
+    assert_eq!(primary.stats.snapshot().subscribe_active, 5);
+    primary.goaway();
+    // Sluice moves the streams off at once, long before the 30 s drain time.
+    assert!(
+        upstream_subscriptions_reach(&secondary, 5).await,
+        "streams migrated to the secondary"
+    );
+    assert!(upstream_subscriptions_reach(&primary, 0).await);
+    for stream in &mut streams {
+        for _ in 0..5 {
+            bounded(LIMIT, "message after migration", stream.message())
+                .await
+                .expect("no error after GOAWAY")
+                .expect("stream continues");
+        }
+    }
+    assert!(proxy.snapshot().stats.migrations_total >= 5);
+}
+
+#[tokio::test]
+async fn keepalive_detects_a_black_hole_and_streams_resume_elsewhere() {
+    let primary = feed("primary").await;
+    let secondary = feed("secondary").await;
+    let hole = FaultProxy::start(primary.addr).await.unwrap();
+    let mut config = primary_and_secondary(&hole.url(), &format!("http://{}", secondary.addr));
+    config.pool.keepalive_interval = Duration::from_millis(200);
+    config.pool.keepalive_timeout = Duration::from_millis(300);
+    // A new connection into the black hole never finishes its handshake.
+    config.pool.connect_timeout = Duration::from_millis(500);
+    let proxy = sluice(config).await;
+    let mut stream = open_subscription(proxy.addr(), "m", subscribe("t", 100.0, 8, 0)).await;
+    stream.message().await.unwrap().unwrap();
+
+    hole.set(Fault::BlackHole);
+    let started = Instant::now();
+    bounded(LIMIT, "message after the black hole", async {
+        // Messages already in flight may still arrive; wait for the secondary's.
+        while secondary.stats.snapshot().subscribe_active == 0 {
+            stream.message().await.unwrap().unwrap();
+        }
+        stream.message().await.unwrap().unwrap();
+    })
+    .await;
+    let detected_in = started.elapsed();
+    assert!(
+        detected_in < Duration::from_secs(5),
+        "keepalive (200 ms + 300 ms) found the black hole in {detected_in:?}"
+    );
+}
+
+#[tokio::test]
+async fn connection_resets_are_resumed_and_added_latency_trips_the_slow_call_breaker() {
+    let primary = feed("primary").await;
+    let secondary = feed("secondary").await;
+    let faulty = FaultProxy::start(primary.addr).await.unwrap();
+    let mut config = primary_and_secondary(&faulty.url(), &format!("http://{}", secondary.addr));
+    config.breakers.connection.slow_call_duration = Some(Duration::from_millis(100));
+    config.breakers.connection.minimum_volume = Some(5);
+    config.breakers.endpoint.slow_call_duration = Some(Duration::from_millis(100));
+    config.breakers.endpoint.minimum_volume = Some(5);
+    let proxy = sluice(config).await;
+
+    // Resets: the stream continues.
+    let mut stream = open_subscription(proxy.addr(), "m", subscribe("t", 100.0, 8, 0)).await;
+    stream.message().await.unwrap().unwrap();
+    faulty.reset_all();
+    for _ in 0..10 {
+        bounded(LIMIT, "message after reset", stream.message())
+            .await
+            .expect("no error after a connection reset")
+            .expect("stream continues");
+    }
+    assert!(proxy.snapshot().stats.resumes_total >= 1);
+    drop(stream);
+
+    // Latency: slow unary calls open the endpoint's breaker with a slow-call cause.
+    faulty.set(Fault::Latency(Duration::from_millis(150)));
+    let mut c = client(proxy.addr()).await;
+    let mut slow_trip = false;
+    for _ in 0..20 {
+        let _ = c
+            .echo(as_monitor(EchoRequest::default(), "m"))
+            .await
+            .expect("echo");
+        slow_trip = proxy.breaker_events(0).iter().any(|e| {
+            e.to == BreakerState::Open && e.cause.contains("slower than") && &*e.name == "primary"
+        });
+        if slow_trip {
+            break;
+        }
+    }
+    assert!(slow_trip, "events: {:?}", proxy.breaker_events(0));
+    // With the primary's breaker open, calls go to the secondary.
+    let reply = c
+        .echo(as_monitor(EchoRequest::default(), "m"))
+        .await
+        .expect("echo on the secondary");
+    assert_eq!(reply.metadata().get("x-feed-name").unwrap(), "secondary");
+}
+
+#[tokio::test]
+async fn a_non_resumable_method_gets_a_clean_unavailable() {
+    let primary = feed("primary").await;
+    let secondary = feed("secondary").await;
+    let mut config = primary_and_secondary(
+        &format!("http://{}", primary.addr),
+        &format!("http://{}", secondary.addr),
+    );
+    config.methods.clear();
+    let (proxy, status) = status_after_the_primary_dies(config, primary).await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("upstream"), "{status:?}");
+    assert_eq!(proxy.snapshot().stats.resumes_total, 0);
+}
+
+#[tokio::test]
+async fn resumes_give_up_with_unavailable_when_no_endpoint_is_left() {
+    let primary = feed("primary").await;
+    let mut config = config_with_endpoint("primary", &format!("http://{}", primary.addr));
+    config.methods = vec![MethodConfig {
+        resume_attempts: 3,
+        resume_timeout: Duration::from_secs(2),
+        ..resumable_subscribe()
+    }];
+    let (proxy, status) = status_after_the_primary_dies(config, primary).await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("could not be resumed"),
+        "{status:?}"
+    );
+    assert_eq!(proxy.snapshot().stats.resume_failures_total, 1);
+}
+
+#[tokio::test]
+async fn a_resume_storm_never_exceeds_the_secondarys_stream_rate() {
+    const STREAMS: usize = 500;
+    const RATE: f64 = 200.0;
+    const BURST: u32 = 20;
+    let primary = feed("primary").await;
+    let secondary = feed("secondary").await;
+    let mut config = primary_and_secondary(
+        &format!("http://{}", primary.addr),
+        &format!("http://{}", secondary.addr),
+    );
+    config.endpoints[1].rate_limit = Some(RateLimitConfig {
+        streams_per_second: RATE,
+        burst: Some(BURST),
+        queue: 1000,
+    });
+    config.classes.event.max_streams_per_connection = 250;
+    config.methods[0].resume_timeout = Duration::from_secs(20);
+    config.methods[0].resume_attempts = 10;
+    let proxy = sluice(config).await;
+
+    let mut streams = Vec::new();
+    let mut c = client(proxy.addr()).await;
+    for i in 0..STREAMS {
+        let stream = subscribe_on(&mut c, subscribe(&format!("t{i}"), 5.0, 8, 0), "m").await;
+        streams.push(stream);
+    }
+    for stream in &mut streams {
+        stream.message().await.unwrap().unwrap();
+    }
+    // Sample the secondary's stream starts while everything moves over. Each sample is
+    // bracketed by clock readings so that intervals are never underestimated.
+    let sampler = {
+        let stats = Arc::clone(&secondary.stats);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut samples = Vec::new();
+            loop {
+                let before = started.elapsed();
+                let started_streams = stats.snapshot().subscribe_started;
+                samples.push((before, started_streams, started.elapsed()));
+                if started_streams >= STREAMS as u64 || started.elapsed() > LIMIT {
+                    return samples;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    primary.abort();
+    let samples = bounded(LIMIT, "all streams move", sampler).await.unwrap();
+    let (_, moved, took) = *samples.last().unwrap();
+    assert_eq!(
+        moved, STREAMS as u64,
+        "every stream resumed on the secondary"
+    );
+    // Over any interval, starts <= burst + rate * interval. The server sees a start a little
+    // after Sluice let it go; 20 ms of scheduling jitter on loopback is allowed for.
+    for (i, (_, n1, after1)) in samples.iter().enumerate() {
+        for (before2, n2, _) in &samples[i + 1..] {
+            let interval = before2.saturating_sub(*after1) + Duration::from_millis(20);
+            let allowed = f64::from(BURST) + RATE * interval.as_secs_f64();
+            assert!(
+                (n2 - n1) as f64 <= allowed,
+                "{} streams started in {interval:?} (allowed {allowed:.1})",
+                n2 - n1,
+            );
+        }
+    }
+    assert!(
+        took >= Duration::from_secs_f64((STREAMS as f64 - f64::from(BURST)) / RATE * 0.9),
+        "500 resumes at 200/s take about 2.4 s, took {took:?}"
+    );
+    for stream in &mut streams {
+        bounded(LIMIT, "message after the storm", stream.message())
+            .await
+            .expect("no error")
+            .expect("stream continues");
+    }
+    assert_eq!(proxy.snapshot().stats.rate_limited_total, 0);
+}
+
+#[tokio::test]
+async fn a_monitor_whose_calls_keep_failing_is_stopped_by_its_breaker() {
+    let upstream = feed("up").await;
+    let mut config = config_for(&[&upstream]);
+    // Only the monitor's breaker: the injected UNAVAILABLEs would otherwise open the
+    // endpoint's first.
+    config.breakers.endpoint.enabled = Some(false);
+    config.breakers.connection.enabled = Some(false);
+    let proxy = sluice(config).await;
+    let mut c = client(proxy.addr()).await;
+    let failing = || {
+        let mut request = as_monitor(EchoRequest::default(), "flaky");
+        request
+            .metadata_mut()
+            .insert(sluice_feed::headers::FAIL_CODE, "14".parse().unwrap());
+        request
+    };
+    // The monitor default: 10 failures in a row open the breaker.
+    for _ in 0..10 {
+        let status = c.echo(failing()).await.expect_err("injected failure");
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("circuit breaker"));
+    }
+    let refused = c.echo(failing()).await.expect_err("breaker open");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(
+        refused
+            .message()
+            .contains("circuit breaker of monitor flaky is open"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        upstream.stats.snapshot().calls_total,
+        10,
+        "the 11th call never left Sluice"
+    );
+    // Other monitors are not affected.
+    c.echo(as_monitor(EchoRequest::default(), "steady"))
+        .await
+        .expect("another monitor's call works");
+}
+
+#[tokio::test]
+async fn failing_health_checks_move_new_streams_to_the_next_priority_and_back() {
+    let primary = feed("primary").await;
+    let secondary = feed("secondary").await;
+    let mut config = primary_and_secondary(
+        &format!("http://{}", primary.addr),
+        &format!("http://{}", secondary.addr),
+    );
+    config.health.active = true;
+    config.health.interval = Duration::from_millis(50);
+    let proxy = sluice(config).await;
+    let mut c = client(proxy.addr()).await;
+    let echo_on = |c: &mut sluice_feed::pb::feed_client::FeedClient<_>| {
+        let mut c = c.clone();
+        async move {
+            let reply = c
+                .echo(as_monitor(EchoRequest::default(), "m"))
+                .await
+                .expect("echo");
+            reply
+                .metadata()
+                .get("x-feed-name")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(echo_on(&mut c).await, "primary");
+    primary.set_serving(false).await;
+    assert!(
+        eventually(LIMIT, || endpoint_health(&proxy, "primary").0
+            == Health::Unhealthy)
+        .await
+    );
+    assert_eq!(echo_on(&mut c).await, "secondary");
+    primary.set_serving(true).await;
+    assert!(
+        eventually(LIMIT, || endpoint_health(&proxy, "primary").0
+            == Health::Healthy)
+        .await
+    );
+    assert_eq!(echo_on(&mut c).await, "primary");
+}
