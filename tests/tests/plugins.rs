@@ -624,27 +624,40 @@ async fn the_feed_resumer_continues_a_subscription_after_the_last_event() {
     expected.extend_from_slice(&request_bytes);
     assert_eq!(rewritten.as_ref(), expected.as_slice());
 
-    // A from_seq already set is replaced; unknown fields pass through untouched.
-    let mut with_unknown = pb::SubscribeRequest {
+    // A from_seq already set is replaced; a count asks for what is left of it (50 events from
+    // seq 7, 35 delivered); unknown fields pass through untouched.
+    let counted = pb::SubscribeRequest {
         from_seq: 7,
-        count: 5,
+        count: 50,
         ..request.clone()
-    }
-    .encode_to_vec();
+    };
+    let mut with_unknown = counted.encode_to_vec();
     with_unknown.extend_from_slice(&[0x7a, 2, b'h', b'i']); // field 15, "hi"
-    assert_eq!(
-        &with_unknown[..2],
-        &[0x08, 7],
-        "prost writes from_seq first"
-    );
     let rewritten = replayed(resume(
         &policies,
         SUBSCRIBE,
         &[bytes::Bytes::from(with_unknown.clone())],
         Some(&event),
     ));
-    assert_eq!(&rewritten[..2], &[0x08, 42]);
-    assert_eq!(&rewritten[2..], &with_unknown[2..]);
+    assert_eq!(&rewritten[..4], &[0x08, 42, 0x20, 15]);
+    assert!(rewritten.ends_with(&[0x7a, 2, b'h', b'i']));
+    assert_eq!(
+        pb::SubscribeRequest::decode(rewritten).expect("a SubscribeRequest"),
+        pb::SubscribeRequest {
+            from_seq: 42,
+            count: 15,
+            ..counted.clone()
+        }
+    );
+    // Every counted event delivered but the stream broke before its status: one more, not a
+    // new subscription from scratch.
+    let exhausted = encoded(&pb::SubscribeRequest {
+        count: 10,
+        ..counted
+    });
+    let rewritten = replayed(resume(&policies, SUBSCRIBE, &[exhausted], Some(&event)));
+    let resumed = pb::SubscribeRequest::decode(rewritten).expect("a SubscribeRequest");
+    assert_eq!((resumed.from_seq, resumed.count), (42, 1));
 
     // Broken before the first event: nothing to skip, the request is replayed as it was.
     let unchanged = replayed(resume(
@@ -690,7 +703,7 @@ async fn the_feed_resumer_continues_a_subscription_after_the_last_event() {
     assert_eq!(plugin.stats.failures.load(Relaxed), 2);
     assert_eq!(plugin.stats.invalid.load(Relaxed), 2);
     assert_eq!(slot.failed_calls.load(Relaxed), 2);
-    assert_eq!(plugin.stats.calls.load(Relaxed), 6);
+    assert_eq!(plugin.stats.calls.load(Relaxed), 7);
 
     // A success resets the breaker's count; three failures in a row then disable the plugin,
     // and the built-in answers.

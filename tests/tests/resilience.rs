@@ -561,3 +561,83 @@ async fn failing_health_checks_move_new_streams_to_the_next_priority_and_back() 
     );
     assert_eq!(echo_on(&mut c).await, "primary");
 }
+
+#[tokio::test]
+async fn a_monitor_preferring_a_region_gets_it_while_it_is_usable() {
+    let eu = feed("eu").await;
+    let us = feed("us").await;
+    let mut config = config_with_endpoint("eu", &format!("http://{}", eu.addr));
+    config.endpoints[0].region = "eu-west".into();
+    config.endpoints.push(sluice_config::EndpointConfig {
+        region: "us-east".into(),
+        ..endpoint("us", &format!("http://{}", us.addr))
+    });
+    // Both endpoints hold a connection from the start.
+    config.classes.event.min_connections = 2;
+    config.monitors = vec![sluice_config::MonitorConfig {
+        prefer_region: Some("us-east".into()),
+        ..monitor("american", sluice_config::TrafficClass::Event)
+    }];
+    let proxy = sluice(config).await;
+    assert!(eventually(LIMIT, || proxy.snapshot().connections == 2).await);
+    let mut c = client(proxy.addr()).await;
+    for _ in 0..20 {
+        let reply = c
+            .echo(as_monitor(EchoRequest::default(), "american"))
+            .await
+            .expect("echo");
+        assert_eq!(reply.metadata().get("x-feed-name").unwrap(), "us");
+    }
+    // Without its preferred region the monitor is served elsewhere.
+    proxy.view().override_breaker(
+        Scope::Endpoint,
+        "us",
+        Some(sluice_proxy::breaker::Override::ForceOpen),
+    );
+    let reply = c
+        .echo(as_monitor(EchoRequest::default(), "american"))
+        .await
+        .expect("echo");
+    assert_eq!(reply.metadata().get("x-feed-name").unwrap(), "eu");
+}
+
+#[tokio::test]
+async fn a_degraded_endpoint_takes_half_the_streams_per_connection() {
+    let upstream = feed("up").await;
+    let mut config = config_for(&[&upstream]);
+    config.classes.event.max_streams_per_connection = 4;
+    // Failures that neither trip a breaker nor stop the calls: only the error rate moves.
+    config.breakers.connection.enabled = Some(false);
+    config.breakers.endpoint.failure_threshold = Some(100);
+    config.breakers.endpoint.failure_rate = Some(1.0);
+    let proxy = sluice(config).await;
+    let mut c = client(proxy.addr()).await;
+    for i in 0..10 {
+        let mut request = as_monitor(EchoRequest::default(), "m");
+        if i % 3 == 0 {
+            request
+                .metadata_mut()
+                .insert(sluice_feed::headers::FAIL_CODE, "14".parse().unwrap());
+        }
+        let _ = c.echo(request).await;
+    }
+    let endpoint = proxy.endpoints().remove(0);
+    assert_eq!(endpoint.health.health, Health::Degraded, "{endpoint:?}");
+    assert!(
+        endpoint
+            .health
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("40% of 10 recent streams failed")),
+        "{endpoint:?}"
+    );
+    assert_eq!(proxy.snapshot().connections, 1);
+    let mut streams = Vec::new();
+    for i in 0..3 {
+        let mut stream = subscribe_on(&mut c, subscribe(&format!("t{i}"), 10.0, 8, 0), "m").await;
+        stream.message().await.unwrap().unwrap();
+        streams.push(stream);
+    }
+    // 2 of a connection's 4 slots while degraded: the third stream needed a second connection.
+    assert_eq!(proxy.snapshot().connections, 2);
+}

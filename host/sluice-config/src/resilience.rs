@@ -285,6 +285,15 @@ impl ResumeMode {
     pub fn resumes(self) -> bool {
         self != ResumeMode::None
     }
+
+    /// The name used in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResumeMode::None => "none",
+            ResumeMode::ReplayLast => "replay-last",
+            ResumeMode::ReplayAll => "replay-all",
+        }
+    }
 }
 
 impl super::Config {

@@ -252,3 +252,97 @@ fn bad_resumer_settings_name_their_key() {
     let err = error_of(&format!("{MINIMAL}\n[plugins.resumers]\n"));
     assert!(err.contains("resumers"), "{err}");
 }
+
+#[test]
+fn breaker_scopes_resolve_against_their_own_defaults() {
+    let config = parse(&format!(
+        "{MINIMAL}\n[breakers.monitor]\nfailure_threshold = 3\n[breakers.endpoint]\nopen_duration = \"2s\"\n"
+    ))
+    .unwrap();
+    let monitor = config.breakers.monitor();
+    assert_eq!(monitor.failure_threshold, 3);
+    assert_eq!(monitor.success_threshold, 5, "monitor default kept");
+    assert_eq!(monitor.open_duration, Duration::from_secs(60));
+    assert_eq!(monitor.failure_rate, 0.3);
+    let endpoint = config.breakers.endpoint();
+    assert_eq!(endpoint.open_duration, Duration::from_secs(2));
+    assert_eq!(
+        endpoint.max_open_duration,
+        Duration::from_secs(16),
+        "8x the configured open period"
+    );
+    assert_eq!(config.breakers.connection(), BreakerSettings::CONNECTION);
+    assert!(config.breakers.failures.no_first_message);
+    assert!(!config.health.active);
+    assert_eq!(config.pool.keepalive_interval, Duration::from_secs(10));
+}
+
+#[test]
+fn resilience_settings_are_checked() {
+    for (snippet, key) in [
+        (
+            "[breakers.connection]\nfailure_rate = 1.5\n",
+            "breakers.connection.failure_rate",
+        ),
+        (
+            "[breakers.monitor]\nsuccess_threshold = 0\n",
+            "breakers.monitor.success_threshold",
+        ),
+        (
+            "[breakers.endpoint]\nopen_duration = \"10s\"\nmax_open_duration = \"1s\"\n",
+            "breakers.endpoint.max_open_duration",
+        ),
+        ("[health]\ninterval = \"0s\"\n", "health.interval"),
+        (
+            "[pool]\nkeepalive_timeout = \"0s\"\n",
+            "pool.keepalive_timeout",
+        ),
+        (
+            "[pool]\nreconnect_backoff = \"1m\"\nreconnect_backoff_max = \"1s\"\n",
+            "pool.reconnect_backoff",
+        ),
+    ] {
+        let error = error_of(&format!("{MINIMAL}\n{snippet}"));
+        assert!(error.contains(&format!("`{key}`")), "{snippet}: {error}");
+    }
+    let unknown = error_of(&format!("{MINIMAL}\n[breakers.endpoint]\nfailures = 3\n"));
+    assert!(unknown.contains("unknown field `failures`"), "{unknown}");
+    let unknown_kind = error_of(&format!("{MINIMAL}\n[breakers.failures]\nteapot = true\n"));
+    assert!(
+        unknown_kind.contains("unknown field `teapot`"),
+        "{unknown_kind}"
+    );
+}
+
+#[test]
+fn resume_and_rate_limits_are_checked() {
+    let config = parse(&format!(
+        "{MINIMAL}rate_limit = {{ streams_per_second = 2.5 }}\n\n[[methods]]\npath = \"/a.B/C\"\nresume = \"replay-all\"\n"
+    ))
+    .unwrap();
+    let limit = config.endpoints[0].rate_limit.unwrap();
+    assert_eq!(limit.burst(), 3, "one second's worth, rounded up");
+    assert_eq!(limit.queue, 1024);
+    assert_eq!(config.methods[0].resume, ResumeMode::ReplayAll);
+    assert_eq!(config.methods[0].resume_attempts, 5);
+
+    let shared = error_of(&format!(
+        "{MINIMAL}\n[[methods]]\npath = \"/a.B/C\"\nshare = true\nresume = \"replay-last\"\n"
+    ));
+    assert!(shared.contains("`methods[0].resume`"), "{shared}");
+    let mode = error_of(&format!(
+        "{MINIMAL}\n[[methods]]\npath = \"/a.B/C\"\nresume = \"sometimes\"\n"
+    ));
+    assert!(mode.contains("replay-last"), "{mode}");
+    let rate = error_of(&format!(
+        "{MINIMAL}rate_limit = {{ streams_per_second = 0 }}\n"
+    ));
+    assert!(
+        rate.contains("`endpoints[0].rate_limit.streams_per_second`"),
+        "{rate}"
+    );
+    let burst = error_of(&format!(
+        "{MINIMAL}rate_limit = {{ streams_per_second = 1, burst = 0 }}\n"
+    ));
+    assert!(burst.contains("`endpoints[0].rate_limit.burst`"), "{burst}");
+}

@@ -203,6 +203,43 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
         config.monitors.len(),
         config.methods.len()
     );
+    for method in config.methods.iter().filter(|m| m.resume.resumes()) {
+        println!(
+            "  resume {}: {}, {} attempts within {:?}",
+            method.path,
+            method.resume.as_str(),
+            method.resume_attempts,
+            method.resume_timeout
+        );
+    }
+    let health = &config.health;
+    if health.active {
+        println!(
+            "  health checks: grpc.health.v1 every {:?} (unhealthy after {} failures)",
+            health.interval, health.unhealthy_threshold
+        );
+    } else {
+        println!("  health checks: passive only (set [health] active = true for grpc.health.v1)");
+    }
+    let breakers = &config.breakers;
+    for (scope, settings) in [
+        ("connection", breakers.connection()),
+        ("endpoint", breakers.endpoint()),
+        ("monitor", breakers.monitor()),
+    ] {
+        if settings.enabled {
+            println!(
+                "  {scope} breakers: open after {} failures in a row or {:.0}% of {}+ calls, \
+                 for {:?} at first",
+                settings.failure_threshold,
+                settings.failure_rate * 100.0,
+                settings.minimum_volume,
+                settings.open_duration
+            );
+        } else {
+            println!("  {scope} breakers: off");
+        }
+    }
     for slot in SlotKind::ALL {
         let table = config.plugins.slot(slot);
         let file = match (&table.file, &config.plugins.dir) {

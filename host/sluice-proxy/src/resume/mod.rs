@@ -20,7 +20,8 @@ pub struct ResumeRequest<'a> {
     /// The method, `/package.Service/Method`.
     pub method: &'a str,
     /// The request message payloads the host would replay (without the 5-byte gRPC prefix),
-    /// oldest first: the last one for `replay-last`, all of them for `replay-all`.
+    /// oldest first: the last one for `replay-last`, all of them for `replay-all`. Always the
+    /// monitor's own messages as it sent them, never an earlier resume's rewrite.
     pub requests: &'a [Bytes],
     /// The payload of the last response message delivered to the monitor, if any.
     pub last_response: Option<&'a Bytes>,

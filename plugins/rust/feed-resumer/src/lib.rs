@@ -11,9 +11,9 @@
 //!
 //! - With a last response (an `Event`), it reads the event's `seq` (field 1, varint; absent
 //!   means 0, as in proto3) and answers the single request rewritten so that `from_seq`
-//!   (field 1, varint) is `seq + 1`. Every other field is kept byte for byte, in its order,
-//!   unknown fields included; the new `from_seq` is written first (where protobuf encoders put
-//!   field 1) and every earlier `from_seq` entry is dropped.
+//!   (field 1, varint) is `seq + 1` (and `count` what is left, below). Every other field is
+//!   kept byte for byte, in its order, unknown fields included; the rewritten fields are
+//!   written first and their earlier entries dropped.
 //! - With no last response (the stream broke before its first event), it answers the request
 //!   unchanged: nothing was delivered, so the original `from_seq` is still right.
 //! - Bytes that are not a well-formed message of the expected type - a truncated or overlong
@@ -30,11 +30,11 @@
 //! component stays small and `no_std` like the other plugins, and the bytes it does not
 //! understand pass through untouched.
 //!
-//! `count` (field 4, "stop after this many events") is kept as it is, like every other field:
-//! a resumed subscription with a `count` therefore sends up to `count` more events. Rewriting it
-//! would need to know whether `requests` holds the monitor's original request or one already
-//! rewritten by an earlier resume; with `count` 0 (never stop), the usual case, there is
-//! nothing to adjust.
+//! `count` (field 4, "stop after this many events", 0 for never) counts from the original
+//! `from_seq`; the host always passes the monitor's own request, never an earlier resume's
+//! rewrite. So with a `count`, the rewritten request asks for what is left: `count - (next -
+//! from_seq)`, at least 1 (a stream that broke after its last event but before its status gets
+//! one event more rather than starting over).
 //!
 //! It logs each rewrite at debug level (`from_seq 0 -> 42`). It reads no configuration.
 
@@ -58,8 +58,9 @@ use sluice::policy::log;
 /// The method this plugin resumes.
 pub const SUBSCRIBE: &str = "/sluice.feed.v1.Feed/Subscribe";
 
-/// `from_seq`'s field number in `SubscribeRequest`, and `seq`'s in `Event`.
+/// `from_seq`'s and `count`'s field numbers in `SubscribeRequest`, and `seq`'s in `Event`.
 const FROM_SEQ: u32 = 1;
+const COUNT: u32 = 4;
 const SEQ: u32 = 1;
 
 /// Protobuf wire types.
@@ -128,7 +129,14 @@ impl Guest for FeedResumer {
         let next = seq.checked_add(1).ok_or_else(|| {
             String::from("feed-resumer: the last event's seq is the largest u64; no event follows")
         })?;
-        let rewritten = with_varint_first(&subscribe, &SUBSCRIBE_REQUEST, FROM_SEQ, next)
+        let count = last_varint(&subscribe, &SUBSCRIBE_REQUEST, COUNT)
+            .map_err(|p| p.describe("the request", &SUBSCRIBE_REQUEST))?;
+        let mut set = vec![(FROM_SEQ, next)];
+        if count > 0 {
+            let remaining = count.saturating_sub(next.saturating_sub(from_seq)).max(1);
+            set.push((COUNT, remaining));
+        }
+        let rewritten = with_varints_first(&subscribe, &SUBSCRIBE_REQUEST, &set)
             .map_err(|p| p.describe("the request", &SUBSCRIBE_REQUEST))?;
 
         let mut line = String::from("feed-resumer: Subscribe from_seq ");
@@ -345,20 +353,18 @@ fn last_varint(bytes: &[u8], schema: &Schema, number: u32) -> Result<u64, Proble
     Ok(value)
 }
 
-/// The message with varint field `number` set to `value`: written first, every earlier entry
-/// of it dropped, every other field copied byte for byte in its order.
-fn with_varint_first(
-    bytes: &[u8],
-    schema: &Schema,
-    number: u32,
-    value: u64,
-) -> Result<Vec<u8>, Problem> {
-    let mut out = Vec::with_capacity(bytes.len() + 12);
-    push_varint(&mut out, (u64::from(number) << 3) | u64::from(VARINT));
-    push_varint(&mut out, value);
+/// The message with each varint field of `set` given its value: written first, in `set`'s
+/// order, every earlier entry of those fields dropped, every other field copied byte for byte
+/// in its order.
+fn with_varints_first(bytes: &[u8], schema: &Schema, set: &[(u32, u64)]) -> Result<Vec<u8>, Problem> {
+    let mut out = Vec::with_capacity(bytes.len() + 12 * set.len());
+    for &(number, value) in set {
+        push_varint(&mut out, (u64::from(number) << 3) | u64::from(VARINT));
+        push_varint(&mut out, value);
+    }
     let mut fields = Fields::new(bytes, schema);
     while let Some(field) = fields.next_field()? {
-        if field.number != number {
+        if !set.iter().any(|&(number, _)| number == field.number) {
             let kept = bytes.get(field.start..field.end).ok_or(Problem {
                 what: Issue::PastTheEnd,
                 at: field.start,
