@@ -324,7 +324,7 @@ async fn main() {
         total("rate_limit_violations"),
     );
     println!(
-        "floor set by the rate limit: the last of {} resumes gets its token after ({} - {BURST}) /          {RATE}/s = {:.0} ms",
+        "rate-limit floor: the last of {} resumes waits ({} - {BURST}) / {RATE} per s = {:.0} ms",
         args.streams,
         args.streams,
         (args.streams as f64 - f64::from(BURST)).max(0.0) / RATE * 1e3

@@ -641,3 +641,74 @@ async fn a_degraded_endpoint_takes_half_the_streams_per_connection() {
     // 2 of a connection's 4 slots while degraded: the third stream needed a second connection.
     assert_eq!(proxy.snapshot().connections, 2);
 }
+
+#[tokio::test]
+async fn a_resumable_chat_flows_both_ways_under_load_and_across_a_failover() {
+    use sluice_tests::pb::ChatMessage;
+    use tokio_stream::StreamExt as _;
+
+    let primary = feed("primary").await;
+    let secondary = feed("secondary").await;
+    let mut config = primary_and_secondary(
+        &format!("http://{}", primary.addr),
+        &format!("http://{}", secondary.addr),
+    );
+    config.methods = vec![MethodConfig {
+        resume: ResumeMode::ReplayLast,
+        ..MethodConfig::new("/sluice.feed.v1.Feed/Chat")
+    }];
+    let proxy = sluice(config).await;
+    let mut c = client(proxy.addr()).await;
+
+    // 8 MB each way, far more than the flow-control windows: the relay must keep taking
+    // responses while requests wait for window, or both sides stall.
+    const MESSAGES: u64 = 2000;
+    let outgoing = tokio_stream::iter((0..MESSAGES).map(|seq| ChatMessage {
+        seq,
+        payload: vec![7; 4096].into(),
+        ..Default::default()
+    }));
+    let replies = bounded(LIMIT, "chat under load", async {
+        c.chat(as_monitor(outgoing, "m"))
+            .await
+            .unwrap()
+            .into_inner()
+            .map(|r| r.unwrap().seq)
+            .collect::<Vec<_>>()
+            .await
+    })
+    .await;
+    assert_eq!(replies, (0..MESSAGES).collect::<Vec<_>>());
+
+    // Across a failover: the conversation continues on the secondary without an error.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut replies = c
+        .chat(as_monitor(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            "m",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let say = |seq| ChatMessage {
+        seq,
+        ..Default::default()
+    };
+    tx.send(say(1)).await.unwrap();
+    assert_eq!(replies.message().await.unwrap().unwrap().seq, 1);
+    primary.abort();
+    // The replay of the latest message is answered by the secondary; then new ones are.
+    let replayed = bounded(LIMIT, "replayed reply", replies.message())
+        .await
+        .expect("no error across the failover")
+        .expect("the chat continues");
+    assert_eq!(replayed.seq, 1);
+    tx.send(say(2)).await.unwrap();
+    let next = bounded(LIMIT, "reply after failover", replies.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.seq, 2);
+    assert_eq!(secondary.stats.snapshot().chat_messages, 2);
+    assert_eq!(proxy.snapshot().stats.resumes_total, 1);
+}

@@ -139,7 +139,7 @@ pub async fn send_all(
 }
 
 /// Waits until the sink has window, noticing a reset of the sink meanwhile.
-fn poll_window(
+pub(crate) fn poll_window(
     sink: &mut SendStream<Bytes>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<usize, PumpError>> {

@@ -32,7 +32,7 @@ use super::call::{
     CallSetup, End, OpenStream, cut_off_lagging, must_end, open_upstream, record_final_status,
     reply, status_failure, upstream_failure,
 };
-use super::pump::{OnFull, PumpError, send_all};
+use super::pump::{PumpError, poll_window, send_all};
 use crate::Context;
 use crate::grpc::{self, Code, FrameError, MessageSplitter, PREFIX_LEN, Status};
 use crate::pool::{FailureKind, Lease};
@@ -160,6 +160,12 @@ enum Phase {
 struct Upstream {
     lease: Lease,
     send: Option<SendStream<Bytes>>,
+    /// Request bytes waiting for the upstream's flow-control window. The relay never waits
+    /// for that window with other work undone: a bidirectional upstream may be waiting for us
+    /// to take its responses before it reads more requests.
+    outbox: VecDeque<Bytes>,
+    /// End the request stream once the outbox is empty.
+    end_after_outbox: bool,
     phase: Phase,
     splitter: MessageSplitter,
     sent_at: Instant,
@@ -176,12 +182,56 @@ impl Upstream {
             draining,
             lease: open.lease,
             send: Some(open.send),
+            outbox: VecDeque::new(),
+            end_after_outbox: false,
             phase: Phase::Head(open.response),
             splitter: MessageSplitter::new(setup.max_message_bytes),
             sent_at: Instant::now(),
             first_seen: false,
             first_checked: false,
             first_due: Box::pin(tokio::time::sleep(setup.first_message_timeout)),
+        }
+    }
+
+    /// Queues request messages; with `end`, the request stream ends after them.
+    fn queue(&mut self, messages: impl IntoIterator<Item = Bytes>, end: bool) {
+        self.outbox.extend(messages);
+        self.end_after_outbox |= end;
+        if self.outbox.is_empty() {
+            self.end_request_if_due();
+        }
+    }
+
+    /// Sends as much of the outbox as `window` allows.
+    fn flush(&mut self, mut window: usize) -> Result<(), h2::Error> {
+        let Some(send) = self.send.as_mut() else {
+            return Ok(());
+        };
+        while window > 0 {
+            let Some(front) = self.outbox.front_mut() else {
+                break;
+            };
+            let piece = front.split_to(window.min(front.len()));
+            window -= piece.len();
+            if front.is_empty() {
+                self.outbox.pop_front();
+            }
+            let last = self.outbox.is_empty() && self.end_after_outbox;
+            send.send_data(piece, last)?;
+            if last {
+                self.end_after_outbox = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn end_request_if_due(&mut self) {
+        if self.end_after_outbox
+            && let Some(send) = self.send.as_mut()
+        {
+            // A failure here shows up on the response side.
+            let _ = send.send_data(Bytes::new(), true);
+            self.end_after_outbox = false;
         }
     }
 
@@ -233,6 +283,8 @@ enum Turn {
     Draining,
     FirstMessageDue,
     Request(Option<Result<Bytes, h2::Error>>),
+    /// Flow-control window for the queued request bytes (or the stream failed).
+    Window(Result<usize, PumpError>),
     Upstream(Result<UpstreamEvent, h2::Error>),
 }
 
@@ -303,6 +355,7 @@ pub(crate) async fn serve(
     let mut last_response: Option<Bytes> = None;
     let mut delivered: u64 = 0;
     let mut resumes: u32 = 0;
+    let mut budget = ResumeBudget::default();
 
     loop {
         let turn = tokio::select! {
@@ -311,7 +364,9 @@ pub(crate) async fn serve(
             status = &mut must_end => Turn::MustEnd(status),
             _ = upstream.draining.wait_for(|d| *d) => Turn::Draining,
             () = &mut upstream.first_due, if !upstream.first_checked => Turn::FirstMessageDue,
-            chunk = body.data(), if !request_ended => Turn::Request(chunk),
+            // More of the monitor's request only once the last has gone out.
+            chunk = body.data(), if !request_ended && upstream.outbox.is_empty() => Turn::Request(chunk),
+            window = poll_window_of(&mut upstream.send, &upstream.outbox), if !upstream.outbox.is_empty() => Turn::Window(window),
             event = next_event(&mut upstream.phase) => Turn::Upstream(event),
         };
         let broken = match turn {
@@ -342,12 +397,18 @@ pub(crate) async fn serve(
                         "request rejected: {error}"
                     )));
                 }
-                if let Some(send) = upstream.send.as_mut() {
-                    // A failure here shows up on the response side.
-                    let _ = send.send_data(Bytes::new(), true);
-                }
+                upstream.queue([], true);
                 continue;
             }
+            Turn::Window(Ok(window)) => {
+                // A failure here shows up on the response side.
+                let _ = upstream.flush(window);
+                continue;
+            }
+            Turn::Window(Err(error)) => Break {
+                failure: Some(FailureKind::Reset),
+                reason: format!("the upstream stopped taking the request: {error}"),
+            },
             Turn::Request(Some(Err(_))) => {
                 // The monitor reset its stream.
                 upstream.abandon();
@@ -367,10 +428,7 @@ pub(crate) async fn serve(
                     replay.record(&message);
                     ctx.stats
                         .add(|s| &s.bytes_to_upstream_total, message.len() as u64);
-                    if let Some(send) = upstream.send.as_mut() {
-                        // A failure here shows up on the response side.
-                        let _ = send_all(send, message, OnFull::Wait, false).await;
-                    }
+                    upstream.queue([message], false);
                 }
                 let _ = body.flow_control().release_capacity(len);
                 continue;
@@ -467,6 +525,7 @@ pub(crate) async fn serve(
                     ctx.stats.add(|s| &s.bytes_to_monitors_total, size);
                     last_response = Some(payload);
                     delivered += 1;
+                    budget = ResumeBudget::default();
                 }
                 if let Phase::Body(body) = &mut upstream.phase {
                     let _ = body.flow_control().release_capacity(len);
@@ -526,7 +585,7 @@ pub(crate) async fn serve(
             reason: &broken.reason,
         };
         let reopened = tokio::select! {
-            reopened = Box::pin(reopen(ctx, &setup, &options, &path, &headers, state)) => reopened,
+            reopened = Box::pin(reopen(ctx, &setup, &options, &path, &headers, state, &mut budget)) => reopened,
             status = &mut must_end => Err(status),
             () = poll_fn(|cx| downstream.poll_reset(cx)) => return End::Cancelled,
         };
@@ -586,8 +645,16 @@ struct ResumeState<'a> {
     reason: &'a str,
 }
 
-/// Opens a new upstream stream for the call and sends the replay, within the method's resume
-/// attempts and time.
+/// Attempts and time spent resuming since the monitor last received a message. A stream that
+/// keeps breaking before it delivers anything runs out of budget, however often it reopens.
+#[derive(Debug, Default)]
+struct ResumeBudget {
+    attempts: u32,
+    since: Option<Instant>,
+}
+
+/// Opens a new upstream stream for the call with the replay queued on it, within the method's
+/// resume attempts and time.
 async fn reopen(
     ctx: &Arc<Context>,
     setup: &CallSetup,
@@ -595,14 +662,16 @@ async fn reopen(
     path: &http::uri::PathAndQuery,
     headers: &HeaderMap,
     state: ResumeState<'_>,
+    budget: &mut ResumeBudget,
 ) -> Result<Upstream, Status> {
-    let started = Instant::now();
+    let started = *budget.since.get_or_insert_with(Instant::now);
     let messages = replay_messages(ctx, setup, &state);
     let mut last_error = state.reason.to_owned();
-    for attempt in 1..=options.attempts {
+    while budget.attempts < options.attempts {
         let Some(remaining) = options.timeout.checked_sub(started.elapsed()) else {
             break;
         };
+        budget.attempts += 1;
         let opened = tokio::time::timeout(
             remaining,
             open_upstream(
@@ -619,19 +688,14 @@ async fn reopen(
         match opened {
             Ok(Ok(open)) => {
                 let mut upstream = Upstream::new(open, setup);
-                match send_replay(&mut upstream, &messages, state.request_ended).await {
-                    Ok(()) => return Ok(upstream),
-                    Err(error) => {
-                        upstream.lease.failed(FailureKind::Reset);
-                        last_error = format!("replay failed: {error}");
-                    }
-                }
+                upstream.queue(messages, state.request_ended);
+                return Ok(upstream);
             }
             Ok(Err(status)) => last_error = status.message,
             Err(_) => break,
         }
         // Back off a little (with jitter) so that many streams resuming at once spread out.
-        let pause = Duration::from_millis(20 * (1 << attempt.min(5)))
+        let pause = Duration::from_millis(20 * (1 << budget.attempts.min(5)))
             .mul_f64(0.5 + fastrand::f64() / 2.0)
             .min(options.timeout.saturating_sub(started.elapsed()));
         tokio::time::sleep(pause).await;
@@ -677,22 +741,18 @@ fn frame(payload: &[u8]) -> Bytes {
     framed.freeze()
 }
 
-async fn send_replay(
-    upstream: &mut Upstream,
-    messages: &[Bytes],
-    request_ended: bool,
-) -> Result<(), PumpError> {
-    let Some(send) = upstream.send.as_mut() else {
-        return Ok(());
-    };
-    for message in messages {
-        send_all(send, message.clone(), OnFull::Wait, false).await?;
+/// Waits for flow-control window for the upstream's queued request bytes.
+async fn poll_window_of(
+    send: &mut Option<SendStream<Bytes>>,
+    outbox: &VecDeque<Bytes>,
+) -> Result<usize, PumpError> {
+    match send.as_mut() {
+        Some(send) => {
+            send.reserve_capacity(outbox.iter().map(Bytes::len).sum());
+            poll_fn(|cx| poll_window(send, cx)).await
+        }
+        None => std::future::pending().await,
     }
-    if request_ended {
-        send.send_data(Bytes::new(), true)
-            .map_err(PumpError::Sink)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
