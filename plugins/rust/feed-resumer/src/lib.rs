@@ -356,7 +356,11 @@ fn last_varint(bytes: &[u8], schema: &Schema, number: u32) -> Result<u64, Proble
 /// The message with each varint field of `set` given its value: written first, in `set`'s
 /// order, every earlier entry of those fields dropped, every other field copied byte for byte
 /// in its order.
-fn with_varints_first(bytes: &[u8], schema: &Schema, set: &[(u32, u64)]) -> Result<Vec<u8>, Problem> {
+fn with_varints_first(
+    bytes: &[u8],
+    schema: &Schema,
+    set: &[(u32, u64)],
+) -> Result<Vec<u8>, Problem> {
     let mut out = Vec::with_capacity(bytes.len() + 12 * set.len());
     for &(number, value) in set {
         push_varint(&mut out, (u64::from(number) << 3) | u64::from(VARINT));
