@@ -422,8 +422,17 @@ async fn breakers_can_be_forced_open_and_released_and_endpoints_drained() {
     .await;
     assert_eq!(drained.status, 200);
     assert_eq!(drained.json["draining_connections"], 1);
-    // A drained connection takes no new streams: the next call opens a new one.
+    // A drained connection takes no new streams: the next call opens a new one, and the
+    // drained one closes since no stream is left on it.
     c.echo(echo()).await.expect("echo after drain");
     assert_eq!(proxy.snapshot().stats.connections_opened_total, 2);
+    assert!(
+        sluice_tests::eventually(std::time::Duration::from_secs(5), || proxy
+            .snapshot()
+            .connections
+            == 1)
+        .await,
+        "the drained connection closed"
+    );
     server.shutdown().await;
 }

@@ -553,6 +553,11 @@ async fn failing_health_checks_move_new_streams_to_the_next_priority_and_back() 
         .await
     );
     assert_eq!(echo_on(&mut c).await, "secondary");
+    // Failed checks reconnect, and the connections they leave behind close: the primary sees
+    // the pool's connection and at most two of the checker's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = primary.stats.snapshot().connections_open;
+    assert!(open <= 3, "{open} connections open at the primary");
     primary.set_serving(true).await;
     assert!(
         eventually(LIMIT, || endpoint_health(&proxy, "primary").0
@@ -711,4 +716,32 @@ async fn a_resumable_chat_flows_both_ways_under_load_and_across_a_failover() {
     assert_eq!(next.seq, 2);
     assert_eq!(secondary.stats.snapshot().chat_messages, 2);
     assert_eq!(proxy.snapshot().stats.resumes_total, 1);
+}
+
+#[tokio::test]
+async fn a_quiet_stream_gets_a_fresh_resume_budget_for_each_break() {
+    let primary = feed("primary").await;
+    let secondary = feed("secondary").await;
+    let faulty = FaultProxy::start(primary.addr).await.unwrap();
+    let mut config = primary_and_secondary(&faulty.url(), &format!("http://{}", secondary.addr));
+    config.methods[0].resume_timeout = Duration::from_millis(400);
+    let proxy = sluice(config).await;
+    let mut c = client(proxy.addr()).await;
+    // Quiet: the upstream waits 1.5 s before each event.
+    let mut request = as_monitor(subscribe("t", 100.0, 8, 0), "m");
+    request
+        .metadata_mut()
+        .insert(sluice_feed::headers::DELAY_MS, "1500".parse().unwrap());
+    let mut stream = c.subscribe(request).await.expect("subscribe").into_inner();
+    // Two breaks further apart than the resume timeout, with nothing delivered in between.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        faulty.reset_all();
+    }
+    let event = bounded(LIMIT, "the first event", stream.message())
+        .await
+        .expect("no error: each break got its own resume budget")
+        .expect("an event");
+    assert_eq!(event.seq, 0);
+    assert_eq!(proxy.snapshot().stats.resumes_total, 2);
 }

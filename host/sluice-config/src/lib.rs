@@ -842,7 +842,7 @@ impl Config {
                 if method.share {
                     return Err(invalid(
                         key("resume"),
-                        "cannot be combined with share = true (a shared stream resumes as one)",
+                        "cannot be combined with share = true (shared streams are not resumed)",
                     ));
                 }
                 if method.resume_attempts == 0 {

@@ -377,14 +377,6 @@ impl Breaker {
         inner.state
     }
 
-    /// Failure share of the sliding window now, if it holds at least one call.
-    pub fn failure_rate(&self) -> Option<f64> {
-        let mut inner = self.inner.lock();
-        let now = Instant::now();
-        let counts = inner.window.counts(now);
-        (counts.calls > 0).then(|| f64::from(counts.failures) / f64::from(counts.calls))
-    }
-
     /// Counts an outcome that did not come through a permit (for example a stream that
     /// worked, then broke: its permit already reported the success).
     pub fn observe(&self, outcome: Outcome) {

@@ -29,6 +29,8 @@ pub(crate) struct CallSetup {
     pub on_full: OnFull,
     pub share: Option<super::share::ShareOptions>,
     pub resume: Option<super::resumable::ResumeOptions>,
+    /// The monitor breaker's leave for this call.
+    pub monitor: Arc<MonitorPermit>,
     /// How long the first response message may take before the stream counts as failed.
     pub first_message_timeout: std::time::Duration,
 }
@@ -48,15 +50,7 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let mut monitor_permit = match ctx.pool.admit_monitor(&setup.profile) {
-        Ok(permit) => permit,
-        Err(status) => {
-            ctx.stats.incr(|s| &s.breaker_rejected_total);
-            tracing::debug!(monitor = %setup.profile.id, %status, "monitor breaker refused the call");
-            reply(&mut respond, &status);
-            return;
-        }
-    };
+    let monitor = Arc::clone(&setup.monitor);
     let span = tracing::debug_span!(
         "stream",
         monitor = %setup.profile.id,
@@ -72,27 +66,56 @@ pub(crate) async fn serve(
         } else {
             proxy(&ctx, setup, request, respond).await
         };
-        record_monitor_outcome(&mut monitor_permit, &end);
+        monitor.ended(&end);
     }
     .instrument(span)
     .await
 }
 
-/// Counts a call's end against its monitor's breaker: statuses that say the service was not
-/// there for the monitor are failures; a monitor's own cancellation counts for nothing.
-fn record_monitor_outcome(permit: &mut Permit, end: &End) {
-    match end {
-        End::Completed(None) => permit.record(Outcome::Success { slow: false }),
-        End::Completed(Some(_)) => permit.record(Outcome::Failure),
-        End::Cancelled => {}
-        End::Failed(status) => {
-            let outcome = match status.code {
-                Code::Unavailable | Code::DeadlineExceeded | Code::Internal => Outcome::Failure,
-                _ => Outcome::Success { slow: false },
-            };
-            permit.record(outcome);
+/// The monitor breaker's leave for one call. A call whose response has started counts as a
+/// success at once, so that a long-lived stream does not hold a half-open breaker's probe for
+/// its whole life; if it fails later, the failure counts too. Statuses that say the service
+/// was not there for the monitor (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`) are failures;
+/// a monitor's own cancellation counts for nothing.
+pub(crate) struct MonitorPermit(parking_lot::Mutex<Permit>);
+
+impl MonitorPermit {
+    /// The response started reaching the monitor.
+    pub(crate) fn answered(&self) {
+        self.0.lock().record(Outcome::Success { slow: false });
+    }
+
+    fn ended(&self, end: &End) {
+        let failed = match end {
+            End::Completed(failed) => *failed,
+            End::Cancelled => return,
+            End::Failed(status) => is_monitor_failure(status.code),
+        };
+        let mut permit = self.0.lock();
+        if !failed {
+            permit.record(Outcome::Success { slow: false });
+        } else if permit.is_recorded() {
+            permit.breaker().observe(Outcome::Failure);
+        } else {
+            permit.record(Outcome::Failure);
         }
     }
+}
+
+fn is_monitor_failure(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Internal
+    )
+}
+
+/// Whether a final upstream status counts against the monitor's breaker (the codes of
+/// [`is_monitor_failure`]: 14, 4, 13).
+pub(crate) fn monitor_failure(headers: &HeaderMap) -> bool {
+    matches!(
+        headers.get("grpc-status").map(http::HeaderValue::as_bytes),
+        Some(b"14" | b"4" | b"13")
+    )
 }
 
 /// Checks the call is gRPC and the monitor is allowed, and gathers its options.
@@ -118,6 +141,11 @@ fn admit(ctx: &Context, request: &Request<RecvStream>) -> Result<CallSetup, Resp
     let profile = ctx.monitors.identify(request.headers()).map_err(|status| {
         ctx.stats.incr(|s| &s.unauthenticated_total);
         tracing::debug!(method = path, reason = %status.message, "monitor refused");
+        status.to_response()
+    })?;
+    let permit = ctx.pool.admit_monitor(&profile).map_err(|status| {
+        ctx.stats.incr(|s| &s.breaker_rejected_total);
+        tracing::debug!(monitor = %profile.id, %status, "monitor breaker refused the call");
         status.to_response()
     })?;
     let method = ctx.config.method(path);
@@ -146,6 +174,7 @@ fn admit(ctx: &Context, request: &Request<RecvStream>) -> Result<CallSetup, Resp
             .filter(|m| m.resume.resumes())
             .map(super::resumable::ResumeOptions::from_config),
         first_message_timeout: ctx.config.breakers.first_message_timeout,
+        monitor: Arc::new(MonitorPermit(parking_lot::Mutex::new(permit))),
     })
 }
 
@@ -299,9 +328,9 @@ pub(crate) async fn open_upstream(
 
 /// How a relayed call ended, for logs and counters.
 pub(crate) enum End {
-    /// The upstream's final status reached the monitor; `Some` when that status counts as a
-    /// breaker failure (`UNAVAILABLE`, `DEADLINE_EXCEEDED`).
-    Completed(Option<FailureKind>),
+    /// The upstream's final status reached the monitor; `true` when that status counts against
+    /// the monitor's breaker (see [`monitor_failure`]).
+    Completed(bool),
     Cancelled,
     Failed(Status),
 }
@@ -395,15 +424,12 @@ pub(crate) fn status_failure(headers: &HeaderMap) -> Option<FailureKind> {
     }
 }
 
-/// Reports a stream's final upstream status to its lease; returns it as a breaker failure if
-/// it is one.
-pub(crate) fn record_final_status(lease: &Lease, headers: &HeaderMap) -> Option<FailureKind> {
-    let failure = status_failure(headers);
-    match failure {
+/// Reports a stream's final upstream status to its lease.
+pub(crate) fn record_final_status(lease: &Lease, headers: &HeaderMap) {
+    match status_failure(headers) {
         Some(kind) => lease.failed(kind),
         None => lease.finished(),
     }
-    failure
 }
 
 async fn relay(
@@ -433,11 +459,20 @@ async fn relay(
     let must_end = must_end(ctx, setup.deadline);
     tokio::pin!(must_end);
     tokio::pin!(response);
+    // Servers may hold their response headers back until the first message: the timer covers
+    // both phases.
+    let first_message_due = tokio::time::sleep(setup.first_message_timeout);
+    tokio::pin!(first_message_due);
+    let mut first_message_checked = false;
 
     // Phase 1: until the upstream answers with headers.
     let response = loop {
         tokio::select! {
             response = &mut response => break response,
+            () = &mut first_message_due, if !first_message_checked => {
+                first_message_checked = true;
+                lease.failed(FailureKind::NoFirstMessage);
+            }
             result = &mut request_pump, if !request_done => {
                 request_done = true;
                 if let Some(end) = request_side_failure(ctx, result) {
@@ -470,7 +505,10 @@ async fn relay(
     let (parts, mut upstream_body) = response.into_parts();
     let end_of_stream = upstream_body.is_end_stream();
     // A trailers-only answer: its status is in these headers.
-    let final_status = end_of_stream.then(|| record_final_status(&lease, &parts.headers));
+    let final_status = end_of_stream.then(|| {
+        record_final_status(&lease, &parts.headers);
+        monitor_failure(&parts.headers)
+    });
     let mut head = Response::new(());
     *head.status_mut() = parts.status;
     *head.headers_mut() = grpc::headers::response_headers(&parts.headers);
@@ -479,9 +517,10 @@ async fn relay(
         Ok(downstream) => downstream,
         Err(_) => return End::Cancelled,
     };
-    if let Some(failure) = final_status {
-        return End::Completed(failure);
+    if let Some(failed) = final_status {
+        return End::Completed(failed);
     }
+    setup.monitor.answered();
 
     // Phase 2: stream the response while the request side may still be flowing.
     let first_seen = std::sync::atomic::AtomicBool::new(false);
@@ -489,13 +528,6 @@ async fn relay(
         first_seen.store(true, std::sync::atomic::Ordering::Relaxed);
         lease.first_message(sent_at.elapsed());
     };
-    let first_message_due = tokio::time::sleep(
-        setup
-            .first_message_timeout
-            .saturating_sub(sent_at.elapsed()),
-    );
-    tokio::pin!(first_message_due);
-    let mut first_message_checked = false;
     let outcome = {
         let mut scanner = MessageScanner::new(setup.max_message_bytes);
         let counter = &ctx.stats.bytes_to_monitors_total;
@@ -537,13 +569,13 @@ async fn relay(
     };
     match result {
         Ok(Ending::Trailers(trailers)) => {
-            let failure = record_final_status(&lease, &trailers);
+            record_final_status(&lease, &trailers);
             let _ = downstream.send_trailers(grpc::headers::response_headers(&trailers));
-            End::Completed(failure)
+            End::Completed(monitor_failure(&trailers))
         }
         Ok(Ending::Closed) => {
             lease.finished();
-            End::Completed(None)
+            End::Completed(false)
         }
         Err(PumpError::Sink(_)) => End::Cancelled,
         Err(PumpError::Lagging(waited)) => {

@@ -29,8 +29,8 @@ use sluice_config::{MethodConfig, ResumeMode};
 use tokio::sync::watch;
 
 use super::call::{
-    CallSetup, End, OpenStream, cut_off_lagging, must_end, open_upstream, record_final_status,
-    reply, status_failure, upstream_failure,
+    CallSetup, End, OpenStream, cut_off_lagging, monitor_failure, must_end, open_upstream,
+    record_final_status, reply, status_failure, upstream_failure,
 };
 use super::pump::{PumpError, poll_window, send_all};
 use crate::Context;
@@ -107,11 +107,17 @@ impl ReplayBuffer {
     }
 }
 
-/// Hashes of recently delivered response messages.
+/// Hashes of recently delivered response messages, to drop what a resumed upstream delivers
+/// again. Only the first `window` messages after a switch are checked, and only against what
+/// was delivered before it, so a message that legitimately repeats later (a heartbeat, an
+/// unchanged snapshot) is never dropped.
 struct Dedup {
     window: usize,
     order: VecDeque<u64>,
     seen: HashSet<u64>,
+    /// Hashes delivered before the last switch, while checking after it.
+    before_switch: HashSet<u64>,
+    checks_left: usize,
 }
 
 impl Dedup {
@@ -120,11 +126,22 @@ impl Dedup {
             window,
             order: VecDeque::with_capacity(window.min(4096)),
             seen: HashSet::with_capacity(window.min(4096)),
+            before_switch: HashSet::new(),
+            checks_left: 0,
         }
     }
 
-    /// Remembers `message`; `true` when `check` is set and it was seen within the window.
-    fn is_duplicate(&mut self, message: &[u8], check: bool) -> bool {
+    /// The upstream stream changed: check the next `window` messages.
+    fn switched(&mut self) {
+        if self.window > 0 {
+            self.before_switch = self.seen.clone();
+            self.checks_left = self.window;
+        }
+    }
+
+    /// Remembers `message`; `true` when it was delivered before the last switch and is among
+    /// the first `window` messages after it.
+    fn is_duplicate(&mut self, message: &[u8]) -> bool {
         if self.window == 0 {
             return false;
         }
@@ -133,8 +150,15 @@ impl Dedup {
         let mut hasher = std::hash::DefaultHasher::new();
         message.hash(&mut hasher);
         let hash = hasher.finish();
-        if check && self.seen.contains(&hash) {
-            return true;
+        if self.checks_left > 0 {
+            self.checks_left -= 1;
+            let duplicate = self.before_switch.contains(&hash);
+            if self.checks_left == 0 {
+                self.before_switch = HashSet::new();
+            }
+            if duplicate {
+                return true;
+            }
         }
         if self.seen.insert(hash) {
             self.order.push_back(hash);
@@ -405,10 +429,13 @@ pub(crate) async fn serve(
                 let _ = upstream.flush(window);
                 continue;
             }
-            Turn::Window(Err(error)) => Break {
-                failure: Some(FailureKind::Reset),
-                reason: format!("the upstream stopped taking the request: {error}"),
-            },
+            Turn::Window(Err(_)) => {
+                // The upstream stopped reading the request (it may have answered already, or
+                // reset the stream): its response side says which.
+                upstream.outbox.clear();
+                upstream.send = None;
+                continue;
+            }
             Turn::Request(Some(Err(_))) => {
                 // The monitor reset its stream.
                 upstream.abandon();
@@ -434,7 +461,10 @@ pub(crate) async fn serve(
                 continue;
             }
             Turn::Upstream(Err(error)) => Break {
-                failure: Some(FailureKind::Reset),
+                // A stream the server refused (e.g. beyond a GOAWAY's last stream) was never
+                // processed: moving it is a migration, not a failure.
+                failure: (error.reason() != Some(h2::Reason::REFUSED_STREAM))
+                    .then_some(FailureKind::Reset),
                 reason: upstream_failure(&error).message,
             },
             Turn::Upstream(Ok(UpstreamEvent::Head(response))) => {
@@ -445,19 +475,22 @@ pub(crate) async fn serve(
                     if let Some(broken) = resumable_status(&options, &parts.headers) {
                         broken
                     } else {
-                        let failure = record_final_status(&upstream.lease, &parts.headers);
-                        let trailers = grpc::headers::response_headers(&parts.headers);
+                        record_final_status(&upstream.lease, &parts.headers);
+                        let failed = monitor_failure(&parts.headers);
+                        let mut trailers = grpc::headers::response_headers(&parts.headers);
                         return match downstream.stream.as_mut() {
                             Some(stream) => {
+                                // Trailers carry no content-type.
+                                trailers.remove(http::header::CONTENT_TYPE);
                                 let _ = stream.send_trailers(trailers);
-                                End::Completed(failure)
+                                End::Completed(failed)
                             }
                             None => {
                                 let mut head = Response::new(());
                                 *head.status_mut() = parts.status;
                                 *head.headers_mut() = trailers;
                                 let _ = downstream.respond.send_response(head, true);
-                                End::Completed(failure)
+                                End::Completed(failed)
                             }
                         };
                     }
@@ -467,7 +500,10 @@ pub(crate) async fn serve(
                         *head.status_mut() = parts.status;
                         *head.headers_mut() = grpc::headers::response_headers(&parts.headers);
                         match downstream.respond.send_response(head, false) {
-                            Ok(stream) => downstream.stream = Some(stream),
+                            Ok(stream) => {
+                                downstream.stream = Some(stream);
+                                setup.monitor.answered();
+                            }
                             Err(_) => {
                                 upstream.abandon();
                                 return End::Cancelled;
@@ -504,7 +540,7 @@ pub(crate) async fn serve(
                         upstream.first_seen = true;
                         upstream.lease.first_message(upstream.sent_at.elapsed());
                     }
-                    if dedup.is_duplicate(&message, resumes > 0) {
+                    if dedup.is_duplicate(&message) {
                         ctx.stats.incr(|s| &s.duplicates_dropped_total);
                         continue;
                     }
@@ -542,16 +578,21 @@ pub(crate) async fn serve(
                             "upstream response ended inside a message: {error}"
                         )));
                     }
-                    let failure = record_final_status(&upstream.lease, &trailers);
+                    record_final_status(&upstream.lease, &trailers);
                     if let Some(stream) = downstream.stream.as_mut() {
                         let _ = stream.send_trailers(grpc::headers::response_headers(&trailers));
                     }
-                    return End::Completed(failure);
+                    return End::Completed(monitor_failure(&trailers));
                 }
             }
         };
 
-        // The upstream stream is gone or going: resume the call on another one.
+        // The upstream stream is gone or going: resume the call on another one. A migration,
+        // or a break of a stream that ran for a while, starts a fresh resume budget; a stream
+        // that keeps breaking at once keeps spending the same one.
+        if broken.failure.is_none() || upstream.sent_at.elapsed() >= options.timeout {
+            budget = ResumeBudget::default();
+        }
         let broken_connection = upstream.lease.connection().id;
         match broken.failure {
             Some(kind) => {
@@ -593,6 +634,7 @@ pub(crate) async fn serve(
             Ok(next) => {
                 ctx.stats.incr(|s| &s.resumes_total);
                 resumes += 1;
+                dedup.switched();
                 upstream = next;
             }
             Err(status) => {
@@ -645,8 +687,9 @@ struct ResumeState<'a> {
     reason: &'a str,
 }
 
-/// Attempts and time spent resuming since the monitor last received a message. A stream that
-/// keeps breaking before it delivers anything runs out of budget, however often it reopens.
+/// Upstream streams opened and time spent resuming since the monitor last received a message
+/// (or since a migration, or a break of a long-lived upstream stream). A stream that keeps
+/// breaking before it delivers anything runs out of budget, however often it reopens.
 #[derive(Debug, Default)]
 struct ResumeBudget {
     attempts: u32,
@@ -654,7 +697,8 @@ struct ResumeBudget {
 }
 
 /// Opens a new upstream stream for the call with the replay queued on it, within the method's
-/// resume attempts and time.
+/// resume attempts (upstream streams opened) and time. While no endpoint can take it (backing
+/// off, breakers open, queues full) it waits and tries again, until the time runs out.
 async fn reopen(
     ctx: &Arc<Context>,
     setup: &CallSetup,
@@ -667,11 +711,11 @@ async fn reopen(
     let started = *budget.since.get_or_insert_with(Instant::now);
     let messages = replay_messages(ctx, setup, &state);
     let mut last_error = state.reason.to_owned();
+    let mut refusals: u32 = 0;
     while budget.attempts < options.attempts {
         let Some(remaining) = options.timeout.checked_sub(started.elapsed()) else {
             break;
         };
-        budget.attempts += 1;
         let opened = tokio::time::timeout(
             remaining,
             open_upstream(
@@ -687,6 +731,7 @@ async fn reopen(
         .await;
         match opened {
             Ok(Ok(open)) => {
+                budget.attempts += 1;
                 let mut upstream = Upstream::new(open, setup);
                 upstream.queue(messages, state.request_ended);
                 return Ok(upstream);
@@ -694,8 +739,10 @@ async fn reopen(
             Ok(Err(status)) => last_error = status.message,
             Err(_) => break,
         }
-        // Back off a little (with jitter) so that many streams resuming at once spread out.
-        let pause = Duration::from_millis(20 * (1 << budget.attempts.min(5)))
+        // Nothing could take the stream now. Wait a little (growing, with jitter, so that many
+        // streams resuming at once spread out) for back-offs and open breakers to pass.
+        refusals += 1;
+        let pause = Duration::from_millis(20 * (1 << refusals.min(5)))
             .mul_f64(0.5 + fastrand::f64() / 2.0)
             .min(options.timeout.saturating_sub(started.elapsed()));
         tokio::time::sleep(pause).await;
@@ -789,19 +836,26 @@ mod tests {
     }
 
     #[test]
-    fn dedup_drops_only_after_a_switch_and_forgets_beyond_the_window() {
+    fn dedup_checks_only_the_first_messages_after_a_switch_against_earlier_ones() {
         let mut dedup = Dedup::new(2);
-        assert!(!dedup.is_duplicate(b"x", false));
-        assert!(!dedup.is_duplicate(b"x", false), "no check before a resume");
-        assert!(dedup.is_duplicate(b"x", true));
-        assert!(!dedup.is_duplicate(b"y", true));
-        assert!(!dedup.is_duplicate(b"z", true));
+        assert!(!dedup.is_duplicate(b"x"));
+        assert!(!dedup.is_duplicate(b"x"), "no check before a switch");
+        dedup.switched();
+        assert!(dedup.is_duplicate(b"x"), "delivered before the switch");
+        assert!(!dedup.is_duplicate(b"y"));
         assert!(
-            !dedup.is_duplicate(b"x", true),
-            "x left the 2-message window"
+            !dedup.is_duplicate(b"x"),
+            "only the first 2 messages after a switch are checked"
+        );
+        dedup.switched();
+        assert!(!dedup.is_duplicate(b"z"));
+        assert!(
+            !dedup.is_duplicate(b"z"),
+            "repeats after the switch are not duplicates of what came before"
         );
         let mut off = Dedup::new(0);
-        off.is_duplicate(b"x", true);
-        assert!(!off.is_duplicate(b"x", true));
+        off.is_duplicate(b"x");
+        off.switched();
+        assert!(!off.is_duplicate(b"x"));
     }
 }

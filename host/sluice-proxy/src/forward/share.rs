@@ -437,7 +437,20 @@ async fn feed_subscribers(
         ctx.stats.incr(|s| &s.upstream_failures_total);
         upstream_failure(&e)
     };
-    let response = open.response.await.map_err(broke)?;
+    // No first message within the timeout counts against the breakers once.
+    let first_due = tokio::time::sleep(ctx.config.breakers.first_message_timeout);
+    tokio::pin!(first_due);
+    let mut first_checked = false;
+    let mut response = open.response;
+    let response = tokio::select! {
+        answer = &mut response => answer,
+        () = &mut first_due => {
+            first_checked = true;
+            lease.failed(FailureKind::NoFirstMessage);
+            response.await
+        }
+    }
+    .map_err(broke)?;
     lease.observe_response(sent_at.elapsed());
     let (parts, mut body) = response.into_parts();
     if body.is_end_stream() {
@@ -454,7 +467,20 @@ async fn feed_subscribers(
     )));
     let mut splitter = MessageSplitter::new(max_message_bytes);
     let mut published: u64 = 0;
-    while let Some(chunk) = body.data().await {
+    loop {
+        let next = if published == 0 && !first_checked {
+            tokio::select! {
+                next = body.data() => next,
+                () = &mut first_due => {
+                    first_checked = true;
+                    lease.failed(FailureKind::NoFirstMessage);
+                    body.data().await
+                }
+            }
+        } else {
+            body.data().await
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(broke)?;
         if published == 0 {
             lease.first_message(sent_at.elapsed());

@@ -14,7 +14,7 @@
 pub mod check;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -45,7 +45,6 @@ struct ActiveState {
     passes_in_row: u32,
     unhealthy: bool,
     last_error: Option<String>,
-    last_check: Option<Instant>,
 }
 
 /// Health inputs of one endpoint.
@@ -143,7 +142,6 @@ impl EndpointHealth {
     /// (`Some(true)`: now passing).
     fn record_check(&self, result: Result<(), String>) -> Option<bool> {
         let mut active = self.active.lock();
-        active.last_check = Some(Instant::now());
         match result {
             Ok(()) => {
                 active.passes_in_row += 1;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use parking_lot::Mutex;
 use sluice_config::{FailureKinds, TrafficClass};
 use tokio::sync::watch;
@@ -29,8 +30,8 @@ pub struct UpstreamConnection {
     pub(super) configured_max: u32,
     pub(super) peer_max: Arc<AtomicU32>,
     pub(super) closed: AtomicBool,
-    /// Flips to true when the connection starts draining (GOAWAY received, keepalive failure,
-    /// removal): resumable streams move off it.
+    /// Flips to true when the connection starts draining (GOAWAY received, operator drain):
+    /// it takes no new streams, and resumable streams move off it.
     pub(super) draining: watch::Sender<bool>,
     pub(super) opened_at: Instant,
     pub(super) load: load::ConnectionLoad,
@@ -52,7 +53,8 @@ impl UpstreamConnection {
         self.active_streams.load(Relaxed)
     }
 
-    /// Whether the connection takes no new streams: it ended, or it is draining.
+    /// Whether the connection takes no new streams: it ended, failed to open a stream, or is
+    /// draining.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Relaxed)
     }
@@ -68,6 +70,18 @@ impl UpstreamConnection {
 
     pub(super) fn mark_closed(&self) {
         self.closed.store(true, Relaxed);
+    }
+
+    /// Notices a GOAWAY from the peer (draining the connection) or a connection error (closing
+    /// it) without opening a stream.
+    pub(super) fn check_goaway(&self) {
+        if let Some(Err(error)) = self.send_request.clone().ready().now_or_never() {
+            if error.is_go_away() {
+                self.start_draining("the peer sent GOAWAY");
+            } else {
+                self.mark_closed();
+            }
+        }
     }
 
     /// Takes no new streams and asks resumable streams to move off.
@@ -134,6 +148,8 @@ pub struct Lease {
     /// relay and its timers can report through a shared reference.
     pub(super) permits: Mutex<[Permit; 2]>,
     pub(super) failure_kinds: FailureKinds,
+    /// Set once the stream counted a failure: one stream is one failure, however it ends.
+    pub(super) failure_counted: AtomicBool,
     pub(super) _upstream_active: crate::stats::GaugeGuard,
 }
 
@@ -187,7 +203,7 @@ impl Lease {
     /// of streams that had already worked (a dying endpoint breaks established streams).
     pub fn failed(&self, kind: FailureKind) {
         self.connection.load.observe_outcome(true);
-        if !kind.counted(&self.failure_kinds) {
+        if !kind.counted(&self.failure_kinds) || self.failure_counted.swap(true, Relaxed) {
             return;
         }
         for permit in self.permits.lock().iter_mut() {

@@ -15,7 +15,6 @@ use rustls::pki_types::ServerName;
 use sluice_config::EndpointConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::coalesce::YieldFirst;
 use crate::tls::{self, TlsError};
@@ -86,8 +85,6 @@ pub struct Opened {
     pub ping_rtt: std::time::Duration,
     /// Sends keepalive PINGs (absent only if the h2 library already handed it out).
     pub ping_pong: Option<h2::PingPong>,
-    /// Set to true by `driver` when the peer sends GOAWAY.
-    pub goaway: watch::Sender<bool>,
 }
 
 impl Connector {
@@ -170,13 +167,10 @@ impl Connector {
             })?;
         let mut ping_pong = connection.ping_pong();
         let peer_max_streams = Arc::new(AtomicU32::new(0));
-        let goaway = watch::Sender::new(false);
         let mut driver: Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>> =
             Box::pin(YieldFirst::new(Driver {
                 connection,
                 peer_max_streams: Arc::clone(&peer_max_streams),
-                probe: send_request.clone(),
-                goaway: goaway.clone(),
             }));
         // The peer's SETTINGS (and so its stream limit) precede its answer to our first PING:
         // waiting one round trip means no stream is ever placed over the peer's limit.
@@ -199,20 +193,14 @@ impl Connector {
             driver,
             ping_rtt: ping_sent.elapsed(),
             ping_pong,
-            goaway,
         })
     }
 }
 
-/// Polls the h2 connection, publishes the peer's stream limit whenever SETTINGS change it, and
-/// notices GOAWAY.
+/// Polls the h2 connection and publishes the peer's stream limit whenever SETTINGS change it.
 struct Driver<T> {
     connection: h2::client::Connection<T, Bytes>,
     peer_max_streams: Arc<AtomicU32>,
-    /// h2 reports a received GOAWAY only as an error on opening the next stream, so the driver
-    /// asks after every poll of the connection (a lock and a field check).
-    probe: h2::client::SendRequest<Bytes>,
-    goaway: watch::Sender<bool>,
 }
 
 impl<T> Future for Driver<T>
@@ -226,12 +214,6 @@ where
         let max = self.connection.max_concurrent_send_streams();
         self.peer_max_streams
             .store(u32::try_from(max).unwrap_or(u32::MAX), Relaxed);
-        if !*self.goaway.borrow()
-            && let Poll::Ready(Err(error)) = self.probe.poll_ready(cx)
-            && error.is_go_away()
-        {
-            self.goaway.send_replace(true);
-        }
         result
     }
 }

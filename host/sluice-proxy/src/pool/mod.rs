@@ -769,6 +769,7 @@ impl Pool {
             decision,
             permits: Mutex::new(permits),
             failure_kinds: self.failure_kinds,
+            failure_counted: AtomicBool::new(false),
             _upstream_active: self.stats.hold(|s| &s.upstream_streams_active),
         }
     }
@@ -876,7 +877,7 @@ impl Pool {
             configured_max: group.max_streams,
             peer_max: opened.peer_max_streams,
             closed: AtomicBool::new(false),
-            draining: opened.goaway,
+            draining: watch::Sender::new(false),
             opened_at: Instant::now(),
             load: load::ConnectionLoad::new(opened.ping_rtt),
         });
@@ -969,8 +970,19 @@ fn placeable<'a>(
     open
 }
 
-/// Runs one connection until it ends: drives it, PINGs it, notices GOAWAY, and closes it once a
-/// drain has lasted `max_drain_time`. Then gives its counts back and wakes waiting streams.
+/// How often a connection is asked whether its peer sent GOAWAY: h2 reports a received GOAWAY
+/// only as an error when the next stream is opened.
+const GOAWAY_CHECK: Duration = Duration::from_millis(100);
+
+/// How often a draining connection is checked for its last stream.
+const DRAIN_CHECK: Duration = Duration::from_millis(50);
+
+/// Runs one connection until it ends: drives it, PINGs it, notices GOAWAY, and closes it once
+/// it is draining and its last stream ended (or `max_drain_time` passed). Then gives its counts
+/// back and wakes waiting streams.
+///
+/// It holds the connection weakly: once no group and no stream holds it, its request handle is
+/// dropped and h2 closes the connection by itself.
 async fn supervise(
     connection: Arc<UpstreamConnection>,
     driver: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), h2::Error>> + Send>>,
@@ -983,9 +995,33 @@ async fn supervise(
     let id = connection.id;
     let endpoint = Arc::clone(&connection.endpoint);
     let mut draining = connection.draining.subscribe();
-    let drain_deadline = async {
-        let _ = draining.wait_for(|d| *d).await;
-        tokio::time::sleep(max_drain_time).await;
+    let weak = Arc::downgrade(&connection);
+    drop(connection);
+    let drained = async {
+        loop {
+            tokio::select! {
+                // The watch's guard must not live across the select (it is not `Send`).
+                () = async { let _ = draining.wait_for(|d| *d).await; } => break,
+                () = tokio::time::sleep(GOAWAY_CHECK) => match weak.upgrade() {
+                    Some(connection) => connection.check_goaway(),
+                    None => return std::future::pending().await,
+                },
+            }
+        }
+        let deadline = tokio::time::Instant::now() + max_drain_time;
+        loop {
+            match weak.upgrade() {
+                None => return std::future::pending().await,
+                Some(connection) if connection.active_streams() == 0 => {
+                    return "its last stream ended";
+                }
+                Some(_) if tokio::time::Instant::now() >= deadline => {
+                    return "the drain time is over";
+                }
+                Some(_) => {}
+            }
+            tokio::time::sleep(DRAIN_CHECK).await;
+        }
     };
     let pinger = async {
         match (keepalive, ping_pong) {
@@ -1003,13 +1039,15 @@ async fn supervise(
             // Dropping the driver closes the socket and fails every stream on it, which
             // resumes the resumable ones elsewhere.
         }
-        () = drain_deadline => {
-            tracing::info!(connection = id, endpoint = %endpoint.id, ?max_drain_time, "drain time over; closing the connection");
+        why = drained => {
+            tracing::info!(connection = id, endpoint = %endpoint.id, why, "drained connection closed");
         }
     }
     // Closed, not drained: its streams fail on their own, and those failures count against the
     // breakers (a migration would not).
-    connection.mark_closed();
+    if let Some(connection) = weak.upgrade() {
+        connection.mark_closed();
+    }
     endpoint.connections.fetch_sub(1, Relaxed);
     open_connections.fetch_sub(1, Relaxed);
     wake_every_class(&groups);

@@ -6,8 +6,6 @@
 //! [`Resumer`] (the `resumer` policy plugin). A resumer sees plain message payloads, never
 //! streams or connections, and must be fast: it runs once per resume, on the failover path.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
 use crate::route::MonitorProfile;
@@ -38,8 +36,8 @@ pub enum ResumeAnswer {
     Replay(Vec<Bytes>),
     /// No resumer is loaded for this method: replay the requests unchanged.
     Unchanged,
-    /// The resumer failed (trap, deadline, error); the reason is logged and counted, and the
-    /// requests are replayed unchanged.
+    /// The resumer failed (trap, deadline, error; the policy engine counts it); the reason is
+    /// logged and the requests are replayed unchanged.
     Failed(String),
 }
 
@@ -58,6 +56,3 @@ impl Resumer for ReplayUnchanged {
         ResumeAnswer::Unchanged
     }
 }
-
-/// A shared resumer.
-pub type SharedResumer = Arc<dyn Resumer>;
