@@ -469,17 +469,19 @@ pub struct MethodConfig {
     /// How a broken upstream stream is resumed: `none` (default), `replay-last` or `replay-all`.
     #[serde(default)]
     pub resume: ResumeMode,
-    /// Upstream streams tried for one resume before the monitor gets `UNAVAILABLE`. Default 5.
+    /// New upstream streams that may break before delivering anything, for one resume, before
+    /// the monitor gets `UNAVAILABLE`. Default 5.
     #[serde(default = "default_resume_attempts")]
     pub resume_attempts: u32,
-    /// Time one resume may take, over all its attempts. Default 10 s.
+    /// Time one resume may take, waiting for an endpoint included. Default 10 s.
     #[serde(default = "default_resume_timeout", with = "humantime_serde")]
     pub resume_timeout: Duration,
     /// Also resume when the upstream ends the stream with `UNAVAILABLE`. Default true.
     #[serde(default = "default_true")]
     pub resume_on_unavailable: bool,
-    /// Response messages remembered (by hash) to drop duplicates delivered again after a
-    /// resume; 0 turns the check off. Default 0.
+    /// After a resume, the first `dedup_window` response messages are dropped when identical
+    /// (by hash) to one of the last `dedup_window` delivered before it; 0 turns the check off.
+    /// Default 0.
     #[serde(default)]
     pub dedup_window: usize,
     /// Request bytes kept for `replay-all`; a stream that sends more is no longer resumable.
