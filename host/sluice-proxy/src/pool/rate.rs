@@ -1,13 +1,15 @@
 //! Per-endpoint token bucket on stream creation.
 //!
-//! Reservation-based: each stream takes a token at once, letting the bucket go negative, and
-//! waits until its token is due. Waiters are therefore served in order, the rate holds exactly
-//! whatever the burst of callers (a reconnect storm after an outage included), and the debt is
-//! bounded by the queue size: a stream that would wait behind a full queue is refused.
+//! Waiters queue on a fair (FIFO) lock; the one at the head sleeps until a token is there and
+//! takes it. Tokens accrue at the configured rate up to the burst, never beyond, so however late
+//! a sleeper wakes (a busy machine) it cannot release a catch-up burst: over any interval at
+//! most `burst + rate x interval` streams start, and a reconnect storm after an outage never
+//! exceeds a provider's limit. The queue is bounded: a stream that would wait behind a full
+//! queue is refused.
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use sluice_config::RateLimitConfig;
 use tokio::time::Instant;
 
@@ -27,14 +29,40 @@ pub struct TokenBucket {
     rate: f64,
     burst: f64,
     queue: usize,
-    state: Mutex<BucketState>,
+    waiting: AtomicUsize,
+    state: tokio::sync::Mutex<BucketState>,
 }
 
 #[derive(Debug)]
 struct BucketState {
-    /// Tokens available; negative while streams wait for tokens already promised to them.
     tokens: f64,
     refilled_at: Instant,
+}
+
+impl BucketState {
+    /// Takes a token at `now`, or says how long until one is there.
+    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> Result<(), Duration> {
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.refilled_at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+        }
+    }
+}
+
+/// Gives a queue place back however the wait ends (token taken, or the stream gone).
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 impl TokenBucket {
@@ -45,45 +73,30 @@ impl TokenBucket {
             rate: config.streams_per_second,
             burst,
             queue: config.queue,
-            state: Mutex::new(BucketState {
+            waiting: AtomicUsize::new(0),
+            state: tokio::sync::Mutex::new(BucketState {
                 tokens: burst,
                 refilled_at: Instant::now(),
             }),
         }
     }
 
-    /// Takes a token, waiting for it if none is available now.
+    /// Takes a token, waiting in line for it if none is available now.
     pub async fn acquire(&self) -> Result<(), RateLimited> {
-        let wait = self.reserve(Instant::now())?;
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        let queued = self.waiting.fetch_add(1, Relaxed);
+        let _place = QueuePlace(&self.waiting);
+        if queued >= self.queue {
+            return Err(RateLimited {
+                rate: self.rate,
+                queued,
+            });
         }
-        Ok(())
-    }
-
-    /// Takes a token at `now` and says how long until it is due.
-    fn reserve(&self, now: Instant) -> Result<Duration, RateLimited> {
-        let mut state = self.state.lock();
-        let elapsed = now
-            .saturating_duration_since(state.refilled_at)
-            .as_secs_f64();
-        state.tokens = (state.tokens + elapsed * self.rate).min(self.burst);
-        state.refilled_at = now;
-        if state.tokens < 1.0 {
-            // Streams already holding a token that is not due yet.
-            let queued = (-state.tokens).max(0.0).ceil() as usize;
-            if queued >= self.queue {
-                return Err(RateLimited {
-                    rate: self.rate,
-                    queued,
-                });
+        let mut state = self.state.lock().await;
+        loop {
+            match state.take(Instant::now(), self.rate, self.burst) {
+                Ok(()) => return Ok(()),
+                Err(wait) => tokio::time::sleep(wait).await,
             }
-        }
-        state.tokens -= 1.0;
-        if state.tokens >= 0.0 {
-            Ok(Duration::ZERO)
-        } else {
-            Ok(Duration::from_secs_f64(-state.tokens / self.rate))
         }
     }
 }
@@ -92,51 +105,66 @@ impl TokenBucket {
 mod tests {
     use super::*;
 
-    fn bucket(rate: f64, burst: u32, queue: usize) -> TokenBucket {
-        TokenBucket::new(&RateLimitConfig {
-            streams_per_second: rate,
-            burst: Some(burst),
-            queue,
-        })
+    fn state(tokens: f64, at: Instant) -> BucketState {
+        BucketState {
+            tokens,
+            refilled_at: at,
+        }
     }
 
     #[test]
-    fn burst_is_free_then_tokens_are_spaced_by_the_rate() {
-        let b = bucket(10.0, 3, 100);
+    fn burst_is_free_then_tokens_come_at_the_rate() {
         let t = Instant::now();
+        let mut bucket = state(3.0, t);
         for _ in 0..3 {
-            assert_eq!(b.reserve(t), Ok(Duration::ZERO));
+            assert_eq!(bucket.take(t, 10.0, 3.0), Ok(()));
         }
-        let waits: Vec<Duration> = (0..3).map(|_| b.reserve(t).expect("queued")).collect();
-        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
-        assert_eq!(ms, vec![100, 200, 300]);
+        assert_eq!(bucket.take(t, 10.0, 3.0), Err(Duration::from_millis(100)));
+        assert_eq!(
+            bucket.take(t + Duration::from_millis(100), 10.0, 3.0),
+            Ok(())
+        );
     }
 
     #[test]
-    fn a_full_queue_refuses() {
-        let b = bucket(1.0, 1, 2);
+    fn a_late_waker_gets_at_most_the_burst() {
         let t = Instant::now();
-        assert!(b.reserve(t).is_ok());
-        assert!(b.reserve(t).is_ok());
-        assert!(b.reserve(t).is_ok());
-        let refused = b.reserve(t).expect_err("queue of 2 is full");
+        let mut bucket = state(0.0, t);
+        // A sleeper that wakes 10 s late finds the burst, not 10 s worth of tokens.
+        let late = t + Duration::from_secs(10);
+        let taken = (0..100)
+            .filter(|_| bucket.take(late, 50.0, 5.0).is_ok())
+            .count();
+        assert_eq!(taken, 5);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_and_waiters_are_served_in_order() {
+        let bucket = std::sync::Arc::new(TokenBucket::new(&RateLimitConfig {
+            streams_per_second: 20.0,
+            burst: Some(1),
+            queue: 2,
+        }));
+        bucket.acquire().await.expect("the burst token");
+        let order = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for i in 0..2 {
+            let (bucket, order) = (bucket.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                bucket.acquire().await.expect("queued");
+                order.lock().push(i);
+            }));
+            // Let each waiter take its place in line before the next.
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let refused = bucket.acquire().await.expect_err("the queue of 2 is full");
         assert_eq!(refused.queued, 2);
-        // A second later one token has been earned back.
-        assert!(b.reserve(t + Duration::from_secs(1)).is_ok());
-    }
-
-    #[test]
-    fn never_more_than_burst_plus_rate_times_elapsed() {
-        let b = bucket(50.0, 10, 10_000);
-        let t = Instant::now();
-        let due: Vec<Duration> = (0..500).map(|_| b.reserve(t).expect("queued")).collect();
-        for window_start in 0..500 {
-            let start = due[window_start];
-            let within = due
-                .iter()
-                .filter(|d| **d >= start && **d < start + Duration::from_secs(1));
-            assert!(within.count() <= 10 + 50);
+        for waiter in waiters {
+            waiter.await.expect("waiter");
         }
-        assert!(due[499] >= Duration::from_secs_f64(489.0 / 50.0));
+        assert_eq!(*order.lock(), vec![0, 1]);
+        // The queue emptied: the next stream waits for its token again.
+        bucket.acquire().await.expect("a place again");
     }
 }
