@@ -745,3 +745,57 @@ async fn a_quiet_stream_gets_a_fresh_resume_budget_for_each_break() {
     assert_eq!(event.seq, 0);
     assert_eq!(proxy.snapshot().stats.resumes_total, 2);
 }
+
+#[tokio::test]
+async fn an_upstream_refusing_every_stream_is_not_retried_in_a_loop_nor_counted_as_failing() {
+    // An HTTP/2 server that refuses every stream (RST_STREAM REFUSED_STREAM), as an overloaded
+    // or restarting provider may.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = Arc::clone(&refused);
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    let mut config = config_with_endpoint("refusing", &format!("http://{addr}"));
+    config.methods = vec![MethodConfig {
+        resume_attempts: 3,
+        ..resumable_subscribe()
+    }];
+    let proxy = sluice(config).await;
+    let mut c = client(proxy.addr()).await;
+    let started = Instant::now();
+    let status = bounded(LIMIT, "the call ends", async {
+        match c
+            .subscribe(as_monitor(subscribe("t", 10.0, 8, 0), "m"))
+            .await
+        {
+            Ok(response) => status_at_end(&mut response.into_inner()).await,
+            Err(status) => status,
+        }
+    })
+    .await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("within 3 attempts"), "{status:?}");
+    // The first stream and 3 resumes, with pauses in between: no loop.
+    assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 4);
+    assert!(
+        started.elapsed() >= Duration::from_millis(60),
+        "{:?}",
+        started.elapsed()
+    );
+    // A refusal is not the endpoint failing.
+    assert_eq!(endpoint_health(&proxy, "refusing").1, BreakerState::Closed);
+    server.abort();
+}

@@ -59,8 +59,7 @@ pub(crate) async fn serve(
     );
     async move {
         let end = if setup.share.is_some() {
-            super::share::serve(ctx, setup, request, respond).await;
-            return;
+            super::share::serve(ctx, setup, request, respond).await
         } else if let Some(options) = setup.resume {
             super::resumable::serve(&ctx, setup, options, request, respond).await
         } else {

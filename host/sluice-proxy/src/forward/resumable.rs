@@ -295,8 +295,11 @@ async fn next_event(phase: &mut Phase) -> Result<UpstreamEvent, h2::Error> {
 
 /// Why the current upstream stream is given up.
 struct Break {
-    /// The breaker failure, or `None` for a migration off a draining connection.
+    /// The breaker failure, or `None` when the upstream never processed the stream or is going
+    /// away on purpose (a migration).
     failure: Option<FailureKind>,
+    /// Its connection is draining: the stream moves, and the move starts a fresh budget.
+    drained: bool,
     reason: String,
 }
 
@@ -404,6 +407,7 @@ pub(crate) async fn serve(
             }
             Turn::Draining => Break {
                 failure: None,
+                drained: true,
                 reason: "its connection is draining".to_owned(),
             },
             Turn::FirstMessageDue => {
@@ -461,10 +465,12 @@ pub(crate) async fn serve(
                 continue;
             }
             Turn::Upstream(Err(error)) => Break {
-                // A stream the server refused (e.g. beyond a GOAWAY's last stream) was never
-                // processed: moving it is a migration, not a failure.
-                failure: (error.reason() != Some(h2::Reason::REFUSED_STREAM))
-                    .then_some(FailureKind::Reset),
+                // A stream the server refused, or cut off with a GOAWAY (beyond its last
+                // stream id), was never processed: not a failure of the endpoint. It still
+                // spends the resume budget, so a server refusing everything is not retried in
+                // a loop.
+                failure: (!was_not_processed(&error)).then_some(FailureKind::Reset),
+                drained: false,
                 reason: upstream_failure(&error).message,
             },
             Turn::Upstream(Ok(UpstreamEvent::Head(response))) => {
@@ -590,7 +596,7 @@ pub(crate) async fn serve(
         // The upstream stream is gone or going: resume the call on another one. A migration,
         // or a break of a stream that ran for a while, starts a fresh resume budget; a stream
         // that keeps breaking at once keeps spending the same one.
-        if broken.failure.is_none() || upstream.sent_at.elapsed() >= options.timeout {
+        if broken.drained || upstream.sent_at.elapsed() >= options.timeout {
             budget = ResumeBudget::default();
         }
         let broken_connection = upstream.lease.connection().id;
@@ -661,11 +667,17 @@ fn reject(
     )))
 }
 
+/// Whether the server never processed the stream: refused it, or cut it off with a GOAWAY.
+fn was_not_processed(error: &h2::Error) -> bool {
+    error.reason() == Some(h2::Reason::REFUSED_STREAM) || (error.is_go_away() && error.is_remote())
+}
+
 /// A final status that means "try elsewhere" for this method.
 fn resumable_status(options: &ResumeOptions, headers: &HeaderMap) -> Option<Break> {
     let unavailable = status_failure(headers) == Some(FailureKind::Unavailable);
     (unavailable && options.on_unavailable).then(|| Break {
         failure: Some(FailureKind::Unavailable),
+        drained: false,
         reason: format!(
             "upstream answered UNAVAILABLE: {}",
             headers
@@ -712,6 +724,13 @@ async fn reopen(
     let messages = replay_messages(ctx, setup, &state);
     let mut last_error = state.reason.to_owned();
     let mut refusals: u32 = 0;
+    if budget.attempts > 0 {
+        // The last resumed stream broke before delivering anything: do not hammer.
+        tokio::time::sleep(
+            resume_pause(budget.attempts).min(options.timeout.saturating_sub(started.elapsed())),
+        )
+        .await;
+    }
     while budget.attempts < options.attempts {
         let Some(remaining) = options.timeout.checked_sub(started.elapsed()) else {
             break;
@@ -742,15 +761,21 @@ async fn reopen(
         // Nothing could take the stream now. Wait a little (growing, with jitter, so that many
         // streams resuming at once spread out) for back-offs and open breakers to pass.
         refusals += 1;
-        let pause = Duration::from_millis(20 * (1 << refusals.min(5)))
-            .mul_f64(0.5 + fastrand::f64() / 2.0)
-            .min(options.timeout.saturating_sub(started.elapsed()));
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep(
+            resume_pause(refusals).min(options.timeout.saturating_sub(started.elapsed())),
+        )
+        .await;
     }
     Err(Status::unavailable(format!(
         "upstream stream broke ({}) and could not be resumed within {} attempts and {:?}: {last_error}",
         state.reason, options.attempts, options.timeout
     )))
+}
+
+/// The pause after the `n`th fruitless try: 40 ms doubling to 640 ms, with jitter so that many
+/// streams resuming at once spread out.
+fn resume_pause(n: u32) -> Duration {
+    Duration::from_millis(20 * (1 << n.clamp(1, 5))).mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 /// The framed request messages to send on the new upstream stream: the replay, rewritten by

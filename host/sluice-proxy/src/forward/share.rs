@@ -25,7 +25,8 @@ use sluice_config::MethodConfig;
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::call::{
-    CallSetup, cut_off_lagging, must_end, open_upstream, record_final_status, upstream_failure,
+    CallSetup, End, cut_off_lagging, monitor_failure, must_end, open_upstream, record_final_status,
+    upstream_failure,
 };
 use super::pump::{self, OnFull, PumpError};
 use crate::Context;
@@ -230,9 +231,10 @@ pub(crate) async fn serve(
     setup: CallSetup,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-) {
+) -> End {
     let Some(options) = setup.share.clone() else {
-        return;
+        // Only called for shared methods.
+        return End::Cancelled;
     };
     let (parts, mut body) = request.into_parts();
     let read = tokio::select! {
@@ -243,7 +245,7 @@ pub(crate) async fn serve(
         Ok(bytes) => bytes,
         Err(status) => {
             let _ = respond.send_response(status.to_response(), true);
-            return;
+            return End::Failed(status);
         }
     };
     let key = ShareKey {
@@ -274,7 +276,7 @@ pub(crate) async fn serve(
                 .send_replace(Some(Head::Ended(status.to_response())));
             ctx.shares.retire(&stream);
             let _ = respond.send_response(status.to_response(), true);
-            return;
+            return End::Failed(status);
         };
         let upstream = run_upstream(
             Arc::clone(&ctx),
@@ -297,30 +299,32 @@ pub(crate) async fn serve(
     let mut head = stream.head.subscribe();
     let head = tokio::select! {
         head = head.wait_for(Option::is_some) => head.ok().and_then(|h| h.clone()),
-        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return End::Cancelled,
         status = must_end(&ctx, setup.deadline) => {
             let _ = respond.send_response(status.to_response(), true);
-            return;
+            return End::Failed(status);
         }
     };
     let (status, headers) = match head {
         Some(Head::Headers(status, headers)) => (status, headers),
         Some(Head::Ended(response)) => {
+            let failed = monitor_failure(response.headers());
             let _ = respond.send_response(response, true);
-            return;
+            return End::Completed(failed);
         }
         None => {
             let status = Status::unavailable("shared upstream stream ended unexpectedly");
             let _ = respond.send_response(status.to_response(), true);
-            return;
+            return End::Failed(status);
         }
     };
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     let Ok(mut downstream) = respond.send_response(response, false) else {
-        return;
+        return End::Cancelled;
     };
+    setup.monitor.answered();
 
     let ending_early = must_end(&ctx, setup.deadline);
     tokio::pin!(ending_early);
@@ -371,8 +375,13 @@ pub(crate) async fn serve(
         }
     };
     drop(membership);
-    if let Some(trailers) = ending {
-        let _ = downstream.send_trailers(trailers);
+    match ending {
+        Some(trailers) => {
+            let failed = monitor_failure(&trailers);
+            let _ = downstream.send_trailers(trailers);
+            End::Completed(failed)
+        }
+        None => End::Cancelled,
     }
 }
 

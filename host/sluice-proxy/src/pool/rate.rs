@@ -83,6 +83,13 @@ impl TokenBucket {
 
     /// Takes a token, waiting in line for it if none is available now.
     pub async fn acquire(&self) -> Result<(), RateLimited> {
+        // A token at hand and nobody in line: no queue place needed (so `queue = 0` means "no
+        // waiting", not "no streams"). The lock is fair, so this never jumps the line.
+        if let Ok(mut state) = self.state.try_lock()
+            && state.take(Instant::now(), self.rate, self.burst).is_ok()
+        {
+            return Ok(());
+        }
         let queued = self.waiting.fetch_add(1, Relaxed);
         let _place = QueuePlace(&self.waiting);
         if queued >= self.queue {
@@ -166,5 +173,18 @@ mod tests {
         assert_eq!(*order.lock(), vec![0, 1]);
         // The queue emptied: the next stream waits for its token again.
         bucket.acquire().await.expect("a place again");
+    }
+
+    #[tokio::test]
+    async fn a_queue_of_zero_takes_the_burst_and_refuses_waiting() {
+        let bucket = TokenBucket::new(&RateLimitConfig {
+            streams_per_second: 1.0,
+            burst: Some(2),
+            queue: 0,
+        });
+        bucket.acquire().await.expect("burst token 1");
+        bucket.acquire().await.expect("burst token 2");
+        let refused = bucket.acquire().await.expect_err("no waiting allowed");
+        assert_eq!(refused.queued, 0);
     }
 }
