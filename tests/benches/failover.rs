@@ -25,6 +25,7 @@ use sluice_proxy::breaker::BreakerState;
 use sluice_proxy::health::Health;
 use sluice_tests::plugins::{plugins_config, sluice_with_policies};
 use sluice_tests::process::FeedProcess;
+use sluice_tests::starts::{rate_violations, sample_starts};
 use sluice_tests::*;
 
 const RATE: f64 = 200.0;
@@ -133,20 +134,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
-/// Windows where the secondary saw more starts than the bucket allows.
-fn rate_violations(samples: &[(Duration, u64, Duration)]) -> usize {
-    let mut violations = 0;
-    for (i, (_, n1, after1)) in samples.iter().enumerate() {
-        for (before2, n2, _) in &samples[i + 1..] {
-            let interval = before2.saturating_sub(*after1) + Duration::from_millis(20);
-            if (n2 - n1) as f64 > f64::from(BURST) + RATE * interval.as_secs_f64() {
-                violations += 1;
-            }
-        }
-    }
-    violations
-}
-
 #[tokio::main]
 async fn main() {
     let args = parse_args();
@@ -237,21 +224,11 @@ async fn main() {
         let all_flowing = eventually(TRIAL_LIMIT, || flowing.load(Relaxed) == args.streams).await;
         assert!(all_flowing, "trial {trial}: streams did not start");
 
-        let sampler = {
-            let stats = Arc::clone(&secondary.stats);
-            let base = stats.snapshot().subscribe_started;
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let mut samples = Vec::new();
-                while started.elapsed() < Duration::from_secs(3) {
-                    let before = started.elapsed();
-                    let n = stats.snapshot().subscribe_started - base;
-                    samples.push((before, n, started.elapsed()));
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                samples
-            })
-        };
+        let sampler = tokio::spawn(sample_starts(
+            Arc::clone(&secondary.stats),
+            Duration::from_millis(5),
+            |_, elapsed| elapsed >= Duration::from_secs(3),
+        ));
         *killed_at.lock() = Some(Instant::now());
         kill_ns.store(now_ns(), Relaxed);
         let addr = primary
@@ -285,7 +262,7 @@ async fn main() {
         let lost: u64 = reports.iter().map(|r| r.lost).sum();
         let duplicated: u64 = reports.iter().map(|r| r.duplicated).sum();
         let errors = reports.iter().filter(|r| r.error.is_some()).count();
-        let violations = rate_violations(&samples);
+        let violations = rate_violations(&samples, f64::from(BURST), RATE).len();
         println!(
             "trial {:>2}: resumed {:>3}/{}  p50 {:>6.1} ms  p99 {:>6.1} ms  lost {lost}  \
              duplicated {duplicated}  errors {errors}  rate-limit violations {violations}",

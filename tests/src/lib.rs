@@ -21,6 +21,7 @@ pub mod admin;
 pub mod fault;
 pub mod plugins;
 pub mod process;
+pub mod starts;
 
 /// Largest message the test clients accept.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;

@@ -71,15 +71,13 @@ pub async fn act(
             )));
         }
     };
-    if !state.proxy.override_breaker(scope, &name, value) {
-        return Err(ApiError::not_found(format!(
-            "no {scope} breaker named {name:?} (monitor breakers exist once the monitor called)"
-        )));
-    }
     let breaker = state
         .proxy
-        .breakers()
-        .into_iter()
-        .find(|b| b.scope == scope && *b.name == *name);
+        .override_breaker(scope, &name, value)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no {scope} breaker named {name:?} (monitor breakers exist once the monitor called)"
+            ))
+        })?;
     Ok(Json(json!({ "breaker": breaker })))
 }

@@ -282,21 +282,17 @@ impl ProxyView {
         self.ctx.pool.breaker_events().since(since)
     }
 
-    /// Forces a breaker open, disables it, or (`None`) releases the override. Returns `false`
-    /// when no breaker has that scope and name.
+    /// Forces a breaker open, disables it, or (`None`) releases the override. Returns the
+    /// breaker as it is afterwards, or `None` when no breaker has that scope and name.
     pub fn override_breaker(
         &self,
         scope: breaker::Scope,
         name: &str,
         value: Option<breaker::Override>,
-    ) -> bool {
-        match self.ctx.pool.breaker(scope, name) {
-            Some(breaker) => {
-                breaker.set_override(value);
-                true
-            }
-            None => false,
-        }
+    ) -> Option<breaker::BreakerSnapshot> {
+        let breaker = self.ctx.pool.breaker(scope, name)?;
+        breaker.set_override(value);
+        Some(breaker.snapshot())
     }
 
     /// Drains every connection to `endpoint` (resumable streams move elsewhere). Returns the

@@ -11,7 +11,7 @@ use sluice_config::{FailureKinds, TrafficClass};
 use tokio::sync::watch;
 
 use super::{Endpoint, Group, load};
-use crate::breaker::{Breaker, Outcome, Permit};
+use crate::breaker::{Breaker, Outcome, Permit, Refused};
 use crate::route::{Candidate, RouteDecision};
 
 /// One HTTP/2 connection to an endpoint, owned by one class group.
@@ -90,6 +90,13 @@ impl UpstreamConnection {
         if !self.draining.send_replace(true) {
             tracing::info!(connection = self.id, endpoint = %self.endpoint.id, why, "connection draining");
         }
+    }
+
+    /// The leave of the connection's and its endpoint's breakers for one more stream.
+    pub(super) fn admit_stream(&self) -> Result<[Permit; 2], Refused> {
+        let connection = self.breaker.admit()?;
+        let endpoint = self.endpoint.breaker.admit()?;
+        Ok([connection, endpoint])
     }
 
     /// Takes a stream slot if the connection has one free under `capacity`.

@@ -737,10 +737,7 @@ impl Pool {
         if !connection.try_reserve(capacity) {
             return None;
         }
-        let permits = connection
-            .breaker
-            .admit()
-            .and_then(|c| connection.endpoint.breaker.admit().map(|e| [c, e]));
+        let permits = connection.admit_stream();
         match permits {
             Ok(permits) => {
                 Some(self.lease_reserved(group, Arc::clone(connection), decision, permits))
@@ -902,10 +899,7 @@ impl Pool {
             // The opener's slot: taken even if the peer's limit turned out lower, because this
             // stream was promised the connection it opened.
             connection.active_streams.fetch_add(1, Relaxed);
-            let permits = connection
-                .breaker
-                .admit()
-                .and_then(|c| endpoint.breaker.admit().map(|e| [c, e]));
+            let permits = connection.admit_stream();
             match permits {
                 Ok(permits) => {
                     Some(self.lease_reserved(group, Arc::clone(&connection), decision, permits))
