@@ -1,14 +1,14 @@
-//! Feed servers as real child processes, for faults that only a process can show: SIGKILL
-//! (no FIN, no GOAWAY, nothing flushed) and a restart on the same port.
+//! Feed servers and Sluice itself as real child processes, for faults that only a process can
+//! show: SIGKILL (no FIN, no GOAWAY, nothing flushed) and a restart on the same port or store.
 //!
-//! The `sluice-feed` binary is found next to the test executable's target folder; if it is not
-//! built yet, it is built once with the `cargo` that runs the tests.
+//! The `sluice-feed` and `sluice` binaries are found next to the test executable's target
+//! folder; one that is not built yet is built once with the `cargo` that runs the tests.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A `sluice-feed` child process. Dropping it kills it.
@@ -19,30 +19,62 @@ pub struct FeedProcess {
     name: String,
 }
 
-fn feed_binary() -> &'static PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        // target/<profile>/deps/<test> -> target/<profile>/sluice-feed
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("test executable lives in target/<profile>/deps")
-            .to_owned();
-        let binary = profile_dir.join("sluice-feed");
-        if !binary.is_file() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let mut build = Command::new(cargo);
-            build.args(["build", "-p", "sluice-feed", "--bin", "sluice-feed"]);
-            if profile_dir.ends_with("release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("running cargo build for sluice-feed");
-            assert!(status.success(), "building sluice-feed failed");
+/// The workspace binary `name` (package of the same name), built on first use.
+fn binary(name: &'static str) -> PathBuf {
+    static BUILT: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps")
+        .to_owned();
+    let binary = profile_dir.join(name);
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.contains(&name) && !binary.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", name, "--bin", name]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
         }
-        assert!(binary.is_file(), "{} missing", binary.display());
-        binary
-    })
+        let status = build.status().expect("running cargo build");
+        assert!(status.success(), "building {name} failed");
+    }
+    built.push(name);
+    assert!(binary.is_file(), "{} missing", binary.display());
+    binary
+}
+
+/// Reads `child`'s stdout until a line starts with each prefix, in order; returns the rest of
+/// each such line.
+fn wait_for_lines(child: &mut Child, prefixes: &[&str]) -> Result<Vec<String>, String> {
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut reader = BufReader::new(stdout);
+    let mut found = Vec::new();
+    for prefix in prefixes {
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return Err(format!("stdout ended before {prefix:?}")),
+                Ok(_) => {}
+            }
+            if let Some(rest) = line.trim().strip_prefix(prefix) {
+                found.push(rest.to_owned());
+                break;
+            }
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
+    Ok(found)
 }
 
 impl FeedProcess {
@@ -68,7 +100,7 @@ impl FeedProcess {
     }
 
     fn try_start(name: &str, addr: SocketAddr) -> Result<Self, String> {
-        let mut child = Command::new(feed_binary())
+        let mut child = Command::new(binary("sluice-feed"))
             .args(["--listen", &addr.to_string(), "--name", name])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -76,20 +108,16 @@ impl FeedProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("spawn: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut line = String::new();
-        let read = BufReader::new(stdout).read_line(&mut line);
-        let listening = line
-            .trim()
-            .strip_prefix("sluice-feed listening on ")
-            .and_then(|a| a.parse::<SocketAddr>().ok());
-        match (read, listening) {
-            (Ok(_), Some(addr)) => Ok(Self {
+        let listening = wait_for_lines(&mut child, &["sluice-feed listening on "])
+            .ok()
+            .and_then(|lines| lines[0].parse::<SocketAddr>().ok());
+        match listening {
+            Some(addr) => Ok(Self {
                 child,
                 addr,
                 name: name.to_owned(),
             }),
-            _ => {
+            None => {
                 let _ = child.kill();
                 let status = child.wait().map_err(|e| e.to_string())?;
                 Err(format!("exited with {status} before listening"))
@@ -117,5 +145,54 @@ impl FeedProcess {
 impl Drop for FeedProcess {
     fn drop(&mut self) {
         self.kill_now();
+    }
+}
+
+/// A `sluice run --config FILE` child process. Dropping it kills it.
+pub struct SluiceProcess {
+    child: Child,
+    /// Where monitors connect.
+    pub addr: SocketAddr,
+    /// The admin API's base URL (`http://host:port`).
+    pub admin: String,
+}
+
+impl SluiceProcess {
+    /// Starts Sluice with `config` (a TOML file whose listeners may use port 0) and waits until
+    /// it listens.
+    pub fn start(config: &std::path::Path) -> Self {
+        let mut child = Command::new(binary("sluice"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning sluice");
+        let lines = wait_for_lines(&mut child, &["sluice listening on ", "admin API on "])
+            .unwrap_or_else(|error| {
+                let _ = child.kill();
+                panic!("sluice did not start: {error}")
+            });
+        let addr = lines[0].parse().expect("sluice prints its address");
+        Self {
+            child,
+            addr,
+            admin: lines[1].clone(),
+        }
+    }
+
+    /// Kills it with SIGKILL and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SluiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -436,3 +436,136 @@ async fn breakers_can_be_forced_open_and_released_and_endpoints_drained() {
     );
     server.shutdown().await;
 }
+
+/// The scaler's and analytics engine's routes over a running pool: groups, scaling, insights,
+/// predictions, metric history, decision samples, alerts and reports, with their errors.
+#[tokio::test]
+async fn analytics_routes_serve_history_insights_and_reports() {
+    use std::time::Duration;
+    let feed = sluice_tests::feed("feed").await;
+    let store = tempfile::tempdir().unwrap();
+    let mut config = sluice_tests::config_for(&[&feed]);
+    config.store.path = store.path().join("sluice.db");
+    config.classes.event.min_connections = 2;
+    // Two idle connections: "Low multiplexing" at the first analytics run.
+    config.analytics.low_multiplexing = 1000.0;
+    let config = Arc::new(config);
+    let plugins = config.plugins.clone();
+    let policies = tokio::task::spawn_blocking(move || Policies::new(&plugins))
+        .await
+        .unwrap()
+        .unwrap();
+    let proxy = sluice_tests::sluice((*config).clone()).await;
+    let analytics =
+        sluice_analytics::Analytics::open(Arc::clone(&config), proxy.view(), Arc::clone(&policies))
+            .unwrap();
+    let admin_config = AdminConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        token: Some("t".into()),
+        ..AdminConfig::default()
+    };
+    let server = AdminServer::bind_with_analytics(
+        &admin_config,
+        policies,
+        proxy.view(),
+        Some(Arc::clone(&analytics)),
+    )
+    .await
+    .unwrap()
+    .spawn();
+    let addr = server.addr();
+    let warmed = sluice_tests::eventually(Duration::from_secs(10), || {
+        proxy.snapshot().connections == 2
+    })
+    .await;
+    assert!(warmed);
+    for _ in 0..3 {
+        analytics.sample_once().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    analytics.analyze_once().await;
+    analytics.scale_once().await;
+    let get = |path: &'static str| request(addr, "GET", path, Some("t"), Vec::new());
+
+    assert_eq!(
+        request(addr, "GET", "/api/v1/insights", None, Vec::new())
+            .await
+            .status,
+        401
+    );
+    let groups = get("/api/v1/groups").await;
+    assert_eq!(groups.status, 200, "{}", groups.text);
+    let event = &groups.json["groups"][1];
+    assert_eq!(event["class"], "event");
+    assert_eq!(event["connections"], 2);
+    assert_eq!(event["min_connections"], 2);
+    assert_eq!(groups.json["global_cap"], 40);
+
+    let insights = get("/api/v1/insights").await;
+    assert_eq!(insights.status, 200);
+    let first = &insights.json["insights"][0];
+    assert_eq!(first["title"], "Low multiplexing", "{}", insights.text);
+    assert_eq!(first["kind"], "recommendation");
+    let stored = get("/api/v1/insights?since=0").await;
+    assert_eq!(stored.json["insights"][0]["title"], "Low multiplexing");
+
+    let scaling = get("/api/v1/scaling").await;
+    assert_eq!(scaling.status, 200);
+    assert!(scaling.json["scaling"].as_array().unwrap().is_empty());
+    assert!(
+        scaling.json["last_plan"]["reasoning"]
+            .as_str()
+            .unwrap()
+            .starts_with("built-in thresholds"),
+        "{}",
+        scaling.text
+    );
+
+    let names = get("/api/v1/metrics").await;
+    assert!(
+        names.json["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "pool.connections")
+    );
+    let series = get("/api/v1/metrics/pool.connections").await;
+    let points = series.json["points"].as_array().unwrap();
+    assert_eq!(points.len(), 3, "{}", series.text);
+    assert!(points.iter().all(|p| p["value"] == 2.0));
+    assert_eq!(get("/api/v1/metrics/no.such").await.status, 404);
+    let bad = get("/api/v1/metrics/pool.connections?resolution=hour").await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json["error"].as_str().unwrap().contains("resolution"));
+    assert_eq!(get("/api/v1/insights?limit=many").await.status, 400);
+
+    let predictions = get("/api/v1/predictions").await;
+    assert_eq!(predictions.status, 200);
+    assert!(
+        predictions.json["prediction"].is_null(),
+        "no forecast without history"
+    );
+    assert_eq!(get("/api/v1/decisions").await.status, 200);
+    let alerts = get("/api/v1/alerts").await;
+    assert_eq!(alerts.status, 200);
+    assert!(alerts.json["alerts"].is_array());
+
+    let report = get("/api/v1/reports/hourly").await;
+    assert_eq!(report.status, 200, "{}", report.text);
+    assert_eq!(report.json["period"], "hourly");
+    let html = get("/api/v1/reports/daily?format=html").await;
+    assert_eq!(html.status, 200);
+    assert!(html.text.contains("<html") && !html.text.contains("<script"));
+    let unknown = get("/api/v1/reports/monthly").await;
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.json["error"].as_str().unwrap().contains("hourly"));
+    assert_eq!(get("/api/v1/reports").await.status, 200);
+
+    // Without the engine the routes say so.
+    let (bare, _policies) = admin(None).await;
+    let answer = request(bare.addr(), "GET", "/api/v1/insights", None, Vec::new()).await;
+    assert_eq!(answer.status, 503);
+    assert!(answer.json["error"].as_str().unwrap().contains("analytics"));
+    bare.shutdown().await;
+    server.shutdown().await;
+}

@@ -126,8 +126,19 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
         ]))
     })?;
     timed(steps, "test", || {
-        // Resilience tests run the feed server as a real process (to SIGKILL it).
-        util::run(cargo().args(["build", "-p", "sluice-feed", "--bin", "sluice-feed"]))?;
+        // Resilience and history tests run the feed server and Sluice as real processes (to
+        // SIGKILL them).
+        util::run(cargo().args([
+            "build",
+            "-p",
+            "sluice-feed",
+            "--bin",
+            "sluice-feed",
+            "-p",
+            "sluice",
+            "--bin",
+            "sluice",
+        ]))?;
         let mut command = cargo();
         command
             .args(["test", "--workspace"])

@@ -1,13 +1,14 @@
 //! The admin HTTP API, served on its own listener (default `127.0.0.1:9901`).
 //!
-//! It serves health checks, plugin management under `/api/v1/plugins`, and endpoint health,
-//! circuit breakers and their actions under `/api/v1/endpoints` and `/api/v1/breakers`; the
-//! dashboard and the rest of the API grow here. Every route except `/healthz` and `/readyz` needs the
+//! It serves health checks, plugin management under `/api/v1/plugins`, endpoint health,
+//! circuit breakers and their actions under `/api/v1/endpoints` and `/api/v1/breakers`, and the
+//! scaler's and analytics engine's data (groups, scaling, insights, predictions, metric
+//! history, decision samples, reports); the dashboard grows here. Every route except `/healthz` and `/readyz` needs the
 //! bearer token when one is configured, and Sluice refuses to bind a non-loopback address
 //! without one (checked by the config). Errors are JSON: `{"error": "...", "status": N}`.
 //!
-//! This crate translates HTTP to calls on [`sluice_policy::Policies`] and
-//! [`sluice_proxy::ProxyView`]; it must not hold state of its own or reach into the data path.
+//! This crate translates HTTP to calls on [`sluice_policy::Policies`],
+//! [`sluice_proxy::ProxyView`] and [`sluice_analytics::Analytics`]; it must not hold state of its own or reach into the data path.
 
 #![warn(missing_docs)]
 
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod analytics;
 mod error;
 mod plugins;
 mod resilience;
@@ -39,6 +41,8 @@ pub struct AdminState {
     pub policies: Arc<Policies>,
     /// The data plane's state and operator actions.
     pub proxy: ProxyView,
+    /// The scaler and analytics engine, when it runs in this process.
+    pub analytics: Option<Arc<sluice_analytics::Analytics>>,
     token: Option<Arc<str>>,
 }
 
@@ -56,16 +60,27 @@ pub struct AdminHandle {
 }
 
 impl AdminServer {
-    /// Binds the listener in `config`.
+    /// Binds the listener in `config`, without the analytics routes' data (they answer 503).
     pub async fn bind(
         config: &AdminConfig,
         policies: Arc<Policies>,
         proxy: ProxyView,
     ) -> std::io::Result<Self> {
+        Self::bind_with_analytics(config, policies, proxy, None).await
+    }
+
+    /// Binds the listener in `config`, serving the analytics engine's data too.
+    pub async fn bind_with_analytics(
+        config: &AdminConfig,
+        policies: Arc<Policies>,
+        proxy: ProxyView,
+        analytics: Option<Arc<sluice_analytics::Analytics>>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
         let state = AdminState {
             policies,
             proxy,
+            analytics,
             token: config.token.as_deref().map(Arc::from),
         };
         Ok(Self {
@@ -126,6 +141,16 @@ fn router(state: AdminState, max_upload_bytes: usize) -> Router {
             "/api/v1/breakers/{scope}/{name}/{action}",
             post(resilience::act),
         )
+        .route("/api/v1/groups", get(analytics::groups))
+        .route("/api/v1/scaling", get(analytics::scaling))
+        .route("/api/v1/insights", get(analytics::insights))
+        .route("/api/v1/predictions", get(analytics::predictions))
+        .route("/api/v1/alerts", get(analytics::alerts))
+        .route("/api/v1/metrics", get(analytics::metric_names))
+        .route("/api/v1/metrics/{name}", get(analytics::metric))
+        .route("/api/v1/decisions", get(analytics::decisions))
+        .route("/api/v1/reports", get(analytics::reports))
+        .route("/api/v1/reports/{period}", get(analytics::report))
         .layer(DefaultBodyLimit::max(max_upload_bytes))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -17,10 +17,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod alerts;
+mod analytics;
 mod env;
 mod plugins;
 mod resilience;
 
+pub use alerts::{
+    AlertBreakerScope, AlertRetryConfig, AlertsConfig, BreakerOpenRule, EndpointUnhealthyRule,
+    ThresholdRule, WebhookConfig,
+};
+pub use analytics::{AnalyticsConfig, ScalingConfig, StoreConfig};
 pub use env::expand_env;
 pub use plugins::{AdminConfig, PluginsConfig, SlotConfig, SlotKind};
 pub use resilience::{
@@ -100,6 +107,18 @@ pub struct Config {
     /// Endpoint health checks and outlier detection.
     #[serde(default)]
     pub health: HealthConfig,
+    /// The scaler loop that sizes each class group.
+    #[serde(default)]
+    pub scaling: ScalingConfig,
+    /// The analytics loop: anomalies, recommendations, predictions.
+    #[serde(default)]
+    pub analytics: AnalyticsConfig,
+    /// The embedded history store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Alert rules and notifications.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 /// The listener monitors connect to.
@@ -599,7 +618,7 @@ impl Config {
             }
             None => self.admin.token = lookup("SLUICE_ADMIN_TOKEN").filter(|t| !t.is_empty()),
         }
-        Ok(())
+        self.alerts.expand_secrets(lookup)
     }
 
     /// Checks every cross-field rule; the first problem found is returned.
@@ -611,7 +630,9 @@ impl Config {
         self.validate_methods()?;
         self.validate_plugins()?;
         self.validate_admin()?;
-        self.validate_resilience()
+        self.validate_resilience()?;
+        self.validate_analytics()?;
+        self.validate_alerts()
     }
 
     /// The method options that apply to `path`: the first exact match, else the first service

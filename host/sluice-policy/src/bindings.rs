@@ -1,7 +1,8 @@
 //! Host-side bindings for the `sluice:policy` worlds, generated from `wit/` by wasmtime's
 //! `bindgen!`. The four worlds share the `types`, `log`, `clock` and `config` interfaces: they
 //! are generated once (with the router world) and reused by the others, so one host
-//! implementation serves every slot.
+//! implementation serves every slot. The scaler world's `history` import is generated with it
+//! (`scaler::sluice::policy::history`).
 
 #![allow(missing_docs, clippy::all)]
 
@@ -13,7 +14,8 @@ pub mod router {
     });
 }
 
-/// The `scaler` world: `plan(list<group-metrics>) -> result<scale-plan, string>`.
+/// The `scaler` world: `plan(list<group-metrics>) -> result<scale-plan, string>`, importing
+/// `history` besides the shared interfaces.
 pub mod scaler {
     wasmtime::component::bindgen!({
         world: "scaler",

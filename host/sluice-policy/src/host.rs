@@ -1,5 +1,6 @@
 //! What a plugin instance can reach: the store data behind every call and the host imports
-//! (`log`, `clock`, `config`, `scorer`, and WASI for components that import it).
+//! (`log`, `clock`, `config`, `scorer`, `history` - in [`crate::history`] - and WASI for
+//! components that import it).
 //!
 //! This module owns the per-instance limits (memory cap) and the import implementations. It must
 //! not give a plugin anything beyond its slot's configuration values: no files, sockets,
@@ -14,6 +15,7 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::router::sluice::policy::{clock, config, log, scorer};
+use crate::history::SharedHistory;
 use crate::scorer::Scorer;
 
 /// Log lines longer than this are truncated.
@@ -21,12 +23,16 @@ const MAX_LOG_LINE: usize = 4096;
 /// Log lines a plugin may write per second; the rest are counted and dropped.
 const LOG_LINES_PER_SECOND: u32 = 100;
 
-/// What every instance of one plugin shares: its name, configuration values and scorer.
+/// What every instance of one plugin shares: its name, configuration values, scorer and load
+/// history.
 pub(crate) struct PluginEnv {
     /// The plugin's name (file stem or upload name), used in its log lines.
     pub label: String,
     pub config: BTreeMap<String, String>,
     pub scorer: Arc<dyn Scorer>,
+    /// The `history` import's source, shared with [`crate::Policies`] so that
+    /// `set_history` reaches plugins loaded before it.
+    pub history: SharedHistory,
     pub log_budget: Mutex<LogBudget>,
     pub started: Instant,
 }
@@ -224,8 +230,10 @@ const NO_BLOCKING: &str = concat!(
     "because an epoch deadline cannot interrupt a wait inside the host"
 );
 
-/// The linker every plugin is instantiated with: the `sluice:policy` imports for all worlds,
-/// plus WASI (used only by components that import it).
+/// The linker every plugin is instantiated with: the `sluice:policy` imports for all worlds
+/// (`history` too, which only the scaler world imports; components that do not import it, such
+/// as scalers built before it existed, are unaffected), plus WASI (used only by components that
+/// import it).
 ///
 /// WASI's `poll` and `pollable.block` are replaced by functions that trap: they wait inside the
 /// host, where no deadline reaches, so a plugin that sleeps would otherwise hold its caller for
@@ -234,6 +242,11 @@ const NO_BLOCKING: &str = concat!(
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     crate::bindings::router::Router::add_to_linker::<HostState, HostData>(&mut linker, |s| s)?;
+    // The scaler world's only import beyond the router's (it shares the rest).
+    crate::bindings::scaler::sluice::policy::history::add_to_linker::<HostState, HostData>(
+        &mut linker,
+        |s| s,
+    )?;
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     linker.allow_shadowing(true);
     let mut poll = linker.instance(WASI_IO_POLL)?;

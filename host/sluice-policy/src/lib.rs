@@ -25,6 +25,7 @@ pub mod bindings;
 pub mod builtin;
 pub mod engine;
 pub mod events;
+pub mod history;
 mod host;
 pub mod plugin;
 mod resumer;
@@ -36,6 +37,7 @@ pub mod types;
 mod watch;
 
 pub use events::{EventKind, EventLog, PolicyEvent};
+pub use history::{LoadHistory, NoHistory};
 pub use plugin::{CallFailure, Plugin, PluginInfo};
 pub use resumer::PolicyResumer;
 pub use router::{PolicyRouter, RecordedDecision};
@@ -44,6 +46,7 @@ pub use slot::Slot;
 pub use watch::Watcher;
 
 use crate::engine::CompileCache;
+use crate::history::SharedHistory;
 use crate::host::{HostState, LogBudget, PluginEnv};
 use crate::plugin::Limits;
 use crate::slot::{Answer, shadow_compare};
@@ -100,6 +103,7 @@ pub struct Policies {
     linker: Linker<HostState>,
     cache: CompileCache,
     scorer: Arc<dyn Scorer>,
+    history: SharedHistory,
     dir: Option<PathBuf>,
     slots: [Arc<Slot>; SlotKind::ALL.len()],
     events: Arc<EventLog>,
@@ -150,6 +154,7 @@ impl Policies {
             linker,
             cache: CompileCache::new(cache_dir),
             scorer,
+            history: history::no_history(),
             dir: config.dir.clone(),
             slots,
             events,
@@ -203,6 +208,13 @@ impl Policies {
     /// stream are replayed unchanged), for [`sluice_proxy::Proxy::bind_with_policies`].
     pub fn resumer(&self) -> Arc<dyn sluice_proxy::resume::Resumer> {
         Arc::clone(&self.resumer) as Arc<dyn sluice_proxy::resume::Resumer>
+    }
+
+    /// Sets where scaler plugins' `history::group-streams` import gets the groups' recent
+    /// load (until then: [`NoHistory`], empty answers). Takes effect at once for every plugin,
+    /// loaded before or after: their next `group-streams` call asks `history`.
+    pub fn set_history(&self, history: Arc<dyn LoadHistory>) {
+        *self.history.write() = history;
     }
 
     /// The watched plugins folder, if any.
@@ -331,6 +343,7 @@ impl Policies {
             label: name.to_owned(),
             config: settings.config.clone(),
             scorer: Arc::clone(&self.scorer),
+            history: Arc::clone(&self.history),
             log_budget: parking_lot::Mutex::new(LogBudget::new()),
             started: self.started,
         });

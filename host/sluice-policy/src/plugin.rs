@@ -306,10 +306,10 @@ impl Plugin {
             PolicyError::WrongWorld(format!(
                 "its imports do not match what Sluice provides to the {world} world \
                  (sluice:policy@0.1.0 log, clock, config{}, and WASI): {e:#}",
-                if world == SlotKind::Router {
-                    ", scorer"
-                } else {
-                    ""
+                match world {
+                    SlotKind::Router => ", scorer",
+                    SlotKind::Scaler => ", history",
+                    _ => "",
                 }
             ))
         })?;

@@ -295,6 +295,26 @@ impl ProxyView {
         Some(breaker.snapshot())
     }
 
+    /// Each group's size, load and stream outcomes; the latency quantile covers `latency_window`.
+    pub fn group_loads(&self, latency_window: Duration) -> Vec<pool::GroupLoad> {
+        self.ctx.pool.group_loads(latency_window)
+    }
+
+    /// Sets how many connections `class` holds (see [`pool::Pool::resize`]).
+    pub async fn resize(&self, class: sluice_config::TrafficClass, target: usize) -> pool::Resized {
+        self.ctx.pool.resize(class, target).await
+    }
+
+    /// Open calls per monitor.
+    pub fn monitor_calls(&self) -> Vec<(Arc<str>, u64)> {
+        self.ctx.pool.monitor_calls()
+    }
+
+    /// The global connection cap.
+    pub fn global_cap(&self) -> usize {
+        self.ctx.pool.global_cap()
+    }
+
     /// Drains every connection to `endpoint` (resumable streams move elsewhere). Returns the
     /// number of connections that started draining, or `None` for an unknown endpoint.
     pub fn drain_endpoint(&self, endpoint: &str) -> Option<usize> {

@@ -107,6 +107,8 @@ fn demo_config(
     }];
     // The demo's feeds serve grpc.health.v1.
     config.health.active = true;
+    // History outlives one demo run (reports and forecasts need it), outside the checkout.
+    config.store.path = std::env::temp_dir().join("sluice-demo").join("sluice.db");
     config
 }
 
@@ -139,6 +141,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     println!("  sluice listening on {} (h2c)", proxy.addr());
     if let Some(admin) = &services.admin {
         println!("  admin API on http://{}/api/v1/plugins", admin.addr());
+        println!(
+            "  insights, scaling and reports: http://{0}/api/v1/insights, /api/v1/scaling, /api/v1/reports/hourly?format=html",
+            admin.addr()
+        );
     }
     for kind in sluice_config::SlotKind::ALL {
         let slot = services.policies.slot(kind);
@@ -186,6 +192,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(options.report_every);
     ticker.tick().await;
     let mut last_received = 0;
+    let mut shown_insight = 0;
+    let mut shown_scaling = 0;
     let until = async {
         match options.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -219,6 +227,17 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                     groups.join(", "),
                     errors.load(Relaxed),
                 );
+                // New scaling decisions and insights, as the analytics engine reports them.
+                let since = shown_scaling;
+                for record in services.analytics.scaling(8).into_iter().rev().filter(|r| r.id > since) {
+                    shown_scaling = record.id;
+                    println!("          scaling {}: {:+} -> {} connections ({})", record.class, record.applied, record.to, record.reason);
+                }
+                let since = shown_insight;
+                for insight in services.analytics.insights(8).into_iter().rev().filter(|i| i.id > since) {
+                    shown_insight = insight.id;
+                    println!("          insight [{}] {}: {}", insight.severity.as_str(), insight.title, insight.description);
+                }
             }
             _ = &mut until => break,
             _ = &mut signal => break,

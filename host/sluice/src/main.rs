@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use sluice_analytics::records::ReportPeriod;
 use sluice_config::{Config, SlotKind};
 
 mod demo;
@@ -67,6 +68,19 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: std::net::SocketAddr,
     },
+    /// Print a report of the last hour, day or week from the history store, as JSON or a
+    /// self-contained HTML page.
+    Report {
+        /// hourly, daily or weekly.
+        #[arg(value_parser = parse_period)]
+        period: ReportPeriod,
+        /// The config whose `[store] path` to read (read-only; the process may be running).
+        #[arg(short, long, default_value = "sluice.toml")]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Json)]
+        format: ReportFormat,
+    },
     /// Inspect policy plugins or load them into a running host.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -96,6 +110,17 @@ enum PluginCommand {
         #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Json,
+    Html,
+}
+
+fn parse_period(text: &str) -> Result<ReportPeriod, String> {
+    ReportPeriod::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a report period (hourly, daily, weekly)"))
 }
 
 fn parse_slot(text: &str) -> Result<SlotKind, String> {
@@ -132,6 +157,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => run(config).await,
             Command::CheckConfig { config } => check_config(config),
+            Command::Report {
+                period,
+                config,
+                format,
+            } => report(period, &config, format),
             Command::Demo {
                 duration,
                 listen,
@@ -174,6 +204,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn report(
+    period: ReportPeriod,
+    config: &std::path::Path,
+    format: ReportFormat,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let config = Config::from_file(config)?;
+    if config.store.in_memory() {
+        anyhow::bail!("store.path is :memory:; there is no history on disk to report on");
+    }
+    let store = sluice_analytics::store::Store::open_read_only(&config.store.path)
+        .with_context(|| format!("opening the history store {}", config.store.path.display()))?;
+    let now = sluice_analytics::records::unix_ms_now();
+    let report = sluice_analytics::report::Report::build(&store, period, now)?;
+    match format {
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        ReportFormat::Html => println!("{}", report.to_html()),
+    }
+    Ok(())
 }
 
 fn check_config(path: PathBuf) -> anyhow::Result<()> {
@@ -239,6 +290,36 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
         } else {
             println!("  {scope} breakers: off");
         }
+    }
+    let scaling = &config.scaling;
+    if scaling.enabled {
+        println!(
+            "  scaler loop: every {:?}, cooldowns {:?} up / {:?} down",
+            scaling.period, scaling.up_cooldown, scaling.down_cooldown
+        );
+    } else {
+        println!("  scaler loop: off (groups open connections on demand only)");
+    }
+    let analytics = &config.analytics;
+    if analytics.enabled {
+        println!(
+            "  analytics loop: every {:?} over {} s windows",
+            analytics.period, analytics.window_samples
+        );
+    } else {
+        println!("  analytics loop: off");
+    }
+    let store = &config.store;
+    println!(
+        "  history store: {} (kept {:?})",
+        store.path.display(),
+        store.retention
+    );
+    let alerts = &config.alerts;
+    if alerts.enabled {
+        println!("  alerts: log and {} webhook(s)", alerts.webhooks.len());
+    } else {
+        println!("  alerts: off");
     }
     for slot in SlotKind::ALL {
         let table = config.plugins.slot(slot);

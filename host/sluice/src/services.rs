@@ -1,10 +1,12 @@
 //! Starts everything one Sluice process runs from its config: the policy slots (and the plugins
-//! folder watcher), the data plane with the policy router and resumer, and the admin API.
+//! folder watcher), the data plane with the policy router and resumer, the scaler and analytics
+//! loops with their store, and the admin API.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use sluice_admin::{AdminHandle, AdminServer};
+use sluice_analytics::{Analytics, AnalyticsHandle};
 use sluice_config::Config;
 use sluice_policy::{Policies, Watcher};
 use sluice_proxy::{Proxy, ProxyHandle};
@@ -17,6 +19,9 @@ pub struct Services {
     pub admin: Option<AdminHandle>,
     /// The policy slots.
     pub policies: Arc<Policies>,
+    /// The scaler and analytics engine.
+    pub analytics: Arc<Analytics>,
+    loops: AnalyticsHandle,
     _watcher: Option<Watcher>,
 }
 
@@ -36,10 +41,17 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Services> {
     let proxy = Proxy::bind_with_policies(Arc::clone(&config), router, policies.resumer())
         .await?
         .spawn();
+    let analytics = Analytics::open(Arc::clone(&config), proxy.view(), Arc::clone(&policies))?;
+    let loops = analytics.spawn();
     let admin = if config.admin.enabled {
-        let server = AdminServer::bind(&config.admin, Arc::clone(&policies), proxy.view())
-            .await
-            .with_context(|| format!("cannot bind the admin listener {}", config.admin.listen))?;
+        let server = AdminServer::bind_with_analytics(
+            &config.admin,
+            Arc::clone(&policies),
+            proxy.view(),
+            Some(Arc::clone(&analytics)),
+        )
+        .await
+        .with_context(|| format!("cannot bind the admin listener {}", config.admin.listen))?;
         Some(server.spawn())
     } else {
         None
@@ -48,16 +60,19 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Services> {
         proxy,
         admin,
         policies,
+        analytics,
+        loops,
         _watcher: watcher,
     })
 }
 
 impl Services {
-    /// Stops the admin API, then drains the data plane.
+    /// Stops the admin API and the loops, then drains the data plane.
     pub async fn shutdown(self) {
         if let Some(admin) = self.admin {
             admin.shutdown().await;
         }
+        self.loops.shutdown().await;
         self.proxy.shutdown().await;
     }
 }

@@ -133,6 +133,8 @@ fn run_serves_traffic_and_stops_on_sigterm() {
     let mut child = Command::new(SLUICE)
         .args(["run", "--config"])
         .arg(&path)
+        // The default history store (sluice-data/) goes to the temporary folder.
+        .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -326,6 +328,8 @@ fn plugin_load_swaps_the_router_of_a_running_host() {
     let mut child = Command::new(SLUICE)
         .args(["run", "--config"])
         .arg(&path)
+        // The default history store (sluice-data/) goes to the temporary folder.
+        .current_dir(dir.path())
         .env("TEST_ADMIN_TOKEN", "cli-token")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -378,4 +382,72 @@ fn plugin_load_swaps_the_router_of_a_running_host() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+}
+
+#[test]
+fn report_prints_the_stored_history_as_json_and_as_one_html_page() {
+    use sluice_analytics::records::{Rollup, unix_ms_now};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.db");
+    let store = sluice_analytics::store::Store::open(&db, Duration::from_secs(7 * 86_400)).unwrap();
+    let now = unix_ms_now();
+    let minute = now - now.rem_euclid(60_000);
+    let rollups: Vec<Rollup> = (1..=30)
+        .map(|i| Rollup {
+            ts_ms: minute - i * 60_000,
+            metric: "pool.connections".into(),
+            avg: 4.0,
+            min: 3.0,
+            max: 5.0,
+            count: 60,
+        })
+        .collect();
+    store.write_rollups(&rollups).unwrap();
+    drop(store);
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!("{VALID}\n[store]\npath = \"{}\"\n", db.display()),
+    )
+    .unwrap();
+    let (ok, text) = sluice(&[
+        "report".as_ref(),
+        "hourly".as_ref(),
+        "--config".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert!(ok, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("JSON report");
+    assert_eq!(report["period"], "hourly");
+    assert_eq!(report["summary"]["connections_mean"], 4.0);
+    let (ok, html) = sluice(&[
+        "report".as_ref(),
+        "daily".as_ref(),
+        "--config".as_ref(),
+        path.as_os_str(),
+        "--format".as_ref(),
+        "html".as_ref(),
+    ]);
+    assert!(ok, "{html}");
+    assert!(html.contains("<html") && html.contains("<svg"), "{html}");
+    assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("<script"));
+
+    // A store that does not exist is a clear error, and the period is checked.
+    std::fs::write(
+        &path,
+        format!(
+            "{VALID}\n[store]\npath = \"{}\"\n",
+            dir.path().join("missing.db").display()
+        ),
+    )
+    .unwrap();
+    let (ok, text) = sluice(&[
+        "report".as_ref(),
+        "hourly".as_ref(),
+        "--config".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert!(!ok && text.contains("missing.db"), "{text}");
+    let (ok, text) = sluice(&["report".as_ref(), "monthly".as_ref()]);
+    assert!(!ok && text.contains("hourly, daily, weekly"), "{text}");
 }

@@ -76,12 +76,16 @@ pub(crate) async fn serve(
 /// its whole life; if it fails later, the failure counts too. Statuses that say the service
 /// was not there for the monitor (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`) are failures;
 /// a monitor's own cancellation counts for nothing.
-pub(crate) struct MonitorPermit(parking_lot::Mutex<Permit>);
+pub(crate) struct MonitorPermit {
+    permit: parking_lot::Mutex<Permit>,
+    /// Counts the call among the monitor's open calls while it lives.
+    _call: crate::pool::MonitorCall,
+}
 
 impl MonitorPermit {
     /// The response started reaching the monitor.
     pub(crate) fn answered(&self) {
-        self.0.lock().record(Outcome::Success { slow: false });
+        self.permit.lock().record(Outcome::Success { slow: false });
     }
 
     fn ended(&self, end: &End) {
@@ -90,7 +94,7 @@ impl MonitorPermit {
             End::Cancelled => return,
             End::Failed(status) => is_monitor_failure(status.code),
         };
-        let mut permit = self.0.lock();
+        let mut permit = self.permit.lock();
         if !failed {
             permit.record(Outcome::Success { slow: false });
         } else if permit.is_recorded() {
@@ -142,7 +146,7 @@ fn admit(ctx: &Context, request: &Request<RecvStream>) -> Result<CallSetup, Resp
         tracing::debug!(method = path, reason = %status.message, "monitor refused");
         status.to_response()
     })?;
-    let permit = ctx.pool.admit_monitor(&profile).map_err(|status| {
+    let (permit, call) = ctx.pool.admit_monitor(&profile).map_err(|status| {
         ctx.stats.incr(|s| &s.breaker_rejected_total);
         tracing::debug!(monitor = %profile.id, %status, "monitor breaker refused the call");
         status.to_response()
@@ -173,7 +177,10 @@ fn admit(ctx: &Context, request: &Request<RecvStream>) -> Result<CallSetup, Resp
             .filter(|m| m.resume.resumes())
             .map(super::resumable::ResumeOptions::from_config),
         first_message_timeout: ctx.config.breakers.first_message_timeout,
-        monitor: Arc::new(MonitorPermit(parking_lot::Mutex::new(permit))),
+        monitor: Arc::new(MonitorPermit {
+            permit: parking_lot::Mutex::new(permit),
+            _call: call,
+        }),
     })
 }
 

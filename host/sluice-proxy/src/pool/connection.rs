@@ -33,6 +33,9 @@ pub struct UpstreamConnection {
     /// Flips to true when the connection starts draining (GOAWAY received, operator drain):
     /// it takes no new streams, and resumable streams move off it.
     pub(super) draining: watch::Sender<bool>,
+    /// Set when the scaler retired the connection: its drain waits for the last stream however
+    /// long it takes (scale-down must not cut streams that cannot move).
+    pub(super) retired: AtomicBool,
     pub(super) opened_at: Instant,
     pub(super) load: load::ConnectionLoad,
 }
@@ -90,6 +93,12 @@ impl UpstreamConnection {
         if !self.draining.send_replace(true) {
             tracing::info!(connection = self.id, endpoint = %self.endpoint.id, why, "connection draining");
         }
+    }
+
+    /// Drains the connection without a deadline: it closes when its last stream ends.
+    pub(super) fn retire(&self, why: &str) {
+        self.retired.store(true, Relaxed);
+        self.start_draining(why);
     }
 
     /// The leave of the connection's and its endpoint's breakers for one more stream.
@@ -186,6 +195,7 @@ impl Lease {
     /// Records the time from sending the request to the response headers (routing latency).
     pub fn observe_response(&self, latency: Duration) {
         self.connection.load.observe_latency(latency);
+        self.group.counters.observe_latency(latency);
     }
 
     /// The first response message arrived `after` the request was sent: the stream works.
@@ -213,6 +223,7 @@ impl Lease {
         if !kind.counted(&self.failure_kinds) || self.failure_counted.swap(true, Relaxed) {
             return;
         }
+        self.group.counters.stream_failed();
         for permit in self.permits.lock().iter_mut() {
             if permit.is_recorded() {
                 permit.breaker().observe(Outcome::Failure);

@@ -1,9 +1,12 @@
-//! Per-connection load signals that routers read: peak-EWMA latency and a recent error rate.
+//! Per-connection load signals that routers read (peak-EWMA latency and a recent error rate),
+//! and per-group stream counts and latencies that the scaler and analytics read.
 //!
 //! Peak-EWMA (as in linkerd and tower's balancer) jumps to any sample above the estimate and
 //! decays toward lower samples with a time constant, so one slow answer is noticed at once and
 //! forgotten gradually. This module only measures; it does not decide anything.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -83,6 +86,62 @@ impl ConnectionLoad {
     }
 }
 
+/// Recent times to response headers kept per group (enough for a p99 over a scaler period at a
+/// few hundred new streams a second; older samples make room).
+const GROUP_LATENCY_SAMPLES: usize = 4096;
+
+/// Streams placed and failed on one class group's connections, and their recent times to
+/// response headers.
+#[derive(Default)]
+pub struct GroupCounters {
+    started: AtomicU64,
+    failed: AtomicU64,
+    latencies: Mutex<VecDeque<(Instant, f32)>>,
+}
+
+impl GroupCounters {
+    pub(super) fn stream_started(&self) {
+        self.started.fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn stream_failed(&self) {
+        self.failed.fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn observe_latency(&self, sample: Duration) {
+        let mut latencies = self.latencies.lock();
+        if latencies.len() == GROUP_LATENCY_SAMPLES {
+            latencies.pop_front();
+        }
+        latencies.push_back((Instant::now(), sample.as_secs_f32() * 1e3));
+    }
+
+    /// Streams placed and streams failed since the pool started.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.started.load(Relaxed), self.failed.load(Relaxed))
+    }
+
+    /// The `q` quantile (0..=1) of times to response headers, in milliseconds, over samples
+    /// taken within `window`; `None` without samples.
+    pub fn latency_quantile(&self, q: f64, window: Duration) -> Option<f64> {
+        let now = Instant::now();
+        let mut recent: Vec<f32> = self
+            .latencies
+            .lock()
+            .iter()
+            .filter(|(at, _)| now.saturating_duration_since(*at) <= window)
+            .map(|(_, ms)| *ms)
+            .collect();
+        if recent.is_empty() {
+            return None;
+        }
+        recent.sort_unstable_by(f32::total_cmp);
+        let rank =
+            ((recent.len() as f64 * q.clamp(0.0, 1.0)).ceil() as usize).clamp(1, recent.len());
+        Some(f64::from(recent[rank - 1]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +169,31 @@ mod tests {
             load.observe_outcome(false);
         }
         assert!(load.read().1 < 0.1);
+    }
+
+    #[test]
+    fn group_quantile_over_recent_samples() {
+        let counters = GroupCounters::default();
+        assert_eq!(
+            counters.latency_quantile(0.99, Duration::from_secs(1)),
+            None
+        );
+        for ms in 1..=100 {
+            counters.observe_latency(Duration::from_millis(ms));
+        }
+        assert_eq!(
+            counters.latency_quantile(0.99, Duration::from_secs(60)),
+            Some(99.0)
+        );
+        assert_eq!(
+            counters.latency_quantile(0.5, Duration::from_secs(60)),
+            Some(50.0)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            counters.latency_quantile(0.99, Duration::from_millis(5)),
+            None
+        );
     }
 
     #[test]

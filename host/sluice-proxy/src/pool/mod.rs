@@ -24,6 +24,7 @@ use tokio::sync::{Notify, watch};
 pub use connection::{FailureKind, Lease, UpstreamConnection};
 pub use connector::{ConnectError, Connector, Http2Settings};
 pub use endpoint::Endpoint;
+pub use load::GroupCounters;
 
 use crate::breaker::{Breaker, BreakerEvents, BreakerSnapshot, Permit, Scope};
 use crate::grpc::Status;
@@ -132,6 +133,11 @@ pub struct Group {
     limit: usize,
     min_connections: usize,
     max_streams: u32,
+    /// Connections the scaler wants held, opened ahead of demand (at least `min_connections`).
+    target: AtomicUsize,
+    /// Connections open now, draining ones included (they still count against the caps).
+    held: AtomicUsize,
+    counters: load::GroupCounters,
     state: Mutex<GroupState>,
     waiting: AtomicUsize,
     released: Notify,
@@ -161,6 +167,54 @@ pub struct GroupSnapshot {
     pub waiting: usize,
 }
 
+/// What [`Pool::resize`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resized {
+    /// The group's target after clamping.
+    pub target: usize,
+    /// Connections opened.
+    pub opened: usize,
+    /// Connections that started draining.
+    pub drained: usize,
+    /// Why connections could not be opened (the global cap, unreachable endpoints).
+    pub errors: Vec<String>,
+}
+
+/// One group's size and load, as the scaler and analytics see it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GroupLoad {
+    /// The class.
+    pub class: TrafficClass,
+    /// Connections taking streams (neither draining nor closed).
+    pub connections: usize,
+    /// Connections open, draining ones included.
+    pub held: usize,
+    /// Connections taking streams that carry none.
+    pub idle_connections: usize,
+    /// The configured minimum.
+    pub min_connections: usize,
+    /// The group's limit (its configured max or its share of the global cap).
+    pub max_connections: usize,
+    /// Connections the scaler last asked for.
+    pub target: usize,
+    /// The configured streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Streams on its connections.
+    pub streams: u32,
+    /// Streams its connections can carry.
+    pub capacity: u32,
+    /// Streams waiting for a slot.
+    pub waiting: usize,
+    /// Streams placed on the group since start.
+    pub streams_started_total: u64,
+    /// Streams that failed on the upstream side since start (kinds the breakers count).
+    pub streams_failed_total: u64,
+    /// 99th percentile of time to response headers over the requested window, in ms.
+    pub latency_p99_ms: Option<f64>,
+    /// Mean peak-EWMA latency of its connections, in ms.
+    pub latency_ms: f64,
+}
+
 /// The pool: every group, every endpoint, and the global cap.
 pub struct Pool {
     endpoints: Vec<Arc<Endpoint>>,
@@ -179,7 +233,7 @@ pub struct Pool {
     connection_breakers: BreakerSettings,
     monitor_breakers: BreakerSettings,
     breaker_events: Arc<BreakerEvents>,
-    monitors: Mutex<HashMap<Arc<str>, Arc<Breaker>>>,
+    monitors: Mutex<HashMap<Arc<str>, MonitorEntry>>,
     preferences: HashMap<Arc<str>, MonitorPreferences>,
     /// Ends background tasks (health checks) when the pool goes away.
     stop: watch::Sender<bool>,
@@ -190,6 +244,24 @@ pub struct Pool {
 struct Keepalive {
     interval: Duration,
     timeout: Duration,
+}
+
+/// A monitor's breaker and its open calls.
+struct MonitorEntry {
+    breaker: Arc<Breaker>,
+    active: Arc<AtomicU64>,
+}
+
+/// Counts one open call of a monitor until dropped.
+#[derive(Debug)]
+pub struct MonitorCall {
+    active: Arc<AtomicU64>,
+}
+
+impl Drop for MonitorCall {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Relaxed);
+    }
 }
 
 /// A monitor's soft placement preferences.
@@ -266,6 +338,9 @@ impl Pool {
                 limit: cfg.connection_limit(config.pool.max_connections),
                 min_connections: cfg.min_connections,
                 max_streams: u32::try_from(cfg.max_streams_per_connection).unwrap_or(u32::MAX),
+                target: AtomicUsize::new(cfg.min_connections),
+                held: AtomicUsize::new(0),
+                counters: load::GroupCounters::default(),
                 state: Mutex::new(GroupState::default()),
                 waiting: AtomicUsize::new(0),
                 released: Notify::new(),
@@ -337,23 +412,77 @@ impl Pool {
             }
         }
         for group in &self.groups {
-            for _ in 0..group.min_connections {
-                let candidates = {
-                    let mut state = group.state.lock();
-                    if state.connections.len() + state.opening >= group.min_connections
-                        || !self.reserve_global()
-                    {
-                        break;
-                    }
-                    state.opening += 1;
-                    let views = self.endpoint_views(Instant::now());
-                    self.endpoint_order(&views)
-                };
-                if let Err(status) = self.open_connection(group, candidates, false).await {
-                    tracing::warn!(class = %group.class, error = %status.message, "could not pre-open connection");
-                }
+            let resized = self.resize(group.class, group.min_connections).await;
+            for error in resized.errors {
+                tracing::warn!(class = %group.class, %error, "could not pre-open connection");
             }
         }
+    }
+
+    /// Sets the number of connections `class` holds: `target`, clamped to the group's
+    /// `min_connections` and limit. Missing connections are opened now (within the global
+    /// cap); surplus ones, the least loaded first, start draining: they take no new streams,
+    /// their resumable streams move to the group's other connections, and they close when
+    /// their last stream ends, however long that takes (`pool.max_drain_time` does not apply:
+    /// scaling down never cuts a stream). Streams still open connections on
+    /// demand up to the group's limit when every connection is full.
+    pub async fn resize(&self, class: TrafficClass, target: usize) -> Resized {
+        let group = &self.groups[class.index()];
+        let target = target.clamp(
+            group.min_connections,
+            group.limit.max(group.min_connections),
+        );
+        group.target.store(target, Relaxed);
+        let mut resized = Resized {
+            target,
+            ..Resized::default()
+        };
+        let surplus: Vec<Arc<UpstreamConnection>> = {
+            let state = group.state.lock();
+            let mut live: Vec<&Arc<UpstreamConnection>> = state
+                .connections
+                .iter()
+                .filter(|c| !c.is_closed())
+                .collect();
+            let held = live.len() + state.opening;
+            if held <= target {
+                Vec::new()
+            } else {
+                live.sort_by_key(|c| (c.active_streams(), std::cmp::Reverse(c.id)));
+                live.into_iter()
+                    .take(held - target)
+                    .map(Arc::clone)
+                    .collect()
+            }
+        };
+        for connection in surplus {
+            connection.retire("the scaler removed it");
+            resized.drained += 1;
+        }
+        while resized.errors.is_empty() {
+            let candidates = {
+                let mut state = group.state.lock();
+                let live = state.connections.iter().filter(|c| !c.is_closed()).count();
+                if live + state.opening >= target {
+                    break;
+                }
+                if !self.reserve_global() {
+                    resized.errors.push(format!(
+                        "the global cap of {} connections is reached",
+                        self.global_cap
+                    ));
+                    break;
+                }
+                state.opening += 1;
+                let views = self.endpoint_views(Instant::now());
+                self.endpoint_order(&views)
+            };
+            match self.open_connection(group, candidates, false).await {
+                Ok(_) => resized.opened += 1,
+                Err(status) => resized.errors.push(status.message.to_string()),
+            }
+        }
+        resized
     }
 
     /// Connections open now, over all groups.
@@ -379,6 +508,58 @@ impl Pool {
                 }
             })
             .collect()
+    }
+
+    /// Each group's size, load and recent stream outcomes, for the scaler and analytics.
+    /// `latency_window` bounds the samples behind the latency quantile.
+    pub fn group_loads(&self, latency_window: Duration) -> Vec<GroupLoad> {
+        self.groups
+            .iter()
+            .map(|group| {
+                let state = group.state.lock();
+                let live: Vec<&Arc<UpstreamConnection>> = state
+                    .connections
+                    .iter()
+                    .filter(|c| !c.is_closed())
+                    .collect();
+                let streams = live.iter().map(|c| c.active_streams()).sum();
+                let capacity = live.iter().map(|c| c.capacity()).sum();
+                let idle = live.iter().filter(|c| c.active_streams() == 0).count();
+                let latency_ms = if live.is_empty() {
+                    0.0
+                } else {
+                    live.iter()
+                        .map(|c| c.load.read().0.as_secs_f64() * 1e3)
+                        .sum::<f64>()
+                        / live.len() as f64
+                };
+                let connections = live.len();
+                drop(state);
+                let (streams_started_total, streams_failed_total) = group.counters.totals();
+                GroupLoad {
+                    class: group.class,
+                    connections,
+                    held: group.held.load(Relaxed),
+                    idle_connections: idle,
+                    min_connections: group.min_connections,
+                    max_connections: group.limit,
+                    target: group.target.load(Relaxed),
+                    max_streams_per_connection: group.max_streams,
+                    streams,
+                    capacity,
+                    waiting: group.waiting.load(Relaxed),
+                    streams_started_total,
+                    streams_failed_total,
+                    latency_p99_ms: group.counters.latency_quantile(0.99, latency_window),
+                    latency_ms,
+                }
+            })
+            .collect()
+    }
+
+    /// The global connection cap.
+    pub fn global_cap(&self) -> usize {
+        self.global_cap
     }
 
     /// Every endpoint's health and breaker.
@@ -412,7 +593,7 @@ impl Pool {
             let state = group.state.lock();
             all.extend(state.connections.iter().map(|c| c.breaker.snapshot()));
         }
-        all.extend(self.monitors.lock().values().map(|b| b.snapshot()));
+        all.extend(self.monitors.lock().values().map(|m| m.breaker.snapshot()));
         all
     }
 
@@ -420,7 +601,11 @@ impl Pool {
     pub fn breaker(&self, scope: Scope, name: &str) -> Option<Arc<Breaker>> {
         match scope {
             Scope::Endpoint => self.endpoint(name).map(|e| Arc::clone(&e.breaker)),
-            Scope::Monitor => self.monitors.lock().get(name).cloned(),
+            Scope::Monitor => self
+                .monitors
+                .lock()
+                .get(name)
+                .map(|m| Arc::clone(&m.breaker)),
             Scope::Connection => self.groups.iter().find_map(|group| {
                 let state = group.state.lock();
                 state
@@ -437,27 +622,43 @@ impl Pool {
         &self.breaker_events
     }
 
-    /// Admits one call of `monitor` through its breaker.
-    pub fn admit_monitor(&self, monitor: &MonitorProfile) -> Result<Permit, Status> {
-        let breaker = {
+    /// Admits one call of `monitor` through its breaker; the returned [`MonitorCall`] counts
+    /// the call among the monitor's open calls while it lives.
+    pub fn admit_monitor(&self, monitor: &MonitorProfile) -> Result<(Permit, MonitorCall), Status> {
+        let (breaker, active) = {
             let mut monitors = self.monitors.lock();
             let key = if monitors.len() < MONITOR_BREAKERS || monitors.contains_key(&monitor.id) {
                 Arc::clone(&monitor.id)
             } else {
                 Arc::from("(other monitors)")
             };
-            Arc::clone(monitors.entry(Arc::clone(&key)).or_insert_with(|| {
-                Breaker::new(
-                    Scope::Monitor,
-                    key,
-                    self.monitor_breakers,
-                    Arc::clone(&self.breaker_events),
-                )
-            }))
+            let entry = monitors
+                .entry(Arc::clone(&key))
+                .or_insert_with(|| MonitorEntry {
+                    breaker: Breaker::new(
+                        Scope::Monitor,
+                        key,
+                        self.monitor_breakers,
+                        Arc::clone(&self.breaker_events),
+                    ),
+                    active: Arc::new(AtomicU64::new(0)),
+                });
+            (Arc::clone(&entry.breaker), Arc::clone(&entry.active))
         };
-        breaker
+        let permit = breaker
             .admit()
-            .map_err(|refused| Status::unavailable(refused.to_string()))
+            .map_err(|refused| Status::unavailable(refused.to_string()))?;
+        active.fetch_add(1, Relaxed);
+        Ok((permit, MonitorCall { active }))
+    }
+
+    /// Open calls per monitor (monitors beyond the breaker limit are counted together).
+    pub fn monitor_calls(&self) -> Vec<(Arc<str>, u64)> {
+        self.monitors
+            .lock()
+            .iter()
+            .map(|(id, m)| (Arc::clone(id), m.active.load(Relaxed)))
+            .collect()
     }
 
     /// Starts draining every connection to `endpoint`: they take no new streams, and resumable
@@ -759,6 +960,7 @@ impl Pool {
         permits: [Permit; 2],
     ) -> Lease {
         connection.streams_total.fetch_add(1, Relaxed);
+        group.counters.stream_started();
         self.stats.incr(|s| &s.upstream_streams_total);
         Lease {
             connection,
@@ -875,10 +1077,12 @@ impl Pool {
             peer_max: opened.peer_max_streams,
             closed: AtomicBool::new(false),
             draining: watch::Sender::new(false),
+            retired: AtomicBool::new(false),
             opened_at: Instant::now(),
             load: load::ConnectionLoad::new(opened.ping_rtt),
         });
         self.stats.incr(|s| &s.connections_opened_total);
+        group.held.fetch_add(1, Relaxed);
         tracing::info!(connection = connection.id, endpoint = %endpoint.id, class = %group.class, "upstream connection opened");
         tokio::spawn(supervise(
             Arc::clone(&connection),
@@ -987,6 +1191,7 @@ async fn supervise(
     groups: [Arc<Group>; 3],
 ) {
     let id = connection.id;
+    let class = connection.class;
     let endpoint = Arc::clone(&connection.endpoint);
     let mut draining = connection.draining.subscribe();
     let weak = Arc::downgrade(&connection);
@@ -1009,7 +1214,10 @@ async fn supervise(
                 Some(connection) if connection.active_streams() == 0 => {
                     return "its last stream ended";
                 }
-                Some(_) if tokio::time::Instant::now() >= deadline => {
+                Some(connection)
+                    if !connection.retired.load(Relaxed)
+                        && tokio::time::Instant::now() >= deadline =>
+                {
                     return "the drain time is over";
                 }
                 Some(_) => {}
@@ -1044,6 +1252,7 @@ async fn supervise(
     }
     endpoint.connections.fetch_sub(1, Relaxed);
     open_connections.fetch_sub(1, Relaxed);
+    groups[class.index()].held.fetch_sub(1, Relaxed);
     wake_every_class(&groups);
 }
 

@@ -1,0 +1,1386 @@
+//! The embedded SQLite store: the one place Sluice keeps history across restarts.
+//!
+//! It owns the database file, its schema and every SQL statement run against it: minute
+//! rollups of the metrics, insights, scaling decisions, samples of routing decisions and
+//! generated reports. Everything else in the crate reads and writes history through [`Store`].
+//!
+//! What it must not do:
+//! - sit on a stream's path. Every call is short and synchronous (one statement or one small
+//!   transaction under a mutex) and blocks the calling thread; callers run it from
+//!   `tokio::task::spawn_blocking` or from small periodic loops, never from a task that carries
+//!   traffic;
+//! - decide anything: it keeps what it is given and answers queries, nothing more;
+//! - keep more than the retention: [`Store::prune`] deletes rows older than it, and the loop
+//!   that owns the store calls it periodically.
+//!
+//! File databases run in WAL mode so that `sluice report` can read a database with
+//! [`Store::open_read_only`] while the running process writes it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rusqlite::types::Type;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params};
+
+use crate::records::{
+    DecisionSample, Insight, InsightKind, ReportPeriod, Rollup, ScalingRecord, Severity,
+};
+
+/// The schema version this build writes and reads (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a statement waits for a lock held by another connection before it fails.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The path that opens an in-memory database.
+pub const IN_MEMORY: &str = ":memory:";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS rollups (
+    ts_ms INTEGER NOT NULL,
+    metric TEXT NOT NULL,
+    avg REAL,
+    min REAL,
+    max REAL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (metric, ts_ms)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollups_ts ON rollups (ts_ms);
+
+CREATE TABLE IF NOT EXISTS insights (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    occurrences INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    title TEXT NOT NULL,
+    description TEXT NOT NULL,
+    metric TEXT,
+    value REAL,
+    score REAL,
+    source TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS insights_ts ON insights (ts_ms);
+CREATE INDEX IF NOT EXISTS insights_last_seen ON insights (last_seen_ms);
+
+CREATE TABLE IF NOT EXISTS scaling (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms INTEGER NOT NULL,
+    class TEXT NOT NULL,
+    requested INTEGER NOT NULL,
+    applied INTEGER NOT NULL,
+    from_connections INTEGER NOT NULL,
+    to_connections INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    metrics TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scaling_ts ON scaling (ts_ms);
+
+CREATE TABLE IF NOT EXISTS decisions (
+    ts_ms INTEGER NOT NULL,
+    monitor TEXT NOT NULL,
+    method TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    fallback INTEGER NOT NULL,
+    connection_id INTEGER NOT NULL,
+    candidates INTEGER NOT NULL,
+    confidence REAL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts_ms);
+CREATE INDEX IF NOT EXISTS decisions_monitor_ts ON decisions (monitor, ts_ms);
+
+CREATE TABLE IF NOT EXISTS reports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    period TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL,
+    generated_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reports_period_generated ON reports (period, generated_ms);
+CREATE INDEX IF NOT EXISTS reports_generated ON reports (generated_ms);
+";
+
+/// What went wrong in the store. Open errors name the database file; the others name the
+/// operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The folder for the database file could not be created.
+    #[error("cannot create the folder {} for the store: {source}", path.display())]
+    CreateDir {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The database file could not be opened or set up.
+    #[error("cannot open the store {}: {source}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: rusqlite::Error,
+    },
+    /// The file exists but is not a SQLite database.
+    #[error("{} is not a SQLite database (wrong store path?)", path.display())]
+    NotSqlite {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is a SQLite database without Sluice's schema (read-only opens only).
+    #[error("{} is a SQLite database but not a Sluice store (no schema version)", path.display())]
+    NotAStore {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The database was written by a newer Sluice with a schema this build does not know.
+    #[error(
+        "the store {} has schema version {found}, newer than the {supported} this build of Sluice \
+         knows; use a newer Sluice or another store path",
+        path.display()
+    )]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// The version found in the file.
+        found: i64,
+        /// The version this build writes.
+        supported: i64,
+    },
+    /// A read-only open found no file.
+    #[error("no store at {} (is the path right, and has Sluice run with it?)", path.display())]
+    Missing {
+        /// The path that was asked for.
+        path: PathBuf,
+    },
+    /// A write was asked of a store opened read-only.
+    #[error("the store {} is open read-only; cannot {operation}", path.display())]
+    ReadOnly {
+        /// The database file.
+        path: PathBuf,
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// A statement failed.
+    #[error("store: cannot {operation}: {source}")]
+    Sqlite {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The cause.
+        source: rusqlite::Error,
+    },
+    /// A JSON value could not be encoded for the store.
+    #[error("store: cannot encode JSON to {operation}: {source}")]
+    Json {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+/// Returns a mapper from a rusqlite error to [`StoreError::Sqlite`] for `operation`.
+fn sql(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sqlite { operation, source }
+}
+
+/// Rows deleted by one [`Store::prune`], per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneCounts {
+    /// Rollup rows.
+    pub rollups: u64,
+    /// Insights (by when they were last seen).
+    pub insights: u64,
+    /// Scaling records.
+    pub scaling: u64,
+    /// Decision samples.
+    pub decisions: u64,
+    /// Stored reports (by when they were generated).
+    pub reports: u64,
+}
+
+impl PruneCounts {
+    /// Rows deleted in all tables.
+    pub fn total(&self) -> u64 {
+        self.rollups + self.insights + self.scaling + self.decisions + self.reports
+    }
+}
+
+/// Counters of the work the store has done since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Rows inserted, replaced, updated or deleted.
+    pub rows_written: u64,
+    /// Write statements executed (each row of a batch counts once; commits do not).
+    pub statements: u64,
+}
+
+/// One stored report as listed by [`Store::reports`]: `(id, period, start_ms, end_ms,
+/// generated_ms)`.
+pub type ReportListing = (i64, ReportPeriod, i64, i64, i64);
+
+/// The embedded SQLite store, shared as `Arc<Store>`.
+///
+/// One connection behind a mutex: calls are short, synchronous and serialized. They block the
+/// calling thread (up to [`BUSY_TIMEOUT`] when another process holds a lock), so async callers
+/// run them from `tokio::task::spawn_blocking` or from small periodic loops.
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    retention: Duration,
+    read_only: bool,
+    rows_written: AtomicU64,
+    statements: AtomicU64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("retention", &self.retention)
+            .field("read_only", &self.read_only)
+            .field("rows_written", &self.rows_written())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps an error of the first statements on a fresh connection: a file that is not SQLite gets
+/// its own error.
+fn open_error(path: &Path, source: rusqlite::Error) -> StoreError {
+    if source.sqlite_error_code() == Some(ErrorCode::NotADatabase) {
+        StoreError::NotSqlite {
+            path: path.to_path_buf(),
+        }
+    } else {
+        StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Reads the schema version, refusing files that are not SQLite or are newer than this build.
+fn check_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| open_error(path, e))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(found)
+}
+
+/// Converts a millisecond duration to `i64`, saturating.
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Converts a row limit to SQL, saturating.
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// A conversion failure for a column whose text does not parse.
+fn bad_column(idx: usize, what: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, what.into())
+}
+
+/// Reads a JSON text column.
+fn json_column(row: &Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Value> {
+    let text: String = row.get(idx)?;
+    serde_json::from_str(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))
+}
+
+/// Reads a REAL column that may be NULL (SQLite stores NaN as NULL).
+fn real_column(row: &Row<'_>, idx: usize) -> rusqlite::Result<f64> {
+    Ok(row.get::<_, Option<f64>>(idx)?.unwrap_or(f64::NAN))
+}
+
+/// Reads a period name column.
+fn period_column(row: &Row<'_>, idx: usize) -> rusqlite::Result<ReportPeriod> {
+    let text: String = row.get(idx)?;
+    ReportPeriod::parse(&text).ok_or_else(|| bad_column(idx, format!("unknown period {text:?}")))
+}
+
+fn rollup_row(row: &Row<'_>) -> rusqlite::Result<Rollup> {
+    Ok(Rollup {
+        ts_ms: row.get(0)?,
+        metric: row.get(1)?,
+        avg: real_column(row, 2)?,
+        min: real_column(row, 3)?,
+        max: real_column(row, 4)?,
+        count: row.get(5)?,
+    })
+}
+
+const ROLLUP_COLUMNS: &str = "ts_ms, metric, avg, min, max, count";
+
+fn insight_row(row: &Row<'_>) -> rusqlite::Result<Insight> {
+    let kind: String = row.get(4)?;
+    let severity: String = row.get(5)?;
+    Ok(Insight {
+        id: row.get(0)?,
+        ts_ms: row.get(1)?,
+        last_seen_ms: row.get(2)?,
+        occurrences: row.get(3)?,
+        kind: InsightKind::parse(&kind)
+            .ok_or_else(|| bad_column(4, format!("unknown insight kind {kind:?}")))?,
+        severity: Severity::parse(&severity)
+            .ok_or_else(|| bad_column(5, format!("unknown severity {severity:?}")))?,
+        title: row.get(6)?,
+        description: row.get(7)?,
+        metric: row.get(8)?,
+        value: real_column(row, 9)?,
+        score: real_column(row, 10)?,
+        source: row.get(11)?,
+        data: json_column(row, 12)?,
+    })
+}
+
+const INSIGHT_COLUMNS: &str = "id, ts_ms, last_seen_ms, occurrences, kind, severity, title, \
+                               description, metric, value, score, source, data";
+
+/// SQL ordering of severities, most severe highest.
+const SEVERITY_RANK: &str = "CASE severity WHEN 'critical' THEN 2 WHEN 'warning' THEN 1 ELSE 0 END";
+
+fn scaling_row(row: &Row<'_>) -> rusqlite::Result<ScalingRecord> {
+    Ok(ScalingRecord {
+        id: row.get(0)?,
+        ts_ms: row.get(1)?,
+        class: row.get(2)?,
+        requested: row.get(3)?,
+        applied: row.get(4)?,
+        from: row.get(5)?,
+        to: row.get(6)?,
+        reason: row.get(7)?,
+        policy: row.get(8)?,
+        metrics: json_column(row, 9)?,
+    })
+}
+
+const SCALING_COLUMNS: &str = "id, ts_ms, class, requested, applied, from_connections, to_connections, reason, policy, \
+     metrics";
+
+fn decision_row(row: &Row<'_>) -> rusqlite::Result<DecisionSample> {
+    let connection_id: i64 = row.get(5)?;
+    Ok(DecisionSample {
+        ts_ms: row.get(0)?,
+        monitor: row.get(1)?,
+        method: row.get(2)?,
+        policy: row.get(3)?,
+        fallback: row.get(4)?,
+        // Stored bit for bit as i64 (SQLite integers are signed).
+        connection_id: connection_id as u64,
+        candidates: row.get(6)?,
+        confidence: row.get::<_, Option<f32>>(7)?.unwrap_or(f32::NAN),
+        reason: row.get(8)?,
+    })
+}
+
+const DECISION_COLUMNS: &str =
+    "ts_ms, monitor, method, policy, fallback, connection_id, candidates, confidence, reason";
+
+impl Store {
+    /// Opens (creating when missing) the store at `path` for reading and writing; `:memory:`
+    /// opens an in-memory database. Rows older than `retention` go at the next
+    /// [`Store::prune`].
+    ///
+    /// Creates the parent folder when missing, sets WAL journaling (file databases),
+    /// `synchronous=NORMAL` and a [`BUSY_TIMEOUT`], and creates the schema when missing. A file
+    /// that is not SQLite, or whose schema is newer than this build's, is refused with an error
+    /// naming it.
+    pub fn open(path: &Path, retention: Duration) -> Result<Store, StoreError> {
+        let in_memory = path.as_os_str() == IN_MEMORY;
+        let conn = if in_memory {
+            Connection::open_in_memory()
+        } else {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+            }
+            Connection::open(path)
+        }
+        .map_err(|e| open_error(path, e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| open_error(path, e))?;
+        let found = check_version(&conn, path)?;
+        if !in_memory {
+            // Returns the mode now in force; a failure to switch is not fatal for correctness,
+            // only for concurrent readers, so the answer is not checked.
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+                .map_err(|e| open_error(path, e))?;
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| open_error(path, e))?;
+        if found < SCHEMA_VERSION {
+            conn.execute_batch(&format!(
+                "BEGIN;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
+            ))
+            .map_err(|e| open_error(path, e))?;
+        }
+        Ok(Store::wrap(conn, path, retention, false))
+    }
+
+    /// Opens an existing store read-only, e.g. for `sluice report` while the running process
+    /// writes it. A missing file, a file that is not SQLite, a SQLite file without Sluice's
+    /// schema and a newer schema are each refused with an error naming the path. Writes and
+    /// [`Store::prune`] fail on the returned store.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| open_error(path, e))?;
+        if check_version(&conn, path)? < SCHEMA_VERSION {
+            return Err(StoreError::NotAStore {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Store::wrap(conn, path, Duration::MAX, true))
+    }
+
+    fn wrap(conn: Connection, path: &Path, retention: Duration, read_only: bool) -> Store {
+        Store {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            retention,
+            read_only,
+            rows_written: AtomicU64::new(0),
+            statements: AtomicU64::new(0),
+        }
+    }
+
+    /// The path the store was opened with (`:memory:` for an in-memory store).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How long rows are kept ([`Duration::MAX`] for a read-only store).
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// Whether the store was opened with [`Store::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn check_writable(&self, operation: &'static str) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+                operation,
+            });
+        }
+        Ok(())
+    }
+
+    fn count(&self, statements: u64, rows: u64) {
+        self.statements.fetch_add(statements, Ordering::Relaxed);
+        self.rows_written.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    // ---- writes -------------------------------------------------------------------------
+
+    /// Writes minute rollups in one transaction; a rollup with the same `(metric, ts_ms)` as a
+    /// stored one replaces it.
+    pub fn write_rollups(&self, rollups: &[Rollup]) -> Result<(), StoreError> {
+        const OP: &str = "write rollups";
+        self.check_writable(OP)?;
+        if rollups.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(sql(OP))?;
+        let mut rows = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO rollups (ts_ms, metric, avg, min, max, count) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(sql(OP))?;
+            for r in rollups {
+                rows += stmt
+                    .execute(params![r.ts_ms, r.metric, r.avg, r.min, r.max, r.count])
+                    .map_err(sql(OP))? as u64;
+            }
+        }
+        tx.commit().map_err(sql(OP))?;
+        self.count(rollups.len() as u64, rows);
+        Ok(())
+    }
+
+    /// Stores a new insight (its `id` is ignored) and returns the id it got.
+    pub fn insert_insight(&self, insight: &Insight) -> Result<i64, StoreError> {
+        const OP: &str = "insert an insight";
+        self.check_writable(OP)?;
+        let data = serde_json::to_string(&insight.data).map_err(|source| StoreError::Json {
+            operation: OP,
+            source,
+        })?;
+        let conn = self.conn.lock();
+        conn.prepare_cached(
+            "INSERT INTO insights (ts_ms, last_seen_ms, occurrences, kind, severity, title, \
+             description, metric, value, score, source, data) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                insight.ts_ms,
+                insight.last_seen_ms,
+                insight.occurrences,
+                insight.kind.as_str(),
+                insight.severity.as_str(),
+                insight.title,
+                insight.description,
+                insight.metric,
+                insight.value,
+                insight.score,
+                insight.source,
+                data,
+            ])
+        })
+        .map_err(sql(OP))?;
+        let id = conn.last_insert_rowid();
+        self.count(1, 1);
+        Ok(id)
+    }
+
+    /// Records that insight `id` was seen again: when last, how many times in all, and the
+    /// latest value and score. Updating an id that does not exist does nothing.
+    pub fn update_insight_seen(
+        &self,
+        id: i64,
+        last_seen_ms: i64,
+        occurrences: u32,
+        value: f64,
+        score: f64,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "update an insight";
+        self.check_writable(OP)?;
+        let conn = self.conn.lock();
+        let rows = conn
+            .prepare_cached(
+                "UPDATE insights SET last_seen_ms = ?2, occurrences = ?3, value = ?4, score = ?5 \
+                 WHERE id = ?1",
+            )
+            .and_then(|mut stmt| stmt.execute(params![id, last_seen_ms, occurrences, value, score]))
+            .map_err(sql(OP))?;
+        self.count(1, rows as u64);
+        Ok(())
+    }
+
+    /// Stores a scaling record (its `id` is ignored) and returns the id it got.
+    pub fn insert_scaling(&self, record: &ScalingRecord) -> Result<i64, StoreError> {
+        const OP: &str = "insert a scaling record";
+        self.check_writable(OP)?;
+        let metrics =
+            serde_json::to_string(&record.metrics).map_err(|source| StoreError::Json {
+                operation: OP,
+                source,
+            })?;
+        let conn = self.conn.lock();
+        conn.prepare_cached(
+            "INSERT INTO scaling (ts_ms, class, requested, applied, from_connections, \
+             to_connections, reason, policy, metrics) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                record.ts_ms,
+                record.class,
+                record.requested,
+                record.applied,
+                record.from,
+                record.to,
+                record.reason,
+                record.policy,
+                metrics,
+            ])
+        })
+        .map_err(sql(OP))?;
+        let id = conn.last_insert_rowid();
+        self.count(1, 1);
+        Ok(id)
+    }
+
+    /// Stores routing decision samples in one transaction.
+    pub fn insert_decisions(&self, samples: &[DecisionSample]) -> Result<(), StoreError> {
+        const OP: &str = "insert decision samples";
+        self.check_writable(OP)?;
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(sql(OP))?;
+        let mut rows = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO decisions (ts_ms, monitor, method, policy, fallback, \
+                     connection_id, candidates, confidence, reason) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(sql(OP))?;
+            for d in samples {
+                rows += stmt
+                    .execute(params![
+                        d.ts_ms,
+                        d.monitor,
+                        d.method,
+                        d.policy,
+                        d.fallback,
+                        // Bit for bit: SQLite integers are signed.
+                        d.connection_id as i64,
+                        d.candidates,
+                        d.confidence,
+                        d.reason,
+                    ])
+                    .map_err(sql(OP))? as u64;
+            }
+        }
+        tx.commit().map_err(sql(OP))?;
+        self.count(samples.len() as u64, rows);
+        Ok(())
+    }
+
+    /// Stores a generated report's JSON body and returns the id it got.
+    pub fn insert_report(
+        &self,
+        period: ReportPeriod,
+        start_ms: i64,
+        end_ms: i64,
+        generated_ms: i64,
+        body: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        const OP: &str = "insert a report";
+        self.check_writable(OP)?;
+        let body = serde_json::to_string(body).map_err(|source| StoreError::Json {
+            operation: OP,
+            source,
+        })?;
+        let conn = self.conn.lock();
+        conn.prepare_cached(
+            "INSERT INTO reports (period, start_ms, end_ms, generated_ms, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                period.as_str(),
+                start_ms,
+                end_ms,
+                generated_ms,
+                body
+            ])
+        })
+        .map_err(sql(OP))?;
+        let id = conn.last_insert_rowid();
+        self.count(1, 1);
+        Ok(id)
+    }
+
+    /// Deletes rows older than the retention before `now_ms` from every table: rollups,
+    /// scaling records and decision samples by `ts_ms`, insights by `last_seen_ms` (one still
+    /// recurring stays), reports by `generated_ms`. One transaction.
+    pub fn prune(&self, now_ms: i64) -> Result<PruneCounts, StoreError> {
+        const OP: &str = "prune old rows";
+        self.check_writable(OP)?;
+        let cutoff = now_ms.saturating_sub(duration_ms(self.retention));
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(sql(OP))?;
+        let delete = |table: &str, column: &str| -> Result<u64, StoreError> {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE {column} < ?1"),
+                [cutoff],
+            )
+            .map(|n| n as u64)
+            .map_err(sql(OP))
+        };
+        let counts = PruneCounts {
+            rollups: delete("rollups", "ts_ms")?,
+            insights: delete("insights", "last_seen_ms")?,
+            scaling: delete("scaling", "ts_ms")?,
+            decisions: delete("decisions", "ts_ms")?,
+            reports: delete("reports", "generated_ms")?,
+        };
+        tx.commit().map_err(sql(OP))?;
+        self.count(5, counts.total());
+        Ok(counts)
+    }
+
+    // ---- reads --------------------------------------------------------------------------
+
+    /// The rollups of `metric` with `since_ms <= ts_ms < until_ms`, oldest first.
+    pub fn rollups(
+        &self,
+        metric: &str,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<Rollup>, StoreError> {
+        const OP: &str = "read rollups";
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {ROLLUP_COLUMNS} FROM rollups \
+                 WHERE metric = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 ORDER BY ts_ms"
+            ))
+            .map_err(sql(OP))?;
+        stmt.query_map(params![metric, since_ms, until_ms], rollup_row)
+            .and_then(|rows| rows.collect())
+            .map_err(sql(OP))
+    }
+
+    /// The distinct metric names with rollups, sorted.
+    pub fn rollup_metrics(&self) -> Result<Vec<String>, StoreError> {
+        const OP: &str = "list rollup metrics";
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT DISTINCT metric FROM rollups ORDER BY metric")
+            .map_err(sql(OP))?;
+        stmt.query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(sql(OP))
+    }
+
+    /// The rollups of every metric with `ts_ms >= since_ms`, oldest first (then by metric).
+    pub fn rollups_since(&self, since_ms: i64) -> Result<Vec<Rollup>, StoreError> {
+        self.rollups_between(since_ms, i64::MAX)
+    }
+
+    /// The rollups of every metric with `since_ms <= ts_ms < until_ms`, oldest first (then by
+    /// metric).
+    pub fn rollups_between(&self, since_ms: i64, until_ms: i64) -> Result<Vec<Rollup>, StoreError> {
+        const OP: &str = "read rollups";
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {ROLLUP_COLUMNS} FROM rollups \
+                 WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY ts_ms, metric"
+            ))
+            .map_err(sql(OP))?;
+        stmt.query_map(params![since_ms, until_ms], rollup_row)
+            .and_then(|rows| rows.collect())
+            .map_err(sql(OP))
+    }
+
+    /// Up to `limit` insights last seen at or after `since_ms`, most recently seen first.
+    pub fn insights(&self, since_ms: i64, limit: usize) -> Result<Vec<Insight>, StoreError> {
+        const OP: &str = "read insights";
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {INSIGHT_COLUMNS} FROM insights WHERE last_seen_ms >= ?1 \
+                 ORDER BY last_seen_ms DESC, id DESC LIMIT ?2"
+            ))
+            .map_err(sql(OP))?;
+        stmt.query_map(params![since_ms, sql_limit(limit)], insight_row)
+            .and_then(|rows| rows.collect())
+            .map_err(sql(OP))
+    }
+
+    /// Up to `limit` insights active in `[since_ms, until_ms)` (first seen before `until_ms`,
+    /// last seen at or after `since_ms`), most severe first, then most recently seen.
+    pub fn insights_between(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Insight>, StoreError> {
+        const OP: &str = "read insights";
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {INSIGHT_COLUMNS} FROM insights \
+                 WHERE last_seen_ms >= ?1 AND ts_ms < ?2 \
+                 ORDER BY {SEVERITY_RANK} DESC, last_seen_ms DESC, id DESC LIMIT ?3"
+            ))
+            .map_err(sql(OP))?;
+        stmt.query_map(params![since_ms, until_ms, sql_limit(limit)], insight_row)
+            .and_then(|rows| rows.collect())
+            .map_err(sql(OP))
+    }
+
+    /// How many insights were active in `[since_ms, until_ms)` (as in
+    /// [`Store::insights_between`]), per severity; severities without any are left out.
+    pub fn insight_counts(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<(Severity, u64)>, StoreError> {
+        const OP: &str = "count insights";
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT severity, COUNT(*) FROM insights \
+                 WHERE last_seen_ms >= ?1 AND ts_ms < ?2 GROUP BY severity",
+            )
+            .map_err(sql(OP))?;
+        let rows: Vec<(String, i64)> = stmt
+            .query_map(params![since_ms, until_ms], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(sql(OP))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, n)| Some((Severity::parse(&s)?, u64::try_from(n).unwrap_or(0))))
+            .collect())
+    }
+
+    /// Up to `limit` scaling records with `ts_ms >= since_ms`, newest first.
+    pub fn scaling(&self, since_ms: i64, limit: usize) -> Result<Vec<ScalingRecord>, StoreError> {
+        self.scaling_between(since_ms, i64::MAX, limit)
+    }
+
+    /// Up to `limit` scaling records with `since_ms <= ts_ms < until_ms`, newest first.
+    pub fn scaling_between(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ScalingRecord>, StoreError> {
+        const OP: &str = "read scaling records";
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {SCALING_COLUMNS} FROM scaling WHERE ts_ms >= ?1 AND ts_ms < ?2 \
+                 ORDER BY ts_ms DESC, id DESC LIMIT ?3"
+            ))
+            .map_err(sql(OP))?;
+        stmt.query_map(params![since_ms, until_ms, sql_limit(limit)], scaling_row)
+            .and_then(|rows| rows.collect())
+            .map_err(sql(OP))
+    }
+
+    /// How many scaling records have `since_ms <= ts_ms < until_ms`: `(all, applied)` where
+    /// applied ones changed a group (`applied != 0`).
+    pub fn scaling_counts(&self, since_ms: i64, until_ms: i64) -> Result<(u64, u64), StoreError> {
+        const OP: &str = "count scaling records";
+        let conn = self.conn.lock();
+        let (all, applied): (i64, Option<i64>) = conn
+            .prepare_cached(
+                "SELECT COUNT(*), SUM(applied != 0) FROM scaling \
+                 WHERE ts_ms >= ?1 AND ts_ms < ?2",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![since_ms, until_ms], |r| Ok((r.get(0)?, r.get(1)?)))
+            })
+            .map_err(sql(OP))?;
+        Ok((
+            u64::try_from(all).unwrap_or(0),
+            u64::try_from(applied.unwrap_or(0)).unwrap_or(0),
+        ))
+    }
+
+    /// Up to `limit` decision samples with `ts_ms >= since_ms`, of one monitor or of all,
+    /// newest first.
+    pub fn decisions(
+        &self,
+        monitor: Option<&str>,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DecisionSample>, StoreError> {
+        const OP: &str = "read decision samples";
+        let conn = self.conn.lock();
+        let limit = sql_limit(limit);
+        let rows = match monitor {
+            Some(monitor) => conn
+                .prepare_cached(&format!(
+                    "SELECT {DECISION_COLUMNS} FROM decisions WHERE monitor = ?1 AND ts_ms >= ?2 \
+                     ORDER BY ts_ms DESC, rowid DESC LIMIT ?3"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![monitor, since_ms, limit], decision_row)?
+                        .collect()
+                }),
+            None => conn
+                .prepare_cached(&format!(
+                    "SELECT {DECISION_COLUMNS} FROM decisions WHERE ts_ms >= ?1 \
+                     ORDER BY ts_ms DESC, rowid DESC LIMIT ?2"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![since_ms, limit], decision_row)?
+                        .collect()
+                }),
+        };
+        rows.map_err(sql(OP))
+    }
+
+    /// The most recently generated report of `period`: `(id, generated_ms, body)`.
+    pub fn latest_report(
+        &self,
+        period: ReportPeriod,
+    ) -> Result<Option<(i64, i64, serde_json::Value)>, StoreError> {
+        const OP: &str = "read the latest report";
+        let conn = self.conn.lock();
+        conn.prepare_cached(
+            "SELECT id, generated_ms, body FROM reports WHERE period = ?1 \
+             ORDER BY generated_ms DESC, id DESC LIMIT 1",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_row([period.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?, json_column(r, 2)?))
+            })
+            .optional()
+        })
+        .map_err(sql(OP))
+    }
+
+    /// The body of the stored report `id`, if there is one.
+    pub fn report_body(&self, id: i64) -> Result<Option<serde_json::Value>, StoreError> {
+        const OP: &str = "read a report";
+        let conn = self.conn.lock();
+        conn.prepare_cached("SELECT body FROM reports WHERE id = ?1")
+            .and_then(|mut stmt| stmt.query_row([id], |r| json_column(r, 0)).optional())
+            .map_err(sql(OP))
+    }
+
+    /// Up to `limit` stored reports, of one period or of all, newest first (bodies left out).
+    pub fn reports(
+        &self,
+        period: Option<ReportPeriod>,
+        limit: usize,
+    ) -> Result<Vec<ReportListing>, StoreError> {
+        const OP: &str = "list reports";
+        let conn = self.conn.lock();
+        let map = |r: &Row<'_>| -> rusqlite::Result<ReportListing> {
+            Ok((
+                r.get(0)?,
+                period_column(r, 1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
+        };
+        let limit = sql_limit(limit);
+        let rows = match period {
+            Some(period) => conn
+                .prepare_cached(
+                    "SELECT id, period, start_ms, end_ms, generated_ms FROM reports \
+                     WHERE period = ?1 ORDER BY generated_ms DESC, id DESC LIMIT ?2",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![period.as_str(), limit], map)?
+                        .collect()
+                }),
+            None => conn
+                .prepare_cached(
+                    "SELECT id, period, start_ms, end_ms, generated_ms FROM reports \
+                     ORDER BY generated_ms DESC, id DESC LIMIT ?1",
+                )
+                .and_then(|mut stmt| stmt.query_map([limit], map)?.collect()),
+        };
+        rows.map_err(sql(OP))
+    }
+
+    // ---- size and counters --------------------------------------------------------------
+
+    /// The database's size in bytes (`page_count * page_size`; the WAL file is not counted).
+    /// 0 when SQLite cannot tell.
+    pub fn size_bytes(&self) -> u64 {
+        let conn = self.conn.lock();
+        let pages = conn.pragma_query_value(None, "page_count", |r| r.get::<_, i64>(0));
+        let page_size = conn.pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0));
+        match (pages, page_size) {
+            (Ok(pages), Ok(size)) => u64::try_from(pages.saturating_mul(size)).unwrap_or(0),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "store size unknown");
+                0
+            }
+        }
+    }
+
+    /// Rows written (inserted, replaced, updated or deleted) since the store was opened.
+    pub fn rows_written(&self) -> u64 {
+        self.rows_written.load(Ordering::Relaxed)
+    }
+
+    /// Rows written and write statements executed since the store was opened.
+    pub fn write_stats(&self) -> WriteStats {
+        WriteStats {
+            rows_written: self.rows_written(),
+            statements: self.statements.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn rollup(metric: &str, ts_ms: i64, avg: f64) -> Rollup {
+        Rollup {
+            ts_ms,
+            metric: metric.to_string(),
+            avg,
+            min: avg - 1.0,
+            max: avg + 1.0,
+            count: 60,
+        }
+    }
+
+    fn insight(ts_ms: i64, severity: Severity, title: &str) -> Insight {
+        Insight {
+            id: 0,
+            ts_ms,
+            last_seen_ms: ts_ms,
+            occurrences: 1,
+            kind: InsightKind::Anomaly,
+            severity,
+            title: title.to_string(),
+            description: "description".to_string(),
+            metric: Some("pool.connections".to_string()),
+            value: 12.5,
+            score: 4.0,
+            source: "builtin".to_string(),
+            data: serde_json::json!({ "band": [1, 2] }),
+        }
+    }
+
+    fn scaling(ts_ms: i64, applied: i32) -> ScalingRecord {
+        ScalingRecord {
+            id: 0,
+            ts_ms,
+            class: "realtime".to_string(),
+            requested: 2,
+            applied,
+            from: 3,
+            to: 3 + applied.max(0) as u32,
+            reason: "busy".to_string(),
+            policy: "builtin".to_string(),
+            metrics: serde_json::json!({ "streams": 40 }),
+        }
+    }
+
+    fn decision(ts_ms: i64, monitor: &str) -> DecisionSample {
+        DecisionSample {
+            ts_ms,
+            monitor: monitor.to_string(),
+            method: "/feed.Feed/Subscribe".to_string(),
+            policy: "builtin".to_string(),
+            fallback: false,
+            connection_id: u64::MAX - 1,
+            candidates: 4,
+            confidence: 0.5,
+            reason: "least loaded".to_string(),
+        }
+    }
+
+    /// Writes one of everything at `ts_ms`; returns the insight id.
+    fn fill(store: &Store, ts_ms: i64) -> i64 {
+        store
+            .write_rollups(&[
+                rollup("pool.connections", ts_ms, 4.0),
+                rollup("streams.downstream", ts_ms, 20.0),
+            ])
+            .unwrap();
+        let id = store
+            .insert_insight(&insight(ts_ms, Severity::Warning, "hot"))
+            .unwrap();
+        store.insert_scaling(&scaling(ts_ms, 1)).unwrap();
+        store
+            .insert_decisions(&[decision(ts_ms, "m1"), decision(ts_ms, "m2")])
+            .unwrap();
+        store
+            .insert_report(
+                ReportPeriod::Hourly,
+                ts_ms - 3_600_000,
+                ts_ms,
+                ts_ms,
+                &serde_json::json!({ "at": ts_ms }),
+            )
+            .unwrap();
+        id
+    }
+
+    #[test]
+    fn reopen_keeps_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/folder/sluice.db");
+        let t = 1_700_000_000_000 / MIN * MIN;
+        let id = {
+            let store = Store::open(&path, HOUR).unwrap();
+            let id = fill(&store, t);
+            store
+                .update_insight_seen(id, t + 5_000, 3, 99.0, 7.5)
+                .unwrap();
+            assert!(store.rows_written() >= 8);
+            assert!(store.write_stats().statements >= 8);
+            assert!(store.size_bytes() > 0);
+            id
+        };
+        let store = Store::open(&path, HOUR).unwrap();
+        assert_eq!(store.rows_written(), 0);
+        let rollups = store.rollups("pool.connections", t, t + MIN).unwrap();
+        assert_eq!(rollups, vec![rollup("pool.connections", t, 4.0)]);
+        assert_eq!(
+            store.rollup_metrics().unwrap(),
+            vec![
+                "pool.connections".to_string(),
+                "streams.downstream".to_string()
+            ]
+        );
+        assert_eq!(store.rollups_since(0).unwrap().len(), 2);
+        let insights = store.insights(0, 10).unwrap();
+        assert_eq!(insights.len(), 1);
+        let mut expected = insight(t, Severity::Warning, "hot");
+        expected.id = id;
+        expected.last_seen_ms = t + 5_000;
+        expected.occurrences = 3;
+        expected.value = 99.0;
+        expected.score = 7.5;
+        assert_eq!(insights[0], expected);
+        let scaling_rows = store.scaling(0, 10).unwrap();
+        assert_eq!(scaling_rows.len(), 1);
+        assert_eq!(
+            scaling_rows[0].metrics,
+            serde_json::json!({ "streams": 40 })
+        );
+        assert_eq!(scaling_rows[0].to, 4);
+        assert_eq!(store.scaling_counts(0, i64::MAX).unwrap(), (1, 1));
+        let decisions = store.decisions(None, 0, 10).unwrap();
+        assert_eq!(decisions.len(), 2);
+        assert_eq!(decisions[0].connection_id, u64::MAX - 1);
+        assert_eq!(store.decisions(Some("m2"), 0, 10).unwrap().len(), 1);
+        assert_eq!(store.decisions(Some("nobody"), 0, 10).unwrap().len(), 0);
+        let (report_id, generated, body) =
+            store.latest_report(ReportPeriod::Hourly).unwrap().unwrap();
+        assert_eq!(generated, t);
+        assert_eq!(body, serde_json::json!({ "at": t }));
+        assert_eq!(store.report_body(report_id).unwrap(), Some(body));
+        assert!(store.latest_report(ReportPeriod::Daily).unwrap().is_none());
+        assert_eq!(
+            store.reports(None, 10).unwrap(),
+            vec![(report_id, ReportPeriod::Hourly, t - 3_600_000, t, t)]
+        );
+        assert!(
+            store
+                .reports(Some(ReportPeriod::Weekly), 10)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn prune_removes_only_old_rows() {
+        let store = Store::open(Path::new(IN_MEMORY), HOUR).unwrap();
+        let now = 10 * 3_600_000;
+        let old = now - 2 * 3_600_000;
+        let recent = now - 10 * MIN;
+        fill(&store, old);
+        let kept_id = fill(&store, recent);
+        // An old insight seen again recently stays.
+        let recurring = store
+            .insert_insight(&insight(old, Severity::Critical, "recurring"))
+            .unwrap();
+        store
+            .update_insight_seen(recurring, recent, 2, 1.0, 1.0)
+            .unwrap();
+        let counts = store.prune(now).unwrap();
+        assert_eq!(
+            counts,
+            PruneCounts {
+                rollups: 2,
+                insights: 1,
+                scaling: 1,
+                decisions: 2,
+                reports: 1,
+            }
+        );
+        assert_eq!(counts.total(), 7);
+        assert!(
+            store
+                .rollups_since(0)
+                .unwrap()
+                .iter()
+                .all(|r| r.ts_ms == recent)
+        );
+        assert_eq!(store.rollups_since(0).unwrap().len(), 2);
+        let ids: Vec<i64> = store
+            .insights(0, 10)
+            .unwrap()
+            .iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(ids, vec![recurring, kept_id]);
+        assert_eq!(store.scaling(0, 10).unwrap().len(), 1);
+        assert_eq!(store.decisions(None, 0, 10).unwrap().len(), 2);
+        assert_eq!(store.reports(None, 10).unwrap().len(), 1);
+        assert_eq!(store.prune(now).unwrap().total(), 0);
+    }
+
+    #[test]
+    fn non_sqlite_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(
+            &path,
+            "this is certainly not a database, just some text\n".repeat(20),
+        )
+        .unwrap();
+        let err = Store::open(&path, HOUR).unwrap_err();
+        assert!(matches!(err, StoreError::NotSqlite { .. }), "{err:?}");
+        assert!(err.to_string().contains("notes.txt"), "{err}");
+        let err = Store::open_read_only(&path).unwrap_err();
+        assert!(matches!(err, StoreError::NotSqlite { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn newer_schema_and_missing_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("future.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", 7).unwrap();
+        }
+        let err = Store::open(&path, HOUR).unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 7, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("future.db"), "{err}");
+
+        let missing = dir.path().join("missing.db");
+        let err = Store::open_read_only(&missing).unwrap_err();
+        assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
+        assert!(err.to_string().contains("missing.db"), "{err}");
+        assert!(!missing.exists());
+
+        let plain = dir.path().join("plain.db");
+        Connection::open(&plain)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x INTEGER)")
+            .unwrap();
+        let err = Store::open_read_only(&plain).unwrap_err();
+        assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn read_only_reads_while_writer_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.db");
+        let writer = Store::open(&path, HOUR).unwrap();
+        fill(&writer, 5 * MIN);
+        let reader = Store::open_read_only(&path).unwrap();
+        assert!(reader.is_read_only());
+        assert_eq!(reader.rollups_since(0).unwrap().len(), 2);
+        // The writer keeps writing while the reader is open; the reader sees new commits.
+        writer
+            .write_rollups(&[rollup("pool.connections", 6 * MIN, 5.0)])
+            .unwrap();
+        assert_eq!(
+            reader
+                .rollups("pool.connections", 0, i64::MAX)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(reader.insights(0, 10).unwrap().len(), 1);
+        let err = reader
+            .write_rollups(&[rollup("pool.connections", 7 * MIN, 5.0)])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::ReadOnly { .. }), "{err:?}");
+        assert!(matches!(
+            reader.prune(i64::MAX),
+            Err(StoreError::ReadOnly { .. })
+        ));
+        drop(writer);
+        // After the writer closed (and checkpointed) the reader still reads, and a fresh
+        // read-only open works too.
+        assert_eq!(reader.rollups_since(0).unwrap().len(), 3);
+        drop(reader);
+        let again = Store::open_read_only(&path).unwrap();
+        assert_eq!(again.rollups_since(0).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn rollup_upsert_replaces_same_minute() {
+        let store = Store::open(Path::new(IN_MEMORY), HOUR).unwrap();
+        store
+            .write_rollups(&[rollup("pool.connections", MIN, 1.0)])
+            .unwrap();
+        store
+            .write_rollups(&[
+                rollup("pool.connections", MIN, 2.0),
+                rollup("pool.connections", 2 * MIN, 3.0),
+            ])
+            .unwrap();
+        let rows = store.rollups("pool.connections", 0, i64::MAX).unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                rollup("pool.connections", MIN, 2.0),
+                rollup("pool.connections", 2 * MIN, 3.0)
+            ]
+        );
+        // The window is half-open.
+        assert_eq!(
+            store
+                .rollups("pool.connections", MIN, 2 * MIN)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn insights_between_orders_by_severity_and_counts() {
+        let store = Store::open(Path::new(IN_MEMORY), HOUR).unwrap();
+        store
+            .insert_insight(&insight(10, Severity::Info, "a"))
+            .unwrap();
+        store
+            .insert_insight(&insight(20, Severity::Critical, "b"))
+            .unwrap();
+        store
+            .insert_insight(&insight(30, Severity::Warning, "c"))
+            .unwrap();
+        store
+            .insert_insight(&insight(500, Severity::Critical, "later"))
+            .unwrap();
+        let titles: Vec<String> = store
+            .insights_between(0, 100, 10)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.title)
+            .collect();
+        assert_eq!(titles, vec!["b", "c", "a"]);
+        let mut counts = store.insight_counts(0, 100).unwrap();
+        counts.sort();
+        assert_eq!(
+            counts,
+            vec![
+                (Severity::Info, 1),
+                (Severity::Warning, 1),
+                (Severity::Critical, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn store_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Store>();
+    }
+}
