@@ -113,9 +113,8 @@ impl Analytics {
             Err(error) => tracing::warn!(%error, "could not restore the minute history"),
         }
         // Scalers that plan ahead read the group's history from the store.
-        policies.set_history(Arc::new(crate::series::StoredHistory::new(Arc::clone(
-            &store,
-        ))));
+        let load_history = Arc::new(crate::series::StoredHistory::new(Arc::clone(&store)));
+        policies.set_history(Arc::clone(&load_history) as Arc<dyn sluice_policy::LoadHistory>);
         let sampler = Sampler::new(proxy.clone());
         let scaler = Arc::new(Scaler::new(
             config.scaling.clone(),
@@ -123,6 +122,7 @@ impl Analytics {
             Arc::clone(&policies),
             Arc::clone(&history),
             Arc::clone(&store),
+            load_history,
         ));
         let analyst = Arc::new(Analyst::new(
             config.analytics.clone(),

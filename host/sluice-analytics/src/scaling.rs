@@ -21,6 +21,7 @@ use tracing::Instrument as _;
 use crate::history::History;
 use crate::records::{ScalingRecord, unix_ms_now};
 use crate::sampler::group_metric;
+use crate::series::StoredHistory;
 use crate::store::Store;
 
 /// Scaling records kept in memory for the API.
@@ -58,6 +59,7 @@ pub struct Scaler {
     policies: Arc<Policies>,
     history: Arc<History>,
     store: Arc<Store>,
+    load_history: Arc<StoredHistory>,
     state: Mutex<State>,
     /// One run at a time (a test may run one while the loop does).
     running: tokio::sync::Mutex<()>,
@@ -95,6 +97,7 @@ impl Scaler {
         policies: Arc<Policies>,
         history: Arc<History>,
         store: Arc<Store>,
+        load_history: Arc<StoredHistory>,
     ) -> Self {
         Self {
             config,
@@ -102,6 +105,7 @@ impl Scaler {
             policies,
             history,
             store,
+            load_history,
             // Opening the groups' minimums at start counts as their first change, so that
             // cooldowns hold from start rather than allowing a change on the first run.
             state: Mutex::new(State {
@@ -182,9 +186,16 @@ impl Scaler {
         let now = Instant::now();
         let metrics = self.group_metrics(&loads, now);
         let policies = Arc::clone(&self.policies);
+        let load_history = Arc::clone(&self.load_history);
         let asked = metrics.clone();
-        // The policy call is bounded by its deadline but may still take milliseconds of CPU.
-        let plan = match tokio::task::spawn_blocking(move || policies.plan(&asked)).await {
+        // The policy call is bounded by its deadline but may still take milliseconds of CPU;
+        // the history it may ask for is read from the store before, outside its deadline.
+        let plan = match tokio::task::spawn_blocking(move || {
+            load_history.refresh();
+            policies.plan(&asked)
+        })
+        .await
+        {
             Ok(plan) => plan,
             Err(error) => {
                 tracing::error!(%error, "the scaler policy call panicked outside the plugin sandbox");
