@@ -485,3 +485,77 @@ async fn a_broken_scaler_plugin_falls_back_to_the_builtin_plan_and_is_visible() 
         );
     }
 }
+
+#[tokio::test]
+async fn threshold_rules_flag_an_exhausted_pool_idle_connections_and_a_dominant_monitor() {
+    let feed = feed("a").await;
+    let store = tempfile::tempdir().unwrap();
+    let mut config = config_for(&[&feed]);
+    fast_loops(&mut config, store.path(), Duration::from_secs(3600));
+    // Four connections held at start: the whole global cap.
+    config.pool.max_connections = 4;
+    config.classes.event.min_connections = 3;
+    config.classes.event.max_connections = Some(3);
+    config.classes.realtime.min_connections = 1;
+    config.classes.realtime.max_connections = Some(1);
+    config.classes.realtime.max_streams_per_connection = 100;
+    config.monitors = ["big", "small1", "small2"]
+        .map(|id| monitor(id, TrafficClass::Realtime))
+        .to_vec();
+    let config = Arc::new(config);
+    let (proxy, policies) = sluice_with_policies((*config).clone()).await;
+    let analytics = Analytics::open(Arc::clone(&config), proxy.view(), policies).unwrap();
+    let warmed = eventually(Duration::from_secs(10), || {
+        proxy.snapshot().connections == 4
+    })
+    .await;
+    assert!(warmed);
+    // "big" holds 10 of 12 open calls.
+    let mut c = client(proxy.addr()).await;
+    let mut streams = Vec::new();
+    for (monitor, n) in [("big", 10), ("small1", 1), ("small2", 1)] {
+        for i in 0..n {
+            streams.push(
+                subscribe_on(
+                    &mut c,
+                    subscribe(&format!("{monitor}{i}"), 5.0, 8, 0),
+                    monitor,
+                )
+                .await,
+            );
+        }
+    }
+    for _ in 0..3 {
+        analytics.sample_once().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let found = analytics.analyze_once().await;
+    let find = |title: &str| found.iter().find(|i| i.title == title).cloned();
+    let exhausted = find("Connection pool near exhaustion").unwrap_or_else(|| panic!("{found:#?}"));
+    assert_eq!(
+        exhausted.severity,
+        sluice_analytics::records::Severity::Critical
+    );
+    assert_eq!(exhausted.value, 1.0);
+    let idle = find("Many idle connections").unwrap_or_else(|| panic!("{found:#?}"));
+    assert_eq!(idle.kind, InsightKind::Recommendation);
+    assert!(
+        idle.value >= 0.7,
+        "3 of 4 connections carry nothing: {idle:?}"
+    );
+    let dominant = find("Monitor big holds 83% of streams").unwrap_or_else(|| panic!("{found:#?}"));
+    assert_eq!(dominant.kind, InsightKind::Recommendation);
+    // Seen again within `repeat_after`: the same insight, counted, not a new one.
+    analytics.sample_once().await;
+    let again = analytics.analyze_once().await;
+    let repeated = again
+        .iter()
+        .find(|i| i.id == exhausted.id)
+        .expect("seen again");
+    assert_eq!(repeated.occurrences, 2);
+    assert_eq!(
+        analytics.store().insights(0, 100).unwrap().len(),
+        found.len()
+    );
+    drop(streams);
+}
