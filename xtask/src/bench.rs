@@ -22,7 +22,8 @@ use crate::util::{self, cargo};
 
 const USAGE: &str = "usage: cargo xtask bench proxy [--rounds N] [--duration 5s] [--quick]
        cargo xtask bench policy [--rounds N] [--quick]
-       cargo xtask bench failover [--trials N] [--streams N]";
+       cargo xtask bench failover [--trials N] [--streams N]
+       cargo xtask bench scaling [--quick]";
 
 /// Streams held open for the idle-memory measurement.
 const IDLE_STREAMS: usize = 1000;
@@ -144,11 +145,32 @@ pub fn bench(args: &[String]) -> Result<()> {
         Some("proxy") => proxy(parse_options(&args[1..])?),
         Some("policy") => policy(&args[1..]),
         Some("failover") => failover(&args[1..]),
+        Some("scaling") => scaling(&args[1..]),
         Some(other) => {
-            bail!("unknown benchmark {other:?}; available: proxy, policy, failover\n{USAGE}")
+            bail!(
+                "unknown benchmark {other:?}; available: proxy, policy, failover, scaling\n{USAGE}"
+            )
         }
         None => bail!("{USAGE}"),
     }
+}
+
+/// Builds the plugins and runs the bench program `bench` of `package` (release profile) with
+/// `--plugins <dir> --json <target>/bench/<bench>.json` and the options in `passed`.
+fn run_bench_program(package: &str, bench: &str, passed: &[String]) -> Result<()> {
+    let plugins = crate::plugins::build_all()?;
+    let out = util::target_dir()?.join("bench");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut command = cargo();
+    command
+        .args(["bench", "--package", package, "--bench", bench, "--"])
+        .arg("--plugins")
+        .arg(&plugins)
+        .arg("--json")
+        .arg(out.join(format!("{bench}.json")))
+        .args(passed);
+    println!("$ {}", util::display(&command));
+    util::run(&mut command)
 }
 
 /// `cargo xtask bench policy`: builds the plugins, then runs the `policy` bench program of
@@ -172,26 +194,7 @@ fn policy(args: &[String]) -> Result<()> {
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
     }
-    let plugins = crate::plugins::build_all()?;
-    let out = util::target_dir()?.join("bench");
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let mut command = cargo();
-    command
-        .args([
-            "bench",
-            "--package",
-            "sluice-policy",
-            "--bench",
-            "policy",
-            "--",
-        ])
-        .arg("--plugins")
-        .arg(&plugins)
-        .arg("--json")
-        .arg(out.join("policy.json"))
-        .args(&passed);
-    println!("$ {}", util::display(&command));
-    util::run(&mut command)
+    run_bench_program("sluice-policy", "policy", &passed)
 }
 
 /// `cargo xtask bench failover`: builds the plugins (the feed's resumer among them), then runs
@@ -216,27 +219,27 @@ fn failover(args: &[String]) -> Result<()> {
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
     }
-    let plugins = crate::plugins::build_all()?;
-    let out = util::target_dir()?.join("bench");
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     util::run(cargo().args(["build", "--release", "-p", "sluice-feed"]))?;
-    let mut command = cargo();
-    command
-        .args([
-            "bench",
-            "--package",
-            "sluice-tests",
-            "--bench",
-            "failover",
-            "--",
-        ])
-        .arg("--plugins")
-        .arg(&plugins)
-        .arg("--json")
-        .arg(out.join("failover.json"))
-        .args(&passed);
-    println!("$ {}", util::display(&command));
-    util::run(&mut command)
+    run_bench_program("sluice-tests", "failover", &passed)
+}
+
+/// `cargo xtask bench scaling`: builds the plugins (the default scaler and anomaly policies,
+/// the feed's resumer), then runs the `scaling` bench program of `sluice-tests` (release
+/// profile), which prints the loops' CPU cost at 5,000 streams, the scaler's accuracy against
+/// an on-demand baseline and the store's growth, and writes `<target>/bench/scaling.json`.
+fn scaling(args: &[String]) -> Result<()> {
+    let mut passed = Vec::new();
+    for arg in args {
+        match arg.as_str() {
+            "--quick" => passed.push(arg.clone()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown option {other:?}\n{USAGE}"),
+        }
+    }
+    run_bench_program("sluice-tests", "scaling", &passed)
 }
 
 /// A place the load generator connects to.

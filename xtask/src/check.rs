@@ -152,6 +152,28 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
             setup::display_rel(&installed.stubs),
             setup::display_rel(&plugins_dir)
         );
-        util::run(&mut command)
+        util::run(&mut command)?;
+        // The plugins' decision logic is plain Rust: its unit tests run natively.
+        let target_dir = util::target_dir()?.join("plugins-native");
+        util::run(
+            cargo()
+                .args([
+                    "test",
+                    "-p",
+                    "scaler",
+                    "-p",
+                    "anomaly",
+                    "-p",
+                    "router",
+                    "-p",
+                    "feed-resumer",
+                    "-p",
+                    "sluice-plugin",
+                    "--target",
+                    "x86_64-unknown-linux-gnu",
+                ])
+                .current_dir(util::repo_root().join("plugins").join("rust"))
+                .env("CARGO_TARGET_DIR", target_dir),
+        )
     })
 }

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use crate::alerts::{ActiveAlert, Alerter, Conditions, Notifier, NotifierStats};
 use crate::history::History;
 use crate::insights::{Analyst, Prediction};
-use crate::records::{DecisionSample, Insight, ReportPeriod, ScalingRecord, unix_ms_now};
+use crate::records::{DecisionSample, Insight, ReportPeriod, ScalingRecord, unix_ms, unix_ms_now};
 use crate::report::Report;
 use crate::sampler::Sampler;
 use crate::scaling::Scaler;
@@ -320,20 +320,8 @@ impl Analytics {
             .router()
             .recent(256)
             .into_iter()
-            .filter_map(|d| {
-                let ts_ms = unix_ms(d.at);
-                (ts_ms > since).then(|| DecisionSample {
-                    ts_ms,
-                    monitor: d.monitor.to_string(),
-                    method: d.method,
-                    policy: d.policy.to_string(),
-                    fallback: d.fallback,
-                    connection_id: d.connection_id,
-                    candidates: u32::try_from(d.candidates).unwrap_or(u32::MAX),
-                    confidence: d.confidence,
-                    reason: d.reason,
-                })
-            })
+            .map(DecisionSample::from)
+            .filter(|d| d.ts_ms > since)
             .collect();
         let Some(newest) = fresh.iter().map(|d| d.ts_ms).max() else {
             return;
@@ -437,12 +425,6 @@ impl Analytics {
     pub fn proxy(&self) -> &ProxyView {
         &self.proxy
     }
-}
-
-/// `at` in Unix ms (0 before the epoch).
-fn unix_ms(at: std::time::SystemTime) -> i64 {
-    at.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[derive(Clone, Copy)]

@@ -7,9 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch, now.
 pub fn unix_ms_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    unix_ms(std::time::SystemTime::now())
 }
 
 /// One metric over one minute.
@@ -174,6 +172,28 @@ pub struct DecisionSample {
     pub confidence: f32,
     /// The decision's reason.
     pub reason: String,
+}
+
+impl From<sluice_policy::RecordedDecision> for DecisionSample {
+    fn from(decision: sluice_policy::RecordedDecision) -> Self {
+        Self {
+            ts_ms: unix_ms(decision.at),
+            monitor: decision.monitor.to_string(),
+            method: decision.method,
+            policy: decision.policy.to_string(),
+            fallback: decision.fallback,
+            connection_id: decision.connection_id,
+            candidates: u32::try_from(decision.candidates).unwrap_or(u32::MAX),
+            confidence: decision.confidence,
+            reason: decision.reason,
+        }
+    }
+}
+
+/// `at` in Unix ms (0 before the epoch).
+pub fn unix_ms(at: std::time::SystemTime) -> i64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The span a report covers.

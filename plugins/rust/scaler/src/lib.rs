@@ -18,6 +18,14 @@
 //! connections than `min-connections`, and no scaling in the last 5 minutes
 //! (`scale_down_cooldown_ms`).
 //!
+//! The spec's defaults keep headroom: a group settles where its utilization is between 0.30 and
+//! 0.75, and leaves a drop of load behind one connection per 5 minutes. To hold connections
+//! close to what the streams need instead (cost over headroom), `scale_down_step` (default 1)
+//! removes up to that many connections at once, never below the connections the streams need at
+//! `scale_down_target_utilization` (default: `scale_up_utilization`); with a high
+//! `scale_down_utilization` the group then follows a falling load. New streams never wait for
+//! the scaler: the host opens a connection on demand when every one is full.
+//!
 //! Confidence per group is the share of the four up signals that support the outcome (those
 //! that fire for a scale-up, or for a hold at max or in cooldown; those that do not for a
 //! scale-down or a quiet hold); the plan's confidence is the mean over groups (1.0 with none).
@@ -142,6 +150,10 @@ struct Settings {
     down_utilization: f64,
     down_error_rate: f64,
     down_cooldown_ms: u64,
+    /// Connections one scale-down may remove.
+    down_step: u32,
+    /// Utilization the streams may reach on what a scale-down leaves; `None`: `up_utilization`.
+    down_target_utilization: Option<f64>,
     /// Predictive scaling on.
     predict: bool,
     step_minutes: u32,
@@ -179,6 +191,8 @@ impl Settings {
             down_utilization: 0.30,
             down_error_rate: 0.01,
             down_cooldown_ms: 300_000,
+            down_step: 1,
+            down_target_utilization: None,
             predict: true,
             step_minutes: 15,
             season_steps: None,
@@ -215,6 +229,12 @@ impl Settings {
             "scale_down_utilization" if ratio => self.down_utilization = value,
             "scale_down_error_rate" if ratio => self.down_error_rate = value,
             "scale_down_cooldown_ms" if duration => self.down_cooldown_ms = value as u64,
+            "scale_down_step" if whole && (1.0..=1000.0).contains(&value) => {
+                self.down_step = value as u32
+            }
+            "scale_down_target_utilization" if value > 0.0 && value <= 1.0 => {
+                self.down_target_utilization = Some(value)
+            }
             "predict_step_minutes" if whole && (1.0..=1440.0).contains(&value) => {
                 self.step_minutes = value as u32
             }
@@ -353,6 +373,24 @@ fn push_needs(text: &mut String, prediction: &Prediction) {
     });
 }
 
+/// Connections a scale-down removes: up to `scale_down_step`, leaving at least the group's
+/// minimum and the connections its streams need at `scale_down_target_utilization`.
+fn down_delta(group: &GroupMetrics, settings: &Settings) -> i32 {
+    let per_connection = if group.connections == 0 {
+        0.0
+    } else {
+        f64::from(group.stream_capacity) / f64::from(group.connections)
+    };
+    let target = settings
+        .down_target_utilization
+        .unwrap_or(settings.up_utilization)
+        .max(0.01);
+    let needed = connections_for(f64::from(group.active_streams), per_connection * target);
+    let floor = needed.max(group.min_connections);
+    let removable = group.connections.saturating_sub(floor);
+    -(removable.min(settings.down_step).min(i32::MAX as u32) as i32)
+}
+
 fn evaluate(group: &GroupMetrics, settings: &Settings, prediction: Option<&Prediction>) -> Outcome {
     let signals = [
         group.utilization > settings.up_utilization,
@@ -400,8 +438,16 @@ fn evaluate(group: &GroupMetrics, settings: &Settings, prediction: Option<&Predi
                 (0, 1.0 - share_up)
             }
             None => {
-                text.push_str("-1, idle");
-                (-1, 1.0 - share_up)
+                let delta = down_delta(group, settings);
+                if delta == 0 {
+                    text.push_str("hold, the streams need every connection");
+                    (0, 1.0 - share_up)
+                } else {
+                    text.push('-');
+                    push_u64(&mut text, u64::from(delta.unsigned_abs()));
+                    text.push_str(", idle");
+                    (delta, 1.0 - share_up)
+                }
             }
         }
     } else if let Some(prediction) = ahead {
@@ -730,6 +776,44 @@ mod tests {
                 .text
                 .contains("a forecast peak of 500 streams in 30 min (Holt;")
         );
+    }
+
+    #[test]
+    fn a_larger_down_step_shrinks_to_what_the_streams_need_and_no_further() {
+        let mut settings = Settings::defaults();
+        // 10 connections of 100 streams carrying 150 streams: utilization 0.15.
+        let idle = GroupMetrics {
+            connections: 10,
+            stream_capacity: 1000,
+            active_streams: 150,
+            utilization: 0.15,
+            ..quiet()
+        };
+        assert_eq!(
+            evaluate(&idle, &settings, None).delta,
+            -1,
+            "the spec's default"
+        );
+        assert!(settings.apply("scale_down_step", "100"));
+        // 150 streams at 0.75 of 100 need 2 connections: remove 8.
+        let outcome = evaluate(&idle, &settings, None);
+        assert_eq!(outcome.delta, -8, "{}", outcome.text);
+        assert!(
+            outcome.text.starts_with("realtime: -8, idle"),
+            "{}",
+            outcome.text
+        );
+        // At full utilization they fit on 2 as well; at 0.5 they need 3.
+        assert!(settings.apply("scale_down_target_utilization", "0.5"));
+        assert_eq!(evaluate(&idle, &settings, None).delta, -7);
+        assert!(!settings.apply("scale_down_target_utilization", "0"));
+        assert!(!settings.apply("scale_down_step", "0"));
+        // Never below the group's minimum.
+        let at_min = GroupMetrics {
+            min_connections: 9,
+            ..idle
+        };
+        assert_eq!(evaluate(&at_min, &settings, None).delta, -1);
     }
 
     #[test]
