@@ -70,7 +70,6 @@ pub struct Analytics {
     samples: AtomicU64,
     alerter: Mutex<Alerter>,
     notifier: Mutex<Option<Notifier>>,
-    started_ms: i64,
 }
 
 /// The engine's loops, running until [`AnalyticsHandle::shutdown`].
@@ -145,7 +144,6 @@ impl Analytics {
             samples: AtomicU64::new(0),
             alerter,
             notifier: Mutex::new(None),
-            started_ms: now,
         }))
     }
 
@@ -414,16 +412,6 @@ impl Analytics {
                 .await
                 .map_err(|error| AnalyticsError::Task(error.to_string()))?;
         Ok(built?)
-    }
-
-    /// When the engine started, Unix ms.
-    pub fn started_ms(&self) -> i64 {
-        self.started_ms
-    }
-
-    /// The proxy it watches.
-    pub fn proxy(&self) -> &ProxyView {
-        &self.proxy
     }
 }
 

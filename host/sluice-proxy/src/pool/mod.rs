@@ -24,7 +24,6 @@ use tokio::sync::{Notify, watch};
 pub use connection::{FailureKind, Lease, UpstreamConnection};
 pub use connector::{ConnectError, Connector, Http2Settings};
 pub use endpoint::Endpoint;
-pub use load::GroupCounters;
 
 use crate::breaker::{Breaker, BreakerEvents, BreakerSnapshot, Permit, Scope};
 use crate::grpc::Status;
