@@ -10,7 +10,7 @@
 //!    the loops, with `Analytics::spawn` at the default periods, and without them again.
 //! 2. **Scaling accuracy.** Three Sluices with the realtime group at 20 streams per connection
 //!    (1..=30 connections, global cap 40) follow the same offered-load schedule side by side:
-//!    the default scaler with the spec's thresholds (cooldowns compressed 30x), the same plugin
+//!    the default scaler with its default thresholds (cooldowns compressed 30x), the same plugin
 //!    tuned for cost (`COST_KEYS`), and `[scaling] enabled = false` (on-demand opening only).
 //!    Every 100 ms the connections the group holds are compared with those the open streams
 //!    need.
@@ -758,7 +758,7 @@ impl RunResult {
 /// How a part 2 run sizes its group.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// The default scaler with the spec's thresholds.
+    /// The default scaler with its default thresholds.
     Spec,
     /// The default scaler configured to hold what the streams need: grow only past 95%
     /// utilization by one, shrink below 90% straight to what the streams need.
@@ -947,7 +947,7 @@ async fn part2(
         "realtime group: {PER_CONNECTION} streams/connection, 1..=30 connections, global cap \
          40; Subscribe streams (1 event/s, resumable with the feed resumer so drained \
          connections can close); default scaler.wasm, predict off; [scaling] period 1 s, \
-         up_cooldown 2 s, down_cooldown 10 s (the spec's 60 s / 5 min compressed 30x; the \
+         up_cooldown 2 s, down_cooldown 10 s (the default 60 s / 5 min compressed 30x; the \
          period 1 s instead of 10 s); schedule {} ({total:.0} s): {}",
         if quick { "x0.4 (--quick)" } else { "full" },
         segments
@@ -984,7 +984,7 @@ async fn part2(
     };
     println!(
         "  {:<34} {:>16} {:>16} {:>16}",
-        "", "scaler (spec)", "tuned for cost", "baseline (off)"
+        "", "default scaler", "tuned for cost", "baseline (off)"
     );
     row("held / needed (time-weighted)", &|r| {
         format!("{:.3}", ratio(&r.observations))
@@ -1010,7 +1010,7 @@ async fn part2(
     let (a, b) = (ratio(&scaled.observations), ratio(&baseline.observations));
     let c = ratio(&cost.observations);
     println!(
-        "  over baseline held-over-needed: spec {:.3}, tuned for cost {:.3}; target: held \
+        "  over baseline held-over-needed: default {:.3}, tuned for cost {:.3}; target: held \
          within 10% of needed (ratio <= 1.10, never under)",
         a / b,
         c / b
@@ -1036,7 +1036,7 @@ async fn part2(
     });
     let summary = vec![
         (
-            "2. held/needed spec | cost | off".to_owned(),
+            "2. held/needed default | cost | off".to_owned(),
             format!("{a:.3} | {c:.3} | {b:.3} (target <= 1.10)"),
         ),
         (

@@ -18,7 +18,7 @@
 //! connections than `min-connections`, and no scaling in the last 5 minutes
 //! (`scale_down_cooldown_ms`).
 //!
-//! The spec's defaults keep headroom: a group settles where its utilization is between 0.30 and
+//! The defaults keep headroom: a group settles where its utilization is between 0.30 and
 //! 0.75, and leaves a drop of load behind one connection per 5 minutes. To hold connections
 //! close to what the streams need instead (cost over headroom), `scale_down_step` (default 1)
 //! removes up to that many connections at once, never below the connections the streams need at
@@ -789,11 +789,7 @@ mod tests {
             utilization: 0.15,
             ..quiet()
         };
-        assert_eq!(
-            evaluate(&idle, &settings, None).delta,
-            -1,
-            "the spec's default"
-        );
+        assert_eq!(evaluate(&idle, &settings, None).delta, -1, "the default");
         assert!(settings.apply("scale_down_step", "100"));
         // 150 streams at 0.75 of 100 need 2 connections: remove 8.
         let outcome = evaluate(&idle, &settings, None);
