@@ -328,7 +328,6 @@ period = "200ms"
 low_multiplexing = 1000
 
 [classes.realtime]
-share = 0.45
 min_connections = 2
 max_streams_per_connection = 2
 

@@ -346,3 +346,17 @@ fn resume_and_rate_limits_are_checked() {
     ));
     assert!(burst.contains("`endpoints[0].rate_limit.burst`"), "{burst}");
 }
+
+#[test]
+fn a_class_table_without_share_keeps_the_class_default() {
+    let config = parse(&format!(
+        "{MINIMAL}\n[classes.realtime]\nmin_connections = 2\n\n[classes.state]\nshare = 0.1\n"
+    ))
+    .unwrap();
+    assert_eq!(config.classes.realtime.share, 0.45);
+    assert_eq!(config.classes.realtime.min_connections, 2);
+    assert_eq!(config.classes.event.share, 0.30);
+    assert_eq!(config.classes.state.share, 0.1);
+    let unknown = error_of(&format!("{MINIMAL}\n[classes.realtime]\nshar = 0.5\n"));
+    assert!(unknown.contains("shar"), "{unknown}");
+}
