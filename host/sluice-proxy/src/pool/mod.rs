@@ -489,22 +489,16 @@ impl Pool {
         self.open_connections.load(Relaxed)
     }
 
-    /// Per-group views.
+    /// Per-group views: the summary of [`Pool::group_loads`] that stats and tests use.
     pub fn snapshot(&self) -> Vec<GroupSnapshot> {
-        self.groups
-            .iter()
-            .map(|group| {
-                let state = group.state.lock();
-                let live = state.connections.iter().filter(|c| !c.is_closed());
-                let (connections, streams) =
-                    live.fold((0, 0), |(n, s), c| (n + 1, s + c.active_streams()));
-                GroupSnapshot {
-                    class: group.class,
-                    connections,
-                    streams,
-                    limit: group.limit,
-                    waiting: group.waiting.load(Relaxed),
-                }
+        self.group_loads(Duration::ZERO)
+            .into_iter()
+            .map(|group| GroupSnapshot {
+                class: group.class,
+                connections: group.connections,
+                streams: group.streams,
+                limit: group.max_connections,
+                waiting: group.waiting,
             })
             .collect()
     }
