@@ -50,6 +50,20 @@ pub struct Point {
     pub value: f64,
 }
 
+/// The points of `ring` at or after `since_ms`, oldest first.
+fn points<T>(ring: Option<&Ring<T>>, since_ms: i64, value: impl Fn(&T) -> f64) -> Vec<Point> {
+    ring.map_or_else(Vec::new, |ring| {
+        ring.items
+            .iter()
+            .filter(|(ts, _)| *ts >= since_ms)
+            .map(|(ts_ms, item)| Point {
+                ts_ms: *ts_ms,
+                value: value(item),
+            })
+            .collect()
+    })
+}
+
 /// A minute being accumulated from 1 s samples.
 #[derive(Debug, Clone, Copy)]
 struct Accumulator {
@@ -202,32 +216,12 @@ impl History {
 
     /// 1 s samples of `metric` taken at or after `since_ms`.
     pub fn seconds(&self, metric: &str, since_ms: i64) -> Vec<Point> {
-        let inner = self.inner.lock();
-        inner.seconds.get(metric).map_or_else(Vec::new, |ring| {
-            ring.items
-                .iter()
-                .filter(|(ts, _)| *ts >= since_ms)
-                .map(|(ts_ms, value)| Point {
-                    ts_ms: *ts_ms,
-                    value: *value,
-                })
-                .collect()
-        })
+        points(self.inner.lock().seconds.get(metric), since_ms, |v| *v)
     }
 
     /// Minute means of `metric` from `since_ms` on, oldest first.
     pub fn minutes(&self, metric: &str, since_ms: i64) -> Vec<Point> {
-        let inner = self.inner.lock();
-        inner.minutes.get(metric).map_or_else(Vec::new, |ring| {
-            ring.items
-                .iter()
-                .filter(|(ts, _)| *ts >= since_ms)
-                .map(|(ts_ms, rollup)| Point {
-                    ts_ms: *ts_ms,
-                    value: rollup.avg,
-                })
-                .collect()
-        })
+        points(self.inner.lock().minutes.get(metric), since_ms, |r| r.avg)
     }
 
     /// Names of every metric with 1 s samples, sorted.
