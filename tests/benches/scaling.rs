@@ -441,7 +441,7 @@ async fn part1(plugins: &Path, quick: bool) -> Part1 {
     }
     println!(
         "  sum at the default periods (sampler 1 s, scaler {:?}, analytics {:?}): {loop_share:.4}% \
-         of one core (housekeeping, hourly, not included)",
+         of one core (housekeeping, every minute, not included)",
         config.scaling.period, config.analytics.period
     );
     println!(

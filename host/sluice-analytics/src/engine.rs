@@ -1,6 +1,6 @@
 //! The running analytics engine: opens the store, restores the history, and runs the sampler
-//! (1 s), the scaler and analytics loops (their periods) and housekeeping (hourly reports and
-//! retention) until stopped.
+//! (1 s), the scaler and analytics loops (their periods) and housekeeping (every minute: reports
+//! of the hours, days and weeks that ended, and retention) until stopped.
 //!
 //! It owns the loops' schedule and their shared state; the judgement lives in `scaling` and
 //! `insights`, the numbers in `history` and `store`.
