@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rusqlite::types::Type;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::{
+    CachedStatement, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, ToSql, params,
+};
 
 use crate::records::{
     DecisionSample, Insight, InsightKind, ReportPeriod, Rollup, ScalingRecord, Severity,
@@ -188,6 +190,11 @@ pub enum StoreError {
 /// Returns a mapper from a rusqlite error to [`StoreError::Sqlite`] for `operation`.
 fn sql(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sqlite { operation, source }
+}
+
+/// `value` as JSON text for a column.
+fn json(operation: &'static str, value: &serde_json::Value) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|source| StoreError::Json { operation, source })
 }
 
 /// Rows deleted by one [`Store::prune`], per table.
@@ -501,51 +508,71 @@ impl Store {
 
     // ---- writes -------------------------------------------------------------------------
 
-    /// Writes minute rollups in one transaction; a rollup with the same `(metric, ts_ms)` as a
-    /// stored one replaces it.
-    pub fn write_rollups(&self, rollups: &[Rollup]) -> Result<(), StoreError> {
-        const OP: &str = "write rollups";
-        self.check_writable(OP)?;
-        if rollups.is_empty() {
+    /// Runs `statement` once for each of `items` in one transaction; `execute` binds one item.
+    fn insert_rows<T>(
+        &self,
+        operation: &'static str,
+        statement: &str,
+        items: &[T],
+        execute: impl Fn(&mut CachedStatement<'_>, &T) -> rusqlite::Result<usize>,
+    ) -> Result<(), StoreError> {
+        self.check_writable(operation)?;
+        if items.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn.lock();
-        let tx = conn.transaction().map_err(sql(OP))?;
+        let tx = conn.transaction().map_err(sql(operation))?;
         let mut rows = 0;
         {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO rollups (ts_ms, metric, avg, min, max, count) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(sql(OP))?;
-            for r in rollups {
-                rows += stmt
-                    .execute(params![r.ts_ms, r.metric, r.avg, r.min, r.max, r.count])
-                    .map_err(sql(OP))? as u64;
+            let mut stmt = tx.prepare_cached(statement).map_err(sql(operation))?;
+            for item in items {
+                rows += execute(&mut stmt, item).map_err(sql(operation))? as u64;
             }
         }
-        tx.commit().map_err(sql(OP))?;
-        self.count(rollups.len() as u64, rows);
+        tx.commit().map_err(sql(operation))?;
+        self.count(items.len() as u64, rows);
         Ok(())
+    }
+
+    /// Runs one `INSERT` with `values` and returns the new row's id.
+    fn insert_row(
+        &self,
+        operation: &'static str,
+        statement: &str,
+        values: &[&dyn ToSql],
+    ) -> Result<i64, StoreError> {
+        self.check_writable(operation)?;
+        let conn = self.conn.lock();
+        conn.prepare_cached(statement)
+            .and_then(|mut stmt| stmt.execute(values))
+            .map_err(sql(operation))?;
+        let id = conn.last_insert_rowid();
+        self.count(1, 1);
+        Ok(id)
+    }
+
+    /// Writes minute rollups in one transaction; a rollup with the same `(metric, ts_ms)` as a
+    /// stored one replaces it.
+    pub fn write_rollups(&self, rollups: &[Rollup]) -> Result<(), StoreError> {
+        self.insert_rows(
+            "write rollups",
+            "INSERT OR REPLACE INTO rollups (ts_ms, metric, avg, min, max, count) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            rollups,
+            |stmt, r| stmt.execute(params![r.ts_ms, r.metric, r.avg, r.min, r.max, r.count]),
+        )
     }
 
     /// Stores a new insight (its `id` is ignored) and returns the id it got.
     pub fn insert_insight(&self, insight: &Insight) -> Result<i64, StoreError> {
         const OP: &str = "insert an insight";
-        self.check_writable(OP)?;
-        let data = serde_json::to_string(&insight.data).map_err(|source| StoreError::Json {
-            operation: OP,
-            source,
-        })?;
-        let conn = self.conn.lock();
-        conn.prepare_cached(
+        let data = json(OP, &insight.data)?;
+        self.insert_row(
+            OP,
             "INSERT INTO insights (ts_ms, last_seen_ms, occurrences, kind, severity, title, \
              description, metric, value, score, source, data) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
+            params![
                 insight.ts_ms,
                 insight.last_seen_ms,
                 insight.occurrences,
@@ -558,12 +585,8 @@ impl Store {
                 insight.score,
                 insight.source,
                 data,
-            ])
-        })
-        .map_err(sql(OP))?;
-        let id = conn.last_insert_rowid();
-        self.count(1, 1);
-        Ok(id)
+            ],
+        )
     }
 
     /// Records that insight `id` was seen again: when last, how many times in all, and the
@@ -593,20 +616,13 @@ impl Store {
     /// Stores a scaling record (its `id` is ignored) and returns the id it got.
     pub fn insert_scaling(&self, record: &ScalingRecord) -> Result<i64, StoreError> {
         const OP: &str = "insert a scaling record";
-        self.check_writable(OP)?;
-        let metrics =
-            serde_json::to_string(&record.metrics).map_err(|source| StoreError::Json {
-                operation: OP,
-                source,
-            })?;
-        let conn = self.conn.lock();
-        conn.prepare_cached(
+        let metrics = json(OP, &record.metrics)?;
+        self.insert_row(
+            OP,
             "INSERT INTO scaling (ts_ms, class, requested, applied, from_connections, \
              to_connections, reason, policy, metrics) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
+            params![
                 record.ts_ms,
                 record.class,
                 record.requested,
@@ -616,52 +632,33 @@ impl Store {
                 record.reason,
                 record.policy,
                 metrics,
-            ])
-        })
-        .map_err(sql(OP))?;
-        let id = conn.last_insert_rowid();
-        self.count(1, 1);
-        Ok(id)
+            ],
+        )
     }
 
     /// Stores routing decision samples in one transaction.
     pub fn insert_decisions(&self, samples: &[DecisionSample]) -> Result<(), StoreError> {
-        const OP: &str = "insert decision samples";
-        self.check_writable(OP)?;
-        if samples.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction().map_err(sql(OP))?;
-        let mut rows = 0;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO decisions (ts_ms, monitor, method, policy, fallback, \
-                     connection_id, candidates, confidence, reason) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )
-                .map_err(sql(OP))?;
-            for d in samples {
-                rows += stmt
-                    .execute(params![
-                        d.ts_ms,
-                        d.monitor,
-                        d.method,
-                        d.policy,
-                        d.fallback,
-                        // Bit for bit: SQLite integers are signed.
-                        d.connection_id as i64,
-                        d.candidates,
-                        d.confidence,
-                        d.reason,
-                    ])
-                    .map_err(sql(OP))? as u64;
-            }
-        }
-        tx.commit().map_err(sql(OP))?;
-        self.count(samples.len() as u64, rows);
-        Ok(())
+        self.insert_rows(
+            "insert decision samples",
+            "INSERT INTO decisions (ts_ms, monitor, method, policy, fallback, \
+             connection_id, candidates, confidence, reason) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            samples,
+            |stmt, d| {
+                stmt.execute(params![
+                    d.ts_ms,
+                    d.monitor,
+                    d.method,
+                    d.policy,
+                    d.fallback,
+                    // Bit for bit: SQLite integers are signed.
+                    d.connection_id as i64,
+                    d.candidates,
+                    d.confidence,
+                    d.reason,
+                ])
+            },
+        )
     }
 
     /// Stores a generated report's JSON body and returns the id it got.
@@ -674,29 +671,13 @@ impl Store {
         body: &serde_json::Value,
     ) -> Result<i64, StoreError> {
         const OP: &str = "insert a report";
-        self.check_writable(OP)?;
-        let body = serde_json::to_string(body).map_err(|source| StoreError::Json {
-            operation: OP,
-            source,
-        })?;
-        let conn = self.conn.lock();
-        conn.prepare_cached(
+        let body = json(OP, body)?;
+        self.insert_row(
+            OP,
             "INSERT INTO reports (period, start_ms, end_ms, generated_ms, body) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![period.as_str(), start_ms, end_ms, generated_ms, body],
         )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                period.as_str(),
-                start_ms,
-                end_ms,
-                generated_ms,
-                body
-            ])
-        })
-        .map_err(sql(OP))?;
-        let id = conn.last_insert_rowid();
-        self.count(1, 1);
-        Ok(id)
     }
 
     /// Deletes rows older than the retention before `now_ms` from every table: rollups,
