@@ -1,6 +1,14 @@
-//! A small HTTP/1.1 client (hyper) for admin API tests.
+//! Admin API tests' tools: a small HTTP/1.1 client (hyper) and a whole Sluice (proxy routing
+//! through the policy slots, analytics engine, admin API) to point it at.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sluice_admin::{AdminHandle, AdminServer};
+use sluice_analytics::Analytics;
+use sluice_config::{AdminConfig, Config};
+use sluice_policy::Policies;
+use sluice_proxy::ProxyHandle;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -24,6 +32,29 @@ pub async fn request(
     token: Option<&str>,
     body: Vec<u8>,
 ) -> Answer {
+    send(addr, method, path, token, None, body).await
+}
+
+/// Sends `body` as `Content-Type: application/json`.
+pub async fn request_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Answer {
+    let body = body.as_bytes().to_vec();
+    send(addr, method, path, token, Some("application/json"), body).await
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> Answer {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .expect("admin API reachable");
@@ -38,6 +69,9 @@ pub async fn request(
         .header(hyper::header::HOST, addr.to_string());
     if let Some(token) = token {
         builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    if let Some(content_type) = content_type {
+        builder = builder.header(hyper::header::CONTENT_TYPE, content_type);
     }
     let response = sender
         .send_request(builder.body(Full::new(Bytes::from(body))).expect("request"))
@@ -55,5 +89,46 @@ pub async fn request(
         status,
         json: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
         text,
+    }
+}
+
+/// A running Sluice with its analytics engine and admin API.
+pub struct Observed {
+    /// The admin API.
+    pub admin: AdminHandle,
+    /// The data plane.
+    pub proxy: ProxyHandle,
+    /// The analytics engine (its loops are not spawned: tests drive them).
+    pub analytics: Arc<Analytics>,
+    /// The policy slots the proxy routes through.
+    pub policies: Arc<Policies>,
+}
+
+/// Starts `config`'s Sluice with the analytics engine and an admin API on a free loopback port
+/// that needs `token`.
+pub async fn observed(config: Config, token: &str) -> Observed {
+    let config = Arc::new(config);
+    let (proxy, policies) = crate::plugins::sluice_with_policies((*config).clone()).await;
+    let analytics = Analytics::open(Arc::clone(&config), proxy.view(), Arc::clone(&policies))
+        .expect("analytics engine opens");
+    let admin_config = AdminConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        token: Some(token.into()),
+        ..AdminConfig::default()
+    };
+    let admin = AdminServer::bind_with_analytics(
+        &admin_config,
+        Arc::clone(&policies),
+        proxy.view(),
+        Some(Arc::clone(&analytics)),
+    )
+    .await
+    .expect("admin binds")
+    .spawn();
+    Observed {
+        admin,
+        proxy,
+        analytics,
+        policies,
     }
 }

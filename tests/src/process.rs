@@ -150,7 +150,7 @@ impl Drop for FeedProcess {
     }
 }
 
-/// A `sluice run --config FILE` child process. Dropping it kills it.
+/// A `sluice run --config FILE` or `sluice demo` child process. Dropping it kills it.
 pub struct SluiceProcess {
     child: Child,
     /// Where monitors connect.
@@ -182,6 +182,36 @@ impl SluiceProcess {
             child,
             addr,
             admin: lines[1].clone(),
+        }
+    }
+
+    /// Starts `sluice demo` on free loopback ports with `extra` arguments and waits until its
+    /// dashboard is served.
+    pub fn demo(extra: &[&str]) -> Self {
+        let mut child = Command::new(binary("sluice"))
+            .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(extra)
+            // The demo's monitors log every broken stream as a warning.
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning sluice demo");
+        let lines = wait_for_lines(&mut child, &["sluice listening on ", "dashboard on "])
+            .unwrap_or_else(|error| {
+                let _ = child.kill();
+                panic!("sluice demo did not start: {error}")
+            });
+        let addr = lines[0]
+            .split_whitespace()
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("the demo prints its address");
+        Self {
+            child,
+            addr,
+            admin: lines[1].trim_end_matches('/').to_owned(),
         }
     }
 

@@ -8,7 +8,7 @@ use sluice_config::AdminConfig;
 use sluice_feed::FeedHandle;
 use sluice_policy::Policies;
 use sluice_proxy::ProxyHandle;
-use sluice_tests::admin::request;
+use sluice_tests::admin::{request, request_json};
 use sluice_tests::plugins::*;
 
 /// An admin API over a running Sluice with one feed endpoint.
@@ -82,6 +82,36 @@ async fn every_route_but_health_needs_the_token() {
         let answer = request(addr, method, path, None, Vec::new()).await;
         assert_eq!(answer.status, 401, "{method} {path}");
     }
+    // Every documented route: 401 without the token unless the document marks it public.
+    let document: serde_json::Value = serde_json::from_str(sluice_admin::OPENAPI).unwrap();
+    let mut guarded = 0;
+    for (path, methods) in document["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{slot}", "router")
+            .replace("{scope}", "endpoint")
+            .replace("{action}", "release")
+            .replace("{period}", "hourly")
+            .replace(['{', '}'], "");
+        for (method, operation) in methods.as_object().unwrap() {
+            let public = operation["security"] == serde_json::json!([]);
+            let method = method.to_uppercase();
+            let answer = request(addr, &method, &concrete, None, Vec::new()).await;
+            if public {
+                assert_ne!(answer.status, 401, "{method} {path} is public");
+            } else {
+                assert_eq!(answer.status, 401, "{method} {path} needs the token");
+                guarded += 1;
+            }
+        }
+    }
+    assert!(
+        guarded >= 27,
+        "only {guarded} guarded operations documented"
+    );
+    let page = request(addr, "GET", "/", None, Vec::new()).await;
+    assert!(page.text.contains("<title>Sluice</title>"));
+    let script = request(addr, "GET", "/assets/app.js", None, Vec::new()).await;
+    assert!(script.text.contains("new WebSocket"));
     let listed = request(addr, "GET", "/api/v1/plugins", Some("s3cret"), Vec::new()).await;
     assert_eq!(listed.status, 200);
     let slots = listed.json["slots"].as_array().unwrap();
@@ -175,6 +205,58 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
         wrong_method.json["error"].is_string(),
         "{}",
         wrong_method.text
+    );
+    // JSON bodies: malformed, the wrong shape, the wrong content type, an unknown version.
+    let bad_json = request_json(
+        addr,
+        "POST",
+        "/api/v1/plugins/router/activate",
+        None,
+        "{\"hash\": ",
+    )
+    .await;
+    assert_eq!(bad_json.status, 400, "{}", bad_json.text);
+    let message = bad_json.json["error"].as_str().expect("a message");
+    assert!(message.contains("parse"), "{message}");
+    let wrong_shape = request_json(
+        addr,
+        "POST",
+        "/api/v1/plugins/router/shadow",
+        None,
+        "{\"version\": 1}",
+    )
+    .await;
+    assert_eq!(wrong_shape.status, 400, "{}", wrong_shape.text);
+    assert!(
+        wrong_shape.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `version`")
+    );
+    let not_json = request(
+        addr,
+        "POST",
+        "/api/v1/plugins/router/activate",
+        None,
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(not_json.status, 415, "{}", not_json.text);
+    assert!(not_json.json["error"].is_string());
+    let unknown_version = request_json(
+        addr,
+        "POST",
+        "/api/v1/plugins/router/activate",
+        None,
+        "{\"hash\": \"00\"}",
+    )
+    .await;
+    assert_eq!(unknown_version.status, 409, "{}", unknown_version.text);
+    assert!(
+        unknown_version.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("no earlier version")
     );
     let nowhere = request(addr, "GET", "/api/v1/nothing", None, Vec::new()).await;
     assert_eq!(nowhere.status, 404);
@@ -279,6 +361,54 @@ async fn plugins_upload_and_roll_back_through_the_api() {
             "load_failed"
         ]
     );
+
+    // Earlier versions by content hash: `last` again, then `first` made active and `last`
+    // the shadow, both from the history.
+    let last_again = request(
+        addr,
+        "POST",
+        "/api/v1/plugins/router?name=last",
+        Some("t"),
+        std::fs::read(built.join("test-pick-last.wasm")).unwrap(),
+    )
+    .await;
+    assert_eq!(last_again.status, 201, "{}", last_again.text);
+    let listed = request(addr, "GET", "/api/v1/plugins", Some("t"), Vec::new()).await;
+    let history = listed.json["slots"][0]["history"].as_array().unwrap();
+    let first_hash = history
+        .iter()
+        .find(|p| p["name"] == "first")
+        .expect("first is in the history")["hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let last_hash = last_again.json["plugin"]["hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let activated = request_json(
+        addr,
+        "POST",
+        "/api/v1/plugins/router/activate",
+        Some("t"),
+        &format!("{{\"hash\": \"{first_hash}\"}}"),
+    )
+    .await;
+    assert_eq!(activated.status, 200, "{}", activated.text);
+    assert_eq!(activated.json["active"]["name"], "first");
+    let shadowed = request_json(
+        addr,
+        "POST",
+        "/api/v1/plugins/router/shadow",
+        Some("t"),
+        &format!("{{\"hash\": \"{last_hash}\"}}"),
+    )
+    .await;
+    assert_eq!(shadowed.status, 200, "{}", shadowed.text);
+    let router = policies.slot(sluice_config::SlotKind::Router);
+    assert_eq!(router.active().unwrap().info().hash, first_hash);
+    assert_eq!(router.shadow().unwrap().info().hash, last_hash);
+    assert!(router.history().is_empty());
 
     // The resumer slot takes uploads like the others, and lists what it got.
     let resumer = std::fs::read(built.join("feed-resumer.wasm")).unwrap();
@@ -449,30 +579,12 @@ async fn analytics_routes_serve_history_insights_and_reports() {
     config.classes.event.min_connections = 2;
     // Two idle connections: "Low multiplexing" at the first analytics run.
     config.analytics.low_multiplexing = 1000.0;
-    let config = Arc::new(config);
-    let plugins = config.plugins.clone();
-    let policies = tokio::task::spawn_blocking(move || Policies::new(&plugins))
-        .await
-        .unwrap()
-        .unwrap();
-    let proxy = sluice_tests::sluice((*config).clone()).await;
-    let analytics =
-        sluice_analytics::Analytics::open(Arc::clone(&config), proxy.view(), Arc::clone(&policies))
-            .unwrap();
-    let admin_config = AdminConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        token: Some("t".into()),
-        ..AdminConfig::default()
-    };
-    let server = AdminServer::bind_with_analytics(
-        &admin_config,
-        policies,
-        proxy.view(),
-        Some(Arc::clone(&analytics)),
-    )
-    .await
-    .unwrap()
-    .spawn();
+    let sluice_tests::admin::Observed {
+        admin: server,
+        proxy,
+        analytics,
+        ..
+    } = sluice_tests::admin::observed(config, "t").await;
     let addr = server.addr();
     let warmed = sluice_tests::eventually(Duration::from_secs(10), || {
         proxy.snapshot().connections == 2

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::plugins;
 use crate::setup::{self, Profile};
 use crate::util::{self, cargo};
+use crate::{browser, plugins};
 
 /// Builds the plugins, then runs `sluice demo` from a debug build (sharing the test build's
 /// cache).
@@ -95,11 +95,14 @@ fn timed(
 
 fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
     let mut installed = None;
+    let mut chromium = None;
     timed(steps, "setup", || {
         installed = Some(setup::setup(Profile::Test)?);
+        chromium = Some(browser::ensure()?);
         Ok(())
     })?;
     let installed = installed.context("setup returned nothing")?;
+    let chromium = chromium.context("browser setup returned nothing")?;
     let mut plugins_dir = None;
     timed(steps, "plugins", || {
         plugins_dir = Some(plugins::build_all()?);
@@ -145,12 +148,14 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
             .env("SLUICE_PYTHON", &installed.python)
             .env("SLUICE_PY_STUBS", &installed.stubs)
             .env("SLUICE_PLUGINS", &plugins_dir)
+            .env("SLUICE_CHROMIUM", &chromium)
             .env("SLUICE_REQUIRE_ALL", "1");
         println!(
-            "(SLUICE_PYTHON={} SLUICE_PY_STUBS={} SLUICE_PLUGINS={} SLUICE_REQUIRE_ALL=1)",
+            "(SLUICE_PYTHON={} SLUICE_PY_STUBS={} SLUICE_PLUGINS={} SLUICE_CHROMIUM={} SLUICE_REQUIRE_ALL=1)",
             setup::display_rel(&installed.python),
             setup::display_rel(&installed.stubs),
-            setup::display_rel(&plugins_dir)
+            setup::display_rel(&plugins_dir),
+            chromium.display()
         );
         util::run(&mut command)?;
         // The plugins' decision logic is plain Rust: its unit tests run natively.

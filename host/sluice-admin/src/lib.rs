@@ -1,19 +1,28 @@
 //! The admin HTTP API, served on its own listener (default `127.0.0.1:9901`).
 //!
-//! It serves health checks, plugin management under `/api/v1/plugins`, endpoint health,
-//! circuit breakers and their actions under `/api/v1/endpoints` and `/api/v1/breakers`, and the
-//! scaler's and analytics engine's data (groups, scaling, insights, predictions, metric
-//! history, decision samples, reports); the dashboard grows here. Every route except `/healthz` and `/readyz` needs the
-//! bearer token when one is configured, and Sluice refuses to bind a non-loopback address
-//! without one (checked by the config). Errors are JSON: `{"error": "...", "status": N}`.
+//! - `/api/v1/...`: JSON reads of the pool (stats, endpoints, connections, groups, breakers,
+//!   monitors), the policies (plugins and their events, routing decisions) and the analytics
+//!   engine (scaling, insights, predictions, metric history, alerts, reports), and the operator
+//!   actions (plugins: upload, activate, shadow, promote, roll back, enable, clear; breakers:
+//!   force open, disable, release; endpoints: drain). `/api/v1/openapi.json` describes them.
+//! - `/ws`: a WebSocket pushing the dashboard's data about once a second ([`live`]).
+//! - `/metrics`: Prometheus text ([`prometheus`]).
+//! - `/` and `/assets/...`: the dashboard page, embedded in the binary ([`dashboard`]).
+//! - `/healthz`, `/readyz`: liveness and readiness.
+//!
+//! Every route except the health checks and the dashboard's static files (which hold no data)
+//! needs the bearer token when one is configured, and Sluice refuses to bind a non-loopback
+//! address without one (checked by the config). Errors are JSON: `{"error": "...", "status": N}`.
 //!
 //! This crate translates HTTP to calls on [`sluice_policy::Policies`],
-//! [`sluice_proxy::ProxyView`] and [`sluice_analytics::Analytics`]; it must not hold state of its own or reach into the data path.
+//! [`sluice_proxy::ProxyView`] and [`sluice_analytics::Analytics`]; it must not hold state of
+//! its own (beyond the frame the live feed last published) or reach into the data path.
 
 #![warn(missing_docs)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -28,11 +37,18 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 mod analytics;
+pub mod dashboard;
 mod error;
+mod inventory;
+pub mod live;
+mod openapi;
+pub mod overview;
 mod plugins;
+pub mod prometheus;
 mod resilience;
 
 pub use error::ApiError;
+pub use openapi::DOCUMENT as OPENAPI;
 
 /// What the handlers reach.
 #[derive(Clone)]
@@ -43,6 +59,9 @@ pub struct AdminState {
     pub proxy: ProxyView,
     /// The scaler and analytics engine, when it runs in this process.
     pub analytics: Option<Arc<sluice_analytics::Analytics>>,
+    /// When the server was bound: the uptime's origin.
+    pub started: Instant,
+    live: live::LiveFeed,
     token: Option<Arc<str>>,
 }
 
@@ -50,6 +69,7 @@ pub struct AdminState {
 pub struct AdminServer {
     listener: TcpListener,
     app: Router,
+    state: AdminState,
 }
 
 /// A running admin server.
@@ -81,12 +101,26 @@ impl AdminServer {
             policies,
             proxy,
             analytics,
+            started: Instant::now(),
+            live: live::LiveFeed::new(),
             token: config.token.as_deref().map(Arc::from),
         };
         Ok(Self {
             listener,
-            app: router(state, config.max_upload_bytes),
+            app: router(state.clone(), config.max_upload_bytes),
+            state,
         })
+    }
+
+    /// Adds routes of the embedding program (the demo's endpoint controls), behind the same
+    /// bearer token as the API.
+    pub fn with_routes(mut self, routes: Router) -> Self {
+        let guarded = routes.route_layer(middleware::from_fn_with_state(
+            self.state.clone(),
+            require_token,
+        ));
+        self.app = self.app.merge(guarded);
+        self
     }
 
     /// Serves until the handle is shut down.
@@ -96,6 +130,12 @@ impl AdminServer {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let (shutdown, mut stop) = watch::channel(false);
+        tokio::spawn(
+            self.state
+                .live
+                .clone()
+                .run(self.state.clone(), shutdown.subscribe()),
+        );
         let task = tokio::spawn(async move {
             let served = axum::serve(self.listener, self.app)
                 .with_graceful_shutdown(async move {
@@ -132,6 +172,8 @@ fn router(state: AdminState, max_upload_bytes: usize) -> Router {
         .route("/api/v1/plugins", get(plugins::list))
         .route("/api/v1/plugins/events", get(plugins::events))
         .route("/api/v1/plugins/{slot}", post(plugins::upload))
+        .route("/api/v1/plugins/{slot}/activate", post(plugins::activate))
+        .route("/api/v1/plugins/{slot}/shadow", post(plugins::shadow))
         .route("/api/v1/plugins/{slot}/{action}", post(plugins::act))
         .route("/api/v1/endpoints", get(resilience::endpoints))
         .route("/api/v1/endpoints/{id}/drain", post(resilience::drain))
@@ -151,11 +193,18 @@ fn router(state: AdminState, max_upload_bytes: usize) -> Router {
         .route("/api/v1/decisions", get(analytics::decisions))
         .route("/api/v1/reports", get(analytics::reports))
         .route("/api/v1/reports/{period}", get(analytics::report))
+        .route("/api/v1/stats", get(inventory::stats))
+        .route("/api/v1/connections", get(inventory::connections))
+        .route("/api/v1/monitors", get(inventory::monitors))
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/metrics", get(prometheus::metrics))
+        .route("/ws", get(live::upgrade))
         .layer(DefaultBodyLimit::max(max_upload_bytes))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
+        .merge(dashboard::routes())
         .merge(api)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
@@ -173,13 +222,15 @@ async fn require_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(expected) = &state.token {
-        let presented = request
-            .headers()
+        let headers = request.headers();
+        let presented = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {}
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|token| token.as_bytes().to_vec())
+            .or_else(|| websocket_token(headers));
+        match presented.as_deref() {
+            Some(token) if constant_time_eq(token, expected.as_bytes()) => {}
             Some(_) => return Err(ApiError::unauthorized("wrong bearer token")),
             None => {
                 return Err(ApiError::unauthorized(
@@ -189,6 +240,25 @@ async fn require_token(
         }
     }
     Ok(next.run(request).await)
+}
+
+/// The token a browser offers when opening `/ws`: the subprotocol `bearer.<token as hex>`
+/// (browsers cannot set headers on a WebSocket, and hex keeps any token a valid protocol name).
+fn websocket_token(headers: &axum::http::HeaderMap) -> Option<Vec<u8>> {
+    let offered = headers
+        .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)?
+        .to_str()
+        .ok()?;
+    let hex = offered
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("bearer."))?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Compares without an early exit, so response time does not reveal how much of a guess matched.

@@ -1,10 +1,12 @@
-//! `/api/v1/plugins`: list slots, upload a plugin, promote, roll back, enable, clear, events.
+//! `/api/v1/plugins`: list slots, upload a plugin (active or shadow), make an earlier version
+//! active or the shadow again, promote, roll back, enable, clear, events.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::UNIX_EPOCH;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -82,7 +84,8 @@ fn plugin_json(plugin: &Plugin) -> Value {
     })
 }
 
-fn slot_json(slot: &Slot) -> Value {
+/// One slot: its built-in policy, active and shadow plugins with their counters, and history.
+pub(crate) fn slot_json(slot: &Slot) -> Value {
     let builtin = match slot.kind() {
         SlotKind::Router => "p2c-peak-ewma",
         SlotKind::Scaler => "thresholds",
@@ -199,6 +202,58 @@ pub async fn act(
     };
     Ok(Json(
         json!({ "slot": kind.as_str(), "active": info_json(&info) }),
+    ))
+}
+
+/// Body of `activate` and `shadow`: which earlier version.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionBody {
+    /// The content hash of a version in the slot's history.
+    hash: String,
+}
+
+type JsonBody<T> = Result<Json<T>, JsonRejection>;
+
+/// `POST /api/v1/plugins/{slot}/activate` with `{"hash": "..."}`: an earlier version of the
+/// slot (from `history` in `GET /api/v1/plugins`) becomes the active plugin again.
+pub async fn activate(
+    State(state): State<AdminState>,
+    Path(slot): Path<String>,
+    body: JsonBody<VersionBody>,
+) -> Result<Json<Value>, ApiError> {
+    restore(&state, &slot, body, false)
+}
+
+/// `POST /api/v1/plugins/{slot}/shadow` with `{"hash": "..."}`: an earlier version becomes
+/// the slot's shadow.
+pub async fn shadow(
+    State(state): State<AdminState>,
+    Path(slot): Path<String>,
+    body: JsonBody<VersionBody>,
+) -> Result<Json<Value>, ApiError> {
+    restore(&state, &slot, body, true)
+}
+
+fn restore(
+    state: &AdminState,
+    slot: &str,
+    body: JsonBody<VersionBody>,
+    shadow: bool,
+) -> Result<Json<Value>, ApiError> {
+    let kind = slot_kind(slot)?;
+    let Json(body) = body.map_err(|e| match e {
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(e.status(), e.body_text()),
+        // Syntax and shape errors alike: the request was malformed.
+        _ => ApiError::bad_request(e.body_text()),
+    })?;
+    let info = state
+        .policies
+        .restore(kind, &body.hash, shadow)
+        .map_err(refusal)?;
+    let role = if shadow { "shadow" } else { "active" };
+    Ok(Json(
+        json!({ "slot": kind.as_str(), role: info_json(&info) }),
     ))
 }
 

@@ -408,6 +408,19 @@ impl Policies {
             .map_err(PolicyError::Action)
     }
 
+    /// Makes the earlier version of `slot` with content hash `hash` active again, or its shadow.
+    pub fn restore(
+        &self,
+        slot: SlotKind,
+        hash: &str,
+        shadow: bool,
+    ) -> Result<PluginInfo, PolicyError> {
+        self.slot(slot)
+            .restore(hash, shadow)
+            .map(|p| p.info().clone())
+            .map_err(PolicyError::Action)
+    }
+
     /// Re-enables `slot`'s plugin after its breaker disabled it.
     pub fn enable(&self, slot: SlotKind) -> Result<PluginInfo, PolicyError> {
         self.slot(slot)

@@ -158,6 +158,39 @@ impl Slot {
         Ok(previous)
     }
 
+    /// Takes the earlier version whose content hash is `hash` out of the history and makes it
+    /// active (the one it replaces joins the history) or, with `shadow`, the shadow.
+    pub(crate) fn restore(&self, hash: &str, shadow: bool) -> Result<Arc<Plugin>, String> {
+        let plugin = {
+            let _swap = self.swap.lock();
+            let mut history = self.history.lock();
+            let position = history
+                .iter()
+                .position(|p| p.info().hash == hash)
+                .ok_or_else(|| {
+                    format!(
+                        "the {} slot has no earlier version with hash {hash:?} (GET /api/v1/plugins lists them)",
+                        self.kind
+                    )
+                })?;
+            history
+                .remove(position)
+                .ok_or_else(|| format!("the {} slot's history changed", self.kind))?
+        };
+        plugin.disabled.store(false, Relaxed);
+        plugin.stats.consecutive_failures.store(0, Relaxed);
+        if shadow {
+            self.set_shadow(Arc::clone(&plugin));
+        } else {
+            self.activate(
+                Arc::clone(&plugin),
+                EventKind::Activated,
+                "earlier version made active again".to_owned(),
+            );
+        }
+        Ok(plugin)
+    }
+
     /// Re-enables a plugin the breaker disabled.
     pub(crate) fn enable(&self) -> Result<Arc<Plugin>, String> {
         let active = self

@@ -272,6 +272,16 @@ impl ProxyView {
         self.ctx.pool.endpoints()
     }
 
+    /// The configuration the proxy runs with.
+    pub fn config(&self) -> &Config {
+        &self.ctx.config
+    }
+
+    /// Every upstream connection open now.
+    pub fn connections(&self) -> Vec<pool::ConnectionSnapshot> {
+        self.ctx.pool.connections()
+    }
+
     /// Every breaker: endpoints, connections, monitors.
     pub fn breakers(&self) -> Vec<breaker::BreakerSnapshot> {
         self.ctx.pool.breakers()

@@ -8,23 +8,30 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 macro_rules! stats {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+    ($( #[doc = $doc:literal] $name:ident ),* $(,)?) => {
         /// Live counters. `*_total` fields only grow; the others are gauges.
         #[derive(Debug, Default)]
         pub struct Stats {
-            $( $(#[$doc])* pub $name: AtomicU64, )*
+            $( #[doc = $doc] pub $name: AtomicU64, )*
         }
 
         /// A point-in-time copy of [`Stats`].
-        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
         pub struct StatsSnapshot {
-            $( $(#[$doc])* pub $name: u64, )*
+            $( #[doc = $doc] pub $name: u64, )*
         }
 
         impl Stats {
             /// Copies every counter.
             pub fn snapshot(&self) -> StatsSnapshot {
                 StatsSnapshot { $( $name: self.$name.load(Relaxed), )* }
+            }
+        }
+
+        impl StatsSnapshot {
+            /// Every field as `(name, description, value)`, for exporters.
+            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$( (stringify!($name), $doc.trim(), self.$name), )*]
             }
         }
     };

@@ -64,9 +64,15 @@ enum Command {
         /// A plugins folder to load and watch (`router.wasm`, ...); built-in policies otherwise.
         #[arg(long)]
         plugins: Option<PathBuf>,
-        /// Where the demo's admin API listens.
+        /// Where the demo's admin API and dashboard listen.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: std::net::SocketAddr,
+        /// The history store (SQLite); default `sluice-demo/sluice.db` in the temp directory.
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Do not write a simulated past into an empty history store.
+        #[arg(long)]
+        no_history: bool,
     },
     /// Print a report of the last hour, day or week from the history store, as JSON or a
     /// self-contained HTML page.
@@ -168,6 +174,8 @@ fn main() -> ExitCode {
                 report_every,
                 plugins,
                 admin,
+                store,
+                no_history,
             } => {
                 demo::run(demo::DemoOptions {
                     duration,
@@ -175,6 +183,8 @@ fn main() -> ExitCode {
                     report_every,
                     plugins,
                     admin,
+                    store,
+                    seed_history: !no_history,
                 })
                 .await
             }
@@ -355,6 +365,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     println!("sluice listening on {}", services.proxy.addr());
     if let Some(admin) = &services.admin {
         println!("admin API on http://{}", admin.addr());
+        println!("dashboard on http://{}/", admin.addr());
     }
     signal.await;
     tracing::info!("shutting down");

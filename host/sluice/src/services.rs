@@ -27,6 +27,14 @@ pub struct Services {
 
 /// Loads the plugins, binds the listeners and starts serving.
 pub async fn start(config: Arc<Config>) -> anyhow::Result<Services> {
+    start_with_routes(config, None).await
+}
+
+/// [`start`], with extra admin routes (behind the admin token) from the embedding command.
+pub async fn start_with_routes(
+    config: Arc<Config>,
+    admin_routes: Option<axum::Router>,
+) -> anyhow::Result<Services> {
     let plugins = config.plugins.clone();
     // Compiling plugins can take seconds (Python and JavaScript embed an interpreter).
     let policies = tokio::task::spawn_blocking(move || Policies::new(&plugins))
@@ -52,6 +60,10 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Services> {
         )
         .await
         .with_context(|| format!("cannot bind the admin listener {}", config.admin.listen))?;
+        let server = match admin_routes {
+            Some(routes) => server.with_routes(routes),
+            None => server,
+        };
         Some(server.spawn())
     } else {
         None

@@ -120,6 +120,8 @@ fn feed_on_loopback() -> (tokio::runtime::Runtime, sluice_feed::FeedHandle) {
     (runtime, feed)
 }
 
+/// Also checks the JSON log output: one JSON object per line, with a span per stream and one
+/// per routing decision (inside it) carrying what was chosen.
 #[test]
 fn run_serves_traffic_and_stops_on_sigterm() {
     let (runtime, feed) = feed_on_loopback();
@@ -131,14 +133,21 @@ fn run_serves_traffic_and_stops_on_sigterm() {
     )
     .unwrap();
     let mut child = Command::new(SLUICE)
-        .args(["run", "--config"])
+        .args(["--log-format", "json", "run", "--config"])
         .arg(&path)
         // The default history store (sluice-data/) goes to the temporary folder.
         .current_dir(dir.path())
+        .env("RUST_LOG", "warn,sluice_proxy::forward=debug")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+        text
+    });
     let mut line = String::new();
     // Kept open until the end: closing it would make the host's next line fail with EPIPE.
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -186,6 +195,27 @@ fn run_serves_traffic_and_stops_on_sigterm() {
     };
     assert!(status.success(), "{status:?}");
     drop(stdout);
+    let logs = logs.join().unwrap();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let routed = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "routed")
+        .unwrap_or_else(|| panic!("no routing decision logged:\n{logs}"));
+    assert_eq!(routed["span"]["name"], "decision", "{routed}");
+    assert!(routed["fields"]["connection"].is_u64(), "{routed}");
+    assert_eq!(routed["fields"]["endpoint"], "feed");
+    assert!(
+        routed["fields"]["reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
+    let stream = &routed["spans"][0];
+    assert_eq!(stream["name"], "stream", "{routed}");
+    assert_eq!(stream["monitor"], "anonymous");
+    assert_eq!(stream["method"], "/sluice.feed.v1.Feed/Echo");
 }
 
 #[test]

@@ -284,7 +284,14 @@ pub(crate) async fn open_upstream(
         if attempts == OPEN_ATTEMPTS {
             break;
         }
-        let lease = ctx.pool.acquire(profile, path.path(), avoid).await?;
+        // One span per placement decision, inside the stream's span; the router's own spans
+        // (a plugin call) nest in it.
+        let decision = tracing::debug_span!("decision", attempt = attempts);
+        let lease = ctx
+            .pool
+            .acquire(profile, path.path(), avoid)
+            .instrument(decision.clone())
+            .await?;
         if let Some(bucket) = &lease.connection().endpoint.rate_limit {
             bucket.acquire().await.map_err(|limited| {
                 ctx.stats.incr(|s| &s.rate_limited_total);
@@ -294,13 +301,15 @@ pub(crate) async fn open_upstream(
                 ))
             })?;
         }
-        tracing::debug!(
-            connection = lease.connection().id,
-            endpoint = %lease.connection().endpoint.id,
-            confidence = lease.decision().confidence,
-            reason = %lease.decision().reason,
-            "routed",
-        );
+        decision.in_scope(|| {
+            tracing::debug!(
+                connection = lease.connection().id,
+                endpoint = %lease.connection().endpoint.id,
+                confidence = lease.decision().confidence,
+                reason = %lease.decision().reason,
+                "routed",
+            );
+        });
         let mut send_request = match lease.ready().await {
             Ok(send_request) => send_request,
             Err(error) => {

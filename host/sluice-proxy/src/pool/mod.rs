@@ -25,7 +25,7 @@ pub use connection::{FailureKind, Lease, UpstreamConnection};
 pub use connector::{ConnectError, Connector, Http2Settings};
 pub use endpoint::Endpoint;
 
-use crate::breaker::{Breaker, BreakerEvents, BreakerSnapshot, Permit, Scope};
+use crate::breaker::{Breaker, BreakerEvents, BreakerSnapshot, BreakerState, Permit, Scope};
 use crate::grpc::Status;
 use crate::health::{Health, HealthSnapshot};
 use crate::route::{Candidate, LeastLoaded, MonitorProfile, RouteDecision, RouteRequest, Router};
@@ -212,6 +212,35 @@ pub struct GroupLoad {
     pub latency_p99_ms: Option<f64>,
     /// Mean peak-EWMA latency of its connections, in ms.
     pub latency_ms: f64,
+}
+
+/// One upstream connection as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnectionSnapshot {
+    /// Pool-unique id.
+    pub id: u64,
+    /// The endpoint it goes to.
+    pub endpoint: Arc<str>,
+    /// The endpoint's region.
+    pub region: Arc<str>,
+    /// The group that owns it.
+    pub class: TrafficClass,
+    /// Streams on it now.
+    pub streams: u32,
+    /// Streams it may carry (the configured limit, lowered by the peer's setting).
+    pub max_streams: u32,
+    /// Streams it has carried since it opened.
+    pub streams_total: u64,
+    /// Peak-EWMA latency, in ms.
+    pub latency_ms: f64,
+    /// Exponentially weighted share of recent streams that failed, 0..=1.
+    pub error_rate: f64,
+    /// Seconds since it opened.
+    pub age_s: f64,
+    /// It takes no new streams and its resumable streams move off.
+    pub draining: bool,
+    /// Its breaker's state.
+    pub breaker: BreakerState,
 }
 
 /// The pool: every group, every endpoint, and the global cap.
@@ -568,6 +597,33 @@ impl Pool {
                 connections: e.connection_count(),
             })
             .collect()
+    }
+
+    /// Every connection open now (draining ones included), by group then age.
+    pub fn connections(&self) -> Vec<ConnectionSnapshot> {
+        let now = Instant::now();
+        let mut all = Vec::new();
+        for group in &self.groups {
+            let state = group.state.lock();
+            all.extend(state.connections.iter().map(|c| {
+                let candidate = c.candidate(now, c.capacity());
+                ConnectionSnapshot {
+                    id: c.id,
+                    endpoint: candidate.endpoint_id,
+                    region: candidate.region,
+                    class: c.class,
+                    streams: candidate.active_streams,
+                    max_streams: candidate.max_streams,
+                    streams_total: c.streams_total.load(Relaxed),
+                    latency_ms: candidate.latency.as_secs_f64() * 1e3,
+                    error_rate: candidate.error_rate,
+                    age_s: candidate.age.as_secs_f64(),
+                    draining: c.is_draining(),
+                    breaker: c.breaker.state(),
+                }
+            }));
+        }
+        all
     }
 
     /// The endpoint with this id.

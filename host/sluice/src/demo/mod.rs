@@ -1,6 +1,10 @@
 //! `sluice demo`: the embedded default. Three simulated endpoints with different latency, twenty
 //! monitors over the three traffic classes, and the pool between them, all in one process and
-//! on loopback. It prints what the pool is doing until Ctrl-C or `--duration`.
+//! on loopback, with the admin API and the dashboard. It prints what the pool is doing until
+//! Ctrl-C or `--duration`.
+
+mod endpoints;
+mod history;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -23,10 +27,18 @@ pub struct DemoOptions {
     pub plugins: Option<std::path::PathBuf>,
     /// Where the admin API listens.
     pub admin: std::net::SocketAddr,
+    /// The history store; a folder in the system's temp directory when `None`.
+    pub store: Option<std::path::PathBuf>,
+    /// Seed an empty store with a simulated past ([`history`]).
+    pub seed_history: bool,
 }
 
 /// The simulated endpoints: name and the latency each adds to a call.
-const ENDPOINTS: [(&str, u64); 3] = [("fast", 0), ("steady", 5), ("slow", 25)];
+const ENDPOINTS: [(&str, Duration); 3] = [
+    ("fast", Duration::ZERO),
+    ("steady", Duration::from_millis(5)),
+    ("slow", Duration::from_millis(25)),
+];
 
 /// One simulated monitor: what it subscribes to.
 struct MonitorSpec {
@@ -114,33 +126,41 @@ fn demo_config(
 
 /// Runs the demo until Ctrl-C or the duration.
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
-    let mut feeds = Vec::new();
-    let mut endpoints = Vec::new();
-    for (name, latency_ms) in ENDPOINTS {
-        let feed_config = sluice_feed::FeedConfig {
-            latency: Duration::from_millis(latency_ms),
-            name: name.to_owned(),
-            ..Default::default()
-        };
-        let feed = sluice_feed::spawn(([127, 0, 0, 1], 0).into(), feed_config, None)
-            .await
-            .with_context(|| format!("starting simulated endpoint {name}"))?;
-        endpoints.push((name.to_owned(), feed.addr));
-        feeds.push(feed);
-    }
+    let simulated = endpoints::SimulatedEndpoints::start(&ENDPOINTS).await?;
+    let endpoints = simulated.addrs().await;
     let mut config = demo_config(options.listen, &endpoints);
     config.admin.listen = options.admin;
     config.plugins.dir = options.plugins.clone();
+    if let Some(store) = &options.store {
+        config.store.path = store.clone();
+    }
     config.validate().context("demo config")?;
-    let services = crate::services::start(Arc::new(config)).await.context(
-        "starting the demo's Sluice (is another demo running? try --listen 127.0.0.1:0 --admin 127.0.0.1:0)",
-    )?;
+    let services = crate::services::start_with_routes(Arc::new(config), Some(simulated.routes()))
+        .await
+        .context(
+            "starting the demo's Sluice (is another demo running? try --listen 127.0.0.1:0 --admin 127.0.0.1:0)",
+        )?;
+    let seeded = if options.seed_history {
+        let store = Arc::clone(services.analytics.store());
+        let now = sluice_analytics::records::unix_ms_now();
+        tokio::task::spawn_blocking(move || history::seed(&store, now))
+            .await
+            .context("seeding the demo's history")?
+            .context("seeding the demo's history")?
+    } else {
+        0
+    };
     let proxy = &services.proxy;
 
     println!("Sluice demo");
     println!("  sluice listening on {} (h2c)", proxy.addr());
     if let Some(admin) = &services.admin {
-        println!("  admin API on http://{}/api/v1/plugins", admin.addr());
+        println!("  dashboard on http://{}/", admin.addr());
+        println!("  admin API on http://{}/api/v1/stats", admin.addr());
+        println!(
+            "  stop an endpoint to watch failover: curl -X POST http://{}/api/v1/demo/endpoints/slow/stop (and .../start)",
+            admin.addr()
+        );
         println!(
             "  insights, scaling and reports: http://{0}/api/v1/insights, /api/v1/scaling, /api/v1/reports/hourly?format=html",
             admin.addr()
@@ -162,6 +182,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     }
     for (name, addr) in &endpoints {
         println!("  endpoint {name:<7} http://{addr}");
+    }
+    if seeded > 0 {
+        println!(
+            "  history: {seeded} minutes of simulated past written to an empty store, so forecasts and reports have data (--no-history skips this)"
+        );
     }
     println!("  20 monitors: 6 realtime, 8 event, 6 state (the state ones share one subscription)");
     println!(
@@ -255,9 +280,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         errors.load(Relaxed)
     );
     services.shutdown().await;
-    for feed in feeds {
-        feed.abort();
-    }
+    simulated.stop_all().await;
     Ok(())
 }
 
