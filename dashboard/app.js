@@ -108,7 +108,7 @@ function renderHealth(frame) {
       el("dt", {}, "upstream streams"), el("dd", {}, fmt(stats.upstream_streams_active, 0)),
       el("dt", {}, "sharing"), el("dd", {}, `${fmt(Math.max(0, stats.shared_subscribers_active - stats.shared_upstreams_active), 0)} monitors ride another's stream`),
       el("dt", {}, "connections"), el("dd", {}, `${o.connections} of ${o.global_cap}`),
-      el("dt", {}, "streams failed"), el("dd", {}, fmt(stats.upstream_streams_failed_total ?? 0, 0)),
+      el("dt", {}, "streams failed"), el("dd", {}, fmt(stats.upstream_failures_total, 0)),
     ),
     h.deductions.length
       ? el("ul", { class: "plain" }, h.deductions.map((d) => el("li", {}, `−${fmt(d.points, 0)} `, el("span", { class: "muted" }, d.reason))))

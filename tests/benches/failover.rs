@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sluice_config::{MethodConfig, RateLimitConfig, ResumeMode};
 use sluice_proxy::breaker::BreakerState;
 use sluice_proxy::health::Health;
+use sluice_tests::measure::percentile;
 use sluice_tests::plugins::{plugins_config, sluice_with_policies};
 use sluice_tests::process::FeedProcess;
 use sluice_tests::starts::{rate_violations, sample_starts};
@@ -124,14 +125,6 @@ async fn read_stream(
         report.lost = last - first + 1 - unique.len() as u64;
     }
     report
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
 }
 
 #[tokio::main]

@@ -20,7 +20,7 @@
 //!
 //! It prints figures and asserts nothing; every loop is bounded in count and time.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -35,6 +35,7 @@ use sluice_analytics::report::Report;
 use sluice_analytics::store::Store;
 use sluice_config::{MethodConfig, ResumeMode, TrafficClass};
 use sluice_feed::pb::feed_client::FeedClient;
+use sluice_tests::measure::{BenchArgs, cpu_share, percentile};
 use sluice_tests::plugins::{plugins_config, sluice_with_policies};
 use sluice_tests::*;
 use tokio::task::JoinHandle;
@@ -56,37 +57,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// Part 3: insights and scaling records in a simulated day.
 const INSIGHTS_PER_DAY: usize = 300;
 const SCALING_PER_DAY: usize = 200;
-/// USER_HZ: the unit of utime and stime in `/proc/self/stat` (100 on every Linux port).
-const CLOCK_TICKS_PER_S: u64 = 100;
 /// Longest wait for one stream's response headers.
 const OPEN_LIMIT: Duration = Duration::from_secs(10);
-
-struct Args {
-    plugins: PathBuf,
-    json: Option<PathBuf>,
-    quick: bool,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        plugins: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins")),
-        json: None,
-        quick: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--plugins" => args.plugins = PathBuf::from(value()),
-            "--json" => args.json = Some(PathBuf::from(value())),
-            "--quick" => args.quick = true,
-            // Passed by `cargo bench`.
-            "--bench" => {}
-            other => panic!("unknown option {other:?}"),
-        }
-    }
-    args
-}
 
 // ---- small helpers ----------------------------------------------------------------------
 
@@ -149,40 +121,6 @@ fn drain(
             errors.record(error);
         }
     })
-}
-
-/// The process's CPU time so far (utime + stime of every thread), from `/proc/self/stat`.
-fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14,
-    // stime 15.
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_millis(
-        (utime + stime) * 1000 / CLOCK_TICKS_PER_S,
-    ))
-}
-
-/// CPU time of the whole process over `window` of wall time, as % of one core.
-async fn cpu_share(window: Duration) -> f64 {
-    let (cpu0, wall0) = (process_cpu(), Instant::now());
-    tokio::time::sleep(window).await;
-    let (cpu1, wall) = (process_cpu(), wall0.elapsed());
-    match (cpu0, cpu1) {
-        (Some(a), Some(b)) => (b - a).as_secs_f64() / wall.as_secs_f64() * 100.0,
-        _ => f64::NAN,
-    }
-}
-
-/// Nearest-rank percentile of sorted durations.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
 }
 
 fn us(d: Duration) -> f64 {
@@ -1516,7 +1454,7 @@ fn simulate_day(
 
 #[tokio::main]
 async fn main() {
-    let args = parse_args();
+    let args = BenchArgs::parse();
     for file in ["scaler.wasm", "anomaly.wasm", "feed-resumer.wasm"] {
         let path = args.plugins.join(file);
         assert!(

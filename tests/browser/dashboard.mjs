@@ -4,15 +4,18 @@
 // saved. Run by tests/tests/dashboard.rs; prints one JSON line of findings, exits 1 on failure.
 //
 // Environment: SLUICE_ADMIN (http://host:port of the demo's admin API), SLUICE_SCREENSHOT (PNG
-// path), SLUICE_CHROMIUM (default /usr/bin/chromium).
+// path), SLUICE_SHADOW_WASM (a router component to upload as the shadow), SLUICE_CHROMIUM
+// (default /usr/bin/chromium).
 
+import { readFile } from "node:fs/promises";
 import { chromium } from "playwright-core";
 
 const admin = process.env.SLUICE_ADMIN;
 const screenshot = process.env.SLUICE_SCREENSHOT;
+const shadowWasm = process.env.SLUICE_SHADOW_WASM;
 const executablePath = process.env.SLUICE_CHROMIUM || "/usr/bin/chromium";
-if (!admin || !screenshot) {
-  console.error("SLUICE_ADMIN and SLUICE_SCREENSHOT must be set");
+if (!admin || !screenshot || !shadowWasm) {
+  console.error("SLUICE_ADMIN, SLUICE_SCREENSHOT and SLUICE_SHADOW_WASM must be set");
   process.exit(2);
 }
 
@@ -26,8 +29,8 @@ function check(condition, message) {
   if (!condition) throw new Error(message);
 }
 
-async function api(path, method = "GET") {
-  const response = await fetch(`${admin}${path}`, { method });
+async function api(path, method = "GET", body = undefined) {
+  const response = await fetch(`${admin}${path}`, { method, body });
   check(response.ok, `${method} ${path}: HTTP ${response.status}`);
   return response.json();
 }
@@ -104,6 +107,16 @@ async function main() {
     check(panels.slots.length === 4, `plugin slots ${panels.slots}`);
     check(panels.decisions.length > 0 && panels.decisions.every((d) => d.reason.trim().length > 0),
       "routing decisions without reasons");
+
+    // Plugins: the demo's router is active; a shadow uploaded through the API shows beside it.
+    const router = '#plugins tr[data-slot="router"]';
+    const active = await page.locator(`${router} [data-role="active"]`).textContent();
+    check(/router v1 /.test(active), `active router plugin shows ${JSON.stringify(active)}`);
+    const uploaded = await api("/api/v1/plugins/router?shadow=true&name=pick-first", "POST", await readFile(shadowWasm));
+    check(uploaded.shadow === true, `upload answered ${JSON.stringify(uploaded)}`);
+    await page.waitForFunction((selector) => /pick-first v\d+ .*agreement/.test(
+      document.querySelector(selector)?.textContent ?? ""), `${router} [data-role="shadow"]`, { timeout: 10000 });
+    findings.plugins = await page.locator(router).innerText();
 
     // Kill an endpoint: its card turns unhealthy and its breaker opens within seconds.
     const killedAt = Date.now();

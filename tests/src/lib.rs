@@ -19,6 +19,7 @@ pub use sluice_feed::pb;
 
 pub mod admin;
 pub mod fault;
+pub mod measure;
 pub mod plugins;
 pub mod process;
 pub mod starts;

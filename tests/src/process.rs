@@ -187,7 +187,7 @@ impl SluiceProcess {
 
     /// Starts `sluice demo` on free loopback ports with `extra` arguments and waits until its
     /// dashboard is served.
-    pub fn demo(extra: &[&str]) -> Self {
+    pub fn demo(extra: &[&std::ffi::OsStr]) -> Self {
         let mut child = Command::new(binary("sluice"))
             .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(extra)

@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless Chromium, driven by `tests/browser/dashboard.mjs`
 //! (npm `playwright-core`), against a running `sluice demo`. Every panel must show live data,
-//! stopping an endpoint must turn its card unhealthy and its breaker open within seconds, and
-//! the page must reconnect by itself. The screenshot lands in
+//! a shadow plugin uploaded through the API must appear beside the active one, stopping an
+//! endpoint must turn its card unhealthy and its breaker open within seconds, and the page must
+//! reconnect by itself. The screenshot lands in
 //! `target/test-artifacts/dashboard.png`.
 //!
 //! Needs Node.js, Chromium (`SLUICE_CHROMIUM`, default `/usr/bin/chromium`) and
@@ -48,13 +49,22 @@ fn the_dashboard_shows_live_data_and_an_endpoint_failure() {
         eprintln!("skipped: {what}; run `cargo xtask test`");
         return;
     }
-    let store = tempfile::tempdir().expect("temp dir");
-    let store_path = store.path().join("sluice.db");
+    let Some(built) = sluice_tests::plugins::built_plugins() else {
+        return;
+    };
+    // The default router as the demo's active plugin; the test uploads a shadow through the API.
+    let work = tempfile::tempdir().expect("temp dir");
+    let plugins = work.path().join("plugins");
+    std::fs::create_dir(&plugins).expect("plugins folder");
+    std::fs::copy(built.join("router.wasm"), plugins.join("router.wasm")).expect("router.wasm");
+    let store = work.path().join("sluice.db");
     let demo = SluiceProcess::demo(&[
-        "--duration",
-        "150s",
-        "--store",
-        store_path.to_str().expect("utf-8 temp path"),
+        "--duration".as_ref(),
+        "150s".as_ref(),
+        "--store".as_ref(),
+        store.as_os_str(),
+        "--plugins".as_ref(),
+        plugins.as_os_str(),
     ]);
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
@@ -70,6 +80,7 @@ fn the_dashboard_shows_live_data_and_an_endpoint_failure() {
         .env("SLUICE_ADMIN", &demo.admin)
         .env("SLUICE_SCREENSHOT", &screenshot)
         .env("SLUICE_CHROMIUM", chromium())
+        .env("SLUICE_SHADOW_WASM", built.join("test-pick-first.wasm"))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("node runs");

@@ -23,7 +23,8 @@ use crate::util::{self, cargo};
 const USAGE: &str = "usage: cargo xtask bench proxy [--rounds N] [--duration 5s] [--quick]
        cargo xtask bench policy [--rounds N] [--quick]
        cargo xtask bench failover [--trials N] [--streams N]
-       cargo xtask bench scaling [--quick]";
+       cargo xtask bench scaling [--quick]
+       cargo xtask bench observability [--quick]";
 
 /// Streams held open for the idle-memory measurement.
 const IDLE_STREAMS: usize = 1000;
@@ -145,10 +146,11 @@ pub fn bench(args: &[String]) -> Result<()> {
         Some("proxy") => proxy(parse_options(&args[1..])?),
         Some("policy") => policy(&args[1..]),
         Some("failover") => failover(&args[1..]),
-        Some("scaling") => scaling(&args[1..]),
+        Some("scaling") => quick_only("scaling", &args[1..]),
+        Some("observability") => quick_only("observability", &args[1..]),
         Some(other) => {
             bail!(
-                "unknown benchmark {other:?}; available: proxy, policy, failover, scaling\n{USAGE}"
+                "unknown benchmark {other:?}; available: proxy, policy, failover, scaling, observability\n{USAGE}"
             )
         }
         None => bail!("{USAGE}"),
@@ -223,11 +225,13 @@ fn failover(args: &[String]) -> Result<()> {
     run_bench_program("sluice-tests", "failover", &passed)
 }
 
-/// `cargo xtask bench scaling`: builds the plugins (the default scaler and anomaly policies,
-/// the feed's resumer), then runs the `scaling` bench program of `sluice-tests` (release
-/// profile), which prints the loops' CPU cost at 5,000 streams, the scaler's accuracy against
-/// an on-demand baseline and the store's growth, and writes `<target>/bench/scaling.json`.
-fn scaling(args: &[String]) -> Result<()> {
+/// `cargo xtask bench scaling` and `cargo xtask bench observability`: build the plugins, then
+/// run the bench program of that name in `sluice-tests` (release profile), which prints its
+/// figures and writes `<target>/bench/<name>.json`. `scaling`: the loops' CPU cost at 5,000
+/// streams, the scaler's accuracy against an on-demand baseline, the store's growth.
+/// `observability`: `/metrics` and `/ws` latency and size at 1,000 streams, and the CPU cost of
+/// dashboards and scrapes.
+fn quick_only(bench: &str, args: &[String]) -> Result<()> {
     let mut passed = Vec::new();
     for arg in args {
         match arg.as_str() {
@@ -239,7 +243,7 @@ fn scaling(args: &[String]) -> Result<()> {
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
     }
-    run_bench_program("sluice-tests", "scaling", &passed)
+    run_bench_program("sluice-tests", bench, &passed)
 }
 
 /// A place the load generator connects to.

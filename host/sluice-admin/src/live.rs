@@ -76,14 +76,16 @@ impl Default for LiveFeed {
 
 /// `GET /ws` (WebSocket upgrade).
 pub async fn upgrade(State(state): State<AdminState>, ws: WebSocketUpgrade) -> Response {
-    let frames = state.live.frames.subscribe();
+    let mut frames = state.live.frames.subscribe();
+    frames.mark_unchanged();
+    let first = Utf8Bytes::from(frame(&state).to_string());
+    // The socket's task holds only the receiver: when the server stops, the senders go and the
+    // socket closes.
     ws.protocols([PROTOCOL])
-        .on_upgrade(move |socket| serve(socket, state, frames))
+        .on_upgrade(move |socket| serve(socket, first, frames))
 }
 
-async fn serve(mut socket: WebSocket, state: AdminState, mut frames: watch::Receiver<Utf8Bytes>) {
-    let first = Utf8Bytes::from(frame(&state).to_string());
-    frames.mark_unchanged();
+async fn serve(mut socket: WebSocket, first: Utf8Bytes, mut frames: watch::Receiver<Utf8Bytes>) {
     if socket.send(Message::Text(first)).await.is_err() {
         return;
     }
@@ -105,6 +107,7 @@ async fn serve(mut socket: WebSocket, state: AdminState, mut frames: watch::Rece
             },
         }
     }
+    let _ = socket.send(Message::Close(None)).await;
 }
 
 /// One frame: everything the dashboard shows.

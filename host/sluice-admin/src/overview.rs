@@ -47,7 +47,8 @@ pub struct Overview {
 pub struct HealthScore {
     /// 0..=100.
     pub score: u32,
-    /// `healthy` (80 and up), `degraded` (50 and up) or `critical`.
+    /// `healthy` (90 and up), `degraded` (50 and up) or `critical`: one endpoint of three down
+    /// (20 points) already makes the system degraded.
     pub status: &'static str,
     /// Why points were taken off, largest first.
     pub deductions: Vec<Deduction>,
@@ -239,7 +240,7 @@ fn health_score(
     let lost: f64 = deductions.iter().map(|d| d.points).sum();
     let score = (100.0 - lost).clamp(0.0, 100.0).round() as u32;
     let status = match score {
-        80.. => "healthy",
+        90.. => "healthy",
         50.. => "degraded",
         _ => "critical",
     };
@@ -251,7 +252,7 @@ fn health_score(
 }
 
 /// Whether a breaker refuses calls now.
-pub fn is_open(state: BreakerState) -> bool {
+fn is_open(state: BreakerState) -> bool {
     matches!(state, BreakerState::Open | BreakerState::ForcedOpen)
 }
 
