@@ -123,7 +123,12 @@ async function main() {
     await api("/api/v1/demo/endpoints/slow/stop", "POST");
     await page.waitForSelector('[data-endpoint="slow"][data-health="unhealthy"]', { timeout: 10000 });
     findings.unhealthyAfterMs = Date.now() - killedAt;
-    await page.waitForSelector('#breakers tr[data-breaker="endpoint/slow"][data-state="open"]', { timeout: 10000 });
+    try {
+      await page.waitForSelector('#breakers tr[data-breaker="endpoint/slow"][data-state="open"]', { timeout: 10000 });
+    } catch (error) {
+      const events = (await api("/api/v1/breakers/events")).events.filter((e) => e.name === "slow");
+      throw new Error(`${error.message}; breaker events of slow: ${JSON.stringify(events)}`);
+    }
     findings.breakerOpenAfterMs = Date.now() - killedAt;
     await page.waitForFunction(() => Number(document.querySelector("#health .score").textContent) < 100, null, { timeout: 10000 });
     findings.scoreAfterKill = Number(await page.locator("#health .score").textContent());

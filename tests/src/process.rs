@@ -2,7 +2,8 @@
 //! show: SIGKILL (no FIN, no GOAWAY, nothing flushed) and a restart on the same port or store.
 //!
 //! The `sluice-feed` and `sluice` binaries are found next to the test executable's target
-//! folder; one that is not built yet is built once with the `cargo` that runs the tests.
+//! folder, built (or found up to date) once per test process with the `cargo` that runs the
+//! tests.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -33,10 +34,31 @@ fn binary(name: &'static str) -> PathBuf {
     let mut built = BUILT
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !built.contains(&name) && !binary.is_file() {
+    // Built (or found up to date) once per test process: a binary left from older sources
+    // would test old code.
+    if !built.contains(&name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut build = Command::new(cargo);
         build.args(["build", "-p", name, "--bin", name]);
+        // What cargo set for this test process describes the test crate, not the binary: left
+        // in, it would look like a changed environment and rebuild the binary every time.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_BIN_EXE_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                ]
+                .contains(&key.as_ref())
+            {
+                build.env_remove(key.as_ref());
+            }
+        }
         if profile_dir.ends_with("release") {
             build.arg("--release");
         }

@@ -17,9 +17,10 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 pub fn ensure() -> Result<PathBuf> {
     let chromium = PathBuf::from(CHROMIUM);
     if !chromium.is_file() {
+        // Without recommended packages Chromium has no font: screenshots would show no text.
         setup::apt_install(
             "Chromium not found (the dashboard test drives it)",
-            &["chromium"],
+            &["chromium", "fonts-liberation"],
         )?;
         if !chromium.is_file() {
             bail!(

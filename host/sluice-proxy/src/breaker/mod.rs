@@ -214,6 +214,9 @@ struct Inner {
     open_until: Instant,
     trips: u32,
     window: OutcomeWindow,
+    /// Opened by [`Breaker::trip_now`] rather than by the calls it counts; cleared by
+    /// [`Breaker::close_tripped`] or by any later trip from calls.
+    tripped_from_outside: bool,
 }
 
 /// Leave to make one call through a breaker. Report the outcome with [`Permit::record`];
@@ -321,6 +324,7 @@ impl Breaker {
                 open_until: now,
                 trips: 0,
                 window: OutcomeWindow::new(settings.window, now),
+                tripped_from_outside: false,
             }),
         })
     }
@@ -396,6 +400,30 @@ impl Breaker {
             inner.consecutive_successes = 0;
             inner.open_until = Instant::now();
             self.transition(&mut inner, BreakerState::HalfOpen, cause.to_owned());
+        }
+    }
+
+    /// Opens a closed or half-open breaker at once, for a cause seen outside the calls it
+    /// counts (the endpoint's active health checks started failing). Overrides and an open
+    /// breaker are left as they are.
+    pub fn trip_now(&self, cause: &str) {
+        let mut inner = self.inner.lock();
+        if matches!(inner.state, BreakerState::Closed | BreakerState::HalfOpen) {
+            self.trip(&mut inner, Instant::now(), cause.to_owned());
+            inner.tripped_from_outside = true;
+        }
+    }
+
+    /// Closes a breaker that [`Breaker::trip_now`] opened, once that cause is gone (the health
+    /// checks pass again). A breaker that its calls opened since is left to its probes.
+    pub fn close_tripped(&self, cause: &str) {
+        let mut inner = self.inner.lock();
+        let tripped = std::mem::take(&mut inner.tripped_from_outside);
+        if tripped && matches!(inner.state, BreakerState::Open | BreakerState::HalfOpen) {
+            inner.consecutive_failures = 0;
+            inner.trips = 0;
+            inner.window.clear(Instant::now());
+            self.transition(&mut inner, BreakerState::Closed, cause.to_owned());
         }
     }
 
@@ -551,6 +579,7 @@ impl Breaker {
     }
 
     fn trip(&self, inner: &mut Inner, now: Instant, cause: String) {
+        inner.tripped_from_outside = false;
         inner.trips += 1;
         let period = open_period(&self.settings, inner.trips, fastrand::f64());
         inner.open_until = now + period;

@@ -224,3 +224,31 @@ fn an_unreported_probe_gives_its_slot_back() {
     }
     assert_eq!(b.snapshot_at(after).state, BreakerState::HalfOpen);
 }
+
+#[test]
+fn an_outside_trip_opens_at_once_and_closes_when_its_cause_is_gone() {
+    let (b, events) = breaker(BreakerSettings::CONNECTION);
+    b.trip_now("health checks failing");
+    assert_eq!(b.state(), BreakerState::Open);
+    b.close_tripped("health checks pass again");
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(
+        states(&events),
+        vec![
+            (BreakerState::Closed, BreakerState::Open),
+            (BreakerState::Open, BreakerState::Closed)
+        ]
+    );
+    // Once the calls themselves tripped it, only probes close it.
+    b.trip_now("health checks failing");
+    b.probe_now("open period over");
+    let mut probe = b.admit().expect("a probe is let through");
+    probe.record(FAIL);
+    assert_eq!(b.state(), BreakerState::Open);
+    b.close_tripped("health checks pass again");
+    assert_eq!(b.state(), BreakerState::Open, "a failed probe's trip stays");
+    // Overrides are left alone.
+    b.set_override(Some(Override::ForceOpen));
+    b.trip_now("health checks failing");
+    assert_eq!(b.state(), BreakerState::ForcedOpen);
+}

@@ -8,8 +8,10 @@
 //!   streams failed; it then takes half the usual streams per connection;
 //! - **healthy** otherwise.
 //!
-//! This module measures and reports. Acting on health (which endpoints get new streams, spill
-//! to lower priorities) is the pool's job.
+//! Checks that start failing trip the endpoint breaker, and checks that pass again close it (or,
+//! when its streams opened it since, let it probe at once), so the breaker says whether the
+//! endpoint may take streams whichever signal came first. Beyond that this module measures and reports: acting on health (which
+//! endpoints get new streams, spill to lower priorities) is the pool's job.
 
 pub mod check;
 
@@ -219,11 +221,18 @@ pub(crate) async fn run_active_checks(
         match endpoint.health.record_check(result) {
             Some(true) => {
                 tracing::info!(endpoint = %endpoint.id, "health checks pass again");
-                // The breaker need not sit out its open period once checks pass.
+                // The checks' own trip ends with them; a breaker its streams opened need not
+                // sit out its open period, but probes before it closes.
+                endpoint.breaker.close_tripped("health checks pass again");
                 endpoint.breaker.probe_now("health checks pass again");
             }
             Some(false) => {
                 tracing::warn!(endpoint = %endpoint.id, "endpoint unhealthy: health checks failing");
+                // The checks saw what the breaker would only see from more failed streams: a
+                // dead endpoint opens its breaker, whichever notices first.
+                endpoint
+                    .breaker
+                    .trip_now("health checks failing (the endpoint looks down)");
             }
             None => {}
         }
