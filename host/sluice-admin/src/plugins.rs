@@ -109,7 +109,13 @@ pub async fn list(State(state): State<AdminState>) -> Json<Value> {
         .iter()
         .map(|kind| slot_json(state.policies.slot(*kind)))
         .collect();
-    Json(json!({ "slots": slots }))
+    Json(json!({ "slots": slots, "scorer": state.policies.scorer().status() }))
+}
+
+/// `GET /api/v1/scorer`: the model behind the router's `scorer` import, its counters and why it
+/// cannot answer, if it cannot.
+pub async fn scorer(State(state): State<AdminState>) -> Json<Value> {
+    Json(state.policies.scorer().status())
 }
 
 #[derive(Deserialize)]

@@ -22,6 +22,7 @@ mod analytics;
 mod env;
 mod plugins;
 mod resilience;
+mod scorer;
 
 pub use alerts::{
     AlertBreakerScope, AlertRetryConfig, AlertsConfig, BreakerOpenRule, EndpointUnhealthyRule,
@@ -34,6 +35,7 @@ pub use resilience::{
     BreakerSettings, BreakerTable, BreakersConfig, FailureKinds, HealthConfig, RateLimitConfig,
     ResumeMode,
 };
+pub use scorer::ScorerConfig;
 
 /// A configuration that could not be read, parsed or validated.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +121,9 @@ pub struct Config {
     /// Alert rules and notifications.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// The ONNX model behind the router's `scorer` import.
+    #[serde(default)]
+    pub scorer: ScorerConfig,
 }
 
 /// The listener monitors connect to.
@@ -682,6 +687,7 @@ impl Config {
         self.validate_admin()?;
         self.validate_resilience()?;
         self.validate_analytics()?;
+        self.validate_scorer()?;
         self.validate_alerts()
     }
 

@@ -147,7 +147,10 @@ impl Policies {
                 .map(Arc::clone)
                 .ok_or_else(|| PolicyError::Engine(format!("no {kind} slot")))
         };
-        let router = Arc::new(PolicyRouter::new(slot_of(SlotKind::Router)?));
+        let router = Arc::new(PolicyRouter::new(
+            slot_of(SlotKind::Router)?,
+            Arc::clone(&scorer),
+        ));
         let resumer = Arc::new(PolicyResumer::new(slot_of(SlotKind::Resumer)?));
         let policies = Arc::new(Self {
             engine,
@@ -197,6 +200,11 @@ impl Policies {
     /// The slot of `kind`.
     pub fn slot(&self, kind: SlotKind) -> &Arc<Slot> {
         &self.slots[SlotKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)]
+    }
+
+    /// The model router plugins score with (the `scorer` import).
+    pub fn scorer(&self) -> &Arc<dyn Scorer> {
+        &self.scorer
     }
 
     /// The data plane's router (router slot with its built-in fallback and shadow).

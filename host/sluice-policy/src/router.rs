@@ -19,6 +19,7 @@ use sluice_proxy::route::{RouteDecision, RouteRequest, Router};
 
 use crate::builtin::PeakEwmaP2c;
 use crate::plugin::Plugin;
+use crate::scorer::Scorer;
 use crate::slot::{Answer, Slot, shadow_compare};
 use crate::types::{self, check_decision};
 
@@ -64,13 +65,16 @@ struct ShadowJob {
 /// Routes with the router slot.
 pub struct PolicyRouter {
     slot: Arc<Slot>,
+    /// The model plugins score with; while a configured one cannot answer, the built-in
+    /// policy decides.
+    scorer: Arc<dyn Scorer>,
     shadow_jobs: SyncSender<ShadowJob>,
     recent: Mutex<VecDeque<RecordedDecision>>,
     builtin_label: Arc<str>,
 }
 
 impl PolicyRouter {
-    pub(crate) fn new(slot: Arc<Slot>) -> Self {
+    pub(crate) fn new(slot: Arc<Slot>, scorer: Arc<dyn Scorer>) -> Self {
         let (shadow_jobs, receiver) = std::sync::mpsc::sync_channel(SHADOW_QUEUE);
         let worker_slot = Arc::clone(&slot);
         let spawned = std::thread::Builder::new()
@@ -81,6 +85,7 @@ impl PolicyRouter {
         }
         Self {
             slot,
+            scorer,
             shadow_jobs,
             recent: Mutex::new(VecDeque::with_capacity(RECENT_DECISIONS)),
             builtin_label: Arc::from("builtin"),
@@ -165,6 +170,12 @@ impl Router for PolicyRouter {
     }
 
     fn route(&self, request: &RouteRequest<'_>) -> Option<RouteDecision> {
+        if let Some(why) = self.scorer.unavailable() {
+            self.slot.used_builtin();
+            let decision = self.builtin(request, Some(&format!("scorer unavailable: {why}")))?;
+            self.remember(request, &decision, &self.builtin_label, true);
+            return Some(decision);
+        }
         let answer = if let Some(plugin) = self.slot.callable() {
             let _span =
                 tracing::debug_span!("route", candidates = request.candidates.len()).entered();

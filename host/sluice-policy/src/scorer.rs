@@ -10,6 +10,17 @@ pub trait Scorer: Send + Sync + 'static {
 
     /// The model's name and version, for decision reasons and the admin API.
     fn model(&self) -> String;
+
+    /// Why a configured model cannot answer now (`None` when it can, or when none is
+    /// configured). While it says so, the router decides with its built-in policy.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+
+    /// What the admin API shows of it.
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({ "model": self.model(), "unavailable": self.unavailable() })
+    }
 }
 
 /// The built-in scorer: every row gets the neutral score 0.5, so a router that blends the score

@@ -331,6 +331,21 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
     } else {
         println!("  alerts: off");
     }
+    let scorer = &config.scorer;
+    match &scorer.model {
+        Some(model) => println!(
+            "  scorer: {} on {} ({} sessions, deadline {:?}, checked every {:?})",
+            model.display(),
+            scorer
+                .library
+                .as_ref()
+                .map_or_else(|| "$ORT_DYLIB_PATH".to_owned(), |l| l.display().to_string()),
+            scorer.sessions,
+            scorer.deadline,
+            scorer.reload_interval
+        ),
+        None => println!("  scorer: built-in neutral (no [scorer] model)"),
+    }
     for slot in SlotKind::ALL {
         let table = config.plugins.slot(slot);
         let file = match (&table.file, &config.plugins.dir) {

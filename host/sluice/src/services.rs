@@ -1,6 +1,6 @@
-//! Starts everything one Sluice process runs from its config: the policy slots (and the plugins
-//! folder watcher), the data plane with the policy router and resumer, the scaler and analytics
-//! loops with their store, and the admin API.
+//! Starts everything one Sluice process runs from its config: the scorer model (and its file
+//! watcher), the policy slots (and the plugins folder watcher), the data plane with the policy
+//! router and resumer, the scaler and analytics loops with their store, and the admin API.
 
 use std::sync::Arc;
 
@@ -8,8 +8,9 @@ use anyhow::Context as _;
 use sluice_admin::{AdminHandle, AdminServer};
 use sluice_analytics::{Analytics, AnalyticsHandle};
 use sluice_config::Config;
-use sluice_policy::{Policies, Watcher};
+use sluice_policy::{NeutralScorer, Policies, Scorer, Watcher};
 use sluice_proxy::{Proxy, ProxyHandle};
+use sluice_scorer::OnnxScorer;
 
 /// The running parts of one process.
 pub struct Services {
@@ -23,6 +24,8 @@ pub struct Services {
     pub analytics: Arc<Analytics>,
     loops: AnalyticsHandle,
     _watcher: Option<Watcher>,
+    /// Reloads a changed model file.
+    scorer_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Loads the plugins, binds the listeners and starts serving.
@@ -36,11 +39,24 @@ pub async fn start_with_routes(
     admin_routes: Option<axum::Router>,
 ) -> anyhow::Result<Services> {
     let plugins = config.plugins.clone();
-    // Compiling plugins can take seconds (Python and JavaScript embed an interpreter).
-    let policies = tokio::task::spawn_blocking(move || Policies::new(&plugins))
-        .await
-        .context("plugin loading task failed")?
-        .context("cannot load the configured policy plugins")?;
+    let scorer_config = config.scorer.clone();
+    // Compiling plugins can take seconds (Python and JavaScript embed an interpreter), and a
+    // model file is read and checked before the first call.
+    let (policies, scorer) = tokio::task::spawn_blocking(move || {
+        let scorer = scorer_config
+            .model
+            .is_some()
+            .then(|| OnnxScorer::open(&scorer_config));
+        let for_plugins: Arc<dyn Scorer> = match &scorer {
+            Some(scorer) => Arc::clone(scorer) as Arc<dyn Scorer>,
+            None => Arc::new(NeutralScorer),
+        };
+        Policies::with_scorer(&plugins, for_plugins).map(|policies| (policies, scorer))
+    })
+    .await
+    .context("plugin loading task failed")?
+    .context("cannot load the configured policy plugins")?;
+    let scorer_watch = scorer.as_ref().map(OnnxScorer::watch);
     let watcher = match (&config.plugins.dir, config.plugins.watch) {
         (Some(_), true) => Some(Watcher::start(&policies)?),
         _ => None,
@@ -75,6 +91,7 @@ pub async fn start_with_routes(
         analytics,
         loops,
         _watcher: watcher,
+        scorer_watch,
     })
 }
 
@@ -85,6 +102,9 @@ impl Services {
             admin.shutdown().await;
         }
         self.loops.shutdown().await;
+        if let Some(watch) = self.scorer_watch {
+            watch.abort();
+        }
         self.proxy.shutdown().await;
     }
 }

@@ -1,0 +1,401 @@
+//! The ONNX scorer: real ONNX Runtime (`libonnxruntime` from the `onnxruntime` wheel, found
+//! through `SLUICE_ORT_LIB`), real models written by `tests/python/scorer_model.py` with
+//! `onnx.helper`, golden scores from the Python `onnxruntime` package, and the default router
+//! plugin calling the scorer on the data path.
+//!
+//! ONNX Runtime is loaded once per process, so the missing-library case runs `sluice run` as a
+//! child process.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_config::{ScorerConfig, SlotKind};
+use sluice_policy::{Policies, Scorer};
+use sluice_scorer::{OnnxScorer, ScorerError};
+use sluice_tests::plugins::{built_plugins, plugins_config};
+use sluice_tests::*;
+
+/// `SLUICE_PYTHON` (with onnx, numpy and onnxruntime) and `SLUICE_ORT_LIB`, or `None` to skip.
+fn environment() -> Option<(PathBuf, PathBuf)> {
+    let python = std::env::var_os("SLUICE_PYTHON").map(PathBuf::from);
+    let library = std::env::var_os("SLUICE_ORT_LIB").map(PathBuf::from);
+    match (python, library) {
+        (Some(python), Some(library)) => Some((python, library)),
+        _ if std::env::var("SLUICE_REQUIRE_ALL").is_ok_and(|v| v == "1") => {
+            panic!("SLUICE_PYTHON and SLUICE_ORT_LIB must be set (run `cargo xtask test`)")
+        }
+        _ => {
+            eprintln!("skipped: no SLUICE_PYTHON / SLUICE_ORT_LIB; run `cargo xtask test`");
+            None
+        }
+    }
+}
+
+/// Writes a model with `scorer_model.py`; returns the golden JSON when asked for.
+fn make_model(
+    python: &Path,
+    out: &Path,
+    features: u32,
+    outputs: u32,
+    seed: u32,
+    golden: bool,
+) -> Option<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/scorer_model.py");
+    let golden_path = out.with_extension("golden.json");
+    let mut command = Command::new(python);
+    command
+        .arg(script)
+        .arg(out)
+        .args(["--features", &features.to_string()])
+        .args(["--outputs", &outputs.to_string()])
+        .args(["--seed", &seed.to_string()]);
+    if golden {
+        command.arg("--golden").arg(&golden_path);
+    }
+    let output = command.output().expect("python runs");
+    assert!(
+        output.status.success(),
+        "scorer_model.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    golden.then(|| {
+        serde_json::from_slice(&std::fs::read(&golden_path).expect("golden file"))
+            .expect("golden JSON")
+    })
+}
+
+fn config(model: &Path, library: &Path) -> ScorerConfig {
+    ScorerConfig {
+        model: Some(model.to_owned()),
+        library: Some(library.to_owned()),
+        reload_interval: Duration::from_millis(50),
+        // Generous: debug builds on a busy machine; the bench measures the real latency.
+        deadline: Duration::from_millis(250),
+        ..ScorerConfig::default()
+    }
+}
+
+/// Replaces `path` with `bytes` at once (write then rename), so a reload never reads half a file.
+fn replace(path: &Path, bytes: &[u8]) {
+    let staging = path.with_extension("new");
+    std::fs::write(&staging, bytes).expect("write");
+    std::fs::rename(&staging, path).expect("rename");
+}
+
+/// Sluice routing through the policy slots with `scorer`, once `connections` are open.
+async fn routed_with(
+    scorer: &Arc<OnnxScorer>,
+    plugins: sluice_config::PluginsConfig,
+    config: sluice_config::Config,
+    connections: usize,
+) -> (sluice_proxy::ProxyHandle, Arc<Policies>) {
+    let for_plugins: Arc<dyn Scorer> = Arc::clone(scorer) as Arc<dyn Scorer>;
+    let policies =
+        tokio::task::spawn_blocking(move || Policies::with_scorer(&plugins, for_plugins))
+            .await
+            .unwrap()
+            .unwrap();
+    let proxy = sluice_proxy::Proxy::bind_with_policies(
+        Arc::new(config),
+        policies.router(),
+        policies.resumer(),
+    )
+    .await
+    .unwrap()
+    .spawn();
+    assert!(
+        eventually(Duration::from_secs(10), || proxy.snapshot().connections
+            == connections)
+        .await
+    );
+    (proxy, policies)
+}
+
+#[test]
+fn scores_agree_with_onnxruntime_in_python_on_golden_inputs() {
+    let Some((python, library)) = environment() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("mlp.onnx");
+    let golden = make_model(&python, &model, 20, 1, 1, true).expect("golden");
+    let scorer = OnnxScorer::open(&config(&model, &library));
+    assert_eq!(scorer.unavailable(), None, "{:?}", scorer.status());
+    let values: Vec<f32> = serde_json::from_value(golden["values"].clone()).unwrap();
+    let expected: Vec<f32> = serde_json::from_value(golden["scores"].clone()).unwrap();
+    let scores = scorer.score(20, &values).expect("scored");
+    assert_eq!(scores.len(), expected.len());
+    assert_eq!(expected.len(), 16);
+    for (row, (got, want)) in scores.iter().zip(&expected).enumerate() {
+        assert!(
+            (got - want).abs() < 1e-5,
+            "row {row}: Rust/ORT {got} vs Python {want}"
+        );
+    }
+    // One row at a time gives the same as in a batch.
+    let single = scorer.score(20, &values[..20]).expect("one row");
+    assert!((single[0] - expected[0]).abs() < 1e-5);
+    let status = scorer.status();
+    let info = status.model.expect("a model");
+    assert_eq!(info.name, "mlp");
+    assert_eq!(info.features, 20);
+    assert_eq!(info.version.len(), 12);
+    assert_eq!(scorer.model(), format!("mlp@{}", info.version));
+    assert_eq!(status.calls, 2);
+    assert_eq!(status.failures, 0);
+    // A batch of the wrong width is refused and counted.
+    let refused = scorer.score(5, &values[..10]).expect_err("wrong width");
+    assert!(refused.contains("rows of 20 features"), "{refused}");
+    assert_eq!(scorer.status().failures, 1);
+}
+
+#[test]
+fn a_broken_or_misshapen_model_is_refused_and_the_previous_one_keeps_answering() {
+    let Some((python, library)) = environment() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("router.onnx");
+    make_model(&python, &model, 5, 1, 7, false);
+    let scorer = OnnxScorer::open(&config(&model, &library));
+    let before = scorer.status().model.expect("loaded");
+    let row = [0.5f32, 3.0, 0.0, 0.0, 1.0];
+    let first = scorer.score(5, &row).expect("scored");
+
+    // Garbage bytes: refused with the reason; the loaded model still answers.
+    replace(&model, b"definitely not protobuf");
+    let error = scorer.reload().expect_err("garbage refused");
+    assert!(matches!(error, ScorerError::Model { .. }), "{error}");
+    assert!(
+        error.to_string().contains("not a usable ONNX model"),
+        "{error}"
+    );
+    assert_eq!(scorer.score(5, &row).expect("old model"), first);
+    let status = scorer.status();
+    assert_eq!(status.model.as_ref(), Some(&before));
+    assert!(
+        status
+            .last_error
+            .unwrap()
+            .contains("not a usable ONNX model")
+    );
+
+    // A valid model of the wrong shape (three outputs per row): refused before the swap.
+    let other = dir.path().join("three.onnx");
+    make_model(&python, &other, 5, 3, 7, false);
+    replace(&model, &std::fs::read(&other).unwrap());
+    let error = scorer.reload().expect_err("wrong shape refused");
+    assert!(matches!(error, ScorerError::Shape { .. }), "{error}");
+    assert!(error.to_string().contains("float32 [rows, 1]"), "{error}");
+    assert_eq!(scorer.score(5, &row).expect("old model"), first);
+
+    // A good new model replaces it, and its error is cleared.
+    let good = dir.path().join("good.onnx");
+    make_model(&python, &good, 5, 1, 8, false);
+    replace(&model, &std::fs::read(&good).unwrap());
+    let after = scorer.reload().expect("new model loads");
+    assert_ne!(after.version, before.version);
+    assert_ne!(scorer.score(5, &row).expect("new model"), first);
+    assert!(scorer.status().last_error.is_none());
+    assert_eq!(scorer.status().loads, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_model_falls_back_to_the_built_in_router_and_says_why_until_fixed() {
+    let Some((python, library)) = environment() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("router.onnx");
+    std::fs::write(&model, b"corrupt").unwrap();
+    let scorer = OnnxScorer::open(&config(&model, &library));
+    let why = scorer.unavailable().expect("unavailable");
+    assert!(why.contains("not a usable ONNX model"), "{why}");
+
+    let feed = feed("up").await;
+    let plugins = plugins_config();
+    // A connection open from the start, so that placing the stream asks the router.
+    let mut config = config_for(&[&feed]);
+    config.classes.event.min_connections = 1;
+    let (proxy, policies) = routed_with(&scorer, plugins, config, 1).await;
+    let mut client = client(proxy.addr()).await;
+    let mut stream = client
+        .subscribe(as_monitor(subscribe("a", 100.0, 8, 3), "m"))
+        .await
+        .expect("the built-in router places the stream")
+        .into_inner();
+    let mut seen = 0;
+    while let Some(event) = stream.message().await.unwrap() {
+        assert_eq!(event.seq, seen);
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+    let decision = policies.router().recent(1).pop().expect("a decision");
+    assert!(decision.fallback);
+    assert!(
+        decision.reason.contains("scorer unavailable")
+            && decision.reason.contains("not a usable ONNX model"),
+        "{}",
+        decision.reason
+    );
+    let shown = policies.scorer().status();
+    assert!(
+        shown["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a usable ONNX model")),
+        "{shown}"
+    );
+
+    // A good file appears: the watcher picks it up and the model answers again.
+    let watch = scorer.watch();
+    let good = dir.path().join("good.onnx");
+    make_model(&python, &good, 5, 1, 3, false);
+    replace(&model, &std::fs::read(&good).unwrap());
+    assert!(eventually(Duration::from_secs(10), || scorer.unavailable().is_none()).await);
+    watch.abort();
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reloading_the_model_under_flowing_streams_loses_nothing() {
+    let Some((python, library)) = environment() else {
+        return;
+    };
+    let Some(built) = built_plugins() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("router.onnx");
+    make_model(&python, &model, 5, 1, 11, false);
+    let scorer = OnnxScorer::open(&config(&model, &library));
+    let first = scorer.status().model.expect("loaded");
+    let watch = scorer.watch();
+
+    // The default router plugin, which asks the scorer whenever it has two candidates.
+    let mut plugins = plugins_config();
+    plugins.router.file = Some(built.join("router.wasm"));
+    let feeds = [feed("a").await, feed("b").await];
+    let mut config = config_for(&[&feeds[0], &feeds[1]]);
+    config.classes.event.min_connections = 2;
+    let (proxy, policies) = routed_with(&scorer, plugins, config, 2).await;
+    assert!(policies.slot(SlotKind::Router).active().is_some());
+
+    let mut client = client(proxy.addr()).await;
+    let mut readers = Vec::new();
+    let mut open = |n: usize, client: &mut sluice_feed::pb::feed_client::FeedClient<_>| {
+        let request = as_monitor(subscribe(&format!("t{n}"), 200.0, 16, 400), "m");
+        let mut client = client.clone();
+        readers.push(tokio::spawn(async move {
+            let mut stream = client.subscribe(request).await?.into_inner();
+            let mut next = 0u64;
+            while let Some(event) = stream.message().await? {
+                assert_eq!(event.seq, next, "a gap in stream t{n}");
+                next += 1;
+            }
+            Ok::<u64, tonic::Status>(next)
+        }));
+    };
+    for n in 0..10 {
+        open(n, &mut client);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls_before = scorer.status().calls;
+    assert!(calls_before > 0, "the router plugin never asked the scorer");
+
+    // Swap the model while the streams flow, and keep opening streams through the swap.
+    let next = dir.path().join("next.onnx");
+    make_model(&python, &next, 5, 1, 12, false);
+    replace(&model, &std::fs::read(&next).unwrap());
+    for n in 10..20 {
+        open(n, &mut client);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || scorer
+            .status()
+            .model
+            .is_some_and(|m| m.version != first.version))
+        .await,
+        "the new model was not swapped in: {:?}",
+        scorer.status()
+    );
+    for n in 20..30 {
+        open(n, &mut client);
+    }
+    for reader in readers {
+        let received = bounded(Duration::from_secs(30), "stream", reader)
+            .await
+            .expect("reader task")
+            .expect("the stream ends cleanly");
+        assert_eq!(received, 400, "every event of every stream");
+    }
+    let status = scorer.status();
+    assert!(status.calls > calls_before);
+    assert_eq!(status.failures, 0, "{status:?}");
+    assert_eq!(status.loads, 2);
+    watch.abort();
+    proxy.shutdown().await;
+}
+
+#[test]
+fn a_missing_runtime_library_is_a_clear_error_and_the_host_still_serves() {
+    let Some((python, _library)) = environment() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("router.onnx");
+    make_model(&python, &model, 5, 1, 1, false);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let feed = runtime.block_on(feed("up"));
+    let config_path = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [store]\npath = \":memory:\"\n\n[scorer]\nmodel = \"{}\"\nlibrary = \"{}\"\n\n\
+             [[endpoints]]\nid = \"up\"\nurl = \"http://{}\"\n",
+            model.display(),
+            dir.path().join("missing/libonnxruntime.so").display(),
+            feed.addr
+        ),
+    )
+    .unwrap();
+    let sluice = sluice_tests::process::SluiceProcess::start(&config_path);
+    let admin: std::net::SocketAddr = sluice
+        .admin
+        .trim_start_matches("http://")
+        .parse()
+        .expect("admin address");
+    runtime.block_on(async {
+        let status =
+            sluice_tests::admin::request(admin, "GET", "/api/v1/scorer", None, Vec::new()).await;
+        assert_eq!(status.status, 200);
+        let error = status.json["last_error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("ONNX Runtime unavailable") && error.contains("does not exist"),
+            "{}",
+            status.text
+        );
+        // Streams are still served, by the built-in router, which says why.
+        let mut client = client(sluice.addr).await;
+        let mut stream = client
+            .subscribe(as_monitor(subscribe("a", 100.0, 8, 2), "m"))
+            .await
+            .expect("served")
+            .into_inner();
+        let mut seen = 0;
+        while stream.message().await.unwrap().is_some() {
+            seen += 1;
+        }
+        assert_eq!(seen, 2);
+        let plugins =
+            sluice_tests::admin::request(admin, "GET", "/api/v1/plugins", None, Vec::new()).await;
+        assert_eq!(
+            plugins.json["scorer"]["last_error"],
+            status.json["last_error"]
+        );
+    });
+    drop(sluice);
+}
