@@ -1,7 +1,8 @@
 // Drives headless Chromium against a running `sluice demo` and checks the dashboard end to end:
-// every panel shows data from the live feed, stopping an endpoint turns its card unhealthy and
-// its breaker open, the page reconnects by itself after its socket drops, and a screenshot is
-// saved. Run by tests/tests/dashboard.rs; prints one JSON line of findings, exits 1 on failure.
+// every panel shows data from the live feed, a shadow plugin uploaded through the API shows,
+// stopping an endpoint turns its card unhealthy and its breaker open, the page reconnects by
+// itself after its socket drops, starting the endpoint again makes it usable, and a screenshot
+// is saved. Run by tests/tests/dashboard.rs; prints one JSON line of findings, exits 1 on failure.
 //
 // Environment: SLUICE_ADMIN (http://host:port of the demo's admin API), SLUICE_SCREENSHOT (PNG
 // path), SLUICE_SHADOW_WASM (a router component to upload as the shadow), SLUICE_CHROMIUM
@@ -141,6 +142,13 @@ async function main() {
     await page.waitForSelector('#link[data-state="live"]', { timeout: 15000 });
     await page.waitForFunction((b) => document.querySelector("#updated").textContent !== b, before, { timeout: 10000 });
     findings.reconnected = true;
+
+    // Start the endpoint again: once its health checks pass it takes streams again - healthy,
+    // or degraded while a breaker its failed streams opened lets probes through.
+    const restartedAt = Date.now();
+    await api("/api/v1/demo/endpoints/slow/start", "POST");
+    await page.waitForSelector('[data-endpoint="slow"]:not([data-health="unhealthy"])', { timeout: 20000 });
+    findings.usableAgainAfterMs = Date.now() - restartedAt;
 
     check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(" | ")}`);
   } finally {

@@ -1,9 +1,9 @@
 //! The dashboard in a real browser: headless Chromium, driven by `tests/browser/dashboard.mjs`
 //! (npm `playwright-core`), against a running `sluice demo`. Every panel must show live data,
 //! a shadow plugin uploaded through the API must appear beside the active one, stopping an
-//! endpoint must turn its card unhealthy and its breaker open within seconds, and the page must
-//! reconnect by itself. The screenshot lands in
-//! `target/test-artifacts/dashboard.png`.
+//! endpoint must turn its card unhealthy and its breaker open within seconds, the page must
+//! reconnect by itself, and the endpoint started again must take streams again. The
+//! screenshot lands in `target/test-artifacts/dashboard.png`.
 //!
 //! Needs Node.js, Chromium (`SLUICE_CHROMIUM`, default `/usr/bin/chromium`) and
 //! `tests/browser/node_modules`, which `cargo xtask test` installs; with
@@ -102,6 +102,7 @@ fn the_dashboard_shows_live_data_and_an_endpoint_failure() {
         serde_json::from_str(stdout.trim()).expect("one JSON line of findings");
     assert_eq!(findings["ok"], true);
     assert_eq!(findings["reconnected"], true);
+    assert!(findings["usableAgainAfterMs"].is_u64(), "{findings}");
     let unhealthy_ms = findings["unhealthyAfterMs"].as_u64().expect("timing");
     assert!(unhealthy_ms <= 10_000, "unhealthy after {unhealthy_ms} ms");
     let score = findings["scoreAfterKill"].as_u64().expect("score");
