@@ -2,7 +2,8 @@
 //! connection.
 //!
 //! Order of preference:
-//! 1. connections under 80% of their `max-streams` (all of them when every one is that full);
+//! 1. connections that pass the hard rules (all of them when none does): under 80% of their
+//!    `max-streams`, and for a critical monitor an error rate of at most 1%;
 //! 2. lower endpoint `priority`;
 //! 3. the higher heuristic score (0..=1):
 //!    `0.40 * latency + 0.35 * errors + 0.25 * room`, where
@@ -52,6 +53,8 @@ use sluice::policy::{clock, config, log, scorer};
 
 /// Connections at or above this share of `max-streams` are avoided while others have room.
 const FULL: f64 = 0.8;
+/// Critical monitors avoid connections whose error rate is above this while others are below.
+const CRITICAL_MAX_ERROR_RATE: f64 = 0.01;
 /// Scorer feature columns (see the crate documentation).
 const COLUMNS: usize = 5;
 /// Alternatives returned after the choice.
@@ -79,10 +82,21 @@ impl Guest for Router {
         if request.candidates.len() > u32::MAX as usize {
             return Err(String::from("router: too many candidates"));
         }
+        let critical = request.monitor.critical;
+        let candidates = &request.candidates;
+        let weight = scorer_weight();
+        let fills: Vec<f64> = candidates.iter().map(fill).collect();
+        let model = if candidates.len() > 1 && weight > 0.0 {
+            model_scores(candidates, &request.endpoints, &fills, critical)
+        } else {
+            None
+        };
         decide(
-            &request.candidates,
+            candidates,
             &request.endpoints,
-            request.monitor.critical,
+            &fills,
+            critical,
+            model.map(|m| (weight, m)),
         )
         .ok_or_else(|| String::from("router: no candidates"))
     }
@@ -94,7 +108,7 @@ export!(Router);
 #[derive(Clone, Copy)]
 struct Ranked {
     index: u32,
-    /// 0 when under [`FULL`] (or when every candidate is that full), 1 otherwise.
+    /// 0 when it passes the hard rules (or when no candidate does), 1 otherwise.
     tier: u8,
     priority: u32,
     score: f64,
@@ -116,33 +130,47 @@ impl Ranked {
     }
 }
 
-/// The decision, or `None` when there are no candidates.
-fn decide(candidates: &[Candidate], endpoints: &[Endpoint], critical: bool) -> Option<Decision> {
+/// Whether `candidate` passes the hard rules: under [`FULL`], and for a critical monitor an
+/// error rate of at most [`CRITICAL_MAX_ERROR_RATE`] (a non-finite one fails).
+fn passes(candidate: &Candidate, fill: f64, critical: bool) -> bool {
+    let erroring = candidate.error_rate.is_nan() || candidate.error_rate > CRITICAL_MAX_ERROR_RATE;
+    fill < FULL && !(critical && erroring)
+}
+
+/// The decision, or `None` when there are no candidates. `fills` holds each candidate's
+/// [`fill`]; `model` is the scorer's weight and its score per candidate, when it answered.
+fn decide(
+    candidates: &[Candidate],
+    endpoints: &[Endpoint],
+    fills: &[f64],
+    critical: bool,
+    model: Option<(f64, Vec<f64>)>,
+) -> Option<Decision> {
     // An index outside `endpoints` is the host's bug; treat it as the worst priority.
     let priority = |c: &Candidate| {
         endpoints
             .get(c.endpoint as usize)
             .map_or(u32::MAX, |e| e.priority)
     };
-    let fills: Vec<f64> = candidates.iter().map(fill).collect();
-    let all_full = fills.iter().all(|&f| f >= FULL);
-    let weight = scorer_weight();
-    let model = if candidates.len() > 1 && weight > 0.0 {
-        model_scores(candidates, endpoints, &fills, critical)
-    } else {
-        None
-    };
+    let passing: Vec<bool> = candidates
+        .iter()
+        .zip(fills)
+        .map(|(c, &f)| passes(c, f, critical))
+        .collect();
+    let none_pass = !passing.contains(&true);
 
     // The best 1 + ALTERNATIVES, best first.
     let mut top: [Option<Ranked>; 1 + ALTERNATIVES] = [None; 1 + ALTERNATIVES];
-    for (index, (candidate, &fill)) in candidates.iter().zip(&fills).enumerate() {
+    for (index, (candidate, &fill)) in candidates.iter().zip(fills).enumerate() {
         let mut score = heuristic(candidate, fill);
-        if let Some(model) = &model {
-            score += weight * model[index];
+        if let Some((weight, scores)) = &model
+            && let Some(model_score) = scores.get(index)
+        {
+            score += weight * model_score;
         }
         let ranked = Ranked {
             index: index as u32,
-            tier: u8::from(!all_full && fill >= FULL),
+            tier: u8::from(!none_pass && !passing[index]),
             priority: priority(candidate),
             score,
         };
@@ -156,6 +184,11 @@ fn decide(candidates: &[Candidate], endpoints: &[Endpoint], critical: bool) -> O
     };
     let alternatives = top[1..].iter().flatten().map(|r| r.index).collect();
     let chosen = &candidates[best.index as usize];
+    let skipped = if none_pass {
+        0
+    } else {
+        passing.iter().filter(|p| !**p).count()
+    };
     Some(Decision {
         choice: best.index,
         confidence: confidence as f32,
@@ -164,12 +197,26 @@ fn decide(candidates: &[Candidate], endpoints: &[Endpoint], critical: bool) -> O
             endpoints
                 .get(chosen.endpoint as usize)
                 .map_or("?", |e| e.id.as_str()),
-            fills[best.index as usize],
+            fills.get(best.index as usize).copied().unwrap_or(1.0),
             candidates.len(),
-            all_full,
+            HardRules {
+                none_pass,
+                skipped,
+                critical,
+            },
         ),
         alternatives,
     })
+}
+
+/// What the hard rules did to one decision, for its reason.
+struct HardRules {
+    /// No candidate passed: all were ranked alike.
+    none_pass: bool,
+    /// Candidates ranked last for breaking a rule.
+    skipped: usize,
+    /// The monitor is critical (the error-rate rule applied).
+    critical: bool,
 }
 
 /// Keeps `top` sorted best first with the best `top.len()` seen so far.
@@ -303,15 +350,16 @@ fn scorer_weight() -> f64 {
     weight
 }
 
-/// `router: conn 7 on ep-a: fill 0.20, 3.1 ms, err 0.00 (best of 4)`.
+/// `router: conn 7 on ep-a: fill 0.20, 3.1 ms, err 0.00 (best of 4; 1 over 80% full or
+/// erroring skipped)`.
 fn reasoning(
     chosen: &Candidate,
     endpoint: &str,
     fill: f64,
     count: usize,
-    all_full: bool,
+    rules: HardRules,
 ) -> String {
-    let mut text = String::with_capacity(64 + endpoint.len());
+    let mut text = String::with_capacity(96 + endpoint.len());
     text.push_str("router: conn ");
     push_u64(&mut text, chosen.connection_id);
     text.push_str(" on ");
@@ -324,9 +372,133 @@ fn reasoning(
     push_fixed(&mut text, chosen.error_rate, 2);
     text.push_str(" (best of ");
     push_u64(&mut text, count as u64);
-    if all_full {
-        text.push_str(", all >= 80% full");
+    let broken = if rules.critical {
+        "over 80% full or over 1% errors (critical monitor)"
+    } else {
+        "over 80% full"
+    };
+    if rules.none_pass {
+        text.push_str("; every one ");
+        text.push_str(broken);
+    } else if rules.skipped > 0 {
+        text.push_str("; ");
+        push_u64(&mut text, rules.skipped as u64);
+        text.push(' ');
+        text.push_str(broken);
+        text.push_str(" ranked last");
     }
     text.push(')');
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec;
+
+    use super::*;
+
+    fn endpoint(id: &str, priority: u32) -> Endpoint {
+        Endpoint {
+            id: String::from(id),
+            region: String::from("local"),
+            priority,
+        }
+    }
+
+    fn candidate(
+        id: u64,
+        endpoint: u32,
+        active: u32,
+        latency_ms: f64,
+        error_rate: f64,
+    ) -> Candidate {
+        Candidate {
+            connection_id: id,
+            endpoint,
+            active_streams: active,
+            max_streams: 10,
+            latency_ms,
+            error_rate,
+            age_ms: 1000,
+        }
+    }
+
+    fn choose(candidates: &[Candidate], critical: bool) -> Decision {
+        let endpoints = [endpoint("a", 0), endpoint("b", 0)];
+        let fills: Vec<f64> = candidates.iter().map(fill).collect();
+        decide(candidates, &endpoints, &fills, critical, None).expect("a decision")
+    }
+
+    #[test]
+    fn connections_at_80_percent_full_are_skipped_while_others_have_room() {
+        // The full one is faster and error-free, but 8 of 10 streams is at the limit.
+        let candidates = [candidate(1, 0, 8, 1.0, 0.0), candidate(2, 1, 2, 40.0, 0.0)];
+        let decision = choose(&candidates, false);
+        assert_eq!(decision.choice, 1);
+        assert_eq!(decision.confidence, 1.0);
+        assert_eq!(decision.alternatives, vec![0]);
+        assert!(
+            decision.reasoning.contains("1 over 80% full ranked last"),
+            "{}",
+            decision.reasoning
+        );
+        // When every one is that full, the best of them is used.
+        let full = [candidate(1, 0, 9, 1.0, 0.0), candidate(2, 1, 8, 40.0, 0.0)];
+        let decision = choose(&full, false);
+        assert_eq!(decision.choice, 0);
+        assert!(
+            decision.reasoning.contains("every one over 80% full"),
+            "{}",
+            decision.reasoning
+        );
+    }
+
+    #[test]
+    fn critical_monitors_avoid_connections_with_more_than_1_percent_errors() {
+        // 2% errors on the otherwise better connection.
+        let candidates = [
+            candidate(1, 0, 0, 1.0, 0.02),
+            candidate(2, 1, 5, 30.0, 0.005),
+        ];
+        let critical = choose(&candidates, true);
+        assert_eq!(critical.choice, 1);
+        assert!(
+            critical.reasoning.contains("over 1% errors"),
+            "{}",
+            critical.reasoning
+        );
+        // Other monitors take the better one.
+        assert_eq!(choose(&candidates, false).choice, 0);
+        // A non-finite error rate counts as erroring.
+        let unknown = [
+            candidate(1, 0, 0, 1.0, f64::NAN),
+            candidate(2, 1, 5, 30.0, 0.0),
+        ];
+        assert_eq!(choose(&unknown, true).choice, 1);
+        // With every connection erroring, the best of them is still used.
+        let all = [
+            candidate(1, 0, 0, 1.0, 0.05),
+            candidate(2, 1, 0, 30.0, 0.02),
+        ];
+        assert_eq!(choose(&all, true).choice, 0);
+    }
+
+    #[test]
+    fn up_to_three_alternatives_best_first_and_the_scorer_breaks_near_ties() {
+        let candidates = [
+            candidate(1, 0, 1, 10.0, 0.0),
+            candidate(2, 1, 1, 10.0, 0.0),
+            candidate(3, 0, 2, 20.0, 0.0),
+            candidate(4, 1, 3, 30.0, 0.0),
+            candidate(5, 0, 4, 40.0, 0.0),
+        ];
+        let decision = choose(&candidates, false);
+        assert_eq!(decision.choice, 0, "ties go to the lower index");
+        assert_eq!(decision.alternatives, vec![1, 2, 3]);
+        let endpoints = [endpoint("a", 0), endpoint("b", 0)];
+        let fills: Vec<f64> = candidates.iter().map(fill).collect();
+        let model = vec![0.0, 1.0, 0.0, 0.0, 0.0];
+        let scored = decide(&candidates, &endpoints, &fills, false, Some((0.1, model))).unwrap();
+        assert_eq!(scored.choice, 1, "the model's score decides between equals");
+    }
 }
