@@ -318,6 +318,39 @@ async fn stats_connections_and_monitors_describe_the_pool() {
     assert_eq!(stranger["configured"], false);
     assert_eq!(stranger["open_calls"], 1);
 
+    // The router's decisions, per monitor, newest first, with their reasons. (The stranger's
+    // first stream opened its group's connection; its second is placed by the router.)
+    let mut client = client(running.proxy.addr()).await;
+    let mut second = client
+        .subscribe(as_monitor(subscribe("d", 50.0, 16, 0), "stranger"))
+        .await
+        .unwrap()
+        .into_inner();
+    bounded(Duration::from_secs(5), "first event", second.message())
+        .await
+        .unwrap()
+        .unwrap();
+    let known = get("/api/v1/decisions?monitor=known").await;
+    let known = known.json["decisions"].as_array().unwrap().clone();
+    assert!(!known.is_empty());
+    assert!(known.iter().all(|d| d["monitor"] == "known"), "{known:?}");
+    assert!(
+        known
+            .iter()
+            .all(|d| d["reason"].as_str().is_some_and(|r| !r.is_empty()))
+    );
+    let all = get("/api/v1/decisions?limit=100").await;
+    let all = all.json["decisions"].as_array().unwrap().clone();
+    assert!(all.iter().any(|d| d["monitor"] == "stranger"), "{all:?}");
+    assert!(all.len() > known.len());
+    let newest_first: Vec<i64> = all.iter().map(|d| d["ts_ms"].as_i64().unwrap()).collect();
+    assert!(
+        newest_first.windows(2).all(|w| w[0] >= w[1]),
+        "{newest_first:?}"
+    );
+    let one = get("/api/v1/decisions?monitor=known&limit=1").await;
+    assert_eq!(one.json["decisions"].as_array().unwrap().len(), 1);
+
     // Stopping an endpoint's breaker by hand lowers the score and says why.
     let forced = request(
         addr,

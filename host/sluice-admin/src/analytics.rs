@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_analytics::Analytics;
-use sluice_analytics::records::{ReportPeriod, unix_ms_now};
+use sluice_analytics::records::{DecisionSample, ReportPeriod, unix_ms_now};
 use sluice_analytics::store::{Store, StoreError};
 
 use crate::{AdminState, ApiError};
@@ -171,16 +171,26 @@ pub async fn metric(
     Ok(Json(json!({ "metric": name, "points": points })))
 }
 
-/// `GET /api/v1/decisions?monitor=&limit=&since=`: stored samples of routing decisions,
-/// newest first.
+/// `GET /api/v1/decisions?monitor=&limit=&since=`: routing decisions with their reasons, newest
+/// first - the router's own history (the last 256, or the last 32 of one monitor), or with
+/// `since` the samples kept in the store.
 pub async fn decisions(
     State(state): State<AdminState>,
     query_string: QueryResult<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(list) = query_string.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let engine = engine(&state)?;
     let limit = list.limit.min(MAX_LIMIT);
-    let since = list.since.unwrap_or(0);
+    let Some(since) = list.since else {
+        let router = state.policies.router();
+        let kept = match list.monitor.as_deref() {
+            Some(monitor) => router.recent_for(monitor, limit),
+            None => router.recent(limit),
+        };
+        let decisions: Vec<DecisionSample> =
+            kept.into_iter().rev().map(DecisionSample::from).collect();
+        return Ok(Json(json!({ "decisions": decisions })));
+    };
+    let engine = engine(&state)?;
     let decisions = query(engine, move |store| {
         store.decisions(list.monitor.as_deref(), since, limit)
     })

@@ -23,6 +23,7 @@ use wasmtime::component::Linker;
 
 pub mod bindings;
 pub mod builtin;
+pub mod decisions;
 pub mod engine;
 pub mod events;
 pub mod history;

@@ -7,17 +7,15 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::SystemTime;
 
-use parking_lot::Mutex;
-
 use sluice_proxy::route::{RouteDecision, RouteRequest, Router};
 
 use crate::builtin::PeakEwmaP2c;
+use crate::decisions::DecisionLog;
 use crate::plugin::Plugin;
 use crate::scorer::Scorer;
 use crate::slot::{Answer, Slot, shadow_compare};
@@ -31,10 +29,7 @@ thread_local! {
     static QUESTION: RefCell<Option<types::RouteRequest>> = const { RefCell::new(None) };
 }
 
-/// Recent decisions kept for the admin API and tests.
-const RECENT_DECISIONS: usize = 256;
-
-/// One routing decision, as kept in the recent-decisions history.
+/// One routing decision, as kept in the decision history ([`crate::decisions`]).
 #[derive(Debug, Clone)]
 pub struct RecordedDecision {
     /// When it was made.
@@ -69,7 +64,7 @@ pub struct PolicyRouter {
     /// policy decides.
     scorer: Arc<dyn Scorer>,
     shadow_jobs: SyncSender<ShadowJob>,
-    recent: Mutex<VecDeque<RecordedDecision>>,
+    decisions: DecisionLog,
     builtin_label: Arc<str>,
 }
 
@@ -87,19 +82,20 @@ impl PolicyRouter {
             slot,
             scorer,
             shadow_jobs,
-            recent: Mutex::new(VecDeque::with_capacity(RECENT_DECISIONS)),
+            decisions: DecisionLog::default(),
             builtin_label: Arc::from("builtin"),
         }
     }
 
-    /// The last `n` decisions, newest last.
+    /// The last `n` decisions (at most [`crate::decisions::RECENT`]), newest last.
     pub fn recent(&self, n: usize) -> Vec<RecordedDecision> {
-        let recent = self.recent.lock();
-        recent
-            .iter()
-            .skip(recent.len().saturating_sub(n))
-            .cloned()
-            .collect()
+        self.decisions.recent(n)
+    }
+
+    /// The last `n` decisions for `monitor` (at most [`crate::decisions::PER_MONITOR`]),
+    /// newest last.
+    pub fn recent_for(&self, monitor: &str, n: usize) -> Vec<RecordedDecision> {
+        self.decisions.for_monitor(monitor, n)
     }
 
     fn remember(
@@ -123,11 +119,7 @@ impl PolicyRouter {
             confidence: decision.confidence,
             reason: decision.reason.to_string(),
         };
-        let mut recent = self.recent.lock();
-        if recent.len() == RECENT_DECISIONS {
-            recent.pop_front();
-        }
-        recent.push_back(record);
+        self.decisions.record(record);
     }
 
     fn builtin(&self, request: &RouteRequest<'_>, why: Option<&str>) -> Option<RouteDecision> {
