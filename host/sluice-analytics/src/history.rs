@@ -115,14 +115,7 @@ impl History {
     pub fn restore(&self, rollups: &[Rollup]) {
         let mut inner = self.inner.lock();
         for rollup in rollups {
-            if !inner.minutes.contains_key(&rollup.metric) && inner.minutes.len() >= MAX_METRICS {
-                continue;
-            }
-            inner
-                .minutes
-                .entry(rollup.metric.clone())
-                .or_insert_with(|| Ring::new(MINUTE_SAMPLES))
-                .push(rollup.ts_ms, rollup.clone());
+            Self::keep_minute(&mut inner, rollup.ts_ms, rollup);
         }
     }
 
@@ -183,18 +176,24 @@ impl History {
         rollups
     }
 
+    /// Adds `rollup` to its metric's minute ring at `ts_ms`, unless it would be a metric beyond
+    /// [`MAX_METRICS`].
+    fn keep_minute(inner: &mut Inner, ts_ms: i64, rollup: &Rollup) {
+        if !inner.minutes.contains_key(&rollup.metric) && inner.minutes.len() >= MAX_METRICS {
+            return;
+        }
+        inner
+            .minutes
+            .entry(rollup.metric.clone())
+            .or_insert_with(|| Ring::new(MINUTE_SAMPLES))
+            .push(ts_ms, rollup.clone());
+    }
+
     fn finish_minute(inner: &mut Inner, start: i64) -> Vec<Rollup> {
         let current = std::mem::take(&mut inner.current);
         let rollups = Self::rollups_of(&current, start);
         for rollup in &rollups {
-            if !inner.minutes.contains_key(&rollup.metric) && inner.minutes.len() >= MAX_METRICS {
-                continue;
-            }
-            inner
-                .minutes
-                .entry(rollup.metric.clone())
-                .or_insert_with(|| Ring::new(MINUTE_SAMPLES))
-                .push(start, rollup.clone());
+            Self::keep_minute(inner, start, rollup);
         }
         rollups
     }
