@@ -9,7 +9,8 @@ use crate::{AdminState, overview};
 
 /// `GET /api/v1/stats`: uptime, the health score and its deductions, counters, efficiency.
 pub async fn stats(State(state): State<AdminState>) -> Json<overview::Overview> {
-    Json(overview::gather(&state))
+    let pool = overview::PoolRead::now(&state, std::time::Duration::ZERO);
+    Json(overview::gather(&state, &pool))
 }
 
 /// `GET /api/v1/connections`: every upstream connection with its load.

@@ -112,10 +112,14 @@ async fn serve(mut socket: WebSocket, first: Utf8Bytes, mut frames: watch::Recei
 
 /// One frame: everything the dashboard shows.
 pub fn frame(state: &AdminState) -> Value {
-    let summary = overview::gather(state);
+    let period = state
+        .analytics
+        .as_ref()
+        .map_or(Duration::from_secs(10), |a| a.config().scaling.period);
+    let pool = overview::PoolRead::now(state, period);
+    let summary = overview::gather(state, &pool);
     let connections = state.proxy.connections();
-    let endpoints = overview::endpoint_cards(state.proxy.endpoints(), &connections);
-    let breakers = state.proxy.breakers();
+    let endpoints = overview::endpoint_cards(&pool.endpoints, &connections);
     let decisions: Vec<DecisionSample> = state
         .policies
         .router()
@@ -128,11 +132,6 @@ pub fn frame(state: &AdminState) -> Value {
         .iter()
         .map(|kind| plugins::slot_json(state.policies.slot(*kind)))
         .collect();
-    let period = state
-        .analytics
-        .as_ref()
-        .map_or(Duration::from_secs(10), |a| a.config().scaling.period);
-    let groups = state.proxy.group_loads(period);
     let analytics = state.analytics.as_ref().map(|engine| {
         json!({
             "insights": engine.insights(RECENT),
@@ -146,8 +145,8 @@ pub fn frame(state: &AdminState) -> Value {
         "type": "tick",
         "overview": summary,
         "endpoints": endpoints,
-        "breakers": breakers,
-        "groups": groups,
+        "breakers": pool.breakers,
+        "groups": pool.groups,
         "connections": connections,
         "plugins": plugins,
         "scorer": state.policies.scorer().status(),

@@ -6,12 +6,14 @@
 //! when asked; this module keeps no state of its own and never touches the data path.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Serialize;
 use sluice_analytics::records::{Severity, unix_ms_now};
-use sluice_analytics::sampler::connections_needed;
+use sluice_analytics::sampler::PoolTotals;
 use sluice_config::SlotKind;
-use sluice_proxy::breaker::{BreakerState, Scope};
+use sluice_proxy::Snapshot;
+use sluice_proxy::breaker::{BreakerSnapshot, BreakerState, Scope};
 use sluice_proxy::health::Health;
 use sluice_proxy::pool::{ConnectionSnapshot, EndpointSnapshot, GroupLoad};
 use sluice_proxy::stats::StatsSnapshot;
@@ -110,45 +112,61 @@ pub struct MonitorRow {
     pub breaker: Option<BreakerState>,
 }
 
-/// Computes the overview now.
-pub fn gather(state: &AdminState) -> Overview {
-    let snapshot = state.proxy.snapshot();
-    let groups = state.proxy.group_loads(std::time::Duration::ZERO);
-    let endpoints = state.proxy.endpoints();
+/// What an overview, a live frame or a scrape reads of the pool, read once for all of them.
+pub struct PoolRead {
+    /// Counters, gauges, connection count.
+    pub snapshot: Snapshot,
+    /// Every group's load (the latency quantile over the window asked for).
+    pub groups: Vec<GroupLoad>,
+    /// Every endpoint's health and breaker.
+    pub endpoints: Vec<EndpointSnapshot>,
+    /// Every breaker.
+    pub breakers: Vec<BreakerSnapshot>,
+}
+
+impl PoolRead {
+    /// Reads the pool now; `latency_window` bounds the groups' latency quantile.
+    pub fn now(state: &AdminState, latency_window: Duration) -> Self {
+        Self {
+            snapshot: state.proxy.snapshot(),
+            groups: state.proxy.group_loads(latency_window),
+            endpoints: state.proxy.endpoints(),
+            breakers: state.proxy.breakers(),
+        }
+    }
+}
+
+/// The overview of what `pool` read.
+pub fn gather(state: &AdminState, pool: &PoolRead) -> Overview {
+    let snapshot = &pool.snapshot;
     Overview {
         ts_ms: unix_ms_now(),
         uptime_s: state.started.elapsed().as_secs_f64(),
-        health: health_score(state, &endpoints, &groups, snapshot.connections),
-        stats: snapshot.stats,
+        health: health_score(state, pool),
+        stats: snapshot.stats.clone(),
         connections: snapshot.connections,
         global_cap: state.proxy.global_cap(),
         shared_streams: snapshot.shared_streams,
-        efficiency: efficiency(&groups),
+        efficiency: efficiency(&pool.groups),
     }
 }
 
 fn efficiency(groups: &[GroupLoad]) -> Efficiency {
-    let needed: usize = groups.iter().map(connections_needed).sum();
-    let held: usize = groups.iter().map(|g| g.held).sum();
-    let taking: usize = groups.iter().map(|g| g.connections).sum();
-    let streams: u32 = groups.iter().map(|g| g.streams).sum();
-    let idle: usize = groups.iter().map(|g| g.idle_connections).sum();
+    let total = PoolTotals::of(groups);
     let ratio = |part: f64, whole: usize| (whole > 0).then(|| part / whole as f64);
     Efficiency {
-        connection_efficiency: ratio(needed as f64, held),
-        connections_needed: needed,
-        connections_held: held,
-        streams_per_connection: ratio(f64::from(streams), taking),
-        idle_ratio: ratio(idle as f64, taking),
+        connection_efficiency: ratio(total.needed as f64, total.held),
+        connections_needed: total.needed,
+        connections_held: total.held,
+        streams_per_connection: ratio(f64::from(total.streams), total.connections),
+        idle_ratio: ratio(total.idle as f64, total.connections),
     }
 }
 
-fn health_score(
-    state: &AdminState,
-    endpoints: &[EndpointSnapshot],
-    groups: &[GroupLoad],
-    connections: usize,
-) -> HealthScore {
+fn health_score(state: &AdminState, pool: &PoolRead) -> HealthScore {
+    let endpoints = &pool.endpoints;
+    let groups = &pool.groups;
+    let connections = pool.snapshot.connections;
     let mut deductions = Vec::new();
     // Losing every endpoint costs 60 points; each one its share.
     let share = 60.0 / endpoints.len().max(1) as f64;
@@ -168,9 +186,8 @@ fn health_score(
             points,
         });
     }
-    let open_monitors = state
-        .proxy
-        .breakers()
+    let open_monitors = pool
+        .breakers
         .iter()
         .filter(|b| b.scope == Scope::Monitor && is_open(b.state))
         .count();
@@ -258,11 +275,11 @@ fn is_open(state: BreakerState) -> bool {
 
 /// Every endpoint with the streams, capacity and latency of its connections.
 pub fn endpoint_cards(
-    endpoints: Vec<EndpointSnapshot>,
+    endpoints: &[EndpointSnapshot],
     connections: &[ConnectionSnapshot],
 ) -> Vec<EndpointCard> {
     endpoints
-        .into_iter()
+        .iter()
         .map(|endpoint| {
             let mine: Vec<&ConnectionSnapshot> = connections
                 .iter()
@@ -274,7 +291,7 @@ pub fn endpoint_cards(
                 streams: mine.iter().map(|c| c.streams).sum(),
                 capacity: mine.iter().map(|c| c.max_streams).sum(),
                 latency_ms,
-                endpoint,
+                endpoint: endpoint.clone(),
             }
         })
         .collect()

@@ -104,7 +104,8 @@ fn flag(on: bool) -> f64 {
 /// The whole exposition.
 pub fn render(state: &AdminState) -> String {
     let mut out = Exposition::default();
-    let summary = overview::gather(state);
+    let pool = overview::PoolRead::now(state, std::time::Duration::ZERO);
+    let summary = overview::gather(state, &pool);
     out.single(
         "sluice_uptime_seconds",
         "Seconds since the process's services started.",
@@ -166,15 +167,14 @@ pub fn render(state: &AdminState) -> String {
             out.single(name, help, Kind::Gauge, value);
         }
     }
-    groups(state, &mut out);
-    endpoints(state, &mut out);
+    groups(&pool.groups, &mut out);
+    endpoints(state, &pool, &mut out);
     monitors(state, &mut out);
     policies(state, &mut out);
     out.text
 }
 
-fn groups(state: &AdminState, out: &mut Exposition) {
-    let loads = state.proxy.group_loads(std::time::Duration::ZERO);
+fn groups(loads: &[sluice_proxy::pool::GroupLoad], out: &mut Exposition) {
     type Read = fn(&sluice_proxy::pool::GroupLoad) -> f64;
     let families: [(&str, &str, Kind, Read); 10] = [
         (
@@ -240,16 +240,16 @@ fn groups(state: &AdminState, out: &mut Exposition) {
     ];
     for (name, help, kind, read) in families {
         out.family(name, help, kind);
-        for group in &loads {
+        for group in loads {
             let class = group.class.to_string();
             out.sample(name, &[("group", &class)], read(group));
         }
     }
 }
 
-fn endpoints(state: &AdminState, out: &mut Exposition) {
+fn endpoints(state: &AdminState, pool: &overview::PoolRead, out: &mut Exposition) {
     let connections = state.proxy.connections();
-    let cards = overview::endpoint_cards(state.proxy.endpoints(), &connections);
+    let cards = overview::endpoint_cards(&pool.endpoints, &connections);
     let name = "sluice_endpoint_health";
     out.family(
         name,
@@ -307,7 +307,7 @@ fn endpoints(state: &AdminState, out: &mut Exposition) {
         Kind::Gauge,
     );
     let configured = configured_monitors(state);
-    for breaker in state.proxy.breakers() {
+    for breaker in &pool.breakers {
         let scope = match breaker.scope {
             Scope::Endpoint => "endpoint",
             Scope::Monitor if configured.contains(&*breaker.name) => "monitor",

@@ -85,6 +85,37 @@ pub fn connections_needed(group: &GroupLoad) -> usize {
         .max(group.min_connections)
 }
 
+/// The pool's connections and streams, summed over its groups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolTotals {
+    /// Connections taking streams.
+    pub connections: usize,
+    /// Connections open, draining ones included.
+    pub held: usize,
+    /// Connections the streams need ([`connections_needed`] of each group).
+    pub needed: usize,
+    /// Streams on the connections.
+    pub streams: u32,
+    /// Streams the connections taking streams can carry.
+    pub capacity: u32,
+    /// Connections taking streams that carry none.
+    pub idle: usize,
+}
+
+impl PoolTotals {
+    /// The totals of `groups`.
+    pub fn of(groups: &[GroupLoad]) -> Self {
+        groups.iter().fold(Self::default(), |total, g| Self {
+            connections: total.connections + g.connections,
+            held: total.held + g.held,
+            needed: total.needed + connections_needed(g),
+            streams: total.streams + g.streams,
+            capacity: total.capacity + g.capacity,
+            idle: total.idle + g.idle_connections,
+        })
+    }
+}
+
 /// Turns pool state into samples.
 pub struct Sampler {
     proxy: ProxyView,
@@ -140,11 +171,14 @@ impl Sampler {
         };
         drop(previous);
 
-        let live: usize = groups.iter().map(|g| g.connections).sum();
-        let streams: u32 = groups.iter().map(|g| g.streams).sum();
-        let capacity: u32 = groups.iter().map(|g| g.capacity).sum();
-        let idle: usize = groups.iter().map(|g| g.idle_connections).sum();
-        let needed: usize = groups.iter().map(connections_needed).sum();
+        let PoolTotals {
+            connections: live,
+            needed,
+            streams,
+            capacity,
+            idle,
+            ..
+        } = PoolTotals::of(&groups);
         let latencies: Vec<f64> = groups
             .iter()
             .filter(|g| g.connections > 0)
