@@ -46,6 +46,9 @@ struct ActiveState {
     failures_in_row: u32,
     passes_in_row: u32,
     unhealthy: bool,
+    /// A check failed since the checks last passed again: the endpoint was seen down, even
+    /// when too briefly to be marked unhealthy.
+    failed: bool,
     last_error: Option<String>,
 }
 
@@ -140,8 +143,10 @@ impl EndpointHealth {
         (Health::Healthy, None)
     }
 
-    /// Records one active check. Returns the new verdict of the checks when it changed
-    /// (`Some(true)`: now passing).
+    /// Records one active check. Returns the new verdict of the checks when it changed:
+    /// `Some(false)` when they make the endpoint unhealthy, `Some(true)` when they pass again
+    /// (`healthy_threshold` in a row) after any failure - the endpoint was seen down and is
+    /// back, whether or not the failures had reached `unhealthy_threshold`.
     fn record_check(&self, result: Result<(), String>) -> Option<bool> {
         let mut active = self.active.lock();
         match result {
@@ -149,14 +154,16 @@ impl EndpointHealth {
                 active.passes_in_row += 1;
                 active.failures_in_row = 0;
                 active.last_error = None;
-                if active.unhealthy && active.passes_in_row >= self.config.healthy_threshold {
+                if active.failed && active.passes_in_row >= self.config.healthy_threshold {
                     active.unhealthy = false;
+                    active.failed = false;
                     return Some(true);
                 }
             }
             Err(error) => {
                 active.failures_in_row += 1;
                 active.passes_in_row = 0;
+                active.failed = true;
                 active.last_error = Some(error);
                 if !active.unhealthy && active.failures_in_row >= self.config.unhealthy_threshold {
                     active.unhealthy = true;
@@ -236,5 +243,34 @@ pub(crate) async fn run_active_checks(
             }
             None => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_config::HealthConfig;
+
+    use super::EndpointHealth;
+
+    #[test]
+    fn checks_report_unhealthy_at_the_threshold_and_passing_again_after_any_failure() {
+        let health = EndpointHealth::new(&HealthConfig::default());
+        let fail = || Err("refused".to_owned());
+        // Passing from the start is no change.
+        assert_eq!(health.record_check(Ok(())), None);
+        assert_eq!(health.record_check(Ok(())), None);
+        // Unhealthy at the second failure in a row, then back after two passes.
+        assert_eq!(health.record_check(fail()), None);
+        assert_eq!(health.record_check(fail()), Some(false));
+        assert_eq!(health.record_check(fail()), None);
+        assert_eq!(health.record_check(Ok(())), None);
+        assert_eq!(health.record_check(Ok(())), Some(true));
+        assert_eq!(health.record_check(Ok(())), None);
+        // One failure (down too briefly to be unhealthy) still makes the passes that follow a
+        // recovery: an open breaker may then probe at once.
+        assert_eq!(health.record_check(fail()), None);
+        assert_eq!(health.record_check(Ok(())), None);
+        assert_eq!(health.record_check(Ok(())), Some(true));
+        assert_eq!(health.record_check(Ok(())), None);
     }
 }
