@@ -526,11 +526,8 @@ fn resume(
     requests: &[bytes::Bytes],
     last_response: Option<&bytes::Bytes>,
 ) -> sluice_proxy::resume::ResumeAnswer {
-    let monitor = sluice_proxy::route::MonitorProfile {
-        id: Arc::from("tx-indexer"),
-        class: TrafficClass::Realtime,
-        critical: false,
-    };
+    let monitor =
+        sluice_proxy::route::MonitorProfile::new("tx-indexer", TrafficClass::Realtime, false);
     let request = sluice_proxy::resume::ResumeRequest {
         monitor: &monitor,
         method,

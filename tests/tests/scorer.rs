@@ -33,6 +33,9 @@ fn environment() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+/// Columns of the default router plugin's feature vector (v1).
+const ROUTER_FEATURES: u32 = 18;
+
 /// Writes a model with `scorer_model.py`; returns the golden JSON when asked for.
 fn make_model(
     python: &Path,
@@ -268,7 +271,7 @@ async fn hot_reloading_the_model_under_flowing_streams_loses_nothing() {
     };
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("router.onnx");
-    make_model(&python, &model, 5, 1, 11, false);
+    make_model(&python, &model, ROUTER_FEATURES, 1, 11, false);
     let scorer = OnnxScorer::open(&config(&model, &library));
     let first = scorer.status().model.expect("loaded");
     let watch = scorer.watch();
@@ -306,7 +309,7 @@ async fn hot_reloading_the_model_under_flowing_streams_loses_nothing() {
 
     // Swap the model while the streams flow, and keep opening streams through the swap.
     let next = dir.path().join("next.onnx");
-    make_model(&python, &next, 5, 1, 12, false);
+    make_model(&python, &next, ROUTER_FEATURES, 1, 12, false);
     replace(&model, &std::fs::read(&next).unwrap());
     for n in 10..20 {
         open(n, &mut client);

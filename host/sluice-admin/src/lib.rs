@@ -172,6 +172,7 @@ fn router(state: AdminState, max_upload_bytes: usize) -> Router {
         .route("/api/v1/plugins", get(plugins::list))
         .route("/api/v1/plugins/events", get(plugins::events))
         .route("/api/v1/scorer", get(plugins::scorer))
+        .route("/api/v1/scorer/promote", post(plugins::promote_scorer))
         .route("/api/v1/plugins/{slot}", post(plugins::upload))
         .route("/api/v1/plugins/{slot}/activate", post(plugins::activate))
         .route("/api/v1/plugins/{slot}/shadow", post(plugins::shadow))

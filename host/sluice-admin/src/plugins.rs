@@ -1,6 +1,7 @@
 //! `/api/v1/plugins`: list slots, upload a plugin (active or shadow), make an earlier version
 //! active or the shadow again, promote, roll back, enable, clear, events.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::UNIX_EPOCH;
 
@@ -116,6 +117,16 @@ pub async fn list(State(state): State<AdminState>) -> Json<Value> {
 /// cannot answer, if it cannot.
 pub async fn scorer(State(state): State<AdminState>) -> Json<Value> {
     Json(state.policies.scorer().status())
+}
+
+/// `POST /api/v1/scorer/promote`: the shadow model becomes the active one (409 when there is
+/// no shadow model to promote).
+pub async fn promote_scorer(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let scorer = Arc::clone(state.policies.scorer());
+    let promoted = tokio::task::spawn_blocking(move || scorer.promote_shadow())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    promoted.map(Json).map_err(ApiError::conflict)
 }
 
 #[derive(Deserialize)]

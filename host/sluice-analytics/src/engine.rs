@@ -22,7 +22,9 @@ use tokio::task::JoinSet;
 use crate::alerts::{ActiveAlert, Alerter, Conditions, Notifier, NotifierStats};
 use crate::history::History;
 use crate::insights::{Analyst, Prediction};
-use crate::records::{DecisionSample, Insight, ReportPeriod, ScalingRecord, unix_ms, unix_ms_now};
+use crate::records::{
+    DecisionSample, Insight, OutcomeRecord, ReportPeriod, ScalingRecord, unix_ms, unix_ms_now,
+};
 use crate::report::Report;
 use crate::sampler::Sampler;
 use crate::scaling::Scaler;
@@ -47,6 +49,8 @@ pub enum AnalyticsError {
     Task(String),
 }
 
+/// How often finished routing outcomes are stored.
+const LEARN_EVERY: Duration = Duration::from_secs(2);
 /// How often housekeeping looks for finished report periods and old rows.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
 /// Samples between writes of the minute so far (a killed process loses at most these seconds).
@@ -171,6 +175,9 @@ impl Analytics {
                     Job::Analyze => {
                         this.analyze_once().await;
                     }
+                    Job::Learn => {
+                        this.learn_once().await;
+                    }
                     Job::Housekeeping => this.housekeeping().await,
                 }
             }
@@ -195,6 +202,14 @@ impl Analytics {
                 Arc::clone(self),
                 stop.subscribe(),
                 Job::Analyze,
+            ));
+        }
+        if self.config.learning.enabled {
+            tasks.spawn(every(
+                LEARN_EVERY,
+                Arc::clone(self),
+                stop.subscribe(),
+                Job::Learn,
             ));
         }
         tasks.spawn(every(
@@ -335,6 +350,45 @@ impl Analytics {
         }
     }
 
+    /// Stores the routing outcomes the pool has finished watching, each compared with the
+    /// scorer's shadow model when one runs (the learning loop's data). Returns how many.
+    pub async fn learn_once(&self) -> usize {
+        let outcomes = self.proxy.drain_outcomes();
+        if outcomes.is_empty() {
+            return 0;
+        }
+        let scorer = Arc::clone(self.policies.scorer());
+        let store = Arc::clone(&self.store);
+        let written = tokio::task::spawn_blocking(move || {
+            let records: Vec<OutcomeRecord> = outcomes
+                .iter()
+                .map(|outcome| {
+                    let mut record = OutcomeRecord::from_outcome(outcome);
+                    if let Some(judged) =
+                        scorer.compare_shadow(&outcome.batch, outcome.chosen, record.quality)
+                    {
+                        record.shadow_predicted = Some(f64::from(judged.predicted));
+                        record.shadow_agreed = Some(judged.agreed);
+                    }
+                    record
+                })
+                .collect();
+            store.insert_outcomes(&records).map(|()| records.len())
+        })
+        .await;
+        match written {
+            Ok(Ok(count)) => count,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not store routing outcomes");
+                0
+            }
+            Err(error) => {
+                tracing::warn!(%error, "routing outcome task failed");
+                0
+            }
+        }
+    }
+
     async fn housekeeping(&self) {
         let store = Arc::clone(&self.store);
         let result = tokio::task::spawn_blocking(move || {
@@ -420,5 +474,6 @@ enum Job {
     Sample,
     Scale,
     Analyze,
+    Learn,
     Housekeeping,
 }

@@ -190,6 +190,89 @@ impl From<sluice_policy::RecordedDecision> for DecisionSample {
     }
 }
 
+/// Time to first message at which an outcome's quality is one half (see [`outcome_quality`]).
+pub const QUALITY_REFERENCE_MS: f64 = 50.0;
+
+/// How good a placement turned out, 0..=1, the value the scorer's model learns to predict:
+/// 0 when the stream failed upstream or got no message within the watched time, else
+/// `1 / (1 + ttfm_ms / 50)` (2 ms -> 0.96, 10 ms -> 0.83, 50 ms -> 0.5).
+pub fn outcome_quality(first_message_ms: Option<f64>, failed: bool) -> f64 {
+    match first_message_ms {
+        Some(ms) if !failed && ms.is_finite() => 1.0 / (1.0 + ms.max(0.0) / QUALITY_REFERENCE_MS),
+        _ => 0.0,
+    }
+}
+
+/// A routing decision's features and what became of its stream, as stored for training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    /// When the decision was made, Unix ms.
+    pub ts_ms: i64,
+    /// The monitor whose stream it was.
+    pub monitor: String,
+    /// The chosen connection's endpoint.
+    pub endpoint: String,
+    /// The chosen connection.
+    pub connection_id: u64,
+    /// Candidates the router saw.
+    pub candidates: u32,
+    /// The decision's reason.
+    pub reason: String,
+    /// Features per row.
+    pub columns: u32,
+    /// The chosen candidate's feature row.
+    pub features: Vec<f32>,
+    /// Time to first message, ms, when one came within the watched time.
+    pub first_message_ms: Option<f64>,
+    /// Whether the stream failed upstream within the watched time.
+    pub failed: bool,
+    /// Response messages per second over the watched time.
+    pub throughput: f64,
+    /// How long it was watched, ms.
+    pub observed_ms: f64,
+    /// [`outcome_quality`] of the above.
+    pub quality: f64,
+    /// The active model's prediction for the chosen row.
+    pub predicted: Option<f64>,
+    /// The shadow model's prediction for it, when a shadow ran.
+    pub shadow_predicted: Option<f64>,
+    /// Whether the shadow model's best row was the active model's.
+    pub shadow_agreed: Option<bool>,
+}
+
+impl OutcomeRecord {
+    /// The stored form of a finished observation (before any shadow comparison).
+    pub fn from_outcome(outcome: &sluice_proxy::route::RouteOutcome) -> Self {
+        let first_message_ms = outcome.first_message.map(|t| t.as_secs_f64() * 1e3);
+        Self {
+            ts_ms: unix_ms(outcome.at),
+            monitor: outcome.monitor.to_string(),
+            endpoint: outcome.endpoint.to_string(),
+            connection_id: outcome.connection_id,
+            candidates: u32::try_from(outcome.candidates).unwrap_or(u32::MAX),
+            reason: outcome.reason.clone(),
+            columns: outcome.batch.columns,
+            features: outcome
+                .batch
+                .row(outcome.chosen)
+                .unwrap_or_default()
+                .to_vec(),
+            first_message_ms,
+            failed: outcome.failed,
+            throughput: outcome.throughput(),
+            observed_ms: outcome.observed.as_secs_f64() * 1e3,
+            quality: outcome_quality(first_message_ms, outcome.failed),
+            predicted: outcome
+                .batch
+                .scores
+                .get(outcome.chosen)
+                .map(|&s| f64::from(s)),
+            shadow_predicted: None,
+            shadow_agreed: None,
+        }
+    }
+}
+
 /// `at` in Unix ms (0 before the epoch).
 pub fn unix_ms(at: std::time::SystemTime) -> i64 {
     at.duration_since(std::time::UNIX_EPOCH)

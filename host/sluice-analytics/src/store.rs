@@ -27,7 +27,8 @@ use rusqlite::{
 };
 
 use crate::records::{
-    DecisionSample, Insight, InsightKind, ReportPeriod, Rollup, ScalingRecord, Severity,
+    DecisionSample, Insight, InsightKind, OutcomeRecord, ReportPeriod, Rollup, ScalingRecord,
+    Severity,
 };
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
@@ -96,6 +97,27 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts_ms);
 CREATE INDEX IF NOT EXISTS decisions_monitor_ts ON decisions (monitor, ts_ms);
+
+CREATE TABLE IF NOT EXISTS route_outcomes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms INTEGER NOT NULL,
+    monitor TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    connection_id INTEGER NOT NULL,
+    candidates INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    columns INTEGER NOT NULL,
+    features BLOB NOT NULL,
+    first_message_ms REAL,
+    failed INTEGER NOT NULL,
+    throughput REAL NOT NULL,
+    observed_ms REAL NOT NULL,
+    quality REAL NOT NULL,
+    predicted REAL,
+    shadow_predicted REAL,
+    shadow_agreed INTEGER
+);
+CREATE INDEX IF NOT EXISTS route_outcomes_ts ON route_outcomes (ts_ms);
 
 CREATE TABLE IF NOT EXISTS reports (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -210,12 +232,14 @@ pub struct PruneCounts {
     pub decisions: u64,
     /// Stored reports (by when they were generated).
     pub reports: u64,
+    /// Routing outcomes.
+    pub outcomes: u64,
 }
 
 impl PruneCounts {
     /// Rows deleted in all tables.
     pub fn total(&self) -> u64 {
-        self.rollups + self.insights + self.scaling + self.decisions + self.reports
+        self.rollups + self.insights + self.scaling + self.decisions + self.reports + self.outcomes
     }
 }
 
@@ -661,6 +685,83 @@ impl Store {
         )
     }
 
+    /// Stores routing outcomes in one transaction. Features are stored as little-endian
+    /// `f32`s, `columns` per row (`numpy.frombuffer(blob, "<f4")` reads them).
+    pub fn insert_outcomes(&self, records: &[OutcomeRecord]) -> Result<(), StoreError> {
+        self.insert_rows(
+            "insert routing outcomes",
+            "INSERT INTO route_outcomes (ts_ms, monitor, endpoint, connection_id, candidates, \
+             reason, columns, features, first_message_ms, failed, throughput, observed_ms, \
+             quality, predicted, shadow_predicted, shadow_agreed) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            records,
+            |stmt, r| {
+                let features: Vec<u8> = r.features.iter().flat_map(|f| f.to_le_bytes()).collect();
+                stmt.execute(params![
+                    r.ts_ms,
+                    r.monitor,
+                    r.endpoint,
+                    // Bit for bit: SQLite integers are signed.
+                    r.connection_id as i64,
+                    r.candidates,
+                    r.reason,
+                    r.columns,
+                    features,
+                    r.first_message_ms,
+                    r.failed,
+                    r.throughput,
+                    r.observed_ms,
+                    r.quality,
+                    r.predicted,
+                    r.shadow_predicted,
+                    r.shadow_agreed,
+                ])
+            },
+        )
+    }
+
+    /// Routing outcomes with `ts_ms >= since_ms`, oldest first, at most `limit`.
+    pub fn outcomes(&self, since_ms: i64, limit: usize) -> Result<Vec<OutcomeRecord>, StoreError> {
+        const OP: &str = "read routing outcomes";
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT ts_ms, monitor, endpoint, connection_id, candidates, reason, columns, \
+                 features, first_message_ms, failed, throughput, observed_ms, quality, predicted, \
+                 shadow_predicted, shadow_agreed FROM route_outcomes WHERE ts_ms >= ?1 \
+                 ORDER BY ts_ms, id LIMIT ?2",
+            )
+            .map_err(sql(OP))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![since_ms, limit], |row| {
+                let blob: Vec<u8> = row.get(7)?;
+                Ok(OutcomeRecord {
+                    ts_ms: row.get(0)?,
+                    monitor: row.get(1)?,
+                    endpoint: row.get(2)?,
+                    connection_id: row.get::<_, i64>(3)? as u64,
+                    candidates: row.get(4)?,
+                    reason: row.get(5)?,
+                    columns: row.get(6)?,
+                    features: blob
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                    first_message_ms: row.get(8)?,
+                    failed: row.get(9)?,
+                    throughput: row.get(10)?,
+                    observed_ms: row.get(11)?,
+                    quality: row.get(12)?,
+                    predicted: row.get(13)?,
+                    shadow_predicted: row.get(14)?,
+                    shadow_agreed: row.get(15)?,
+                })
+            })
+            .map_err(sql(OP))?;
+        rows.collect::<Result<_, _>>().map_err(sql(OP))
+    }
+
     /// Stores a generated report's JSON body and returns the id it got.
     pub fn insert_report(
         &self,
@@ -703,9 +804,10 @@ impl Store {
             scaling: delete("scaling", "ts_ms")?,
             decisions: delete("decisions", "ts_ms")?,
             reports: delete("reports", "generated_ms")?,
+            outcomes: delete("route_outcomes", "ts_ms")?,
         };
         tx.commit().map_err(sql(OP))?;
-        self.count(5, counts.total());
+        self.count(6, counts.total());
         Ok(counts)
     }
 
@@ -1069,6 +1171,44 @@ mod tests {
     }
 
     /// Writes one of everything at `ts_ms`; returns the insight id.
+    fn outcome(ts_ms: i64) -> OutcomeRecord {
+        OutcomeRecord {
+            ts_ms,
+            monitor: "m1".to_owned(),
+            endpoint: "fast".to_owned(),
+            connection_id: u64::MAX,
+            candidates: 3,
+            reason: "router: conn 7".to_owned(),
+            columns: 3,
+            features: vec![0.5, -1.25, 1e-3],
+            first_message_ms: Some(4.5),
+            failed: false,
+            throughput: 99.5,
+            observed_ms: 60_000.0,
+            quality: crate::records::outcome_quality(Some(4.5), false),
+            predicted: Some(0.75),
+            shadow_predicted: None,
+            shadow_agreed: Some(true),
+        }
+    }
+
+    #[test]
+    fn routing_outcomes_round_trip_with_their_features() {
+        let store = Store::open(Path::new(IN_MEMORY), HOUR).unwrap();
+        let mut failed = outcome(2_000);
+        failed.failed = true;
+        failed.first_message_ms = None;
+        failed.quality = crate::records::outcome_quality(None, true);
+        store
+            .insert_outcomes(&[outcome(1_000), failed.clone()])
+            .unwrap();
+        let read = store.outcomes(0, 10).unwrap();
+        assert_eq!(read, vec![outcome(1_000), failed]);
+        assert_eq!(read[1].quality, 0.0);
+        assert!((read[0].quality - 1.0 / (1.0 + 4.5 / 50.0)).abs() < 1e-12);
+        assert_eq!(store.outcomes(1_500, 10).unwrap().len(), 1);
+    }
+
     fn fill(store: &Store, ts_ms: i64) -> i64 {
         store
             .write_rollups(&[
@@ -1083,6 +1223,7 @@ mod tests {
         store
             .insert_decisions(&[decision(ts_ms, "m1"), decision(ts_ms, "m2")])
             .unwrap();
+        store.insert_outcomes(&[outcome(ts_ms)]).unwrap();
         store
             .insert_report(
                 ReportPeriod::Hourly,
@@ -1187,9 +1328,10 @@ mod tests {
                 scaling: 1,
                 decisions: 2,
                 reports: 1,
+                outcomes: 1,
             }
         );
-        assert_eq!(counts.total(), 7);
+        assert_eq!(counts.total(), 8);
         assert!(
             store
                 .rollups_since(0)

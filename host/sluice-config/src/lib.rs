@@ -35,7 +35,7 @@ pub use resilience::{
     BreakerSettings, BreakerTable, BreakersConfig, FailureKinds, HealthConfig, RateLimitConfig,
     ResumeMode,
 };
-pub use scorer::ScorerConfig;
+pub use scorer::{LearningConfig, ScorerConfig};
 
 /// A configuration that could not be read, parsed or validated.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +124,9 @@ pub struct Config {
     /// The ONNX model behind the router's `scorer` import.
     #[serde(default)]
     pub scorer: ScorerConfig,
+    /// Recording routing decisions and their outcomes, to train the scorer's model.
+    #[serde(default)]
+    pub learning: LearningConfig,
 }
 
 /// The listener monitors connect to.
@@ -518,6 +521,10 @@ pub struct MonitorConfig {
     /// Avoid connections whose measured latency is above this while others are below it.
     #[serde(default, with = "humantime_serde")]
     pub max_latency: Option<Duration>,
+    /// How much the monitor suffers from latency, 0..=1, as routers see it. Default: derived
+    /// from the class and the measured message rate (see `wit/types.wit`, `traffic-profile`).
+    #[serde(default)]
+    pub latency_sensitivity: Option<f64>,
 }
 
 /// Options for a method or a whole service.
@@ -594,6 +601,7 @@ impl MonitorConfig {
             token: None,
             prefer_region: None,
             max_latency: None,
+            latency_sensitivity: None,
         }
     }
 }
@@ -688,6 +696,7 @@ impl Config {
         self.validate_resilience()?;
         self.validate_analytics()?;
         self.validate_scorer()?;
+        self.validate_learning()?;
         self.validate_alerts()
     }
 
@@ -895,6 +904,15 @@ impl Config {
                 return Err(invalid(
                     format!("monitors[{i}].token"),
                     "must not be empty when set",
+                ));
+            }
+            if monitor
+                .latency_sensitivity
+                .is_some_and(|s| !(0.0..=1.0).contains(&s))
+            {
+                return Err(invalid(
+                    format!("monitors[{i}].latency_sensitivity"),
+                    "must be between 0 and 1",
                 ));
             }
         }

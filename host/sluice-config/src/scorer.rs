@@ -1,4 +1,5 @@
-//! `[scorer]`: the ONNX model behind the `scorer` import that router plugins call.
+//! `[scorer]`: the ONNX model behind the `scorer` import that router plugins call, and
+//! `[learning]`: recording decisions and outcomes to train it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,9 +24,14 @@ pub struct ScorerConfig {
     /// error and the router decides without the model. Default 2 ms.
     #[serde(with = "humantime_serde")]
     pub deadline: Duration,
-    /// How often the model file is checked for changes. Default 1 s.
+    /// How often the model files are checked for changes. Default 1 s.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
+    /// A candidate model run in shadow: it scores the recorded decisions beside the active
+    /// model (agreement on the best row, and each model's error against the observed outcome)
+    /// without affecting any decision, until an operator promotes it
+    /// (`POST /api/v1/scorer/promote`). Needs `model`.
+    pub shadow_model: Option<PathBuf>,
 }
 
 impl Default for ScorerConfig {
@@ -36,6 +42,34 @@ impl Default for ScorerConfig {
             sessions: 2,
             deadline: Duration::from_millis(2),
             reload_interval: Duration::from_secs(1),
+            shadow_model: None,
+        }
+    }
+}
+
+/// Which routing decisions are recorded with their outcome (in the store's `route_outcomes`
+/// table, read by `plugins/training/train_router.py`). Only decisions a router plugin made with
+/// the scorer are recorded: their feature rows are what the model learns from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearningConfig {
+    /// Record decisions at all. Default on.
+    pub enabled: bool,
+    /// At most this many decisions are recorded per second; the others are not observed, so
+    /// that a flood of short calls costs nothing. Default 50.
+    pub max_records_per_second: u32,
+    /// How long a stream's outcome is watched: its errors and throughput count until then (or
+    /// until it ends, if sooner). Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub observe_for: Duration,
+}
+
+impl Default for LearningConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_records_per_second: 50,
+            observe_for: Duration::from_secs(60),
         }
     }
 }
@@ -52,6 +86,29 @@ impl super::Config {
         }
         if scorer.reload_interval < Duration::from_millis(10) {
             return Err(invalid("scorer.reload_interval", "must be at least 10ms"));
+        }
+        if scorer.shadow_model.is_some() && scorer.model.is_none() {
+            return Err(invalid(
+                "scorer.shadow_model",
+                "needs scorer.model (a shadow is compared with the active model)",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn validate_learning(&self) -> Result<(), super::ConfigError> {
+        use super::invalid;
+        let learning = &self.learning;
+        if learning.max_records_per_second > 10_000 {
+            return Err(invalid(
+                "learning.max_records_per_second",
+                "must be at most 10000",
+            ));
+        }
+        if learning.observe_for < Duration::from_secs(1)
+            || learning.observe_for > Duration::from_secs(3600)
+        {
+            return Err(invalid("learning.observe_for", "must be between 1s and 1h"));
         }
         Ok(())
     }

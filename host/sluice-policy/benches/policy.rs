@@ -84,6 +84,8 @@ fn candidates(n: usize) -> Vec<Candidate> {
             latency: Duration::from_micros(500 + (i as u64 * 977) % 25_000),
             error_rate: if i % 5 == 0 { 0.02 } else { 0.0 },
             age: Duration::from_secs(60 + i as u64),
+            endpoint_health: sluice_proxy::health::Health::Healthy,
+            endpoint_breaker: sluice_proxy::breaker::BreakerState::Closed,
         })
         .collect()
 }
@@ -161,11 +163,7 @@ fn decisions(options: &Options, cache: &Path) -> serde_json::Value {
         }
         loaded.push((name, policies));
     }
-    let monitor = MonitorProfile {
-        id: Arc::from("bench-monitor"),
-        class: TrafficClass::Realtime,
-        critical: true,
-    };
+    let monitor = MonitorProfile::new("bench-monitor", TrafficClass::Realtime, true);
     let mut report = serde_json::Map::new();
     println!(
         "\n== ns per routing decision (PolicyRouter::route: convert, call, validate, record) =="

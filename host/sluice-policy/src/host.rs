@@ -125,6 +125,8 @@ impl wasmtime::ResourceLimiter for MemoryCap {
 pub(crate) struct HostState {
     pub env: Arc<PluginEnv>,
     pub memory: MemoryCap,
+    /// The current call's last scored batch (router plugins only).
+    pub scored: Option<sluice_proxy::route::ScoredBatch>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -145,6 +147,7 @@ impl HostState {
                 hit: false,
                 total: 0,
             },
+            scored: None,
             wasi,
             table: ResourceTable::new(),
         }
@@ -210,7 +213,14 @@ impl config::Host for HostState {
 
 impl scorer::Host for HostState {
     fn score(&mut self, batch: scorer::FeatureBatch) -> Result<Vec<f32>, String> {
-        self.env.scorer.score(batch.columns, &batch.values)
+        let scores = self.env.scorer.score(batch.columns, &batch.values)?;
+        // Kept for the learning loop: the router takes it once the plugin has decided.
+        self.scored = Some(sluice_proxy::route::ScoredBatch {
+            columns: batch.columns,
+            values: batch.values,
+            scores: scores.clone(),
+        });
+        Ok(scores)
     }
 
     fn model(&mut self) -> String {

@@ -42,7 +42,7 @@ pub use history::{LoadHistory, NoHistory};
 pub use plugin::{CallFailure, Plugin, PluginInfo};
 pub use resumer::PolicyResumer;
 pub use router::{PolicyRouter, RecordedDecision};
-pub use scorer::{NeutralScorer, Scorer};
+pub use scorer::{NeutralScorer, Scorer, ShadowJudgement};
 pub use slot::Slot;
 pub use watch::Watcher;
 

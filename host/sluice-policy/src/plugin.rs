@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use sluice_config::SlotKind;
+use sluice_proxy::route::ScoredBatch;
 use wasmtime::Store;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
@@ -305,7 +306,7 @@ impl Plugin {
         let pre = linker.instantiate_pre(component).map_err(|e| {
             PolicyError::WrongWorld(format!(
                 "its imports do not match what Sluice provides to the {world} world \
-                 (sluice:policy@0.1.0 log, clock, config{}, and WASI): {e:#}",
+                 (sluice:policy@0.2.0 log, clock, config{}, and WASI): {e:#}",
                 match world {
                     SlotKind::Router => ", scorer",
                     SlotKind::Scaler => ", history",
@@ -465,18 +466,33 @@ impl Plugin {
     /// Calls a router's `route`. The caller validates the decision against the candidates.
     pub fn route(&self, request: &RouteRequest) -> Result<Decision, CallFailure> {
         self.route_within(request, self.limits.deadline)
+            .map(|(decision, _)| decision)
+    }
+
+    /// Calls a router's `route`; also returns the last batch it had scored in this call.
+    pub fn route_scored(
+        &self,
+        request: &RouteRequest,
+    ) -> Result<(Decision, Option<ScoredBatch>), CallFailure> {
+        self.route_within(request, self.limits.deadline)
     }
 
     pub(crate) fn route_within(
         &self,
         request: &RouteRequest,
         deadline: Duration,
-    ) -> Result<Decision, CallFailure> {
-        let answer = self.run(deadline, |store, exports| match exports {
-            Exports::Router(router) => router.call_route(store, request),
+    ) -> Result<(Decision, Option<ScoredBatch>), CallFailure> {
+        let (answer, scored) = self.run(deadline, |store, exports| match exports {
+            Exports::Router(router) => {
+                store.data_mut().scored = None;
+                let answer = router.call_route(&mut *store, request)?;
+                Ok((answer, store.data_mut().scored.take()))
+            }
             _ => Err(wasmtime::Error::msg("not a router plugin")),
         })?;
-        answer.map_err(|message| CallFailure::Error(truncate_reason(message, MAX_FAILURE_BYTES)))
+        answer
+            .map(|decision| (decision, scored))
+            .map_err(|message| CallFailure::Error(truncate_reason(message, MAX_FAILURE_BYTES)))
     }
 
     /// Calls a scaler's `plan`.

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::SystemTime;
 
-use sluice_proxy::route::{RouteDecision, RouteRequest, Router};
+use sluice_proxy::route::{RouteDecision, RouteRequest, Router, ScoredBatch};
 
 use crate::builtin::PeakEwmaP2c;
 use crate::decisions::DecisionLog;
@@ -140,11 +140,15 @@ impl PolicyRouter {
         }
     }
 
-    fn ask(&self, plugin: Arc<Plugin>, question: &types::RouteRequest) -> Answer<types::Decision> {
+    fn ask(
+        &self,
+        plugin: Arc<Plugin>,
+        question: &types::RouteRequest,
+    ) -> Answer<(types::Decision, Option<ScoredBatch>)> {
         self.slot.call_plugin(
             plugin,
-            |plugin| plugin.route(question),
-            |decision| check_decision(decision, question.candidates.len()),
+            |plugin| plugin.route_scored(question),
+            |(decision, _)| check_decision(decision, question.candidates.len()),
         )
     }
 
@@ -185,7 +189,12 @@ impl Router for PolicyRouter {
             Answer::NoPlugin
         };
         let (decision, policy, fallback) = match answer {
-            Answer::Answered(decision, plugin) => {
+            Answer::Answered((decision, scored), plugin) => {
+                // Only a batch with one row per candidate says which row was chosen.
+                let scored = scored.filter(|batch| {
+                    batch.scores.len() == request.candidates.len()
+                        && batch.values.len() == batch.scores.len() * batch.columns as usize
+                });
                 let decision = RouteDecision {
                     index: decision.choice as usize,
                     confidence: decision.confidence,
@@ -194,6 +203,7 @@ impl Router for PolicyRouter {
                         types::MAX_REASON_BYTES,
                     )),
                     alternatives: decision.alternatives.iter().map(|&a| a as usize).collect(),
+                    scored: scored.map(Box::new),
                 };
                 (decision, Arc::clone(plugin.label()), false)
             }

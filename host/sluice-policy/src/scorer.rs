@@ -3,6 +3,8 @@
 //! The host owns which model backs it; until a model is configured the [`NeutralScorer`] answers.
 //! A scorer must be fast and must not block: it runs inside a router call, on the data path.
 
+use sluice_proxy::route::ScoredBatch;
+
 /// Scores feature rows for router plugins.
 pub trait Scorer: Send + Sync + 'static {
     /// One score per row of `values` (row-major, `columns` per row); higher is better.
@@ -21,6 +23,35 @@ pub trait Scorer: Send + Sync + 'static {
     fn status(&self) -> serde_json::Value {
         serde_json::json!({ "model": self.model(), "unavailable": self.unavailable() })
     }
+
+    /// Scores a recorded decision's batch with the shadow model, if one runs, and counts how
+    /// it compares with the active model (`batch.scores`): the same best row or not, and both
+    /// models' error for the `chosen` row against the `observed` outcome quality (0..=1).
+    /// Called by the learning loop, off the data path. `None` without a shadow model.
+    fn compare_shadow(
+        &self,
+        batch: &ScoredBatch,
+        chosen: usize,
+        observed: f64,
+    ) -> Option<ShadowJudgement> {
+        let _ = (batch, chosen, observed);
+        None
+    }
+
+    /// Makes the shadow model the active one; what was promoted, for the admin API. An error
+    /// says why not (no shadow model loaded, the file could not be replaced).
+    fn promote_shadow(&self) -> Result<serde_json::Value, String> {
+        Err("this scorer has no shadow model ([scorer] model and shadow_model)".to_owned())
+    }
+}
+
+/// A shadow model's view of one recorded decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShadowJudgement {
+    /// Its prediction for the chosen row.
+    pub predicted: f32,
+    /// Whether its best row is the active model's best row.
+    pub agreed: bool,
 }
 
 /// The built-in scorer: every row gets the neutral score 0.5, so a router that blends the score

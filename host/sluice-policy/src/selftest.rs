@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use crate::plugin::{CallFailure, Plugin};
 use crate::types::{
-    Candidate, Endpoint, GroupMetrics, MetricWindow, MonitorProfile, ResumeRequest, RouteRequest,
-    TrafficClass, check_decision, check_insights, check_plan, check_resume,
+    BreakerState, Candidate, Endpoint, EndpointHealth, GroupMetrics, MetricWindow, MonitorProfile,
+    ResumeRequest, RouteRequest, TrafficClass, TrafficProfile, check_decision, check_insights,
+    check_plan, check_resume,
 };
 use sluice_config::SlotKind;
 
@@ -26,6 +27,8 @@ fn endpoints(n: usize) -> Vec<Endpoint> {
             id: format!("ep-{i}"),
             region: ["local", "us-east"][i % 2].to_owned(),
             priority: u32::from(i == 2),
+            health: EndpointHealth::Healthy,
+            breaker: BreakerState::Closed,
         })
         .collect()
 }
@@ -42,12 +45,24 @@ fn candidate(id: u64, endpoint: u32, active: u32, latency_ms: f64) -> Candidate 
     }
 }
 
+/// A busy, steady feed of small messages.
+fn sample_traffic() -> TrafficProfile {
+    TrafficProfile {
+        message_rate: 200.0,
+        burstiness: 0.3,
+        latency_sensitivity: 0.85,
+        mean_message_bytes: 128.0,
+    }
+}
+
 /// Router questions used by the self-test and the `policy` benchmark.
 pub fn sample_route_requests() -> Vec<RouteRequest> {
     let monitor = |id: &str, class, critical| MonitorProfile {
         id: id.to_owned(),
         class,
         critical,
+        region: "local".to_owned(),
+        traffic: sample_traffic(),
     };
     vec![
         RouteRequest {
@@ -158,6 +173,8 @@ pub fn sample_resume_requests() -> Vec<ResumeRequest> {
         id: "self-test".to_owned(),
         class: TrafficClass::Realtime,
         critical: false,
+        region: String::new(),
+        traffic: sample_traffic(),
     };
     vec![
         ResumeRequest {
@@ -197,6 +214,7 @@ pub fn run(plugin: &Plugin) -> Result<usize, String> {
             for (i, request) in samples.iter().enumerate() {
                 let decision = plugin
                     .route_within(request, deadline)
+                    .map(|(decision, _)| decision)
                     .map_err(|f| describe("route sample", i, f))?;
                 check_decision(&decision, request.candidates.len()).map_err(|problem| {
                     describe("route sample", i, CallFailure::Invalid(problem))

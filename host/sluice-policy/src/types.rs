@@ -3,8 +3,9 @@
 //! answers.
 
 pub use crate::bindings::router::sluice::policy::types::{
-    Candidate, Decision, Endpoint, GroupMetrics, Insight, InsightKind, MetricWindow,
-    MonitorProfile, ResumeRequest, RouteRequest, ScaleAction, ScalePlan, Severity, TrafficClass,
+    BreakerState, Candidate, Decision, Endpoint, EndpointHealth, GroupMetrics, Insight,
+    InsightKind, MetricWindow, MonitorProfile, ResumeRequest, RouteRequest, ScaleAction, ScalePlan,
+    Severity, TrafficClass, TrafficProfile,
 };
 
 /// Alternatives a decision may list (the WIT contract says "up to 3").
@@ -47,12 +48,47 @@ pub const MAX_RESUME_MESSAGES: usize = 64;
 /// runs away cannot make the host send megabytes upstream.
 pub const RESUME_GROWTH_BYTES: usize = 64 * 1024;
 
+impl From<sluice_proxy::health::Health> for EndpointHealth {
+    fn from(health: sluice_proxy::health::Health) -> Self {
+        match health {
+            sluice_proxy::health::Health::Healthy => EndpointHealth::Healthy,
+            sluice_proxy::health::Health::Degraded => EndpointHealth::Degraded,
+            sluice_proxy::health::Health::Unhealthy => EndpointHealth::Unhealthy,
+        }
+    }
+}
+
+impl From<sluice_proxy::breaker::BreakerState> for BreakerState {
+    fn from(state: sluice_proxy::breaker::BreakerState) -> Self {
+        use sluice_proxy::breaker::BreakerState as Data;
+        match state {
+            // A disabled breaker lets everything through, as a closed one does.
+            Data::Closed | Data::Disabled => BreakerState::Closed,
+            Data::HalfOpen => BreakerState::HalfOpen,
+            Data::Open | Data::ForcedOpen => BreakerState::Open,
+        }
+    }
+}
+
+impl From<sluice_proxy::route::TrafficProfile> for TrafficProfile {
+    fn from(traffic: sluice_proxy::route::TrafficProfile) -> Self {
+        TrafficProfile {
+            message_rate: traffic.message_rate,
+            burstiness: traffic.burstiness,
+            latency_sensitivity: traffic.latency_sensitivity,
+            mean_message_bytes: traffic.mean_message_bytes,
+        }
+    }
+}
+
 impl From<&sluice_proxy::route::MonitorProfile> for MonitorProfile {
     fn from(monitor: &sluice_proxy::route::MonitorProfile) -> Self {
         MonitorProfile {
             id: monitor.id.to_string(),
             class: monitor.class.into(),
             critical: monitor.critical,
+            region: monitor.region.as_deref().unwrap_or_default().to_owned(),
+            traffic: monitor.traffic.profile().into(),
         }
     }
 }
@@ -111,6 +147,8 @@ pub fn route_request(request: &sluice_proxy::route::RouteRequest<'_>) -> RouteRe
             id: String::new(),
             class: TrafficClass::Event,
             critical: false,
+            region: String::new(),
+            traffic: sluice_proxy::route::TrafficProfile::default().into(),
         },
         method: String::new(),
         endpoints: Vec::new(),
@@ -131,6 +169,11 @@ pub fn fill_route_request(
     question.monitor.id.push_str(&monitor.id);
     question.monitor.class = monitor.class.into();
     question.monitor.critical = monitor.critical;
+    question.monitor.region.clear();
+    if let Some(region) = &monitor.region {
+        question.monitor.region.push_str(region);
+    }
+    question.monitor.traffic = monitor.traffic.profile().into();
     question.method.clear();
     question.method.push_str(request.method);
     question.candidates.clear();
@@ -149,11 +192,15 @@ pub fn fill_route_request(
                     slot.region.clear();
                     slot.region.push_str(&c.region);
                     slot.priority = c.priority;
+                    slot.health = c.endpoint_health.into();
+                    slot.breaker = c.endpoint_breaker.into();
                 } else {
                     question.endpoints.push(Endpoint {
                         id: c.endpoint_id.to_string(),
                         region: c.region.to_string(),
                         priority: c.priority,
+                        health: c.endpoint_health.into(),
+                        breaker: c.endpoint_breaker.into(),
                     });
                 }
                 endpoints += 1;
@@ -265,16 +312,14 @@ mod tests {
             latency: Duration::from_micros(1500),
             error_rate: 0.0,
             age: Duration::from_secs(2),
+            endpoint_health: sluice_proxy::health::Health::Degraded,
+            endpoint_breaker: sluice_proxy::breaker::BreakerState::HalfOpen,
         }
     }
 
     #[test]
     fn endpoints_are_listed_once_and_reused_buffers_hold_no_stale_data() {
-        let monitor = Monitor {
-            id: Arc::from("m"),
-            class: sluice_config::TrafficClass::Realtime,
-            critical: true,
-        };
+        let monitor = Monitor::new("m", sluice_config::TrafficClass::Realtime, true);
         let many = [
             offered(1, "a"),
             offered(2, "b"),
@@ -312,6 +357,8 @@ mod tests {
         assert_eq!(question.endpoints.len(), 1);
         assert_eq!(question.endpoints[0].id, "c");
         assert_eq!(question.endpoints[0].region, "c-region");
+        assert_eq!(question.endpoints[0].health, EndpointHealth::Degraded);
+        assert_eq!(question.endpoints[0].breaker, BreakerState::HalfOpen);
         assert_eq!(question.candidates.len(), 1);
         assert_eq!(question.candidates[0].endpoint, 0);
     }
@@ -322,6 +369,8 @@ mod tests {
                 id: "m".to_owned(),
                 class: TrafficClass::Event,
                 critical: false,
+                region: String::new(),
+                traffic: sluice_proxy::route::TrafficProfile::default().into(),
             },
             method: "/pkg.S/M".to_owned(),
             requests,
@@ -356,11 +405,7 @@ mod tests {
 
     #[test]
     fn resume_questions_copy_the_data_plane_request() {
-        let monitor = Monitor {
-            id: Arc::from("tx-indexer"),
-            class: sluice_config::TrafficClass::Realtime,
-            critical: true,
-        };
+        let monitor = Monitor::new("tx-indexer", sluice_config::TrafficClass::Realtime, true);
         let requests = [bytes::Bytes::from_static(b"\x08\x01")];
         let last = bytes::Bytes::from_static(b"\x08\x29");
         let ask = sluice_proxy::resume::ResumeRequest {

@@ -149,6 +149,10 @@ impl Proxy {
         let warm_ctx = Arc::clone(&self.ctx);
         let health_checks = self.ctx.config.health.active;
         tokio::spawn(async move { warm_ctx.pool.warm(health_checks).await });
+        tokio::spawn(tick_traffic_meters(
+            Arc::downgrade(&self.ctx),
+            shutdown_rx.clone(),
+        ));
         let task = tokio::spawn(front::accept_loop(
             ctx,
             self.listener,
@@ -161,6 +165,24 @@ impl Proxy {
             ctx: self.ctx,
             shutdown: shutdown_tx,
             task,
+        }
+    }
+}
+
+/// Folds the monitors' traffic counters into their profiles once a second, until the proxy
+/// stops.
+async fn tick_traffic_meters(ctx: std::sync::Weak<Context>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let Some(ctx) = ctx.upgrade() else { return };
+        let now = std::time::Instant::now();
+        for meter in ctx.monitors.meters() {
+            meter.tick(now);
         }
     }
 }
@@ -285,6 +307,17 @@ impl ProxyView {
     /// Every breaker: endpoints, connections, monitors.
     pub fn breakers(&self) -> Vec<breaker::BreakerSnapshot> {
         self.ctx.pool.breakers()
+    }
+
+    /// Routing decisions whose outcome is known (their stream ended or was watched for
+    /// `learning.observe_for`), taken out of the pool's log.
+    pub fn drain_outcomes(&self) -> Vec<route::RouteOutcome> {
+        self.ctx.pool.outcomes().drain()
+    }
+
+    /// The configured monitors' measured traffic, by id.
+    pub fn monitor_traffic(&self) -> Vec<(Arc<str>, route::TrafficProfile)> {
+        self.ctx.monitors.traffic()
     }
 
     /// Breaker state changes with a sequence number above `since`, oldest first.

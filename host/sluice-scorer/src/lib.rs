@@ -24,7 +24,8 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use parking_lot::Mutex;
 use serde::Serialize;
 use sluice_config::ScorerConfig;
-use sluice_policy::Scorer;
+use sluice_policy::{Scorer, ShadowJudgement};
+use sluice_proxy::route::ScoredBatch;
 
 /// Why a model could not be loaded.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -67,6 +68,48 @@ pub struct ScorerStatus {
     pub timeouts: u64,
     /// Models loaded, the first one included.
     pub loads: u64,
+    /// The shadow model, when `[scorer] shadow_model` is set.
+    pub shadow: Option<ShadowStatus>,
+}
+
+/// A model in shadow: scored beside the active one on recorded decisions, deciding nothing.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ShadowStatus {
+    /// The configured file.
+    pub model_path: PathBuf,
+    /// The shadow model loaded now, if any.
+    pub model: Option<ModelInfo>,
+    /// Why its last load failed.
+    pub last_error: Option<String>,
+    /// Recorded decisions both models scored.
+    pub compared: u64,
+    /// Of those, how many had the same best row in both.
+    pub agreed: u64,
+    /// `agreed / compared` (none before the first comparison).
+    pub agreement: Option<f64>,
+    /// Mean absolute error of the active model's prediction for the chosen row against the
+    /// observed outcome quality.
+    pub active_error: Option<f64>,
+    /// The same for the shadow model; lower than `active_error` means it predicts better.
+    pub shadow_error: Option<f64>,
+}
+
+/// Running sums behind [`ShadowStatus`].
+#[derive(Debug, Default)]
+struct ShadowTally {
+    compared: u64,
+    agreed: u64,
+    active_error: f64,
+    shadow_error: f64,
+}
+
+/// What [`OnnxScorer::promote`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Promotion {
+    /// The model now active.
+    pub model: ModelInfo,
+    /// Where the replaced model file was kept, if there was one.
+    pub previous: Option<PathBuf>,
 }
 
 /// One loaded model.
@@ -130,6 +173,10 @@ pub struct OnnxScorer {
     last_error: Mutex<Option<String>>,
     /// The model file's modification time at the last load attempt (`None` inside: missing).
     attempted: Mutex<Option<Option<SystemTime>>>,
+    shadow: ArcSwapOption<Model>,
+    shadow_error: Mutex<Option<String>>,
+    shadow_attempted: Mutex<Option<Option<SystemTime>>>,
+    shadow_tally: Mutex<ShadowTally>,
     calls: AtomicU64,
     failures: AtomicU64,
     timeouts: AtomicU64,
@@ -145,6 +192,10 @@ impl OnnxScorer {
             current: ArcSwapOption::empty(),
             last_error: Mutex::new(None),
             attempted: Mutex::new(None),
+            shadow: ArcSwapOption::empty(),
+            shadow_error: Mutex::new(None),
+            shadow_attempted: Mutex::new(None),
+            shadow_tally: Mutex::new(ShadowTally::default()),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
@@ -153,7 +204,98 @@ impl OnnxScorer {
         if let Err(error) = scorer.reload() {
             tracing::error!(%error, "scorer model not loaded; the router uses its built-in policy");
         }
+        if scorer.config.shadow_model.is_some()
+            && let Err(error) = scorer.reload_shadow()
+        {
+            tracing::error!(%error, "shadow scorer model not loaded");
+        }
         scorer
+    }
+
+    /// Loads the shadow model file again (see [`OnnxScorer::reload`]); its comparison counts
+    /// start over.
+    pub fn reload_shadow(&self) -> Result<ModelInfo, ScorerError> {
+        let Some(path) = self.config.shadow_model.clone() else {
+            return Err(ScorerError::Model {
+                path: PathBuf::new(),
+                message: "no shadow model configured ([scorer] shadow_model)".to_owned(),
+            });
+        };
+        *self.shadow_attempted.lock() = Some(modified_time(&path));
+        match self.load_from(&path, 1) {
+            Ok(model) => {
+                let info = model.info.clone();
+                tracing::info!(model = %model.label, "shadow scorer model loaded");
+                self.shadow.store(Some(model));
+                *self.shadow_error.lock() = None;
+                *self.shadow_tally.lock() = ShadowTally::default();
+                Ok(info)
+            }
+            Err(error) => {
+                *self.shadow_error.lock() = Some(error.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    /// Makes the shadow model the active one: its file replaces the model file (the replaced
+    /// one is kept beside it as `<model>.previous`), and it answers from now on. The shadow
+    /// slot is empty until the shadow file changes again.
+    pub fn promote(&self) -> Result<Promotion, ScorerError> {
+        let (Some(shadow), Some(model_path), Some(shadow_path)) = (
+            self.shadow.load_full(),
+            self.config.model.clone(),
+            self.config.shadow_model.clone(),
+        ) else {
+            return Err(ScorerError::Model {
+                path: self.config.shadow_model.clone().unwrap_or_default(),
+                message: "no shadow model loaded to promote".to_owned(),
+            });
+        };
+        let io = |message: String| ScorerError::Model {
+            path: model_path.clone(),
+            message,
+        };
+        let bytes =
+            std::fs::read(&shadow_path).map_err(|e| io(format!("cannot read the shadow: {e}")))?;
+        let previous = model_path.with_extension("onnx.previous");
+        let kept = match std::fs::copy(&model_path, &previous) {
+            Ok(_) => Some(previous),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(io(format!("cannot keep the replaced model: {error}"))),
+        };
+        // Written beside the target and renamed over it, so a reader never sees half a file.
+        let staging = model_path.with_extension("onnx.promoting");
+        std::fs::write(&staging, &bytes).map_err(|e| io(format!("cannot write: {e}")))?;
+        std::fs::rename(&staging, &model_path).map_err(|e| io(format!("cannot replace: {e}")))?;
+        *self.attempted.lock() = Some(modified_time(&model_path));
+        let info = shadow.info.clone();
+        self.current.store(Some(shadow));
+        self.shadow.store(None);
+        *self.shadow_tally.lock() = ShadowTally::default();
+        *self.last_error.lock() = None;
+        self.loads.fetch_add(1, Relaxed);
+        tracing::info!(model = %info.name, version = %info.version, "shadow scorer model promoted");
+        Ok(Promotion {
+            model: info,
+            previous: kept,
+        })
+    }
+
+    fn shadow_status(&self) -> Option<ShadowStatus> {
+        let path = self.config.shadow_model.clone()?;
+        let tally = self.shadow_tally.lock();
+        let mean = |sum: f64| (tally.compared > 0).then(|| sum / tally.compared as f64);
+        Some(ShadowStatus {
+            model_path: path,
+            model: self.shadow.load().as_ref().map(|m| m.info.clone()),
+            last_error: self.shadow_error.lock().clone(),
+            compared: tally.compared,
+            agreed: tally.agreed,
+            agreement: mean(tally.agreed as f64),
+            active_error: mean(tally.active_error),
+            shadow_error: mean(tally.shadow_error),
+        })
     }
 
     /// Loads the model file again and swaps it in once its shape checks out. On error the
@@ -185,16 +327,22 @@ impl OnnxScorer {
                 path: PathBuf::new(),
                 message: "no model configured ([scorer] model)".to_owned(),
             })?;
+        *self.attempted.lock() = Some(modified_time(&path));
+        self.load_from(&path, self.config.sessions)
+    }
+
+    /// Loads and checks the model at `path` with `count` sessions.
+    fn load_from(&self, path: &Path, count: usize) -> Result<Arc<Model>, ScorerError> {
+        let path = path.to_path_buf();
         let started = Instant::now();
         let model_error = |message: String| ScorerError::Model {
             path: path.clone(),
             message,
         };
-        *self.attempted.lock() = Some(modified_time(&path));
         let bytes = std::fs::read(&path).map_err(|e| model_error(format!("cannot read: {e}")))?;
         let environment = runtime(self.config.library.as_deref())?;
-        let mut sessions = Vec::with_capacity(self.config.sessions);
-        for _ in 0..self.config.sessions.max(1) {
+        let mut sessions = Vec::with_capacity(count);
+        for _ in 0..count.max(1) {
             let session = new_session(environment, &bytes)
                 .map_err(|e| model_error(format!("not a usable ONNX model: {e}")))?;
             sessions.push(session);
@@ -241,6 +389,15 @@ impl OnnxScorer {
         Some(self.reload())
     }
 
+    /// Reloads the shadow when its file's modification time changed since the last attempt.
+    pub fn reload_shadow_if_changed(&self) -> Option<Result<ModelInfo, ScorerError>> {
+        let path = self.config.shadow_model.as_ref()?;
+        if *self.shadow_attempted.lock() == Some(modified_time(path)) {
+            return None;
+        }
+        Some(self.reload_shadow())
+    }
+
     /// Checks the model file every `reload_interval` until the returned handle is dropped or
     /// aborted, swapping in a changed model once it loads and checks out.
     pub fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
@@ -251,12 +408,19 @@ impl OnnxScorer {
             loop {
                 ticker.tick().await;
                 let this = Arc::clone(&scorer);
-                let reloaded = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
+                let reloaded = tokio::task::spawn_blocking(move || {
+                    (this.reload_if_changed(), this.reload_shadow_if_changed())
+                })
+                .await;
                 match reloaded {
-                    Ok(Some(Err(error))) => {
-                        tracing::error!(%error, "scorer model not reloaded; the previous one (if any) still answers");
+                    Ok((active, shadow)) => {
+                        if let Some(Err(error)) = active {
+                            tracing::error!(%error, "scorer model not reloaded; the previous one (if any) still answers");
+                        }
+                        if let Some(Err(error)) = shadow {
+                            tracing::error!(%error, "shadow scorer model not reloaded");
+                        }
                     }
-                    Ok(_) => {}
                     Err(error) => tracing::error!(%error, "scorer reload task failed"),
                 }
             }
@@ -273,12 +437,70 @@ impl OnnxScorer {
             failures: self.failures.load(Relaxed),
             timeouts: self.timeouts.load(Relaxed),
             loads: self.loads.load(Relaxed),
+            shadow: self.shadow_status(),
         }
     }
 
     fn fail(&self, message: String) -> Result<Vec<f32>, String> {
         self.failures.fetch_add(1, Relaxed);
         Err(message)
+    }
+}
+
+/// The index of the highest score (the first of equals).
+fn best_row(scores: &[f32]) -> Option<usize> {
+    scores
+        .iter()
+        .enumerate()
+        .fold(None, |best: Option<(usize, f32)>, (i, &s)| match best {
+            Some((_, b)) if b >= s || s.is_nan() => best,
+            _ => Some((i, s)),
+        })
+        .map(|(i, _)| i)
+}
+
+/// Why a model run gave no scores.
+enum RunError {
+    /// No session freed up within the deadline.
+    Busy,
+    /// Anything else, in words.
+    Failed(String),
+}
+
+impl Model {
+    /// Scores `values` (rows of `info.features`, already checked) on a free session, trying
+    /// each once from a rotating start, then waiting for one within `deadline`.
+    fn run(&self, values: &[f32], deadline: std::time::Duration) -> Result<Vec<f32>, RunError> {
+        let started = Instant::now();
+        let features = self.info.features;
+        let rows = values.len() / features;
+        let count = self.sessions.len();
+        let start = self.next.fetch_add(1, Relaxed);
+        let mut session = None;
+        while session.is_none() {
+            session = (0..count).find_map(|i| self.sessions[(start + i) % count].try_lock());
+            if session.is_none() {
+                if started.elapsed() >= deadline {
+                    return Err(RunError::Busy);
+                }
+                std::thread::yield_now();
+            }
+        }
+        let Some(mut session) = session else {
+            return Err(RunError::Failed("no session".to_owned()));
+        };
+        let input = TensorRef::from_array_view(([rows, features], values))
+            .map_err(|e| RunError::Failed(format!("cannot build the input tensor: {e}")))?;
+        let outputs = session
+            .run(ort::inputs![input])
+            .map_err(|e| RunError::Failed(format!("inference failed: {e}")))?;
+        match outputs[0].try_extract_tensor::<f32>() {
+            Ok((_, scores)) if scores.len() == rows => Ok(scores.to_vec()),
+            Ok((shape, _)) => Err(RunError::Failed(format!(
+                "the model answered shape {shape:?} for {rows} rows"
+            ))),
+            Err(error) => Err(RunError::Failed(format!("unreadable output: {error}"))),
+        }
     }
 }
 
@@ -363,44 +585,17 @@ impl Scorer for OnnxScorer {
                 values.len()
             ));
         }
-        let rows = values.len() / features;
-        // A free session, trying each once from a rotating start, then waiting within the deadline.
-        let count = model.sessions.len();
-        let start = model.next.fetch_add(1, Relaxed);
-        let mut session = None;
-        while session.is_none() {
-            session = (0..count).find_map(|i| model.sessions[(start + i) % count].try_lock());
-            if session.is_none() {
-                if started.elapsed() >= self.config.deadline {
-                    self.timeouts.fetch_add(1, Relaxed);
-                    return Err(format!(
-                        "every scorer session busy for {:?}",
-                        self.config.deadline
-                    ));
-                }
-                std::thread::yield_now();
+        let scores = match model.run(values, self.config.deadline) {
+            Ok(scores) => scores,
+            Err(RunError::Busy) => {
+                self.timeouts.fetch_add(1, Relaxed);
+                return Err(format!(
+                    "every scorer session busy for {:?}",
+                    self.config.deadline
+                ));
             }
-        }
-        let Some(mut session) = session else {
-            return self.fail("no session".to_owned());
+            Err(RunError::Failed(message)) => return self.fail(message),
         };
-        let input = match TensorRef::from_array_view(([rows, features], values)) {
-            Ok(input) => input,
-            Err(error) => return self.fail(format!("cannot build the input tensor: {error}")),
-        };
-        let scores = match session.run(ort::inputs![input]) {
-            Ok(outputs) => match outputs[0].try_extract_tensor::<f32>() {
-                Ok((_, scores)) if scores.len() == rows => scores.to_vec(),
-                Ok((shape, _)) => {
-                    return self.fail(format!(
-                        "the model answered shape {shape:?} for {rows} rows"
-                    ));
-                }
-                Err(error) => return self.fail(format!("unreadable output: {error}")),
-            },
-            Err(error) => return self.fail(format!("inference failed: {error}")),
-        };
-        drop(session);
         let took = started.elapsed();
         if took > self.config.deadline {
             self.timeouts.fetch_add(1, Relaxed);
@@ -421,6 +616,42 @@ impl Scorer for OnnxScorer {
 
     fn status(&self) -> serde_json::Value {
         serde_json::to_value(OnnxScorer::status(self)).unwrap_or_default()
+    }
+
+    fn promote_shadow(&self) -> Result<serde_json::Value, String> {
+        let promotion = self.promote().map_err(|e| e.to_string())?;
+        serde_json::to_value(promotion).map_err(|e| e.to_string())
+    }
+
+    fn compare_shadow(
+        &self,
+        batch: &ScoredBatch,
+        chosen: usize,
+        observed: f64,
+    ) -> Option<ShadowJudgement> {
+        let shadow = self.shadow.load_full()?;
+        let features = shadow.info.features;
+        if batch.columns as usize != features
+            || batch.scores.is_empty()
+            || batch.values.len() != batch.scores.len() * features
+        {
+            return None;
+        }
+        // Off the data path (the learning loop), so a generous deadline.
+        let predicted = shadow
+            .run(&batch.values, std::time::Duration::from_secs(1))
+            .ok()?;
+        let (&active, &shadowed) = (batch.scores.get(chosen)?, predicted.get(chosen)?);
+        let agreed = best_row(&batch.scores) == best_row(&predicted);
+        let mut tally = self.shadow_tally.lock();
+        tally.compared += 1;
+        tally.agreed += u64::from(agreed);
+        tally.active_error += (f64::from(active) - observed).abs();
+        tally.shadow_error += (f64::from(shadowed) - observed).abs();
+        Some(ShadowJudgement {
+            predicted: shadowed,
+            agreed,
+        })
     }
 
     fn unavailable(&self) -> Option<String> {

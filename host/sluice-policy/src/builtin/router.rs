@@ -42,6 +42,7 @@ impl PeakEwmaP2c {
                 confidence: 1.0,
                 reason: Cow::Borrowed("p2c peak-ewma: only candidate at the best priority"),
                 alternatives: Vec::new(),
+                scored: None,
             });
         }
         let first = tier[fastrand::usize(..tier.len())];
@@ -74,6 +75,7 @@ impl PeakEwmaP2c {
                 candidates[winner].connection_id, candidates[loser].connection_id
             )),
             alternatives: vec![loser],
+            scored: None,
         })
     }
 }
@@ -96,6 +98,8 @@ mod tests {
             latency: Duration::from_millis(latency_ms),
             error_rate: 0.0,
             age: Duration::ZERO,
+            endpoint_health: sluice_proxy::health::Health::Healthy,
+            endpoint_breaker: sluice_proxy::breaker::BreakerState::Closed,
         }
     }
 

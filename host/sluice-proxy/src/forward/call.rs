@@ -365,6 +365,7 @@ async fn forward_request(
         OnFull::Wait,
         counter,
         None,
+        None,
     )
     .await;
     match result {
@@ -543,6 +544,11 @@ async fn relay(
         first_seen.store(true, std::sync::atomic::Ordering::Relaxed);
         lease.first_message(sent_at.elapsed());
     };
+    let traffic = &setup.profile.traffic;
+    let on_data = |bytes, messages| {
+        traffic.record(bytes, messages);
+        lease.delivered(messages);
+    };
     let outcome = {
         let mut scanner = MessageScanner::new(setup.max_message_bytes);
         let counter = &ctx.stats.bytes_to_monitors_total;
@@ -553,6 +559,7 @@ async fn relay(
             setup.on_full,
             counter,
             Some(&on_first_data),
+            Some(&on_data),
         );
         tokio::pin!(response_pump);
         loop {

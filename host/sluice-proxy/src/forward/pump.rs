@@ -54,7 +54,8 @@ pub enum Ending {
 /// Copies `source` into `sink` until the source ends.
 ///
 /// `bytes_counter` is bumped by the payload bytes moved; `on_first_data` is called once, when
-/// the first bytes arrive.
+/// the first bytes arrive; `on_data` after each chunk is handed on, with its bytes and the
+/// messages it completed.
 pub async fn pump(
     source: &mut RecvStream,
     sink: &mut SendStream<Bytes>,
@@ -62,7 +63,9 @@ pub async fn pump(
     on_full: OnFull,
     bytes_counter: &std::sync::atomic::AtomicU64,
     mut on_first_data: Option<&(dyn Fn() + Sync)>,
+    on_data: Option<&(dyn Fn(u64, u64) + Sync)>,
 ) -> Result<Ending, PumpError> {
+    let mut messages_seen = scanner.messages();
     loop {
         let next = tokio::select! {
             biased;
@@ -84,6 +87,11 @@ pub async fn pump(
         }
         send_all(sink, chunk, on_full, last).await?;
         bytes_counter.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Some(on_data) = on_data {
+            let messages = scanner.messages();
+            on_data(len as u64, messages - messages_seen);
+            messages_seen = messages;
+        }
         // The bytes are now the sink's problem; let the source send more.
         let _ = source.flow_control().release_capacity(len);
         if last {

@@ -565,6 +565,8 @@ pub(crate) async fn serve(
                         }
                     }
                     ctx.stats.add(|s| &s.bytes_to_monitors_total, size);
+                    setup.profile.traffic.record(size, 1);
+                    upstream.lease.delivered(1);
                     last_response = Some(payload);
                     delivered += 1;
                     budget = ResumeBudget::default();

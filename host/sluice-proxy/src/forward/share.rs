@@ -501,6 +501,7 @@ async fn feed_subscribers(
             .map_err(|e| Status::resource_exhausted(format!("upstream response rejected: {e}")))?
         {
             published += 1;
+            lease.delivered(1);
             stream.wait_for_fastest(published).await;
             stream.published.store(published, Relaxed);
             // No receiver only means every subscriber is between leaving and the cancel.

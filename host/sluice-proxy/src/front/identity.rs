@@ -11,7 +11,7 @@ use sluice_config::{Config, TrafficClass};
 
 use crate::grpc::headers::{MONITOR_HEADER, TOKEN_HEADER};
 use crate::grpc::{Code, Status};
-use crate::route::MonitorProfile;
+use crate::route::{MonitorProfile, TrafficMeter};
 
 struct KnownMonitor {
     profile: MonitorProfile,
@@ -24,6 +24,9 @@ pub struct MonitorDirectory {
     reject_unknown: bool,
     default_class: TrafficClass,
     anonymous: MonitorProfile,
+    /// One meter for every monitor the config does not name: their ids are the caller's
+    /// choice, so per-id state would be unbounded.
+    unconfigured: Arc<TrafficMeter>,
 }
 
 impl MonitorDirectory {
@@ -37,6 +40,8 @@ impl MonitorDirectory {
                     id: Arc::from(m.id.as_str()),
                     class: m.class,
                     critical: m.critical,
+                    region: m.prefer_region.as_deref().map(Arc::from),
+                    traffic: Arc::new(TrafficMeter::new(m.class, m.latency_sensitivity)),
                 };
                 (
                     m.id.clone(),
@@ -51,12 +56,25 @@ impl MonitorDirectory {
             known,
             reject_unknown: config.server.reject_unknown_monitors,
             default_class: config.server.default_class,
-            anonymous: MonitorProfile {
-                id: Arc::from("anonymous"),
-                class: config.server.default_class,
-                critical: false,
-            },
+            anonymous: MonitorProfile::new("anonymous", config.server.default_class, false),
+            unconfigured: Arc::new(TrafficMeter::new(config.server.default_class, None)),
         }
+    }
+
+    /// Every traffic meter, for the once-a-second tick.
+    pub fn meters(&self) -> impl Iterator<Item = &Arc<TrafficMeter>> {
+        self.known
+            .values()
+            .map(|k| &k.profile.traffic)
+            .chain([&self.anonymous.traffic, &self.unconfigured])
+    }
+
+    /// The configured monitors' traffic profiles, by id.
+    pub fn traffic(&self) -> Vec<(Arc<str>, crate::route::TrafficProfile)> {
+        self.known
+            .values()
+            .map(|k| (Arc::clone(&k.profile.id), k.profile.traffic.profile()))
+            .collect()
     }
 
     /// Resolves the caller of a request, or the status that refuses it.
@@ -101,6 +119,8 @@ impl MonitorDirectory {
                 id: Arc::from(name),
                 class: self.default_class,
                 critical: false,
+                region: None,
+                traffic: Arc::clone(&self.unconfigured),
             }),
         }
     }

@@ -115,7 +115,13 @@ impl UpstreamConnection {
             .is_ok()
     }
 
-    pub(super) fn candidate(&self, now: Instant, capacity: u32) -> Candidate {
+    pub(super) fn candidate(
+        &self,
+        now: Instant,
+        capacity: u32,
+        endpoint_health: crate::health::Health,
+        endpoint_breaker: crate::breaker::BreakerState,
+    ) -> Candidate {
         let (latency, error_rate) = self.load.read();
         Candidate {
             connection_id: self.id,
@@ -127,6 +133,8 @@ impl UpstreamConnection {
             latency,
             error_rate,
             age: now.saturating_duration_since(self.opened_at),
+            endpoint_health,
+            endpoint_breaker,
         }
     }
 }
@@ -167,6 +175,8 @@ pub struct Lease {
     /// Set once the stream counted a failure: one stream is one failure, however it ends.
     pub(super) failure_counted: AtomicBool,
     pub(super) _upstream_active: crate::stats::GaugeGuard,
+    /// The learning loop's watch on this stream, when the decision is being recorded.
+    pub(super) observation: Option<Arc<crate::route::outcome::Observation>>,
 }
 
 impl Lease {
@@ -198,8 +208,18 @@ impl Lease {
         self.group.counters.observe_latency(latency);
     }
 
+    /// `messages` more complete response messages reached the monitor.
+    pub fn delivered(&self, messages: u64) {
+        if let Some(observation) = &self.observation {
+            observation.delivered(messages);
+        }
+    }
+
     /// The first response message arrived `after` the request was sent: the stream works.
     pub fn first_message(&self, after: Duration) {
+        if let Some(observation) = &self.observation {
+            observation.first_message(after);
+        }
         for permit in self.permits.lock().iter_mut() {
             let slow = after > permit.breaker().slow_call_duration();
             permit.record(Outcome::Success { slow });
@@ -220,6 +240,9 @@ impl Lease {
     /// of streams that had already worked (a dying endpoint breaks established streams).
     pub fn failed(&self, kind: FailureKind) {
         self.connection.load.observe_outcome(true);
+        if let Some(observation) = &self.observation {
+            observation.failed();
+        }
         if !kind.counted(&self.failure_kinds) || self.failure_counted.swap(true, Relaxed) {
             return;
         }
@@ -246,6 +269,9 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if let Some(observation) = &self.observation {
+            observation.ended();
+        }
         self.connection.active_streams.fetch_sub(1, Relaxed);
         self.group.released.notify_waiters();
     }

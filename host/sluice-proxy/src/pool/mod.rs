@@ -28,7 +28,9 @@ pub use endpoint::Endpoint;
 use crate::breaker::{Breaker, BreakerEvents, BreakerSnapshot, BreakerState, Permit, Scope};
 use crate::grpc::Status;
 use crate::health::{Health, HealthSnapshot};
-use crate::route::{Candidate, LeastLoaded, MonitorProfile, RouteDecision, RouteRequest, Router};
+use crate::route::{
+    Candidate, LeastLoaded, MonitorProfile, OutcomeLog, RouteDecision, RouteRequest, Router,
+};
 use crate::stats::Stats;
 use crate::tls::TlsError;
 
@@ -263,6 +265,8 @@ pub struct Pool {
     breaker_events: Arc<BreakerEvents>,
     monitors: Mutex<HashMap<Arc<str>, MonitorEntry>>,
     preferences: HashMap<Arc<str>, MonitorPreferences>,
+    /// Decisions being watched for the learning loop.
+    outcomes: OutcomeLog,
     /// Ends background tasks (health checks) when the pool goes away.
     stop: watch::Sender<bool>,
 }
@@ -306,6 +310,9 @@ struct EndpointView {
     selected: bool,
     /// Connections there take half their streams.
     degraded: bool,
+    /// The endpoint's health and breaker, as routers see them.
+    health: Health,
+    breaker: crate::breaker::BreakerState,
 }
 
 /// Routing rounds without the group's lock before placing under it with the built-in policy
@@ -423,6 +430,7 @@ impl Pool {
             breaker_events,
             monitors: Mutex::new(HashMap::new()),
             preferences,
+            outcomes: OutcomeLog::new(&config.learning),
             stop: watch::Sender::new(false),
         })
     }
@@ -606,7 +614,12 @@ impl Pool {
         for group in &self.groups {
             let state = group.state.lock();
             all.extend(state.connections.iter().map(|c| {
-                let candidate = c.candidate(now, c.capacity());
+                let candidate = c.candidate(
+                    now,
+                    c.capacity(),
+                    c.endpoint.health(),
+                    c.endpoint.breaker.state(),
+                );
                 ConnectionSnapshot {
                     id: c.id,
                     endpoint: candidate.endpoint_id,
@@ -664,6 +677,11 @@ impl Pool {
                     .map(|c| Arc::clone(&c.breaker))
             }),
         }
+    }
+
+    /// Decisions watched for the learning loop ([`OutcomeLog::drain`] takes the finished ones).
+    pub fn outcomes(&self) -> &OutcomeLog {
+        &self.outcomes
     }
 
     /// Breaker state changes, oldest first.
@@ -851,6 +869,8 @@ impl Pool {
             .map(|(e, (usable, health))| EndpointView {
                 selected: usable && Some(e.priority) == best,
                 degraded: health == Health::Degraded,
+                health,
+                breaker: e.breaker.state(),
             })
             .collect()
     }
@@ -892,8 +912,7 @@ impl Pool {
                 break;
             }
             let now = Instant::now();
-            let candidates: Vec<Candidate> =
-                open.iter().map(|(c, cap)| c.candidate(now, *cap)).collect();
+            let candidates = candidates_of(&open, &views, now);
             let request = RouteRequest {
                 monitor,
                 method,
@@ -906,7 +925,14 @@ impl Pool {
                 .or_else(|| LeastLoaded::pick(&candidates));
             let Some(decision) = decision else { break };
             let (connection, capacity) = &open[decision.index];
-            if let Some(lease) = self.try_lease(group, connection, *capacity, decision) {
+            if let Some(mut lease) = self.try_lease(group, connection, *capacity, decision) {
+                lease.observation = self.outcomes.observe(
+                    &monitor.id,
+                    &connection.endpoint.id,
+                    connection.id,
+                    &mut lease.decision,
+                    candidates.len(),
+                );
                 return Step::Leased(lease);
             }
         }
@@ -915,8 +941,7 @@ impl Pool {
         // Decided under the lock, so that opening connections and queueing below see a
         // consistent group: a slot that freed up meanwhile is taken by the built-in policy.
         let open = placeable(&state.connections, &views, preferences, avoid);
-        let candidates: Vec<Candidate> =
-            open.iter().map(|(c, cap)| c.candidate(now, *cap)).collect();
+        let candidates = candidates_of(&open, &views, now);
         if let Some(decision) = LeastLoaded::pick(&candidates) {
             let (connection, capacity) = &open[decision.index];
             if let Some(lease) = self.try_lease(group, connection, *capacity, decision) {
@@ -1019,6 +1044,7 @@ impl Pool {
             failure_kinds: self.failure_kinds,
             failure_counted: AtomicBool::new(false),
             _upstream_active: self.stats.hold(|s| &s.upstream_streams_active),
+            observation: None,
         }
     }
 
@@ -1148,6 +1174,7 @@ impl Pool {
                 confidence: 1.0,
                 reason: "new connection opened for this stream".into(),
                 alternatives: Vec::new(),
+                scored: None,
             };
             // The opener's slot: taken even if the peer's limit turned out lower, because this
             // stream was promised the connection it opened.
@@ -1174,6 +1201,21 @@ impl Pool {
         group.released.notify_waiters();
         lease
     }
+}
+
+/// The router's view of `open` connections (their endpoint's health and breaker from `views`).
+fn candidates_of<C: AsRef<UpstreamConnection>>(
+    open: &[(C, u32)],
+    views: &[EndpointView],
+    now: Instant,
+) -> Vec<Candidate> {
+    open.iter()
+        .map(|(c, cap)| {
+            let c = c.as_ref();
+            let view = &views[c.endpoint_index()];
+            c.candidate(now, *cap, view.health, view.breaker)
+        })
+        .collect()
 }
 
 /// Connections of `connections` that may take a stream now, with their capacity: open, on a

@@ -13,6 +13,15 @@ use std::time::Duration;
 
 use sluice_config::TrafficClass;
 
+use crate::breaker::BreakerState;
+use crate::health::Health;
+
+pub mod outcome;
+pub mod traffic;
+
+pub use outcome::{OutcomeLog, RouteOutcome, ScoredBatch};
+pub use traffic::{TrafficMeter, TrafficProfile};
+
 /// What a router knows about the monitor opening a stream.
 #[derive(Debug, Clone)]
 pub struct MonitorProfile {
@@ -22,6 +31,23 @@ pub struct MonitorProfile {
     pub class: TrafficClass,
     /// Whether the config marks it critical.
     pub critical: bool,
+    /// Its configured region (`prefer_region`), if any.
+    pub region: Option<Arc<str>>,
+    /// Its measured traffic (shared by all its calls).
+    pub traffic: Arc<TrafficMeter>,
+}
+
+impl MonitorProfile {
+    /// A profile with no region and a fresh meter.
+    pub fn new(id: impl Into<Arc<str>>, class: TrafficClass, critical: bool) -> Self {
+        Self {
+            id: id.into(),
+            class,
+            critical,
+            region: None,
+            traffic: Arc::new(TrafficMeter::new(class, None)),
+        }
+    }
 }
 
 /// One connection that could take the stream.
@@ -47,6 +73,10 @@ pub struct Candidate {
     pub error_rate: f64,
     /// How long the connection has been open.
     pub age: Duration,
+    /// The endpoint's health.
+    pub endpoint_health: Health,
+    /// The endpoint breaker's state.
+    pub endpoint_breaker: BreakerState,
 }
 
 impl Candidate {
@@ -78,6 +108,9 @@ pub struct RouteDecision {
     pub reason: Cow<'static, str>,
     /// Other candidates worth trying next, best first (indexes into the candidates).
     pub alternatives: Vec<usize>,
+    /// The feature rows and model scores the decision was made with, when a model scored the
+    /// candidates; the pool may watch the stream's outcome for the learning loop.
+    pub scored: Option<Box<ScoredBatch>>,
 }
 
 /// A placement policy.
@@ -115,6 +148,7 @@ impl LeastLoaded {
             confidence,
             reason: Cow::Borrowed("least-loaded: lowest fill ratio among candidates"),
             alternatives: Vec::new(),
+            scored: None,
         })
     }
 }
@@ -144,6 +178,8 @@ mod tests {
             latency: Duration::ZERO,
             error_rate: 0.0,
             age: Duration::ZERO,
+            endpoint_health: Health::Healthy,
+            endpoint_breaker: BreakerState::Closed,
         }
     }
 
