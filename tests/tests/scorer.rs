@@ -402,3 +402,161 @@ fn a_missing_runtime_library_is_a_clear_error_and_the_host_still_serves() {
     });
     drop(sluice);
 }
+
+/// Opens `count` short Subscribe streams as monitor `m`, eight at a time, and reads each to its
+/// end; returns how many ended cleanly.
+async fn short_streams(addr: std::net::SocketAddr, tag: &str, count: usize) -> usize {
+    let client = client(addr).await;
+    let mut clean = 0;
+    for batch in 0..count.div_ceil(8) {
+        let mut readers = Vec::new();
+        for n in batch * 8..((batch + 1) * 8).min(count) {
+            let mut client = client.clone();
+            let request = as_monitor(subscribe(&format!("{tag}{n}"), 200.0, 32, 4), "m");
+            readers.push(tokio::spawn(async move {
+                let mut stream = client.subscribe(request).await?.into_inner();
+                while stream.message().await?.is_some() {}
+                Ok::<(), tonic::Status>(())
+            }));
+        }
+        for reader in readers {
+            let ended = bounded(Duration::from_secs(10), "short stream", reader).await;
+            clean += usize::from(matches!(ended, Ok(Ok(()))));
+        }
+    }
+    clean
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_outcomes_train_a_model_that_runs_in_shadow_and_is_promoted() {
+    let Some((python, library)) = environment() else {
+        return;
+    };
+    let Some(built) = built_plugins() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The active model: an untrained network over the router's feature vector.
+    let model = dir.path().join("router.onnx");
+    make_model(&python, &model, ROUTER_FEATURES, 1, 5, false);
+    let shadow = dir.path().join("candidate.onnx");
+    let scorer = OnnxScorer::open(&ScorerConfig {
+        shadow_model: Some(shadow.clone()),
+        ..config(&model, &library)
+    });
+    let active = scorer.status().model.expect("the active model loads");
+    assert!(
+        scorer.status().shadow.is_some_and(|s| s.model.is_none()),
+        "no shadow file yet"
+    );
+
+    // Two endpoints: one fast, one 30 ms slower to answer; the router explores both.
+    let fast = feed("fast").await;
+    let slow = feed_with(sluice_feed::FeedConfig {
+        name: "slow".to_owned(),
+        latency: Duration::from_millis(30),
+        ..Default::default()
+    })
+    .await;
+    let mut config = config_for(&[&fast, &slow]);
+    config.classes.event.min_connections = 2;
+    config.learning.observe_for = Duration::from_secs(1);
+    config.learning.max_records_per_second = 1000;
+    config.store.path = dir.path().join("sluice.db");
+    let mut plugins = plugins_config();
+    plugins.router.file = Some(built.join("router.wasm"));
+    plugins.router.config.insert("explore".into(), "0.5".into());
+    let (proxy, policies) = routed_with(&scorer, plugins, config.clone(), 2).await;
+    let analytics =
+        sluice_analytics::Analytics::open(Arc::new(config), proxy.view(), policies).unwrap();
+
+    assert_eq!(short_streams(proxy.addr(), "a", 96).await, 96);
+    // Ended streams are finished observations: the next learning run stores them.
+    let mut recorded = Vec::new();
+    for _ in 0..50 {
+        analytics.learn_once().await;
+        recorded = analytics.store().outcomes(0, 1000).unwrap();
+        if recorded.len() >= 80 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(recorded.len() >= 80, "{} outcomes recorded", recorded.len());
+    let endpoints: std::collections::BTreeSet<&str> =
+        recorded.iter().map(|r| r.endpoint.as_str()).collect();
+    assert_eq!(endpoints.len(), 2, "both endpoints explored: {endpoints:?}");
+    for record in &recorded {
+        assert_eq!(record.columns, ROUTER_FEATURES);
+        assert_eq!(record.features.len(), ROUTER_FEATURES as usize);
+        assert!(!record.failed, "{record:?}");
+        let ttfm = record.first_message_ms.expect("a first message");
+        assert!((0.0..1.0).contains(&record.quality), "{record:?}");
+        if record.endpoint == "feed-1" {
+            assert!(ttfm >= 30.0, "the slow endpoint's delay: {record:?}");
+        }
+        assert!(record.predicted.is_some(), "the active model scored it");
+        assert!(record.shadow_predicted.is_none(), "no shadow ran yet");
+    }
+
+    // Train on what was recorded.
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../plugins/training/train_router.py"
+    );
+    let store_path = dir.path().join("sluice.db");
+    let output = Command::new(&python)
+        .arg(script)
+        .args(["--store".as_ref(), store_path.as_os_str()])
+        .args(["--out".as_ref(), shadow.as_os_str()])
+        .args(["--min-rows", "50", "--epochs", "600"])
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "train_router.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON summary");
+    assert_eq!(summary["rows"].as_u64(), Some(recorded.len() as u64));
+    // Latency is the signal here: the trained model beats predicting the mean.
+    assert!(
+        summary["held_out_mae"].as_f64() < summary["baseline_mae"].as_f64(),
+        "{summary}"
+    );
+
+    // The trained model loads as the shadow and is compared on new decisions.
+    let trained = scorer.reload_shadow().expect("the trained model loads");
+    assert_eq!(trained.features, ROUTER_FEATURES as usize);
+    assert_eq!(short_streams(proxy.addr(), "b", 48).await, 48);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(analytics.learn_once().await > 0);
+    let compared = scorer.status().shadow.expect("shadow status");
+    assert!(compared.compared > 0, "{compared:?}");
+    assert!(compared.agreement.is_some() && compared.shadow_error.is_some());
+    // The trained model predicts the observed quality better than the untrained one.
+    assert!(
+        compared.shadow_error < compared.active_error,
+        "{compared:?}"
+    );
+    let stored = analytics.store().outcomes(0, 1000).unwrap();
+    assert!(stored.iter().any(|r| r.shadow_predicted.is_some()));
+
+    // Promotion: the shadow answers, its file replaced the model file, the old one is kept.
+    let promoted = scorer.promote().expect("promoted");
+    assert_eq!(promoted.model.version, trained.version);
+    let status = scorer.status();
+    assert_eq!(status.model.expect("active").version, trained.version);
+    assert!(status.shadow.is_some_and(|s| s.model.is_none()));
+    assert_eq!(
+        std::fs::read(&model).unwrap(),
+        std::fs::read(&shadow).unwrap()
+    );
+    let previous = promoted.previous.expect("the replaced file is kept");
+    assert_ne!(
+        std::fs::read(previous).unwrap(),
+        std::fs::read(&model).unwrap()
+    );
+    assert_ne!(active.version, trained.version);
+    assert!(scorer.promote().is_err(), "nothing left to promote");
+    proxy.shutdown().await;
+}
