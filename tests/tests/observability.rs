@@ -317,6 +317,32 @@ async fn stats_connections_and_monitors_describe_the_pool() {
     let stranger = rows.iter().find(|m| m["id"] == "stranger").unwrap();
     assert_eq!(stranger["configured"], false);
     assert_eq!(stranger["open_calls"], 1);
+    assert!(
+        stranger["traffic"].is_null(),
+        "unconfigured ids get no profile"
+    );
+    // The known monitor's measured traffic: two streams of 50 events/s (the meters tick once a
+    // second and their averages build up over seconds).
+    let mut traffic = serde_json::Value::Null;
+    for _ in 0..50 {
+        let monitors = get("/api/v1/monitors").await;
+        let rows = monitors.json["monitors"].as_array().unwrap().clone();
+        traffic = rows.iter().find(|m| m["id"] == "known").unwrap()["traffic"].clone();
+        if traffic["message_rate"].as_f64().is_some_and(|r| r > 1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rate = traffic["message_rate"].as_f64().unwrap_or_default();
+    assert!(rate > 1.0 && rate <= 100.0, "{traffic}");
+    // Events carry a 16-byte payload plus their sequence number and timestamp.
+    let size = traffic["mean_message_bytes"].as_f64().unwrap_or_default();
+    assert!((16.0..64.0).contains(&size), "{traffic}");
+    let sensitivity = traffic["latency_sensitivity"].as_f64().unwrap_or_default();
+    assert!(
+        (0.6..0.9).contains(&sensitivity),
+        "realtime prior: {traffic}"
+    );
 
     // The router's decisions, per monitor, newest first, with their reasons. (The stranger's
     // first stream opened its group's connection; its second is placed by the router.)

@@ -110,6 +110,8 @@ pub struct MonitorRow {
     pub open_calls: u64,
     /// Its breaker's state, once it has called.
     pub breaker: Option<BreakerState>,
+    /// Its measured traffic, as routers see it (configured monitors only).
+    pub traffic: Option<sluice_proxy::route::TrafficProfile>,
 }
 
 /// What an overview, a live frame or a scrape reads of the pool, read once for all of them.
@@ -312,12 +314,16 @@ pub fn monitors(state: &AdminState) -> Vec<MonitorRow> {
                 configured: true,
                 open_calls: 0,
                 breaker: None,
+                traffic: None,
             };
             (m.id.clone(), row)
         })
         .collect();
     for (id, open) in state.proxy.monitor_calls() {
         row_for(&mut rows, &id).open_calls = open;
+    }
+    for (id, traffic) in state.proxy.monitor_traffic() {
+        row_for(&mut rows, &id).traffic = Some(traffic);
     }
     for breaker in state.proxy.breakers() {
         if breaker.scope == Scope::Monitor {
@@ -335,5 +341,6 @@ fn row_for<'a>(rows: &'a mut BTreeMap<String, MonitorRow>, id: &str) -> &'a mut 
         configured: false,
         open_calls: 0,
         breaker: None,
+        traffic: None,
     })
 }

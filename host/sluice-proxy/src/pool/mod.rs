@@ -926,11 +926,14 @@ impl Pool {
             let Some(decision) = decision else { break };
             let (connection, capacity) = &open[decision.index];
             if let Some(mut lease) = self.try_lease(group, connection, *capacity, decision) {
+                // The feature rows are the learning loop's; a stream must not carry them.
+                let scored = lease.decision.scored.take();
                 lease.observation = self.outcomes.observe(
                     &monitor.id,
                     &connection.endpoint.id,
                     connection.id,
-                    &mut lease.decision,
+                    &lease.decision,
+                    scored,
                     candidates.len(),
                 );
                 return Step::Leased(lease);

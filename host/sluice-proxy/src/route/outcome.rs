@@ -162,34 +162,31 @@ impl OutcomeLog {
         }
     }
 
-    /// Starts watching a decision, unless recording is off or this second's budget is spent.
+    /// Starts watching `decision`, made with the feature rows `scored`, unless recording is
+    /// off or this second's budget is spent.
     pub(crate) fn observe(
         &self,
         monitor: &Arc<str>,
         endpoint: &Arc<str>,
         connection_id: u64,
-        decision: &mut super::RouteDecision,
+        decision: &super::RouteDecision,
+        scored: Option<Box<ScoredBatch>>,
         candidates: usize,
     ) -> Option<Arc<Observation>> {
-        if !self.enabled || decision.scored.is_none() {
-            return None;
-        }
+        let batch = scored.filter(|_| self.enabled)?;
         let now = Instant::now();
         let mut state = self.state.lock();
-        let budget = match state.budget {
-            Some((start, left)) if now.duration_since(start) < Duration::from_secs(1) => left,
-            _ => self.per_second,
+        let (start, left) = match state.budget {
+            Some((start, left)) if now.duration_since(start) < Duration::from_secs(1) => {
+                (start, left)
+            }
+            _ => (now, self.per_second),
         };
-        if budget == 0 || state.pending.len() >= MAX_PENDING {
+        if left == 0 || state.pending.len() >= MAX_PENDING {
             state.skipped += 1;
             return None;
         }
-        let start = match state.budget {
-            Some((start, _)) if now.duration_since(start) < Duration::from_secs(1) => start,
-            _ => now,
-        };
-        state.budget = Some((start, budget - 1));
-        let batch = decision.scored.take().map(|b| *b)?;
+        state.budget = Some((start, left - 1));
         let observation = Arc::new(Observation {
             started: now,
             at: SystemTime::now(),
@@ -199,7 +196,7 @@ impl OutcomeLog {
             chosen: decision.index,
             candidates,
             reason: decision.reason.to_string(),
-            batch,
+            batch: *batch,
             first_message_us: AtomicU64::new(0),
             messages: AtomicU64::new(0),
             failed: AtomicBool::new(false),
@@ -296,13 +293,10 @@ mod tests {
         let log = log(10);
         let (monitor, endpoint) = (Arc::from("m"), Arc::from("e"));
         let mut decided = decision();
+        let scored = decided.scored.take();
         let watched = log
-            .observe(&monitor, &endpoint, 7, &mut decided, 2)
+            .observe(&monitor, &endpoint, 7, &decided, scored, 2)
             .unwrap();
-        assert!(
-            decided.scored.is_none(),
-            "the batch moved into the observation"
-        );
         watched.first_message(Duration::from_millis(3));
         watched.first_message(Duration::from_millis(9));
         watched.delivered(5);
@@ -324,16 +318,18 @@ mod tests {
         let log = log(2);
         let (monitor, endpoint) = (Arc::from("m"), Arc::from("e"));
         let watched: Vec<_> = (0..5)
-            .filter_map(|_| log.observe(&monitor, &endpoint, 1, &mut decision(), 2))
+            .filter_map(|_| {
+                let mut decided = decision();
+                let scored = decided.scored.take();
+                log.observe(&monitor, &endpoint, 1, &decided, scored, 2)
+            })
             .collect();
         assert_eq!(watched.len(), 2);
         assert_eq!(log.skipped(), 3);
-        let mut unscored = decision();
-        unscored.scored = None;
         let fresh = self::log(10);
         assert!(
             fresh
-                .observe(&monitor, &endpoint, 1, &mut unscored, 2)
+                .observe(&monitor, &endpoint, 1, &decision(), None, 2)
                 .is_none()
         );
     }

@@ -20,7 +20,7 @@ const PREFIX_BYTES: u64 = 5;
 const SENSITIVE_RATE: f64 = 50.0;
 
 /// What a router sees of a monitor's traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 pub struct TrafficProfile {
     /// Response messages per second.
     pub message_rate: f64,
