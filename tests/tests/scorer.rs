@@ -560,3 +560,68 @@ async fn recorded_outcomes_train_a_model_that_runs_in_shadow_and_is_promoted() {
     assert!(scorer.promote().is_err(), "nothing left to promote");
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_model_loads_and_steers_the_router_off_a_slow_failing_endpoint() {
+    let Some((_python, library)) = environment() else {
+        return;
+    };
+    let Some(built) = built_plugins() else {
+        return;
+    };
+    let shipped = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../plugins/models/router-v1.onnx"
+    ));
+    let scorer = OnnxScorer::open(&config(shipped, &library));
+    let info = scorer.status().model.expect("the shipped model loads");
+    assert_eq!(info.features, ROUTER_FEATURES as usize);
+    let mut plugins = plugins_config();
+    plugins.router.file = Some(built.join("router.wasm"));
+    let for_plugins: Arc<dyn Scorer> = Arc::clone(&scorer) as Arc<dyn Scorer>;
+    let policies =
+        tokio::task::spawn_blocking(move || Policies::with_scorer(&plugins, for_plugins))
+            .await
+            .unwrap()
+            .unwrap();
+    // The slow, failing connection is the emptiest: the heuristic alone would like its room.
+    let candidate = |id: u64, endpoint: &str, active: u32, latency_ms: u64, errors: f64| {
+        sluice_proxy::route::Candidate {
+            connection_id: id,
+            endpoint_id: Arc::from(endpoint),
+            region: Arc::from("local"),
+            priority: 0,
+            active_streams: active,
+            max_streams: 8,
+            latency: Duration::from_millis(latency_ms),
+            error_rate: errors,
+            age: Duration::from_secs(60),
+            endpoint_health: sluice_proxy::health::Health::Healthy,
+            endpoint_breaker: sluice_proxy::breaker::BreakerState::Closed,
+        }
+    };
+    let candidates = [
+        candidate(1, "slow", 0, 12, 0.02),
+        candidate(2, "steady", 4, 7, 0.0),
+        candidate(3, "fast", 4, 5, 0.0),
+    ];
+    let monitor =
+        sluice_proxy::route::MonitorProfile::new("m", sluice_config::TrafficClass::Event, false);
+    let request = sluice_proxy::route::RouteRequest {
+        monitor: &monitor,
+        method: SUBSCRIBE,
+        candidates: &candidates,
+    };
+    let decision = {
+        use sluice_proxy::route::Router;
+        policies.router().route(&request).expect("a decision")
+    };
+    assert_eq!(decision.index, 2, "{}", decision.reason);
+    assert!(
+        decision.reason.starts_with("router: conn 3 on fast"),
+        "{}",
+        decision.reason
+    );
+    assert!(decision.scored.is_some(), "the scorer was asked");
+    assert!(scorer.status().calls > 0);
+}

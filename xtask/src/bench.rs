@@ -25,7 +25,8 @@ const USAGE: &str = "usage: cargo xtask bench proxy [--rounds N] [--duration 5s]
        cargo xtask bench failover [--trials N] [--streams N]
        cargo xtask bench scaling [--quick]
        cargo xtask bench observability [--quick]
-       cargo xtask bench scorer [--quick]";
+       cargo xtask bench scorer [--quick]
+       cargo xtask bench routing [--rounds N] [--seconds N] [--model FILE] [--quick]";
 
 /// Streams held open for the idle-memory measurement.
 const IDLE_STREAMS: usize = 1000;
@@ -150,9 +151,10 @@ pub fn bench(args: &[String]) -> Result<()> {
         Some("scaling") => quick_only("scaling", &args[1..]),
         Some("observability") => quick_only("observability", &args[1..]),
         Some("scorer") => scorer(&args[1..]),
+        Some("routing") => routing(&args[1..]),
         Some(other) => {
             bail!(
-                "unknown benchmark {other:?}; available: proxy, policy, failover, scaling, observability, scorer\n{USAGE}"
+                "unknown benchmark {other:?}; available: proxy, policy, failover, scaling, observability, scorer, routing\n{USAGE}"
             )
         }
         None => bail!("{USAGE}"),
@@ -177,6 +179,17 @@ fn run_bench_program(package: &str, bench: &str, passed: &[String]) -> Result<()
     util::run(&mut command)
 }
 
+/// The value after the option `flag`, checked to be a positive whole number.
+fn positive(flag: &str, value: Option<&String>) -> Result<String> {
+    let value = value.with_context(|| format!("{flag} needs a number"))?;
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .with_context(|| format!("{flag} {value:?} is not a positive number"))?;
+    Ok(value.clone())
+}
+
 /// `cargo xtask bench policy`: builds the plugins, then runs the `policy` bench program of
 /// `sluice-policy` (release profile), which prints its tables and writes
 /// `<target>/bench/policy.json`.
@@ -186,15 +199,7 @@ fn policy(args: &[String]) -> Result<()> {
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--quick" => passed.push(arg.clone()),
-            "--rounds" => {
-                let rounds = rest.next().context("--rounds needs a number")?;
-                rounds
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("--rounds {rounds:?} is not a positive number"))?;
-                passed.extend(["--rounds".to_owned(), rounds.clone()]);
-            }
+            "--rounds" => passed.extend([arg.clone(), positive(arg, rest.next())?]),
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
     }
@@ -209,17 +214,7 @@ fn failover(args: &[String]) -> Result<()> {
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
-            "--trials" | "--streams" => {
-                let value = rest
-                    .next()
-                    .with_context(|| format!("{arg} needs a number"))?;
-                value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("{arg} {value:?} is not a positive number"))?;
-                passed.extend([arg.clone(), value.clone()]);
-            }
+            "--trials" | "--streams" => passed.extend([arg.clone(), positive(arg, rest.next())?]),
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
     }
@@ -290,6 +285,92 @@ fn scorer(args: &[String]) -> Result<()> {
         .args(&passed);
     println!("$ {}", util::display(&command));
     util::run(&mut command)
+}
+
+/// The model the default router ships with: written by `cargo xtask train-router`.
+pub const SHIPPED_ROUTER_MODEL: &str = "plugins/models/router-v1.onnx";
+
+/// `cargo xtask bench routing`: round-robin, least-loaded, the built-in P2C and the default
+/// router plugin with the ONNX scorer (`--model`, default the shipped model) on a heterogeneous
+/// pool, then the cost of one decision. Runs the `routing` bench program of `sluice-tests`.
+fn routing(args: &[String]) -> Result<()> {
+    let mut passed = Vec::new();
+    let mut model = util::repo_root().join(SHIPPED_ROUTER_MODEL);
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--quick" => passed.push(arg.clone()),
+            "--rounds" | "--seconds" => passed.extend([arg.clone(), positive(arg, rest.next())?]),
+            "--model" => {
+                model = PathBuf::from(rest.next().context("--model needs a file")?);
+            }
+            other => bail!("unknown option {other:?}\n{USAGE}"),
+        }
+    }
+    if !model.is_file() {
+        bail!(
+            "no model at {}; `cargo xtask train-router` writes the shipped one",
+            model.display()
+        );
+    }
+    let installed = setup::setup(Profile::Test)?;
+    passed.push("--model".to_owned());
+    passed.push(model.display().to_string());
+    passed.push("--library".to_owned());
+    passed.push(installed.onnxruntime.display().to_string());
+    run_bench_program("sluice-tests", "routing", &passed)
+}
+
+/// `cargo xtask train-router [--seconds N] [--out FILE]`: the shipped router model, reproduced.
+/// Runs the `routing` bench program in recording mode (the default router plugin exploring 30%
+/// of its decisions on the bench's heterogeneous pool, every outcome stored), then
+/// `plugins/training/train_router.py` with seed 7 on what it recorded.
+pub fn train_router(args: &[String]) -> Result<()> {
+    let mut seconds = "30".to_owned();
+    let mut out = util::repo_root().join(SHIPPED_ROUTER_MODEL);
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--seconds" => seconds = positive(arg, rest.next())?,
+            "--out" => out = PathBuf::from(rest.next().context("--out needs a file")?),
+            other => bail!(
+                "unknown option {other:?}; usage: cargo xtask train-router [--seconds N] [--out FILE]"
+            ),
+        }
+    }
+    let installed = setup::setup(Profile::Test)?;
+    let dir = util::target_dir()?.join("train-router");
+    // A fresh store: the model learns from this simulation only.
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let store = dir.join("outcomes.db");
+    run_bench_program(
+        "sluice-tests",
+        "routing",
+        &[
+            "--record".to_owned(),
+            store.display().to_string(),
+            "--seconds".to_owned(),
+            seconds,
+        ],
+    )?;
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    util::run(
+        Command::new(&installed.python)
+            .arg(util::repo_root().join("plugins/training/train_router.py"))
+            .arg("--store")
+            .arg(&store)
+            .arg("--out")
+            .arg(&out)
+            .args(["--seed", "7"]),
+    )?;
+    println!("router model written to {}", out.display());
+    Ok(())
 }
 
 /// A place the load generator connects to.

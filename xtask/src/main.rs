@@ -57,6 +57,15 @@ Commands:
                           of dashboards and scrapes (A/B alternated).
   bench scorer [--quick]  One ONNX scorer call: p50/p99/p999 for 5 and 20 features, 1 and 16
                           rows, one and two callers.
+  bench routing [--rounds N] [--seconds N] [--model FILE] [--quick]
+                          Round-robin, least-loaded, P2C peak-EWMA and the ONNX router (the
+                          shipped model unless --model) on a pool with one slow, failing
+                          endpoint: time to first message p50/p99, errors, events/s, each as
+                          a ratio to P2C; then the scorer and one whole decision, 16 candidates.
+  train-router [--seconds N] [--out FILE]
+                          Reproduce the shipped router model (plugins/models/router-v1.onnx):
+                          record outcomes on the routing bench's pool with the router exploring,
+                          then train with plugins/training/train_router.py (seed 7).
   help                    This text.
 ";
 
@@ -106,6 +115,10 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
         }
         "bench" => {
             bench::bench(rest)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "train-router" => {
+            bench::train_router(rest)?;
             Ok(ExitCode::SUCCESS)
         }
         other => bail!("unknown command {other:?}\n\n{HELP}"),

@@ -6,14 +6,17 @@
 //!    `max-streams`; for a latency-sensitive monitor (`latency-sensitivity` > 0.8) a latency of
 //!    at most 50 ms; for a critical monitor an error rate of at most 1%;
 //! 2. lower endpoint `priority`;
-//! 3. the higher score: the heuristic (0..=1)
-//!    `0.40 * latency + 0.35 * errors + 0.25 * room`, where
+//! 3. the higher score: `scorer_weight * model + (1 - scorer_weight) * heuristic`, where
+//!    `scorer_weight` is a config value (0..=1, default 0.9), `model` the host scorer's score
+//!    for the row (the model's predicted outcome of placing the stream there) stretched to
+//!    0..=1 over the candidates (lowest 0, highest 1; all 0.5 when they are equal), and the
+//!    heuristic (0..=1) is `0.40 * latency + 0.35 * errors + 0.25 * room`, with
 //!    - latency = `1 / (1 + latency-ms / 20)` (3 ms -> 0.87, 20 ms -> 0.5, 100 ms -> 0.17),
 //!    - errors = `1 - 5 * error-rate`, floored at 0 (a 20% error rate scores nothing),
-//!    - room = `1 - fill`, fill = `active-streams / max-streams`,
+//!    - room = `1 - fill`, fill = `active-streams / max-streams`.
 //!
-//!    plus `scorer_weight` (config, default 1.0) times the host scorer's score for the row
-//!    (0..=1, the model's predicted outcome of placing the stream there);
+//!    A trained model decides; the heuristic breaks its near-ties, and decides alone under the
+//!    built-in scorer (every row 0.5) or when the scorer fails;
 //! 4. the lower index (stable for ties).
 //!
 //! With `explore` (config, 0..=0.5, default 0) set, that share of decisions picks a random
@@ -92,7 +95,7 @@ const ROOM_WEIGHT: f64 = 0.25;
 /// Latency (ms) at which the latency term is 0.5.
 const LATENCY_REF_MS: f64 = 20.0;
 /// Weight of the scorer's score unless the `scorer_weight` config key says otherwise.
-const DEFAULT_SCORER_WEIGHT: f64 = 1.0;
+const DEFAULT_SCORER_WEIGHT: f64 = 0.9;
 /// Largest `explore` share accepted.
 const MAX_EXPLORE: f64 = 0.5;
 /// At most one scorer-error log line per this many nanoseconds.
@@ -240,6 +243,25 @@ fn decide(
         ));
     }
 
+    // The model's scores stretched to 0..=1 over these candidates: its ranking counts, whatever
+    // the spread of its predictions (a model predicting 0.86 and 0.89 still prefers the second
+    // clearly). Equal scores (the built-in scorer) stretch to 0.5 each and leave the heuristic's
+    // order.
+    let model = model.map(|(weight, scores)| {
+        let low = scores.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let stretched: Vec<f64> = scores
+            .iter()
+            .map(|s| {
+                if high - low > 1e-9 {
+                    (s - low) / (high - low)
+                } else {
+                    0.5
+                }
+            })
+            .collect();
+        (weight, stretched)
+    });
     // The best 1 + ALTERNATIVES, best first.
     let mut top: [Option<Ranked>; 1 + ALTERNATIVES] = [None; 1 + ALTERNATIVES];
     for (index, (candidate, &fill)) in candidates.iter().zip(fills).enumerate() {
@@ -247,7 +269,7 @@ fn decide(
         if let Some((weight, scores)) = &model
             && let Some(model_score) = scores.get(index)
         {
-            score += weight * model_score;
+            score = (1.0 - weight) * score + weight * model_score;
         }
         let ranked = Ranked {
             index: index as u32,
