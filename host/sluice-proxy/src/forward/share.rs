@@ -344,6 +344,7 @@ pub(crate) async fn serve(
                 match sent {
                     Ok(()) => {
                         ctx.stats.bytes_to_monitors_total.fetch_add(len, Relaxed);
+                        setup.profile.traffic.record(len, 1);
                         stream.mark_delivered(position);
                     }
                     Err(PumpError::Lagging(waited)) => {
