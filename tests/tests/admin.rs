@@ -187,6 +187,16 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
             .unwrap()
             .contains("no shadow")
     );
+    // The built-in scorer has no shadow model to promote either.
+    let no_model = request(addr, "POST", "/api/v1/scorer/promote", None, Vec::new()).await;
+    assert_eq!(no_model.status, 409, "{}", no_model.text);
+    assert!(
+        no_model.json["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no shadow model")),
+        "{}",
+        no_model.text
+    );
     let bad_action = request(
         addr,
         "POST",

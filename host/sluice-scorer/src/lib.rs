@@ -631,10 +631,15 @@ impl Scorer for OnnxScorer {
     ) -> Option<ShadowJudgement> {
         let shadow = self.shadow.load_full()?;
         let features = shadow.info.features;
-        if batch.columns as usize != features
-            || batch.scores.is_empty()
-            || batch.values.len() != batch.scores.len() * features
-        {
+        if batch.columns as usize != features {
+            // Visible in the status: a shadow that can never be compared is a wrong model.
+            *self.shadow_error.lock() = Some(format!(
+                "the shadow model takes rows of {features} features; the router sends {}",
+                batch.columns
+            ));
+            return None;
+        }
+        if batch.scores.is_empty() || batch.values.len() != batch.scores.len() * features {
             return None;
         }
         // Off the data path (the learning loop), so a generous deadline.
