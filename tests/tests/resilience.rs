@@ -782,3 +782,94 @@ async fn an_upstream_refusing_every_stream_is_not_retried_in_a_loop_nor_counted_
     assert_eq!(endpoint_health(&proxy, "refusing").1, BreakerState::Closed);
     server.abort();
 }
+
+/// Places first streams on endpoint `feed-0` and lists `feed-2` then `feed-1` as the
+/// alternatives; asked again, it would pick `feed-1`. Counts its calls.
+#[derive(Default)]
+struct AlternativesRouter {
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl sluice_proxy::route::Router for AlternativesRouter {
+    fn name(&self) -> &str {
+        "alternatives"
+    }
+
+    fn route(
+        &self,
+        request: &sluice_proxy::route::RouteRequest<'_>,
+    ) -> Option<sluice_proxy::route::RouteDecision> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let on = |endpoint: &str| {
+            request
+                .candidates
+                .iter()
+                .position(|c| &*c.endpoint_id == endpoint)
+        };
+        let (index, alternatives) = match on("feed-0") {
+            Some(first) => (
+                first,
+                [on("feed-2"), on("feed-1")].into_iter().flatten().collect(),
+            ),
+            None => (on("feed-1")?, Vec::new()),
+        };
+        Some(sluice_proxy::route::RouteDecision {
+            index,
+            confidence: 1.0,
+            reason: "test".into(),
+            alternatives,
+            scored: None,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_broken_stream_resumes_on_its_placements_first_alternative() {
+    // feed-0 ends every subscription after 20 events with UNAVAILABLE (a resumable break).
+    let breaking = feed_with(sluice_feed::FeedConfig {
+        name: "breaking".to_owned(),
+        disconnect_after: Some(20),
+        ..Default::default()
+    })
+    .await;
+    let (second, third) = (feed("second").await, feed("third").await);
+    let mut config = config_for(&[&breaking, &second, &third]);
+    config.methods = vec![resumable_subscribe()];
+    config.classes.event.min_connections = 3;
+    let router = Arc::new(AlternativesRouter::default());
+    let proxy = sluice_proxy::Proxy::bind_with_router(Arc::new(config), Arc::clone(&router) as _)
+        .await
+        .unwrap()
+        .spawn();
+    assert!(
+        eventually(Duration::from_secs(10), || proxy.snapshot().connections
+            == 3)
+        .await
+    );
+
+    let mut stream = open_subscription(proxy.addr(), "m", subscribe("alt", 200.0, 16, 60)).await;
+    let mut received = 0;
+    let ended = bounded(LIMIT, "resumed stream", async {
+        while let Some(_event) = stream.message().await? {
+            received += 1;
+        }
+        Ok::<(), tonic::Status>(())
+    })
+    .await;
+    assert!(ended.is_ok(), "{ended:?}");
+    assert!(
+        received > 20,
+        "the stream went on after the break: {received}"
+    );
+    assert_eq!(proxy.snapshot().stats.resumes_total, 1);
+    // The resume went to the first alternative (feed-2), without asking the router again.
+    assert_eq!(third.stats.snapshot().subscribe_started, 1);
+    assert_eq!(second.stats.snapshot().subscribe_started, 0);
+    assert_eq!(
+        router.calls.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the router placed only the first stream"
+    );
+    proxy.shutdown().await;
+}

@@ -13,7 +13,7 @@ use super::pump::{self, Ending, OnFull, PumpError};
 use crate::Context;
 use crate::breaker::{Outcome, Permit};
 use crate::grpc::{self, Code, MessageScanner, Status};
-use crate::pool::{FailureKind, Lease};
+use crate::pool::{FailureKind, Lease, Resume};
 use crate::route::MonitorProfile;
 
 /// Attempts to open an upstream stream before giving up (a connection can close between the
@@ -274,7 +274,7 @@ pub(crate) async fn open_upstream(
     headers: &HeaderMap,
     end_of_stream: bool,
     deadline: Option<tokio::time::Instant>,
-    avoid: Option<u64>,
+    resume: Option<&Resume>,
 ) -> Result<OpenStream, Status> {
     let mut last_error = String::new();
     let mut attempts = 0;
@@ -289,7 +289,7 @@ pub(crate) async fn open_upstream(
         let decision = tracing::debug_span!("decision", attempt = attempts);
         let lease = ctx
             .pool
-            .acquire(profile, path.path(), avoid)
+            .acquire(profile, path.path(), resume)
             .instrument(decision.clone())
             .await?;
         if let Some(bucket) = &lease.connection().endpoint.rate_limit {

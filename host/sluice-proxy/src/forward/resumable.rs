@@ -35,7 +35,7 @@ use super::call::{
 use super::pump::{PumpError, poll_window, send_all};
 use crate::Context;
 use crate::grpc::{self, Code, FrameError, MessageSplitter, PREFIX_LEN, Status};
-use crate::pool::{FailureKind, Lease};
+use crate::pool::{FailureKind, Lease, Resume};
 use crate::resume::{ResumeAnswer, ResumeRequest};
 
 /// A method's resume settings.
@@ -601,7 +601,10 @@ pub(crate) async fn serve(
         if broken.drained || upstream.sent_at.elapsed() >= options.timeout {
             budget = ResumeBudget::default();
         }
-        let broken_connection = upstream.lease.connection().id;
+        let retry = Resume {
+            broken: upstream.lease.connection().id,
+            alternatives: upstream.lease.alternatives().to_vec(),
+        };
         match broken.failure {
             Some(kind) => {
                 upstream.lease.failed(kind);
@@ -619,7 +622,8 @@ pub(crate) async fn serve(
             )));
         }
         tracing::info!(
-            connection = broken_connection,
+            connection = retry.broken,
+            alternatives = retry.alternatives.len(),
             reason = %broken.reason,
             delivered,
             "resuming the stream on another upstream stream",
@@ -630,7 +634,7 @@ pub(crate) async fn serve(
             last_response: last_response.as_ref(),
             delivered,
             attempt: resumes + 1,
-            broken_connection,
+            retry,
             reason: &broken.reason,
         };
         let reopened = tokio::select! {
@@ -697,7 +701,8 @@ struct ResumeState<'a> {
     last_response: Option<&'a Bytes>,
     delivered: u64,
     attempt: u32,
-    broken_connection: u64,
+    /// The broken connection and its placement's alternatives.
+    retry: Resume,
     reason: &'a str,
 }
 
@@ -746,7 +751,7 @@ async fn reopen(
                 headers,
                 false,
                 setup.deadline,
-                Some(state.broken_connection),
+                Some(&state.retry),
             ),
         )
         .await;

@@ -177,6 +177,8 @@ pub struct Lease {
     pub(super) _upstream_active: crate::stats::GaugeGuard,
     /// The learning loop's watch on this stream, when the decision is being recorded.
     pub(super) observation: Option<Arc<crate::route::outcome::Observation>>,
+    /// The placement's alternatives as connection ids, best first.
+    pub(super) alternatives: Vec<u64>,
 }
 
 impl Lease {
@@ -188,6 +190,12 @@ impl Lease {
     /// Why the router chose this connection.
     pub fn decision(&self) -> &RouteDecision {
         &self.decision
+    }
+
+    /// Where a resume of this stream goes first: the placement's alternatives (connection
+    /// ids, best first).
+    pub fn alternatives(&self) -> &[u64] {
+        &self.alternatives
     }
 
     /// A request handle for the connection, ready to open a stream.

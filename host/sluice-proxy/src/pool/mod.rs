@@ -296,6 +296,16 @@ impl Drop for MonitorCall {
     }
 }
 
+/// What a resumed stream's placement knows of the stream that broke.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// The connection it broke on: not used again for it.
+    pub broken: u64,
+    /// The alternatives its placement listed (connection ids, best first): tried before the
+    /// router is asked again.
+    pub alternatives: Vec<u64>,
+}
+
 /// A monitor's soft placement preferences.
 #[derive(Debug, Clone, Default)]
 struct MonitorPreferences {
@@ -749,13 +759,14 @@ impl Pool {
     }
 
     /// Reserves a stream slot for `monitor`, opening a connection or waiting in the bounded
-    /// queue as needed. `avoid` names a connection not to use (the one a resumed stream broke
-    /// on). Errors are the gRPC status the monitor should get.
+    /// queue as needed. A `resume` names the connection a broken stream was on (not used
+    /// again) and the alternatives its placement listed (tried first, in order). Errors are the
+    /// gRPC status the monitor should get.
     pub async fn acquire(
         &self,
         monitor: &MonitorProfile,
         method: &str,
-        avoid: Option<u64>,
+        resume: Option<&Resume>,
     ) -> Result<Lease, Status> {
         let group = &self.groups[monitor.class.index()];
         let deadline = tokio::time::Instant::now() + self.queue_timeout;
@@ -766,7 +777,7 @@ impl Pool {
             // Register interest before looking, so a slot freed in between is not missed.
             released.as_mut().enable();
             let mut promise = None;
-            match self.try_place(group, monitor, method, avoid) {
+            match self.try_place(group, monitor, method, resume) {
                 Step::Leased(lease) => return Ok(lease),
                 Step::Unavailable(reason) => return Err(Status::unavailable(reason)),
                 Step::AwaitOpening => promise = Some(Promise { group }),
@@ -896,13 +907,19 @@ impl Pool {
         group: &Arc<Group>,
         monitor: &MonitorProfile,
         method: &str,
-        avoid: Option<u64>,
+        resume: Option<&Resume>,
     ) -> Step {
         let views = self.endpoint_views(Instant::now());
         if !views.iter().any(|v| v.selected) {
             return Step::Unavailable(self.unavailable_reason());
         }
         let preferences = self.preferences.get(&monitor.id);
+        let avoid = resume.map(|r| r.broken);
+        if let Some(lease) =
+            resume.and_then(|r| self.try_alternatives(group, &views, preferences, r))
+        {
+            return Step::Leased(lease);
+        }
         // The router runs without the group's lock (a policy plugin may take up to its
         // deadline); the slot it picks is then taken with a compare-and-swap, and a slot lost to
         // a concurrent stream means looking again.
@@ -925,7 +942,14 @@ impl Pool {
                 .or_else(|| LeastLoaded::pick(&candidates));
             let Some(decision) = decision else { break };
             let (connection, capacity) = &open[decision.index];
+            // Kept as connection ids: what a resume of this stream tries first.
+            let alternatives: Vec<u64> = decision
+                .alternatives
+                .iter()
+                .filter_map(|&i| candidates.get(i).map(|c| c.connection_id))
+                .collect();
             if let Some(mut lease) = self.try_lease(group, connection, *capacity, decision) {
+                lease.alternatives = alternatives;
                 // The feature rows are the learning loop's; a stream must not carry them.
                 let scored = lease.decision.scored.take();
                 lease.observation = self.outcomes.observe(
@@ -980,6 +1004,42 @@ impl Pool {
             return Step::Open(order);
         }
         Step::Wait
+    }
+
+    /// A slot on the first of a broken stream's alternatives that can take it now; the lease
+    /// keeps the alternatives after it, for a further resume.
+    fn try_alternatives(
+        &self,
+        group: &Arc<Group>,
+        views: &[EndpointView],
+        preferences: Option<&MonitorPreferences>,
+        resume: &Resume,
+    ) -> Option<Lease> {
+        if resume.alternatives.is_empty() {
+            return None;
+        }
+        let open = self.connections_with_room(group, views, preferences, Some(resume.broken));
+        for (rank, id) in resume.alternatives.iter().enumerate() {
+            let Some((connection, capacity)) = open.iter().find(|(c, _)| c.id == *id) else {
+                continue;
+            };
+            let decision = RouteDecision {
+                index: 0,
+                confidence: 1.0,
+                reason: format!(
+                    "resume: alternative {} of the broken stream's placement (conn {id})",
+                    rank + 1
+                )
+                .into(),
+                alternatives: Vec::new(),
+                scored: None,
+            };
+            if let Some(mut lease) = self.try_lease(group, connection, *capacity, decision) {
+                lease.alternatives = resume.alternatives[rank + 1..].to_vec();
+                return Some(lease);
+            }
+        }
+        None
     }
 
     /// The group's connections that may take a stream now, with their current capacity
@@ -1048,6 +1108,7 @@ impl Pool {
             failure_counted: AtomicBool::new(false),
             _upstream_active: self.stats.hold(|s| &s.upstream_streams_active),
             observation: None,
+            alternatives: Vec::new(),
         }
     }
 
