@@ -624,23 +624,18 @@ impl Pool {
         for group in &self.groups {
             let state = group.state.lock();
             all.extend(state.connections.iter().map(|c| {
-                let candidate = c.candidate(
-                    now,
-                    c.capacity(),
-                    c.endpoint.health(),
-                    c.endpoint.breaker.state(),
-                );
+                let (latency, error_rate) = c.load.read();
                 ConnectionSnapshot {
                     id: c.id,
-                    endpoint: candidate.endpoint_id,
-                    region: candidate.region,
+                    endpoint: Arc::clone(&c.endpoint.id),
+                    region: Arc::clone(&c.endpoint.region),
                     class: c.class,
-                    streams: candidate.active_streams,
-                    max_streams: candidate.max_streams,
+                    streams: c.active_streams(),
+                    max_streams: c.capacity(),
                     streams_total: c.streams_total.load(Relaxed),
-                    latency_ms: candidate.latency.as_secs_f64() * 1e3,
-                    error_rate: candidate.error_rate,
-                    age_s: candidate.age.as_secs_f64(),
+                    latency_ms: latency.as_secs_f64() * 1e3,
+                    error_rate,
+                    age_s: now.saturating_duration_since(c.opened_at).as_secs_f64(),
                     draining: c.is_draining(),
                     breaker: c.breaker.state(),
                 }
