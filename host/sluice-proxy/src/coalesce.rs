@@ -1,13 +1,35 @@
 //! Write coalescing for HTTP/2 connection tasks.
 //!
-//! Stream tasks queue frames and wake their connection's task, which then writes. Polled at
-//! once, the connection would issue one `writev` per stream; yielding once first lets every
-//! stream task that is ready run and queue its frames, so one write carries them all. Under
-//! light load this costs one scheduler round; under load it saves most of the syscalls.
+//! Stream tasks queue frames and wake their connection's task, which then writes. Two things
+//! would otherwise make that one system call per frame:
+//! - polled at once, the connection writes the frames of the first stream task that woke it;
+//!   [`YieldFirst`] defers each wake-up by one scheduler round, so that every stream task that
+//!   is ready runs and queues its frames first;
+//! - h2 writes each DATA frame larger than a few hundred bytes with a `writev` of its own, and
+//!   flushes after each. [`CoalescedIo`] takes those writes into one buffer and the
+//!   connection's driver writes it out once per poll ([`Flusher::flush_deferred`]), or as soon
+//!   as [`FLUSH_AT`] bytes are waiting.
+//!
+//! Under light load this costs one scheduler round and one copy of each byte; under load it
+//! saves most of the system calls, and the peer wakes once per batch instead of once per frame.
+//! Nothing here knows about HTTP/2: it only decides when bytes reach the socket.
 
 use std::future::Future;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Buffered bytes at which a flush writes at once instead of at the end of the poll.
+pub(crate) const FLUSH_AT: usize = 64 * 1024;
+/// Most bytes buffered; writes beyond this wait until the socket takes some.
+const BUFFER_LIMIT: usize = 256 * 1024;
+/// Buffer capacity kept between bursts; a larger buffer is freed once drained, so that idle
+/// connections hold no more than this.
+const RETAINED_CAPACITY: usize = 16 * 1024;
 
 /// Wraps a future so that each wake-up is deferred by one scheduler round.
 pub(crate) struct YieldFirst<F> {
@@ -35,5 +57,279 @@ impl<F: Future + Unpin> Future for YieldFirst<F> {
         }
         self.yielded = false;
         Pin::new(&mut self.inner).poll(cx)
+    }
+}
+
+/// Wraps `io` for an HTTP/2 connection: the connection writes into a buffer, and its driver
+/// writes the buffer out through the returned [`Flusher`] after each poll.
+pub(crate) fn coalesced<T>(io: T) -> (CoalescedIo<T>, Flusher<T>) {
+    let shared = Arc::new(Mutex::new(Shared {
+        io,
+        pending: Vec::new(),
+        written: 0,
+        deferred: false,
+        error: None,
+    }));
+    (
+        CoalescedIo {
+            shared: Arc::clone(&shared),
+        },
+        Flusher { shared },
+    )
+}
+
+/// The transport half given to h2.
+///
+/// Until the driver first calls [`Flusher::flush_deferred`] (during the HTTP/2 handshake,
+/// which nobody drives yet), every flush writes at once.
+pub(crate) struct CoalescedIo<T> {
+    shared: Arc<Mutex<Shared<T>>>,
+}
+
+/// The driver's half: writes out what the connection buffered.
+pub(crate) struct Flusher<T> {
+    shared: Arc<Mutex<Shared<T>>>,
+}
+
+struct Shared<T> {
+    io: T,
+    /// Bytes accepted from the connection; `pending[written..]` has not reached the socket.
+    pending: Vec<u8>,
+    written: usize,
+    /// Flushes below [`FLUSH_AT`] are left to the driver.
+    deferred: bool,
+    /// A write error met by the driver, reported on the connection's next write or flush.
+    error: Option<io::Error>,
+}
+
+impl<T: AsyncWrite + Unpin> Shared<T> {
+    fn unwritten(&self) -> usize {
+        self.pending.len() - self.written
+    }
+
+    /// Writes buffered bytes until none is left or the socket is full.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(error) = self.error.take() {
+            return Poll::Ready(Err(error));
+        }
+        while self.written < self.pending.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.pending[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.written = 0;
+        if self.pending.capacity() > RETAINED_CAPACITY {
+            self.pending = Vec::new();
+        } else {
+            self.pending.clear();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Makes room for a write: drains first when the buffer is full.
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if let Some(error) = self.error.take() {
+            return Poll::Ready(Err(error));
+        }
+        if self.unwritten() >= BUFFER_LIMIT {
+            // Pending only while the socket cannot take the whole buffer; a partial write
+            // still makes room.
+            if let Poll::Ready(Err(error)) = self.poll_drain(cx) {
+                return Poll::Ready(Err(error));
+            }
+            if self.unwritten() >= BUFFER_LIMIT {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(Ok(BUFFER_LIMIT - self.unwritten()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Flusher<T> {
+    /// Writes out what the connection buffered during its last poll. Call it after each poll
+    /// of the connection, from the same task: when the socket is full, that task is woken once
+    /// it can take more.
+    pub(crate) fn flush_deferred(&self, cx: &mut Context<'_>) {
+        let mut shared = self.shared.lock();
+        shared.deferred = true;
+        if let Poll::Ready(Err(error)) = shared.poll_drain(cx) {
+            // The connection learns of it on its next write or flush, which every poll of an
+            // HTTP/2 connection ends with; poll it again so it does.
+            shared.error = Some(error);
+            cx.waker().wake_by_ref();
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for CoalescedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.shared.lock().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut shared = self.shared.lock();
+        let room = ready!(shared.poll_room(cx))?;
+        let n = room.min(buf.len());
+        shared.pending.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut shared = self.shared.lock();
+        let mut room = ready!(shared.poll_room(cx))?;
+        let mut n = 0;
+        for buf in bufs {
+            let take = room.min(buf.len());
+            shared.pending.extend_from_slice(&buf[..take]);
+            n += take;
+            room -= take;
+            if room == 0 {
+                break;
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        // Copying a chain of slices is as cheap as copying one; saying so keeps h2 from
+        // copying large DATA frames into its own buffer first.
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut shared = self.shared.lock();
+        if shared.deferred && shared.unwritten() < FLUSH_AT {
+            if let Some(error) = shared.error.take() {
+                return Poll::Ready(Err(error));
+            }
+            return Poll::Ready(Ok(()));
+        }
+        ready!(shared.poll_drain(cx))?;
+        Pin::new(&mut shared.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut shared = self.shared.lock();
+        ready!(shared.poll_drain(cx))?;
+        Pin::new(&mut shared.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Polls `f` once with a no-op waker.
+    fn poll_once<R>(f: impl FnOnce(&mut Context<'_>) -> R) -> R {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        f(&mut cx)
+    }
+
+    #[tokio::test]
+    async fn deferred_flushes_reach_the_socket_only_when_the_driver_flushes() {
+        let (near, mut far) = tokio::io::duplex(BUFFER_LIMIT * 2);
+        let (mut io, flusher) = coalesced(near);
+        // Before the driver runs (the handshake), a flush writes at once.
+        io.write_all(b"preface").await.unwrap();
+        io.flush().await.unwrap();
+        let mut got = [0u8; 7];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"preface");
+
+        poll_once(|cx| flusher.flush_deferred(cx));
+        io.write_all(b"frame one;").await.unwrap();
+        io.flush().await.unwrap();
+        io.write_all(b"frame two").await.unwrap();
+        io.flush().await.unwrap();
+        let mut probe = [0u8; 1];
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(50), far.read(&mut probe)).await;
+        assert!(early.is_err(), "a small deferred flush must not write");
+
+        poll_once(|cx| flusher.flush_deferred(cx));
+        let mut got = [0u8; 19];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"frame one;frame two");
+    }
+
+    #[tokio::test]
+    async fn a_full_flush_threshold_writes_without_waiting_for_the_driver() {
+        let (near, mut far) = tokio::io::duplex(BUFFER_LIMIT * 2);
+        let (mut io, flusher) = coalesced(near);
+        poll_once(|cx| flusher.flush_deferred(cx));
+        let chunk = vec![7u8; FLUSH_AT];
+        io.write_all(&chunk).await.unwrap();
+        io.flush().await.unwrap();
+        let mut got = vec![0u8; FLUSH_AT];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, chunk);
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_holds_writes_back_at_the_buffer_limit() {
+        // The peer takes nothing: the socket fills, then the buffer, then writes wait.
+        let (near, mut far) = tokio::io::duplex(1024);
+        let (mut io, flusher) = coalesced(near);
+        poll_once(|cx| flusher.flush_deferred(cx));
+        let data = vec![1u8; BUFFER_LIMIT + 4096];
+        let accepted = poll_once(|cx| {
+            let mut total = 0;
+            while let Poll::Ready(Ok(n)) = Pin::new(&mut io).poll_write(cx, &data[total..]) {
+                total += n;
+                if total == data.len() {
+                    break;
+                }
+            }
+            total
+        });
+        assert!(
+            accepted <= BUFFER_LIMIT + 1024,
+            "accepted {accepted} bytes past a full buffer"
+        );
+        // Once the peer reads, everything gets through.
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 8192];
+            while got.len() < data.len() {
+                let n = far.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        });
+        let rest = vec![1u8; BUFFER_LIMIT + 4096 - accepted];
+        io.write_all(&rest).await.unwrap();
+        io.shutdown().await.unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), BUFFER_LIMIT + 4096);
+    }
+
+    #[tokio::test]
+    async fn a_write_error_met_by_the_driver_reaches_the_connection() {
+        let (near, far) = tokio::io::duplex(64);
+        let (mut io, flusher) = coalesced(near);
+        poll_once(|cx| flusher.flush_deferred(cx));
+        drop(far);
+        io.write_all(b"lost").await.unwrap();
+        io.flush().await.unwrap();
+        poll_once(|cx| flusher.flush_deferred(cx));
+        let error = io.flush().await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
     }
 }

@@ -58,10 +58,15 @@ pub(crate) async fn serve(
         method = %setup.path,
     );
     async move {
+        // The opt-in paths are boxed so that the plain path's future, which every call
+        // builds and moves, stays small.
         let end = if setup.share.is_some() {
-            super::share::serve(ctx, setup, request, respond).await
+            Box::pin(super::share::serve(ctx, setup, request, respond)).await
         } else if let Some(options) = setup.resume {
-            super::resumable::serve(&ctx, setup, options, request, respond).await
+            Box::pin(super::resumable::serve(
+                &ctx, setup, options, request, respond,
+            ))
+            .await
         } else {
             proxy(&ctx, setup, request, respond).await
         };

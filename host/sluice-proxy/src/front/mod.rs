@@ -81,6 +81,7 @@ async fn serve_h2<T>(ctx: Arc<Context>, io: T, mut shutdown: watch::Receiver<boo
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (io, flusher) = crate::coalesce::coalesced(io);
     let window = ctx.config.pool.stream_window_bytes;
     let max_streams = ctx.config.server.max_concurrent_streams;
     let handshake = h2::server::Builder::new()
@@ -95,7 +96,7 @@ where
         // Bytes queued for a monitor beyond what its socket took: enough for large writes,
         // small enough that a hundred saturated streams stay within a few MiB.
         .max_send_buffer_size(SEND_BUFFER_BYTES.min(window as usize))
-        .handshake::<T, Bytes>(io);
+        .handshake::<_, Bytes>(io);
     let mut connection =
         match tokio::time::timeout(ctx.config.pool.connect_timeout, handshake).await {
             Ok(Ok(connection)) => connection,
@@ -115,7 +116,11 @@ where
     let mut draining = false;
     loop {
         let next = tokio::select! {
-            next = crate::coalesce::YieldFirst::new(std::future::poll_fn(|cx| connection.poll_accept(cx))) => next,
+            next = crate::coalesce::YieldFirst::new(std::future::poll_fn(|cx| {
+                let next = connection.poll_accept(cx);
+                flusher.flush_deferred(cx);
+                next
+            })) => next,
             _ = shutdown.wait_for(|stop| *stop), if !draining => {
                 draining = true;
                 connection.graceful_shutdown();

@@ -16,7 +16,7 @@ use sluice_config::EndpointConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::coalesce::YieldFirst;
+use crate::coalesce::{CoalescedIo, Flusher, YieldFirst, coalesced};
 use crate::tls::{self, TlsError};
 
 /// Why an upstream connection could not be opened.
@@ -151,6 +151,7 @@ impl Connector {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let (io, flusher) = coalesced(io);
         let (send_request, mut connection) = h2::client::Builder::new()
             .initial_window_size(self.settings.stream_window)
             .initial_connection_window_size(self.settings.connection_window)
@@ -159,7 +160,7 @@ impl Connector {
                 crate::front::SEND_BUFFER_BYTES.min(self.settings.stream_window as usize),
             )
             .enable_push(false)
-            .handshake::<T, Bytes>(io)
+            .handshake::<_, Bytes>(io)
             .await
             .map_err(|source| ConnectError::Http2 {
                 addr: self.addr.clone(),
@@ -170,6 +171,7 @@ impl Connector {
         let mut driver: Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>> =
             Box::pin(YieldFirst::new(Driver {
                 connection,
+                flusher,
                 peer_max_streams: Arc::clone(&peer_max_streams),
             }));
         // The peer's SETTINGS (and so its stream limit) precede its answer to our first PING:
@@ -197,9 +199,11 @@ impl Connector {
     }
 }
 
-/// Polls the h2 connection and publishes the peer's stream limit whenever SETTINGS change it.
+/// Polls the h2 connection, writes out what it buffered, and publishes the peer's stream limit
+/// whenever SETTINGS change it.
 struct Driver<T> {
-    connection: h2::client::Connection<T, Bytes>,
+    connection: h2::client::Connection<CoalescedIo<T>, Bytes>,
+    flusher: Flusher<T>,
     peer_max_streams: Arc<AtomicU32>,
 }
 
@@ -211,6 +215,7 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let result = Pin::new(&mut self.connection).poll(cx);
+        self.flusher.flush_deferred(cx);
         let max = self.connection.max_concurrent_send_streams();
         self.peer_max_streams
             .store(u32::try_from(max).unwrap_or(u32::MAX), Relaxed);

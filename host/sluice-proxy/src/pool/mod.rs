@@ -776,19 +776,23 @@ impl Pool {
                 Step::Leased(lease) => return Ok(lease),
                 Step::Unavailable(reason) => return Err(Status::unavailable(reason)),
                 Step::AwaitOpening => promise = Some(Promise { group }),
-                Step::Open(endpoints) => match self.open_connection(group, endpoints, true).await {
-                    Ok(Some(lease)) => return Ok(lease),
-                    Ok(None) => continue,
-                    Err(status) => {
-                        if !self.has_live_connections(group) {
-                            return Err(status);
+                // Boxed: dialling (TCP, TLS, HTTP/2 handshake) holds kilobytes of state that
+                // every call's future would otherwise carry and copy, though few calls dial.
+                Step::Open(endpoints) => {
+                    match Box::pin(self.open_connection(group, endpoints, true)).await {
+                        Ok(Some(lease)) => return Ok(lease),
+                        Ok(None) => continue,
+                        Err(status) => {
+                            if !self.has_live_connections(group) {
+                                return Err(status);
+                            }
+                            // Other connections are alive: look again with a fresh registration.
+                            // The failed endpoints now back off, so the next look waits for a
+                            // slot instead of reconnecting at once.
+                            continue;
                         }
-                        // Other connections are alive: look again with a fresh registration.
-                        // The failed endpoints now back off, so the next look waits for a
-                        // slot instead of reconnecting at once.
-                        continue;
                     }
-                },
+                }
                 Step::Wait => {}
             }
             // Streams promised a slot on a connection being opened are not queued: they have one.
