@@ -25,8 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Buffered bytes at which a flush writes at once instead of at the end of the poll.
 pub(crate) const FLUSH_AT: usize = 64 * 1024;
-/// Most bytes buffered; writes beyond this wait until the socket takes some.
-const BUFFER_LIMIT: usize = 256 * 1024;
+/// Most bytes buffered; writes beyond this wait until the socket takes some. It bounds what a
+/// monitor that stopped reading costs on top of its streams' own send buffers.
+const BUFFER_LIMIT: usize = FLUSH_AT + 32 * 1024;
 /// Buffer capacity kept between bursts; a larger buffer is freed once drained, so that idle
 /// connections hold no more than this.
 const RETAINED_CAPACITY: usize = 16 * 1024;
