@@ -68,6 +68,7 @@ pub(crate) fn coalesced<T>(io: T) -> (CoalescedIo<T>, Flusher<T>) {
         io,
         pending: Vec::new(),
         written: 0,
+        unflushed: false,
         deferred: false,
         error: None,
     }));
@@ -97,6 +98,9 @@ struct Shared<T> {
     /// Bytes accepted from the connection; `pending[written..]` has not reached the socket.
     pending: Vec<u8>,
     written: usize,
+    /// Bytes went to `io` since its last flush. A TLS stream may still hold some of them after
+    /// a write that met a full socket; only its flush sends them.
+    unflushed: bool,
     /// Flushes below [`FLUSH_AT`] are left to the driver.
     deferred: bool,
     /// A write error met by the driver, reported on the connection's next write or flush.
@@ -108,23 +112,37 @@ impl<T: AsyncWrite + Unpin> Shared<T> {
         self.pending.len() - self.written
     }
 
-    /// Writes buffered bytes until none is left or the socket is full.
+    /// Writes buffered bytes and flushes `io`, until nothing is left or the socket is full.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Some(error) = self.error.take() {
             return Poll::Ready(Err(error));
         }
         while self.written < self.pending.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.pending[self.written..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            match Pin::new(&mut self.io).poll_write(cx, &self.pending[self.written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.written += n;
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => {
+                    // Behind a slow reader the buffer never empties: drop what was sent, so
+                    // that it holds no more than the unsent bytes.
+                    self.pending.drain(..self.written);
+                    self.written = 0;
+                    return Poll::Pending;
+                }
             }
-            self.written += n;
         }
         self.written = 0;
         if self.pending.capacity() > RETAINED_CAPACITY {
             self.pending = Vec::new();
         } else {
             self.pending.clear();
+        }
+        if self.unflushed {
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.unflushed = false;
         }
         Poll::Ready(Ok(()))
     }
@@ -221,8 +239,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedIo<T> {
             }
             return Poll::Ready(Ok(()));
         }
-        ready!(shared.poll_drain(cx))?;
-        Pin::new(&mut shared.io).poll_flush(cx)
+        shared.poll_drain(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -319,6 +336,91 @@ mod tests {
         io.shutdown().await.unwrap();
         let got = reader.await.unwrap();
         assert_eq!(got.len(), BUFFER_LIMIT + 4096);
+    }
+
+    /// A transport that, like a TLS stream, takes writes into a buffer of its own and sends
+    /// them only when flushed.
+    struct SendsOnFlush {
+        inner: tokio::io::DuplexStream,
+        held: Vec<u8>,
+    }
+
+    impl AsyncRead for SendsOnFlush {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for SendsOnFlush {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = &mut *self;
+            while !this.held.is_empty() {
+                let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &this.held))?;
+                this.held.drain(..n);
+            }
+            Pin::new(&mut this.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            ready!(self.as_mut().poll_flush(cx))?;
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_driver_flushes_a_transport_that_holds_writes_back() {
+        let (near, mut far) = tokio::io::duplex(BUFFER_LIMIT * 2);
+        let (mut io, flusher) = coalesced(SendsOnFlush {
+            inner: near,
+            held: Vec::new(),
+        });
+        poll_once(|cx| flusher.flush_deferred(cx));
+        io.write_all(b"last frame").await.unwrap();
+        io.flush().await.unwrap();
+        poll_once(|cx| flusher.flush_deferred(cx));
+        let mut got = [0u8; 10];
+        tokio::time::timeout(std::time::Duration::from_secs(5), far.read_exact(&mut got))
+            .await
+            .expect("the bytes must not stay in the transport's buffer")
+            .unwrap();
+        assert_eq!(&got, b"last frame");
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_keeps_falling_behind_does_not_grow_the_buffer() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let (mut io, flusher) = coalesced(near);
+        poll_once(|cx| flusher.flush_deferred(cx));
+        let data = vec![3u8; 8192];
+        let mut sink = vec![0u8; 4096];
+        for _ in 0..100 {
+            // A fresh cooperative budget, as a connection task has on each poll: the duplex
+            // refuses all writes once the test task has used its budget up.
+            tokio::task::yield_now().await;
+            // Fill until the connection's writes must wait, then let the reader take a little.
+            poll_once(
+                |cx| while let Poll::Ready(Ok(_)) = Pin::new(&mut io).poll_write(cx, &data) {},
+            );
+            let held = io.shared.lock().pending.len();
+            assert!(
+                held <= BUFFER_LIMIT,
+                "{held} bytes held behind a slow reader"
+            );
+            let _ = far.read(&mut sink).await.unwrap();
+        }
     }
 
     #[tokio::test]

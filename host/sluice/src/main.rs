@@ -166,17 +166,24 @@ fn limit_malloc_arenas(_workers: usize) {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let workers = cli.worker_threads.map_or_else(
-        || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-        usize::from,
-    );
+    // The runtime's own default: `TOKIO_WORKER_THREADS`, else one worker per core.
+    let workers = cli.worker_threads.map(usize::from).unwrap_or_else(|| {
+        std::env::var("TOKIO_WORKER_THREADS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+            })
+    });
     // An explicit MALLOC_ARENA_MAX in the environment wins.
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         limit_malloc_arenas(workers);
     }
     init_logging(cli.log_format);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(workers);
+    if let Some(threads) = cli.worker_threads {
+        builder.worker_threads(usize::from(threads));
+    }
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
