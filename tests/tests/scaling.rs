@@ -378,17 +378,19 @@ class = "realtime"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(scaled, "no scale-up recorded");
-    let insights = get("/api/v1/insights").await.json;
-    let titles: Vec<String> = insights["insights"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["title"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    assert!(
-        titles.iter().any(|t| t == "Low multiplexing"),
-        "{insights:#}"
-    );
+    // The analytics loop runs on its own period: the insight may follow the scale-up.
+    let has_insight = |insights: &serde_json::Value| {
+        insights["insights"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i["title"] == "Low multiplexing"))
+    };
+    let mut insights = get("/api/v1/insights").await.json;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && !has_insight(&insights) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        insights = get("/api/v1/insights").await.json;
+    }
+    assert!(has_insight(&insights), "{insights:#}");
     // The minute so far is written every 10 samples (one a second).
     tokio::time::sleep(Duration::from_secs(12)).await;
     let before = get("/api/v1/scaling?since=0").await.json["scaling"]
