@@ -40,7 +40,7 @@ use sluice_policy::{Policies, Scorer};
 use sluice_proxy::route::{Candidate, MonitorProfile, RouteDecision, RouteRequest, Router};
 use sluice_proxy::{Proxy, ProxyHandle};
 use sluice_scorer::OnnxScorer;
-use sluice_tests::measure::percentile;
+use sluice_tests::measure::{BenchArgs, percentile};
 use sluice_tests::plugins::plugins_config;
 use sluice_tests::*;
 
@@ -61,8 +61,8 @@ const DECISIONS: usize = 20_000;
 const WARM_UP: usize = 2_000;
 
 struct Args {
-    plugins: PathBuf,
-    json: Option<PathBuf>,
+    /// `--plugins`, `--json`.
+    common: BenchArgs,
     model: Option<PathBuf>,
     library: Option<PathBuf>,
     record: Option<PathBuf>,
@@ -71,36 +71,34 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args {
-        plugins: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins")),
-        json: None,
-        model: None,
-        library: None,
-        record: None,
-        seconds: 5,
-        rounds: 3,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--plugins" => args.plugins = PathBuf::from(value()),
-            "--json" => args.json = Some(PathBuf::from(value())),
-            "--model" => args.model = Some(PathBuf::from(value())),
-            "--library" => args.library = Some(PathBuf::from(value())),
-            "--record" => args.record = Some(PathBuf::from(value())),
-            "--seconds" => args.seconds = value().parse().expect("--seconds N"),
-            "--rounds" => args.rounds = value().parse().expect("--rounds N"),
+    let (mut model, mut library, mut record) = (None, None, None);
+    let (mut seconds, mut rounds) = (5, 3);
+    let common = BenchArgs::parse_with(|arg, value| {
+        match arg {
+            "--model" => model = Some(PathBuf::from(value())),
+            "--library" => library = Some(PathBuf::from(value())),
+            "--record" => record = Some(PathBuf::from(value())),
+            "--seconds" => seconds = value().parse().expect("--seconds N"),
+            "--rounds" => rounds = value().parse().expect("--rounds N"),
             "--quick" => {
-                args.seconds = 2;
-                args.rounds = 1;
+                // Where it stands among the options matters: a later --seconds still wins.
+                // The common options see it too.
+                seconds = 2;
+                rounds = 1;
+                return false;
             }
-            // Passed by `cargo bench`.
-            "--bench" => {}
-            other => panic!("unknown option {other:?}"),
+            _ => return false,
         }
+        true
+    });
+    Args {
+        common,
+        model,
+        library,
+        record,
+        seconds,
+        rounds,
     }
-    args
 }
 
 /// The baseline that ignores everything: candidates in turn.
@@ -269,7 +267,7 @@ async fn load_policies(
 
 fn router_plugins(args: &Args, explore: Option<&str>) -> sluice_config::PluginsConfig {
     let mut plugins = plugins_config();
-    plugins.router.file = Some(args.plugins.join("router.wasm"));
+    plugins.router.file = Some(args.common.plugins.join("router.wasm"));
     if let Some(share) = explore {
         plugins.router.config.insert("explore".into(), share.into());
     }
@@ -569,7 +567,7 @@ async fn main() {
             println!("last reason: {}", last.reason);
         }
     }
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.common.json {
         let text = serde_json::to_string_pretty(&Value::Object(report)).expect("json");
         std::fs::write(path, text).expect("write --json");
         println!("\nfigures written to {}", path.display());

@@ -55,6 +55,13 @@ pub struct BenchArgs {
 impl BenchArgs {
     /// Reads the process's arguments; panics on an unknown one.
     pub fn parse() -> Self {
+        Self::parse_with(|_, _| false)
+    }
+
+    /// As [`BenchArgs::parse`], for a bench with options of its own: each option is offered to
+    /// `extra` first, which returns `true` when it took the option (calling `value` for its
+    /// argument) and `false` to leave it to the common ones.
+    pub fn parse_with(mut extra: impl FnMut(&str, &mut dyn FnMut() -> String) -> bool) -> Self {
         let mut args = Self {
             plugins: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins")),
             json: None,
@@ -63,6 +70,9 @@ impl BenchArgs {
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
             let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+            if extra(&arg, &mut value) {
+                continue;
+            }
             match arg.as_str() {
                 "--plugins" => args.plugins = PathBuf::from(value()),
                 "--json" => args.json = Some(PathBuf::from(value())),
