@@ -1,8 +1,11 @@
 //! Backpressure: a slow monitor slows only its own stream (block), or is cut off as lagging
 //! (disconnect); buffering per stream stays bounded either way.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use sluice_config::LagPolicy;
 use sluice_tests::*;
 use tonic::Code;
@@ -91,4 +94,118 @@ async fn a_lagging_monitor_is_disconnected_with_resource_exhausted() {
         upstream_subscriptions_reach(&upstream, 0).await,
         "the upstream stream of a cut-off monitor was not cancelled"
     );
+}
+
+#[tokio::test]
+async fn stream_windows_follow_the_number_of_streams_on_the_upstream_connection() {
+    const KIB: usize = 1024;
+    let probe = WindowProbe::start().await;
+    let mut config = config_with_endpoint("probe", &format!("http://{}", probe.addr));
+    config.classes.event.max_connections = Some(1);
+    let proxy = sluice(config).await;
+    let mut monitor = client(proxy.addr()).await;
+    let window_of = |i: usize| probe.windows.lock().get(i).map(|w| w.load(SeqCst));
+
+    // Alone on its connection, a stream gets the whole budget (1 MiB by default).
+    let first = subscribe_on(&mut monitor, subscribe("t", 0.0, 64, 0), "m0").await;
+    assert!(
+        eventually(LIMIT, || window_of(0) == Some(1024 * KIB)).await,
+        "a lone stream got a window of {:?} bytes",
+        window_of(0)
+    );
+
+    // Eight streams share the budget no longer: every one, the first included, is cut to the
+    // 128 KiB floor, so a busy connection pins no more than a window per stream.
+    let mut others = Vec::new();
+    for i in 1..8 {
+        others.push(subscribe_on(&mut monitor, subscribe("t", 0.0, 64, 0), &format!("m{i}")).await);
+    }
+    let all_at_floor = || (0..8).all(|i| window_of(i) == Some(128 * KIB));
+    assert!(
+        eventually(LIMIT, all_at_floor).await,
+        "windows with eight streams: {:?}",
+        (0..8).map(window_of).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        proxy.snapshot().connections,
+        1,
+        "all streams shared one connection"
+    );
+
+    // When the others end, the stream left alone gets its deep window back.
+    drop(others);
+    assert!(
+        eventually(LIMIT, || window_of(0) == Some(1024 * KIB)).await,
+        "the remaining stream's window stayed at {:?} bytes",
+        window_of(0)
+    );
+    drop(first);
+}
+
+/// An HTTP/2 upstream that answers every stream with response headers, sends nothing, and keeps
+/// track of the send window the client grants each stream (in the order the streams arrived).
+struct WindowProbe {
+    addr: std::net::SocketAddr,
+    windows: Arc<Mutex<Vec<Arc<AtomicUsize>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WindowProbe {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let windows = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&windows);
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(Self::serve(tcp, Arc::clone(&recorded)));
+            }
+        });
+        Self {
+            addr,
+            windows,
+            task,
+        }
+    }
+
+    async fn serve(tcp: tokio::net::TcpStream, windows: Arc<Mutex<Vec<Arc<AtomicUsize>>>>) {
+        // Buffering limit well above any window, so the capacity h2 reports is the window.
+        let handshake = h2::server::Builder::new()
+            .max_send_buffer_size(16 << 20)
+            .handshake::<_, bytes::Bytes>(tcp);
+        let Ok(mut connection) = handshake.await else {
+            return;
+        };
+        while let Some(Ok((_request, mut respond))) = connection.accept().await {
+            let window = Arc::new(AtomicUsize::new(0));
+            windows.lock().push(Arc::clone(&window));
+            tokio::spawn(async move {
+                let response = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(())
+                    .expect("response");
+                let Ok(mut send) = respond.send_response(response, false) else {
+                    return;
+                };
+                send.reserve_capacity(16 << 20);
+                // A shrinking window wakes nobody on the sending side, so sample it; the loop
+                // ends when the client resets the stream.
+                loop {
+                    window.store(send.capacity(), SeqCst);
+                    tokio::select! {
+                        _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => return,
+                        _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl Drop for WindowProbe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -196,6 +196,13 @@ pub struct PoolConfig {
     /// HTTP/2 receive window of each stream, in bytes: the most a stream buffers on each side
     /// before flow control holds its sender back. Default 128 KiB.
     pub stream_window_bytes: u32,
+    /// Receive window an upstream connection shares among its streams, in bytes. A connection
+    /// carrying few streams grants each `stream_window_budget_bytes / streams` (rounded down to
+    /// a power of two), never less than `stream_window_bytes`: a lone fast stream gets a deep
+    /// pipeline, a busy connection keeps small per-stream buffers. Equal to
+    /// `stream_window_bytes` turns the growth off. Default 1 MiB, or `stream_window_bytes` if
+    /// that is larger; see [`PoolConfig::stream_window_budget`].
+    pub stream_window_budget_bytes: Option<u32>,
     /// An idle-or-busy upstream connection is PINGed this often; `0s` turns keepalive off.
     /// Default 10 s.
     #[serde(with = "humantime_serde")]
@@ -217,6 +224,18 @@ pub struct PoolConfig {
     pub max_drain_time: Duration,
 }
 
+impl PoolConfig {
+    /// Default of [`PoolConfig::stream_window_budget_bytes`].
+    pub const DEFAULT_STREAM_WINDOW_BUDGET: u32 = 1024 * 1024;
+
+    /// The receive window an upstream connection shares among its streams: the configured
+    /// budget, else 1 MiB or one stream window, whichever is larger.
+    pub fn stream_window_budget(&self) -> u32 {
+        self.stream_window_budget_bytes
+            .unwrap_or(Self::DEFAULT_STREAM_WINDOW_BUDGET.max(self.stream_window_bytes))
+    }
+}
+
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
@@ -225,6 +244,7 @@ impl Default for PoolConfig {
             queue_capacity: 1024,
             queue_timeout: Duration::from_secs(5),
             stream_window_bytes: 128 * 1024,
+            stream_window_budget_bytes: None,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
             reconnect_backoff: Duration::from_millis(100),
@@ -748,6 +768,15 @@ impl Config {
             return Err(invalid(
                 "pool.stream_window_bytes",
                 "must be between 65535 and 2147483647 (HTTP/2 window limits)",
+            ));
+        }
+        if !(pool.stream_window_bytes..=(1 << 31) - 1).contains(&pool.stream_window_budget()) {
+            return Err(invalid(
+                "pool.stream_window_budget_bytes",
+                format!(
+                    "must be between pool.stream_window_bytes ({}) and 2147483647",
+                    pool.stream_window_bytes
+                ),
             ));
         }
         let mut share_sum = 0.0;

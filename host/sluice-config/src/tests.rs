@@ -163,6 +163,32 @@ fn missing_ca_file_is_reported() {
 }
 
 #[test]
+fn the_stream_window_budget_is_checked_against_the_stream_window() {
+    let pool = |keys: &str| {
+        parse(&format!("[pool]\n{keys}\n{MINIMAL}"))
+            .expect("valid config")
+            .pool
+    };
+    assert_eq!(pool("").stream_window_budget(), 1024 * 1024);
+    // A larger stream window raises the default budget with it rather than failing.
+    assert_eq!(
+        pool("stream_window_bytes = 4194304").stream_window_budget(),
+        4 * 1024 * 1024
+    );
+    assert_eq!(
+        pool("stream_window_budget_bytes = 131072").stream_window_budget(),
+        128 * 1024
+    );
+    let err = error_of(&format!(
+        "[pool]\nstream_window_budget_bytes = 65535\n{MINIMAL}"
+    ));
+    assert!(
+        err.contains("pool.stream_window_budget_bytes") && err.contains("131072"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_method_paths_are_reported() {
     let err = error_of(&format!(
         "{MINIMAL}\n[[methods]]\npath = \"Feed/Subscribe\"\n"

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use sluice_config::{FailureKinds, TrafficClass};
 use tokio::sync::watch;
 
+use super::window::StreamCount;
 use super::{Endpoint, Group, load};
 use crate::breaker::{Breaker, Outcome, Permit, Refused};
 use crate::route::{Candidate, RouteDecision};
@@ -25,7 +26,8 @@ pub struct UpstreamConnection {
     /// Counts failed streams on this connection.
     pub breaker: Arc<Breaker>,
     pub(super) send_request: h2::client::SendRequest<Bytes>,
-    pub(super) active_streams: AtomicU32,
+    /// Shared with the connection's driver, which sizes stream windows by it.
+    pub(super) active_streams: Arc<StreamCount>,
     pub(super) streams_total: AtomicU64,
     pub(super) configured_max: u32,
     pub(super) peer_max: Arc<AtomicU32>,
@@ -53,7 +55,7 @@ impl UpstreamConnection {
 
     /// Streams on it now.
     pub fn active_streams(&self) -> u32 {
-        self.active_streams.load(Relaxed)
+        self.active_streams.get()
     }
 
     /// Whether the connection takes no new streams: it ended, failed to open a stream, or is
@@ -110,9 +112,7 @@ impl UpstreamConnection {
 
     /// Takes a stream slot if the connection has one free under `capacity`.
     pub(super) fn try_reserve(&self, capacity: u32) -> bool {
-        self.active_streams
-            .fetch_update(Relaxed, Relaxed, |n| (n < capacity).then_some(n + 1))
-            .is_ok()
+        self.active_streams.try_add(capacity)
     }
 
     pub(super) fn candidate(
@@ -280,7 +280,7 @@ impl Drop for Lease {
         if let Some(observation) = &self.observation {
             observation.ended();
         }
-        self.connection.active_streams.fetch_sub(1, Relaxed);
+        self.connection.active_streams.remove();
         self.group.released.notify_waiters();
     }
 }

@@ -16,6 +16,7 @@ use sluice_config::EndpointConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::window::{StreamCount, StreamWindowSizing};
 use crate::coalesce::{CoalescedIo, Flusher, YieldFirst, coalesced};
 use crate::tls::{self, TlsError};
 
@@ -59,8 +60,8 @@ pub enum ConnectError {
 /// HTTP/2 settings Sluice advertises on upstream connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Http2Settings {
-    /// Receive window of each stream.
-    pub stream_window: u32,
+    /// Receive window of each stream, by the number of streams on the connection.
+    pub stream_window: StreamWindowSizing,
     /// Receive window of the connection. Large enough that every stream can fill its own window
     /// without starving the others: one stalled monitor must not stall its neighbours.
     pub connection_window: u32,
@@ -79,6 +80,9 @@ pub struct Opened {
     pub send_request: h2::client::SendRequest<Bytes>,
     /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS, kept current by `driver`.
     pub peer_max_streams: Arc<AtomicU32>,
+    /// Streams open on the connection, counted by its user; `driver` sizes the streams'
+    /// receive windows by it.
+    pub active_streams: Arc<StreamCount>,
     /// Must be polled (spawned) for the connection to make progress; ends when it closes.
     pub driver: Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>>,
     /// How long the first PING took to come back: the connection's first latency sample.
@@ -153,11 +157,11 @@ impl Connector {
     {
         let (io, flusher) = coalesced(io);
         let (send_request, mut connection) = h2::client::Builder::new()
-            .initial_window_size(self.settings.stream_window)
+            .initial_window_size(self.settings.stream_window.floor)
             .initial_connection_window_size(self.settings.connection_window)
             .max_frame_size(64 * 1024)
             .max_send_buffer_size(
-                crate::front::SEND_BUFFER_BYTES.min(self.settings.stream_window as usize),
+                crate::front::SEND_BUFFER_BYTES.min(self.settings.stream_window.floor as usize),
             )
             .enable_push(false)
             .handshake::<_, Bytes>(io)
@@ -168,11 +172,14 @@ impl Connector {
             })?;
         let mut ping_pong = connection.ping_pong();
         let peer_max_streams = Arc::new(AtomicU32::new(0));
+        let active_streams = Arc::new(StreamCount::new(self.settings.stream_window));
         let mut driver: Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>> =
             Box::pin(YieldFirst::new(Driver {
                 connection,
                 flusher,
                 peer_max_streams: Arc::clone(&peer_max_streams),
+                active_streams: Arc::clone(&active_streams),
+                advertised_window: self.settings.stream_window.floor,
             }));
         // The peer's SETTINGS (and so its stream limit) precede its answer to our first PING:
         // waiting one round trip means no stream is ever placed over the peer's limit.
@@ -192,6 +199,7 @@ impl Connector {
         Ok(Opened {
             send_request,
             peer_max_streams,
+            active_streams,
             driver,
             ping_rtt: ping_sent.elapsed(),
             ping_pong,
@@ -205,6 +213,32 @@ struct Driver<T> {
     connection: h2::client::Connection<CoalescedIo<T>, Bytes>,
     flusher: Flusher<T>,
     peer_max_streams: Arc<AtomicU32>,
+    active_streams: Arc<StreamCount>,
+    /// The stream window last sent to the peer (it applies once the peer acknowledges it).
+    advertised_window: u32,
+}
+
+impl<T> Driver<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Re-sizes the streams' windows when the number of streams changed enough. Runs before the
+    /// connection is polled, so the SETTINGS frame leaves ahead of the requests that caused it.
+    fn follow_stream_count(&mut self, cx: &Context<'_>) {
+        let wanted = self.active_streams.wanted_window(cx);
+        // Only one SETTINGS frame may wait for its acknowledgement; while one does, h2 refuses
+        // another and the change is retried on a later poll.
+        if wanted != self.advertised_window
+            && self.connection.set_initial_window_size(wanted).is_ok()
+        {
+            tracing::trace!(
+                from = self.advertised_window,
+                to = wanted,
+                "stream window resized"
+            );
+            self.advertised_window = wanted;
+        }
+    }
 }
 
 impl<T> Future for Driver<T>
@@ -214,6 +248,7 @@ where
     type Output = Result<(), h2::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.follow_stream_count(cx);
         let result = Pin::new(&mut self.connection).poll(cx);
         self.flusher.flush_deferred(cx);
         let max = self.connection.max_concurrent_send_streams();

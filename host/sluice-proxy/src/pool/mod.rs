@@ -11,10 +11,11 @@ mod connector;
 mod endpoint;
 pub mod load;
 pub mod rate;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -24,6 +25,7 @@ use tokio::sync::{Notify, watch};
 pub use connection::{FailureKind, Lease, UpstreamConnection};
 pub use connector::{ConnectError, Connector, Http2Settings};
 pub use endpoint::Endpoint;
+pub use window::StreamWindowSizing;
 
 use crate::breaker::{Breaker, BreakerEvents, BreakerSnapshot, BreakerState, Permit, Scope};
 use crate::grpc::Status;
@@ -375,7 +377,10 @@ impl Pool {
         router: Arc<dyn Router>,
         stats: Arc<Stats>,
     ) -> Result<Self, PoolError> {
-        let stream_window = config.pool.stream_window_bytes;
+        let stream_window = StreamWindowSizing {
+            floor: config.pool.stream_window_bytes,
+            budget: config.pool.stream_window_budget(),
+        };
         let group = |class: TrafficClass| {
             let cfg: &ClassConfig = config.classes.get(class);
             Arc::new(Group {
@@ -395,9 +400,13 @@ impl Pool {
         let max_streams = groups.iter().map(|g| g.max_streams).max().unwrap_or(1);
         let settings = Http2Settings {
             stream_window,
-            connection_window: u32::try_from(u64::from(stream_window) * u64::from(max_streams))
-                .unwrap_or(u32::MAX)
-                .min((1 << 31) - 1),
+            // Room for every stream's floor window, or for the whole budget when that is more.
+            connection_window: u32::try_from(
+                (u64::from(stream_window.floor) * u64::from(max_streams))
+                    .max(u64::from(stream_window.budget)),
+            )
+            .unwrap_or(u32::MAX)
+            .min((1 << 31) - 1),
         };
         let breaker_events = Arc::new(BreakerEvents::default());
         let endpoints = config
@@ -1081,7 +1090,7 @@ impl Pool {
             }
             Err(refused) => {
                 tracing::debug!(connection = connection.id, %refused, "breaker refused a placement");
-                connection.active_streams.fetch_sub(1, Relaxed);
+                connection.active_streams.remove();
                 None
             }
         }
@@ -1209,7 +1218,7 @@ impl Pool {
             endpoint: Arc::clone(&endpoint),
             class: group.class,
             send_request: opened.send_request,
-            active_streams: AtomicU32::new(0),
+            active_streams: opened.active_streams,
             streams_total: AtomicU64::new(0),
             configured_max: group.max_streams,
             peer_max: opened.peer_max_streams,
@@ -1241,7 +1250,7 @@ impl Pool {
             };
             // The opener's slot: taken even if the peer's limit turned out lower, because this
             // stream was promised the connection it opened.
-            connection.active_streams.fetch_add(1, Relaxed);
+            connection.active_streams.add();
             let permits = connection.admit_stream();
             match permits {
                 Ok(permits) => {
@@ -1250,7 +1259,7 @@ impl Pool {
                 Err(refused) => {
                     // The endpoint's half-open probes are all taken: look again.
                     tracing::debug!(connection = connection.id, %refused, "breaker refused the opener's slot");
-                    connection.active_streams.fetch_sub(1, Relaxed);
+                    connection.active_streams.remove();
                     None
                 }
             }
