@@ -24,7 +24,8 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
-    /// Async worker threads (default: one per CPU core).
+    /// Async worker threads (default: `TOKIO_WORKER_THREADS`, else half the CPU cores, at least
+    /// one).
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
     #[command(subcommand)]
@@ -164,27 +165,53 @@ fn limit_malloc_arenas(workers: usize) {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn limit_malloc_arenas(_workers: usize) {}
 
+/// Async worker threads: `--worker-threads`, else `TOKIO_WORKER_THREADS`, else half the CPU
+/// cores (at least one).
+///
+/// Half, because Sluice shares its host with the monitors that connect to it, and each byte it
+/// forwards costs them (and the kernel) as much work as it costs Sluice. A second worker pays
+/// off only once the load needs more than a core: before that, waking a worker on another
+/// thread costs more than the work it takes over. On a 2-core host running Sluice, a feed and
+/// a load generator, one worker instead of two cut the CPU per paced event by about 27% and the
+/// paced p50 latency by about 25%, and raised unary calls/s by about 6%; saturated streams were
+/// no slower.
+fn worker_threads(cli: Option<u16>) -> Result<usize, String> {
+    if let Some(threads) = cli {
+        return Ok(usize::from(threads));
+    }
+    match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(value) => match value.trim().parse::<usize>() {
+            Ok(threads) if threads > 0 => Ok(threads),
+            _ => Err(format!(
+                "TOKIO_WORKER_THREADS must be a positive integer, not {value:?}"
+            )),
+        },
+        Err(_) => {
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            Ok((cores / 2).max(1))
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The runtime's own default: `TOKIO_WORKER_THREADS`, else one worker per core.
-    let workers = cli.worker_threads.map(usize::from).unwrap_or_else(|| {
-        std::env::var("TOKIO_WORKER_THREADS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-            })
-    });
+    let workers = match worker_threads(cli.worker_threads) {
+        Ok(workers) => workers,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     // An explicit MALLOC_ARENA_MAX in the environment wins.
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         limit_malloc_arenas(workers);
     }
     init_logging(cli.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = cli.worker_threads {
-        builder.worker_threads(usize::from(threads));
-    }
-    let runtime = match builder.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
