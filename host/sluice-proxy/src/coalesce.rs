@@ -28,8 +28,10 @@ pub(crate) const FLUSH_AT: usize = 64 * 1024;
 /// Most bytes buffered; writes beyond this wait until the socket takes some. It bounds what a
 /// monitor that stopped reading costs on top of its streams' own send buffers.
 const BUFFER_LIMIT: usize = FLUSH_AT + 32 * 1024;
-/// Buffer capacity kept between bursts; a larger buffer is freed once drained, so that idle
-/// connections hold no more than this.
+/// Buffer capacity kept between polls. A buffer that outgrows it grows to [`BUFFER_LIMIT`] at
+/// once (one allocation instead of a copy per doubling), and is freed again once a poll of the
+/// connection buffers less than this: an idle connection holds no more than this, a busy one
+/// does not allocate on every poll.
 const RETAINED_CAPACITY: usize = 16 * 1024;
 
 /// Wraps a future so that each wake-up is deferred by one scheduler round.
@@ -68,6 +70,7 @@ pub(crate) fn coalesced<T>(io: T) -> (CoalescedIo<T>, Flusher<T>) {
         io,
         pending: Vec::new(),
         written: 0,
+        buffered_this_poll: 0,
         unflushed: false,
         deferred: false,
         error: None,
@@ -98,6 +101,9 @@ struct Shared<T> {
     /// Bytes accepted from the connection; `pending[written..]` has not reached the socket.
     pending: Vec<u8>,
     written: usize,
+    /// Bytes buffered since the driver's last flush: whether the connection is busy enough to
+    /// keep a large buffer.
+    buffered_this_poll: usize,
     /// Bytes went to `io` since its last flush. A TLS stream may still hold some of them after
     /// a write that met a full socket; only its flush sends them.
     unflushed: bool,
@@ -135,16 +141,27 @@ impl<T: AsyncWrite + Unpin> Shared<T> {
             }
         }
         self.written = 0;
-        if self.pending.capacity() > RETAINED_CAPACITY {
-            self.pending = Vec::new();
-        } else {
-            self.pending.clear();
-        }
+        self.pending.clear();
         if self.unflushed {
             ready!(Pin::new(&mut self.io).poll_flush(cx))?;
             self.unflushed = false;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Appends `data` to the buffer (the caller has checked the room).
+    fn buffer(&mut self, data: &[u8]) {
+        let needed = self.pending.len() + data.len();
+        if needed > self.pending.capacity() {
+            let target = if needed > RETAINED_CAPACITY {
+                BUFFER_LIMIT.max(needed)
+            } else {
+                RETAINED_CAPACITY
+            };
+            self.pending.reserve_exact(target - self.pending.len());
+        }
+        self.pending.extend_from_slice(data);
+        self.buffered_this_poll += data.len();
     }
 
     /// Makes room for a write: drains first when the buffer is full.
@@ -173,12 +190,23 @@ impl<T: AsyncWrite + Unpin> Flusher<T> {
     pub(crate) fn flush_deferred(&self, cx: &mut Context<'_>) {
         let mut shared = self.shared.lock();
         shared.deferred = true;
-        if let Poll::Ready(Err(error)) = shared.poll_drain(cx) {
-            // The connection learns of it on its next write or flush, which every poll of an
-            // HTTP/2 connection ends with; poll it again so it does.
-            shared.error = Some(error);
-            cx.waker().wake_by_ref();
+        match shared.poll_drain(cx) {
+            Poll::Ready(Ok(())) => {
+                if shared.pending.capacity() > RETAINED_CAPACITY
+                    && shared.buffered_this_poll < RETAINED_CAPACITY
+                {
+                    shared.pending = Vec::new();
+                }
+            }
+            Poll::Ready(Err(error)) => {
+                // The connection learns of it on its next write or flush, which every poll of
+                // an HTTP/2 connection ends with; poll it again so it does.
+                shared.error = Some(error);
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending => {}
         }
+        shared.buffered_this_poll = 0;
     }
 }
 
@@ -201,7 +229,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedIo<T> {
         let mut shared = self.shared.lock();
         let room = ready!(shared.poll_room(cx))?;
         let n = room.min(buf.len());
-        shared.pending.extend_from_slice(&buf[..n]);
+        shared.buffer(&buf[..n]);
         Poll::Ready(Ok(n))
     }
 
@@ -215,7 +243,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedIo<T> {
         let mut n = 0;
         for buf in bufs {
             let take = room.min(buf.len());
-            shared.pending.extend_from_slice(&buf[..take]);
+            shared.buffer(&buf[..take]);
             n += take;
             room -= take;
             if room == 0 {
@@ -421,6 +449,29 @@ mod tests {
             );
             let _ = far.read(&mut sink).await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_keeps_its_buffer_and_an_idle_one_frees_it() {
+        let (near, mut far) = tokio::io::duplex(BUFFER_LIMIT * 4);
+        let (mut io, flusher) = coalesced(near);
+        poll_once(|cx| flusher.flush_deferred(cx));
+        let capacity = |io: &CoalescedIo<_>| io.shared.lock().pending.capacity();
+        let mut sink = vec![0u8; BUFFER_LIMIT];
+        // Large polls: the buffer grows to its limit in one step and stays.
+        for _ in 0..3 {
+            io.write_all(&[5u8; 40 * 1024]).await.unwrap();
+            assert_eq!(capacity(&io), BUFFER_LIMIT, "grown in one step");
+            poll_once(|cx| flusher.flush_deferred(cx));
+            assert_eq!(capacity(&io), BUFFER_LIMIT, "kept while busy");
+            far.read_exact(&mut sink[..40 * 1024]).await.unwrap();
+        }
+        // A quiet poll: the large buffer is freed.
+        io.write_all(b"ping").await.unwrap();
+        poll_once(|cx| flusher.flush_deferred(cx));
+        assert_eq!(capacity(&io), 0);
+        far.read_exact(&mut sink[..4]).await.unwrap();
+        assert_eq!(&sink[..4], b"ping");
     }
 
     #[tokio::test]

@@ -642,18 +642,3 @@ fn request_side_failure(ctx: &Context, result: Result<(), PumpError>) -> Option<
         }
     }
 }
-
-#[cfg(test)]
-mod size_probe {
-    fn size_of_return3<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-    fn size_of_return4<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-    #[test]
-    fn print_sizes() {
-        eprintln!("serve {}", size_of_return3(super::serve));
-        eprintln!("proxy {}", size_of_return4(super::proxy));
-    }
-}
