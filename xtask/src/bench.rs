@@ -20,7 +20,8 @@ use crate::procs::{self, Guarded, TempDir};
 use crate::setup::{self, Profile};
 use crate::util::{self, cargo};
 
-const USAGE: &str = "usage: cargo xtask bench proxy [--rounds N] [--duration 5s] [--quick]
+const USAGE: &str =
+    "usage: cargo xtask bench proxy [--rounds N] [--duration 5s] [--envoy-concurrency N] [--quick]
        cargo xtask bench policy [--rounds N] [--quick]
        cargo xtask bench failover [--trials N] [--streams N]
        cargo xtask bench scaling [--quick]
@@ -90,6 +91,8 @@ struct Options {
     rounds: usize,
     duration: Duration,
     warmup: Duration,
+    /// Envoy's worker threads; Sluice runs with its own default.
+    envoy_concurrency: usize,
     quick: bool,
 }
 
@@ -97,6 +100,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
     let mut rounds = None;
     let mut duration = None;
     let mut quick = false;
+    let mut envoy_concurrency = None;
     let mut i = 0;
     while i < args.len() {
         let (flag, inline) = match args[i].split_once('=') {
@@ -121,6 +125,15 @@ fn parse_options(args: &[String]) -> Result<Options> {
                 rounds = Some(n);
             }
             "--duration" => duration = Some(util::parse_duration(&value()?)?),
+            "--envoy-concurrency" => {
+                let n: usize = value()?
+                    .parse()
+                    .context("--envoy-concurrency takes a number")?;
+                if n == 0 {
+                    bail!("--envoy-concurrency must be at least 1");
+                }
+                envoy_concurrency = Some(n);
+            }
             "--quick" => quick = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -138,6 +151,10 @@ fn parse_options(args: &[String]) -> Result<Options> {
         } else {
             Duration::from_secs(1)
         },
+        // Envoy's own default: one worker per hardware thread.
+        envoy_concurrency: envoy_concurrency.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        }),
         quick,
     })
 }
@@ -539,15 +556,18 @@ fn proxy(options: Options) -> Result<()> {
         Command::new(&envoy_bin)
             .arg("-c")
             .arg(&envoy_config_path)
-            .args(["--concurrency", "2", "--log-level", "error"])
+            .arg("--concurrency")
+            .arg(options.envoy_concurrency.to_string())
+            .args(["--log-level", "error"])
             .arg("--disable-hot-restart")
             .stdin(Stdio::null()),
         Some(&logs.join("envoy.log")),
     )?;
     envoy.wait_for_port(envoy_addr, Duration::from_secs(30))?;
     println!(
-        "envoy        pid {:>7}  {envoy_addr}  ({envoy_version})",
-        envoy.pid()
+        "envoy        pid {:>7}  {envoy_addr}  ({envoy_version}, --concurrency {})",
+        envoy.pid(),
+        options.envoy_concurrency
     );
 
     let targets = [
@@ -690,6 +710,7 @@ fn proxy(options: Options) -> Result<()> {
             "rounds": options.rounds,
             "duration_secs": options.duration.as_secs_f64(),
             "warmup_secs": options.warmup.as_secs_f64(),
+            "envoy_concurrency": options.envoy_concurrency,
             "quick": options.quick,
         },
         "machine": {
@@ -1128,6 +1149,9 @@ mod tests {
             (5, Duration::from_secs(1))
         );
         assert!(parse_options(&["--bogus".to_owned()]).is_err());
+        let envoy = parse_options(&["--envoy-concurrency=1".to_owned()]).unwrap();
+        assert_eq!(envoy.envoy_concurrency, 1);
+        assert!(parse_options(&["--envoy-concurrency=0".to_owned()]).is_err());
     }
 
     #[test]
