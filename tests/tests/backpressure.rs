@@ -69,6 +69,72 @@ async fn a_slow_monitor_does_not_slow_a_fast_one_on_the_same_connection() {
 }
 
 #[tokio::test]
+async fn a_stream_that_stalled_alone_does_not_starve_the_next_one() {
+    // With two streams per connection, the first stream is alone at first and gets the whole
+    // window budget; it stalls holding all of it. The connection window must still leave the
+    // second stream its own.
+    let upstream = feed("up").await;
+    let mut config = config_for(&[&upstream]);
+    config.classes.event.max_connections = Some(1);
+    // Every class: the connection window is sized for the largest.
+    config.classes.realtime.max_streams_per_connection = 2;
+    config.classes.event.max_streams_per_connection = 2;
+    config.classes.state.max_streams_per_connection = 2;
+    let proxy = sluice(config).await;
+
+    // A small window at the monitor, so that what the stream holds is Sluice's upstream window.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.addr()))
+        .expect("valid uri")
+        .initial_stream_window_size(65_535)
+        .connect()
+        .await
+        .expect("client connects");
+    let mut slow_client = pb::feed_client::FeedClient::new(channel);
+    let mut slow = subscribe_on(
+        &mut slow_client,
+        subscribe("slow", 0.0, 16 * 1024, 0),
+        "slow",
+    )
+    .await;
+    slow.message().await.unwrap().unwrap();
+    // Let it fill its window: the upstream stops once flow control holds it back.
+    let mut last = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let sent = upstream.stats.snapshot().events_sent;
+        if sent == last {
+            break;
+        }
+        last = sent;
+    }
+
+    let mut fast_client = client(proxy.addr()).await;
+    const FAST_EVENTS: u64 = 2_000;
+    let received = bounded(LIMIT, "the second stream", async {
+        let mut fast = subscribe_on(
+            &mut fast_client,
+            subscribe("fast", 0.0, 1024, FAST_EVENTS),
+            "fast",
+        )
+        .await;
+        let mut next = 0;
+        while let Some(event) = fast.message().await.unwrap() {
+            assert_eq!(event.seq, next);
+            next += 1;
+        }
+        next
+    })
+    .await;
+    assert_eq!(received, FAST_EVENTS);
+    assert_eq!(
+        proxy.snapshot().connections,
+        1,
+        "both streams shared one connection"
+    );
+    drop(slow);
+}
+
+#[tokio::test]
 async fn a_lagging_monitor_is_disconnected_with_resource_exhausted() {
     let upstream = feed("up").await;
     let mut config = config_for(&[&upstream]);

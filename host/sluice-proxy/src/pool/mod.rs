@@ -400,10 +400,12 @@ impl Pool {
         let max_streams = groups.iter().map(|g| g.max_streams).max().unwrap_or(1);
         let settings = Http2Settings {
             stream_window,
-            // Room for every stream's floor window, or for the whole budget when that is more.
+            // Room for every stream's floor window plus twice the budget: streams that stalled
+            // while they had a larger share hold at most budget + budget/2 + budget/4 + ...,
+            // and must not take the window the others need.
             connection_window: u32::try_from(
-                (u64::from(stream_window.floor) * u64::from(max_streams))
-                    .max(u64::from(stream_window.budget)),
+                u64::from(stream_window.floor) * u64::from(max_streams)
+                    + 2 * u64::from(stream_window.budget),
             )
             .unwrap_or(u32::MAX)
             .min((1 << 31) - 1),
