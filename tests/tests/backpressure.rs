@@ -26,22 +26,12 @@ async fn a_slow_monitor_does_not_slow_a_fast_one_on_the_same_connection() {
 
     // The fast monitor, on another client connection but the same upstream connection, must
     // still get everything.
-    let mut fast_client = client(proxy.addr()).await;
     const FAST_EVENTS: u64 = 20_000;
-    let received = bounded(LIMIT, "fast monitor", async {
-        let mut fast = subscribe_on(
-            &mut fast_client,
-            subscribe("fast", 0.0, 1024, FAST_EVENTS),
-            "fast",
-        )
-        .await;
-        let mut next = 0;
-        while let Some(event) = fast.message().await.unwrap() {
-            assert_eq!(event.seq, next);
-            next += 1;
-        }
-        next
-    })
+    let received = bounded(
+        LIMIT,
+        "fast monitor",
+        receive_in_order(proxy.addr(), FAST_EVENTS),
+    )
     .await;
     assert_eq!(received, FAST_EVENTS);
     assert_eq!(
@@ -108,22 +98,12 @@ async fn a_stream_that_stalled_alone_does_not_starve_the_next_one() {
         last = sent;
     }
 
-    let mut fast_client = client(proxy.addr()).await;
     const FAST_EVENTS: u64 = 2_000;
-    let received = bounded(LIMIT, "the second stream", async {
-        let mut fast = subscribe_on(
-            &mut fast_client,
-            subscribe("fast", 0.0, 1024, FAST_EVENTS),
-            "fast",
-        )
-        .await;
-        let mut next = 0;
-        while let Some(event) = fast.message().await.unwrap() {
-            assert_eq!(event.seq, next);
-            next += 1;
-        }
-        next
-    })
+    let received = bounded(
+        LIMIT,
+        "the second stream",
+        receive_in_order(proxy.addr(), FAST_EVENTS),
+    )
     .await;
     assert_eq!(received, FAST_EVENTS);
     assert_eq!(
@@ -206,6 +186,18 @@ async fn stream_windows_follow_the_number_of_streams_on_the_upstream_connection(
         window_of(0)
     );
     drop(first);
+}
+
+/// Subscribes as monitor `fast` on a client connection of its own to `count` unthrottled 1 KiB
+/// events, checks they arrive in order, and returns how many arrived.
+async fn receive_in_order(proxy: std::net::SocketAddr, count: u64) -> u64 {
+    let mut fast = open_subscription(proxy, "fast", subscribe("fast", 0.0, 1024, count)).await;
+    let mut next = 0;
+    while let Some(event) = fast.message().await.unwrap() {
+        assert_eq!(event.seq, next);
+        next += 1;
+    }
+    next
 }
 
 /// An HTTP/2 upstream that answers every stream with response headers, sends nothing, and keeps
