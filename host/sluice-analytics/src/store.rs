@@ -32,7 +32,14 @@ use crate::records::{
 };
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+///
+/// 1: rollups, insights, scaling actions, decisions, reports; 2: adds `route_outcomes`. The
+/// schema only ever grows by tables and indexes created `IF NOT EXISTS`, so opening an older
+/// store for writing brings it up to date, and an older store can still be read.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The first schema version: a database without one is not a Sluice store.
+const FIRST_SCHEMA_VERSION: i64 = 1;
 
 /// How long a statement waits for a lock held by another connection before it fails.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -481,7 +488,7 @@ impl Store {
         let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| open_error(path, e))?;
-        if check_version(&conn, path)? < SCHEMA_VERSION {
+        if check_version(&conn, path)? < FIRST_SCHEMA_VERSION {
             return Err(StoreError::NotAStore {
                 path: path.to_path_buf(),
             });
@@ -1367,6 +1374,34 @@ mod tests {
         assert!(err.to_string().contains("notes.txt"), "{err}");
         let err = Store::open_read_only(&path).unwrap_err();
         assert!(matches!(err, StoreError::NotSqlite { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_store_from_schema_one_gets_the_tables_added_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let store = Store::open(&path, HOUR).unwrap();
+            fill(&store, 5 * MIN);
+            let conn = store.conn.lock();
+            conn.execute_batch("DROP TABLE route_outcomes; PRAGMA user_version = 1;")
+                .unwrap();
+        }
+        // Still readable as it is, e.g. by `sluice report` while an older build writes it.
+        let reader = Store::open_read_only(&path).unwrap();
+        assert_eq!(reader.rollups_since(0).unwrap().len(), 2);
+        drop(reader);
+        // Opened for writing, it gains the missing table and keeps its rows.
+        let store = Store::open(&path, HOUR).unwrap();
+        assert_eq!(store.rollups_since(0).unwrap().len(), 2);
+        assert!(store.outcomes(0, 10).unwrap().is_empty());
+        store.prune(i64::MAX).unwrap();
+        let version: i64 = store
+            .conn
+            .lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]
