@@ -80,23 +80,33 @@ async fn a_stream_that_stalled_alone_does_not_starve_the_next_one() {
         .await
         .expect("client connects");
     let mut slow_client = pb::feed_client::FeedClient::new(channel);
-    let mut slow = subscribe_on(
-        &mut slow_client,
-        subscribe("slow", 0.0, 16 * 1024, 0),
-        "slow",
+    let mut slow = bounded(
+        LIMIT,
+        "the first stream",
+        subscribe_on(
+            &mut slow_client,
+            subscribe("slow", 0.0, 16 * 1024, 0),
+            "slow",
+        ),
     )
     .await;
-    slow.message().await.unwrap().unwrap();
+    bounded(LIMIT, "the first event", slow.message())
+        .await
+        .unwrap()
+        .unwrap();
     // Let it fill its window: the upstream stops once flow control holds it back.
     let mut last = 0;
+    let mut stalled = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let sent = upstream.stats.snapshot().events_sent;
         if sent == last {
+            stalled = true;
             break;
         }
         last = sent;
     }
+    assert!(stalled, "flow control never held the first stream back");
 
     const FAST_EVENTS: u64 = 2_000;
     let received = bounded(
@@ -153,7 +163,12 @@ async fn stream_windows_follow_the_number_of_streams_on_the_upstream_connection(
     let window_of = |i: usize| probe.windows.lock().get(i).map(|w| w.load(SeqCst));
 
     // Alone on its connection, a stream gets the whole budget (1 MiB by default).
-    let first = subscribe_on(&mut monitor, subscribe("t", 0.0, 64, 0), "m0").await;
+    let first = bounded(
+        LIMIT,
+        "the first stream",
+        subscribe_on(&mut monitor, subscribe("t", 0.0, 64, 0), "m0"),
+    )
+    .await;
     assert!(
         eventually(LIMIT, || window_of(0) == Some(1024 * KIB)).await,
         "a lone stream got a window of {:?} bytes",
@@ -164,7 +179,9 @@ async fn stream_windows_follow_the_number_of_streams_on_the_upstream_connection(
     // 128 KiB floor, so a busy connection pins no more than a window per stream.
     let mut others = Vec::new();
     for i in 1..8 {
-        others.push(subscribe_on(&mut monitor, subscribe("t", 0.0, 64, 0), &format!("m{i}")).await);
+        let monitor_id = format!("m{i}");
+        let stream = subscribe_on(&mut monitor, subscribe("t", 0.0, 64, 0), &monitor_id);
+        others.push(bounded(LIMIT, "another stream", stream).await);
     }
     let all_at_floor = || (0..8).all(|i| window_of(i) == Some(128 * KIB));
     assert!(

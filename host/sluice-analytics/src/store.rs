@@ -35,7 +35,8 @@ use crate::records::{
 ///
 /// 1: rollups, insights, scaling actions, decisions, reports; 2: adds `route_outcomes`. The
 /// schema only ever grows by tables and indexes created `IF NOT EXISTS`, so opening an older
-/// store for writing brings it up to date, and an older store can still be read.
+/// store for writing brings it up to date, and an older store can still be read. The step is
+/// one-way: a build that knows only version 1 refuses a store once a newer build has opened it.
 pub const SCHEMA_VERSION: i64 = 2;
 
 /// The first schema version: a database without one is not a Sluice store.

@@ -194,7 +194,8 @@ pub struct PoolConfig {
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
     /// HTTP/2 receive window of each stream, in bytes: the most a stream buffers on each side
-    /// before flow control holds its sender back. Default 128 KiB.
+    /// before flow control holds its sender back (upstream, a connection with few streams
+    /// grants more; see `stream_window_budget_bytes`). Default 128 KiB.
     pub stream_window_bytes: u32,
     /// Receive window an upstream connection shares among its streams, in bytes. A connection
     /// carrying few streams grants each `stream_window_budget_bytes / streams` (rounded down to

@@ -29,9 +29,10 @@ pub(crate) const FLUSH_AT: usize = 64 * 1024;
 /// monitor that stopped reading costs on top of its streams' own send buffers.
 const BUFFER_LIMIT: usize = FLUSH_AT + 32 * 1024;
 /// Buffer capacity kept between polls. A buffer that outgrows it grows to [`BUFFER_LIMIT`] at
-/// once (one allocation instead of a copy per doubling), and is freed again once a poll of the
-/// connection buffers less than this: an idle connection holds no more than this, a busy one
-/// does not allocate on every poll.
+/// once (one allocation instead of a copy per doubling), and is freed again after a poll of the
+/// connection that buffered less than this: a busy connection does not allocate on every poll,
+/// and one that goes quiet keeps the large buffer only until its next poll (never more than
+/// [`BUFFER_LIMIT`]).
 const RETAINED_CAPACITY: usize = 16 * 1024;
 
 /// Wraps a future so that each wake-up is deferred by one scheduler round.

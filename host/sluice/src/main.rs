@@ -179,17 +179,15 @@ fn worker_threads(cli: Option<u16>) -> Result<usize, String> {
     if let Some(threads) = cli {
         return Ok(usize::from(threads));
     }
-    match std::env::var("TOKIO_WORKER_THREADS") {
-        Ok(value) => match value.trim().parse::<usize>() {
-            Ok(threads) if threads > 0 => Ok(threads),
-            _ => Err(format!(
-                "TOKIO_WORKER_THREADS must be a positive integer, not {value:?}"
-            )),
-        },
-        Err(_) => {
-            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-            Ok((cores / 2).max(1))
-        }
+    let Some(value) = std::env::var_os("TOKIO_WORKER_THREADS") else {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        return Ok((cores / 2).max(1));
+    };
+    match value.to_str().and_then(|v| v.trim().parse::<usize>().ok()) {
+        Some(threads) if threads > 0 => Ok(threads),
+        _ => Err(format!(
+            "TOKIO_WORKER_THREADS must be a positive integer, not {value:?}"
+        )),
     }
 }
 

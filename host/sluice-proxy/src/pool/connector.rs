@@ -222,22 +222,26 @@ impl<T> Driver<T>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    /// Re-sizes the streams' windows when the number of streams changed enough. Runs before the
-    /// connection is polled, so the SETTINGS frame leaves ahead of the requests that caused it.
-    fn follow_stream_count(&mut self, cx: &Context<'_>) {
+    /// Re-sizes the streams' windows when the number of streams changed enough; whether a
+    /// SETTINGS frame was queued.
+    ///
+    /// Only one SETTINGS frame may wait for its acknowledgement; while one does, h2 refuses
+    /// another, and the change follows once the acknowledgement has been read (the connection
+    /// window bounds what the streams can take meanwhile).
+    fn follow_stream_count(&mut self, cx: &Context<'_>) -> bool {
         let wanted = self.active_streams.wanted_window(cx);
-        // Only one SETTINGS frame may wait for its acknowledgement; while one does, h2 refuses
-        // another and the change is retried on a later poll.
-        if wanted != self.advertised_window
-            && self.connection.set_initial_window_size(wanted).is_ok()
+        if wanted == self.advertised_window
+            || self.connection.set_initial_window_size(wanted).is_err()
         {
-            tracing::trace!(
-                from = self.advertised_window,
-                to = wanted,
-                "stream window resized"
-            );
-            self.advertised_window = wanted;
+            return false;
         }
+        tracing::trace!(
+            from = self.advertised_window,
+            to = wanted,
+            "stream window resized"
+        );
+        self.advertised_window = wanted;
+        true
     }
 }
 
@@ -248,8 +252,15 @@ where
     type Output = Result<(), h2::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Before the poll, so that the SETTINGS frame leaves ahead of the requests that caused
+        // it.
         self.follow_stream_count(cx);
         let result = Pin::new(&mut self.connection).poll(cx);
+        // A change refused before the poll may be accepted now that the poll has read the
+        // acknowledgement of the previous one; poll again to send it.
+        if result.is_pending() && self.follow_stream_count(cx) {
+            cx.waker().wake_by_ref();
+        }
         self.flusher.flush_deferred(cx);
         let max = self.connection.max_concurrent_send_streams();
         self.peer_max_streams

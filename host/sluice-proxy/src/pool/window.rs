@@ -87,6 +87,7 @@ impl StreamCount {
     /// Gives a slot back.
     pub fn remove(&self) {
         let before = self.streams.fetch_sub(1, Relaxed);
+        debug_assert!(before > 0, "a stream slot given back twice");
         self.changed(before, before.saturating_sub(1));
     }
 
