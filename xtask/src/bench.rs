@@ -117,23 +117,9 @@ fn parse_options(args: &[String]) -> Result<Options> {
                 .with_context(|| format!("{flag} needs a value\n{USAGE}"))
         };
         match flag {
-            "--rounds" => {
-                let n: usize = value()?.parse().context("--rounds takes a number")?;
-                if n == 0 {
-                    bail!("--rounds must be at least 1");
-                }
-                rounds = Some(n);
-            }
+            "--rounds" => rounds = Some(parse_positive(flag, &value()?)?),
             "--duration" => duration = Some(util::parse_duration(&value()?)?),
-            "--envoy-concurrency" => {
-                let n: usize = value()?
-                    .parse()
-                    .context("--envoy-concurrency takes a number")?;
-                if n == 0 {
-                    bail!("--envoy-concurrency must be at least 1");
-                }
-                envoy_concurrency = Some(n);
-            }
+            "--envoy-concurrency" => envoy_concurrency = Some(parse_positive(flag, &value()?)?),
             "--quick" => quick = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -199,12 +185,17 @@ fn run_bench_program(package: &str, bench: &str, passed: &[String]) -> Result<()
 /// The value after the option `flag`, checked to be a positive whole number.
 fn positive(flag: &str, value: Option<&String>) -> Result<String> {
     let value = value.with_context(|| format!("{flag} needs a number"))?;
+    parse_positive(flag, value)?;
+    Ok(value.clone())
+}
+
+/// `value` as a number of at least 1, or an error naming `flag`.
+fn parse_positive(flag: &str, value: &str) -> Result<usize> {
     value
         .parse::<usize>()
         .ok()
         .filter(|n| *n > 0)
-        .with_context(|| format!("{flag} {value:?} is not a positive number"))?;
-    Ok(value.clone())
+        .with_context(|| format!("{flag} {value:?} is not a positive number"))
 }
 
 /// `cargo xtask bench policy`: builds the plugins, then runs the `policy` bench program of
