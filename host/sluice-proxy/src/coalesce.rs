@@ -4,7 +4,10 @@
 //! would otherwise make that one system call per frame:
 //! - polled at once, the connection writes the frames of the first stream task that woke it;
 //!   [`YieldFirst`] defers each wake-up by one scheduler round, so that every stream task that
-//!   is ready runs and queues its frames first;
+//!   is ready runs and queues its frames first. A monitor connection that has just accepted a
+//!   stream accepts the next one at once ([`YieldFirst::resumed`]): the calls of a batch are
+//!   all spawned before any of them opens its upstream stream, so their requests reach the
+//!   upstream connection together;
 //! - h2 writes each DATA frame larger than a few hundred bytes with a `writev` of its own, and
 //!   flushes after each. [`CoalescedIo`] takes those writes into one buffer and the
 //!   connection's driver writes it out once per poll ([`Flusher::flush_deferred`]), or as soon
@@ -46,6 +49,15 @@ impl<F> YieldFirst<F> {
         Self {
             inner,
             yielded: false,
+        }
+    }
+
+    /// Polls `inner` at once on the first poll, and defers later wake-ups. For a task that is
+    /// running anyway: it has no wake-up to defer.
+    pub(crate) fn resumed(inner: F) -> Self {
+        Self {
+            inner,
+            yielded: true,
         }
     }
 }
@@ -486,5 +498,49 @@ mod tests {
         poll_once(|cx| flusher.flush_deferred(cx));
         let error = io.flush().await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    /// Counts the wake-ups it receives.
+    #[derive(Default)]
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Polls a future that is always ready: how many polls it took, and how many wake-ups.
+    fn polls_until_ready(mut future: YieldFirst<std::future::Ready<()>>) -> (usize, usize) {
+        let counter = Arc::new(CountingWaker::default());
+        let waker = std::task::Waker::from(Arc::clone(&counter));
+        let mut cx = Context::from_waker(&waker);
+        let mut polls = 0;
+        loop {
+            polls += 1;
+            if Pin::new(&mut future).poll(&mut cx).is_ready() {
+                break;
+            }
+            assert!(polls < 3, "never ready");
+        }
+        (polls, counter.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    #[test]
+    fn a_new_yield_first_defers_one_round_and_a_resumed_one_does_not() {
+        // Woken: it lets the other ready tasks run first, and asks to be polled again.
+        assert_eq!(
+            polls_until_ready(YieldFirst::new(std::future::ready(()))),
+            (2, 1)
+        );
+        // Running anyway (the connection just accepted a stream): straight to the inner poll.
+        assert_eq!(
+            polls_until_ready(YieldFirst::resumed(std::future::ready(()))),
+            (1, 0)
+        );
     }
 }

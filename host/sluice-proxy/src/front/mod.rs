@@ -117,13 +117,27 @@ where
     let idle_check = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle_check);
     let mut draining = false;
+    // Whether the last turn accepted a stream. The next one then accepts again at once: a
+    // batch of calls that arrived together is spawned before any of them runs, so their
+    // upstream requests leave in one write instead of one write per call. The frames this
+    // connection buffered meanwhile are written once no stream is left to accept.
+    let mut accepted = false;
     loop {
-        let next = tokio::select! {
-            next = crate::coalesce::YieldFirst::new(std::future::poll_fn(|cx| {
-                let next = connection.poll_accept(cx);
+        let accept = std::future::poll_fn(|cx| {
+            let next = connection.poll_accept(cx);
+            if !matches!(next, std::task::Poll::Ready(Some(Ok(_)))) {
                 flusher.flush_deferred(cx);
-                next
-            })) => next,
+            }
+            next
+        });
+        let accept = if accepted {
+            crate::coalesce::YieldFirst::resumed(accept)
+        } else {
+            crate::coalesce::YieldFirst::new(accept)
+        };
+        accepted = false;
+        let next = tokio::select! {
+            next = accept => next,
             _ = shutdown.wait_for(|stop| *stop), if !draining => {
                 draining = true;
                 connection.graceful_shutdown();
@@ -152,6 +166,7 @@ where
         };
         match next {
             Some(Ok((request, respond))) => {
+                accepted = true;
                 let guard = activity.stream_opened();
                 let ctx = Arc::clone(&ctx);
                 // Boxed: the task cell then holds a pointer, so spawning and finishing the
