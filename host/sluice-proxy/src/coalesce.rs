@@ -500,24 +500,9 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
     }
 
-    /// Counts the wake-ups it receives.
-    #[derive(Default)]
-    struct CountingWaker(std::sync::atomic::AtomicUsize);
-
-    impl std::task::Wake for CountingWaker {
-        fn wake(self: Arc<Self>) {
-            self.wake_by_ref();
-        }
-
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
     /// Polls a future that is always ready: how many polls it took, and how many wake-ups.
-    fn polls_until_ready(mut future: YieldFirst<std::future::Ready<()>>) -> (usize, usize) {
-        let counter = Arc::new(CountingWaker::default());
-        let waker = std::task::Waker::from(Arc::clone(&counter));
+    fn polls_until_ready(mut future: YieldFirst<std::future::Ready<()>>) -> (u32, u32) {
+        let (wakes, waker) = crate::testing::WakeCounter::waker();
         let mut cx = Context::from_waker(&waker);
         let mut polls = 0;
         loop {
@@ -527,7 +512,7 @@ mod tests {
             }
             assert!(polls < 3, "never ready");
         }
-        (polls, counter.0.load(std::sync::atomic::Ordering::Relaxed))
+        (polls, wakes.take())
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub mod pool;
 pub mod resume;
 pub mod route;
 pub mod stats;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -108,6 +108,7 @@ impl StreamCount {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::WakeCounter;
 
     const KIB: u32 = 1024;
 
@@ -134,8 +135,7 @@ mod tests {
             floor: 128 * KIB,
             budget: 1024 * KIB,
         });
-        let wakes = std::sync::Arc::new(WakeCounter::default());
-        let waker = std::task::Waker::from(std::sync::Arc::clone(&wakes));
+        let (wakes, waker) = WakeCounter::waker();
         let cx = Context::from_waker(&waker);
         assert_eq!(count.wanted_window(&cx), 1024 * KIB);
         // 0 -> 1 stream: the same window.
@@ -151,21 +151,6 @@ mod tests {
         count.remove();
         assert_eq!(wakes.take(), 1);
         assert_eq!(count.wanted_window(&cx), 1024 * KIB);
-    }
-
-    #[derive(Default)]
-    struct WakeCounter(AtomicU32);
-
-    impl WakeCounter {
-        fn take(&self) -> u32 {
-            self.0.swap(0, Relaxed)
-        }
-    }
-
-    impl std::task::Wake for WakeCounter {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.fetch_add(1, Relaxed);
-        }
     }
 
     #[test]
