@@ -4,8 +4,11 @@
 //! Every target sees the same `sluice-load` runs, alternated target by target in each round so
 //! that drift on the machine (thermal, other work) spreads evenly. For each run it records the
 //! load generator's JSON, the proxy's CPU time (utime + stime from `/proc/PID/stat`) over the
-//! measured window, and its peak and current RSS (`/proc/PID/status`). It also measures the RSS
-//! that 1,000 idle streams add to each proxy. Tables go to stdout; raw results to
+//! measured window, and its peak and current RSS (`/proc/PID/status`). All processes share the
+//! machine's cores, so it also records the feed's and the load generator's CPU time and the
+//! machine's idle share (`/proc/stat`) over the same window: what a proxy costs the whole
+//! machine per message, beyond its own CPU. It also measures the RSS that 1,000 idle streams
+//! add to each proxy. Tables go to stdout; raw results to
 //! `<target>/bench/proxy.json`.
 
 use std::net::SocketAddr;
@@ -389,6 +392,16 @@ struct Target {
     proxy: Option<usize>,
 }
 
+/// CPU counters read at one instant of a load run, in clock ticks.
+struct Sample {
+    at: Instant,
+    proxy: Option<u64>,
+    feed: u64,
+    load: u64,
+    /// `(idle, total)` over all of the machine's CPUs.
+    machine: (u64, u64),
+}
+
 /// What one load run measured.
 struct Run {
     target: &'static str,
@@ -401,6 +414,9 @@ struct Run {
     errors: u64,
     proxy_cpu_us_per_msg: Option<f64>,
     feed_cpu_us_per_msg: Option<f64>,
+    load_cpu_us_per_msg: Option<f64>,
+    /// Share of the machine's CPU time that was idle during the measured window.
+    machine_idle_share: Option<f64>,
     proxy_memory: Option<procs::Memory>,
 }
 
@@ -412,6 +428,8 @@ impl Run {
             "load": self.load,
             "proxy_cpu_us_per_msg": self.proxy_cpu_us_per_msg,
             "feed_cpu_us_per_msg": self.feed_cpu_us_per_msg,
+            "load_cpu_us_per_msg": self.load_cpu_us_per_msg,
+            "machine_idle_share": self.machine_idle_share,
             "proxy_vm_hwm_kb": self.proxy_memory.map(|m| m.hwm_kb),
             "proxy_vm_rss_kb": self.proxy_memory.map(|m| m.rss_kb),
         })
@@ -736,12 +754,16 @@ impl Bench {
         Ok(())
     }
 
-    fn sample(&self, proxy: Option<usize>) -> Result<(Instant, Option<u64>, u64)> {
-        let proxy_ticks = proxy
-            .map(|i| procs::cpu_ticks(self.procs[i].pid()))
-            .transpose()?;
-        let feed_ticks = procs::cpu_ticks(self.procs[FEED].pid())?;
-        Ok((Instant::now(), proxy_ticks, feed_ticks))
+    fn sample(&self, proxy: Option<usize>, load: &Guarded) -> Result<Sample> {
+        Ok(Sample {
+            at: Instant::now(),
+            proxy: proxy
+                .map(|i| procs::cpu_ticks(self.procs[i].pid()))
+                .transpose()?,
+            feed: procs::cpu_ticks(self.procs[FEED].pid())?,
+            load: procs::cpu_ticks(load.pid())?,
+            machine: procs::machine_ticks()?,
+        })
     }
 
     /// Runs `sluice-load <args> --target ...` and reads what the processes did meanwhile.
@@ -773,9 +795,9 @@ impl Bench {
         // CPU is sampled inside the load generator's measured window, away from its edges.
         let margin = (duration / 10).min(Duration::from_millis(100));
         sleep_until(spawned + warmup + margin);
-        let first = self.sample(target.proxy)?;
+        let first = self.sample(target.proxy, &load)?;
         sleep_until(spawned + warmup + duration - margin);
-        let second = self.sample(target.proxy)?;
+        let second = self.sample(target.proxy, &load)?;
         let (status, stdout) = load.finish(warmup + duration + Duration::from_secs(30))?;
         if !status.success() {
             bail!("{shown} failed ({status}); see {}", self.load_log.display());
@@ -791,7 +813,7 @@ impl Bench {
             .as_f64()
             .or_else(|| load["calls_per_sec"].as_f64())
             .with_context(|| format!("{shown}: no msgs_per_sec or calls_per_sec in {load}"))?;
-        let seconds = second.0.duration_since(first.0).as_secs_f64();
+        let seconds = second.at.duration_since(first.at).as_secs_f64();
         let clk_tck = self.clk_tck as f64;
         let per_msg = |a: u64, b: u64| -> Option<f64> {
             if rate <= 0.0 || seconds <= 0.0 {
@@ -800,10 +822,15 @@ impl Bench {
             let cpu_seconds = b.saturating_sub(a) as f64 / clk_tck;
             Some(cpu_seconds / seconds / rate * 1e6)
         };
-        let proxy_cpu_us_per_msg = match (first.1, second.1) {
+        let proxy_cpu_us_per_msg = match (first.proxy, second.proxy) {
             (Some(a), Some(b)) => per_msg(a, b),
             _ => None,
         };
+        let (idle, total) = (
+            second.machine.0.saturating_sub(first.machine.0),
+            second.machine.1.saturating_sub(first.machine.1),
+        );
+        let machine_idle_share = (total > 0).then(|| idle as f64 / total as f64);
         let proxy_memory = target
             .proxy
             .map(|i| procs::memory(self.procs[i].pid()))
@@ -819,7 +846,9 @@ impl Bench {
             p999: latency("p999"),
             errors: load["errors"].as_u64().unwrap_or(0),
             proxy_cpu_us_per_msg,
-            feed_cpu_us_per_msg: per_msg(first.2, second.2),
+            feed_cpu_us_per_msg: per_msg(first.feed, second.feed),
+            load_cpu_us_per_msg: per_msg(first.load, second.load),
+            machine_idle_share,
             proxy_memory,
             load,
         })
@@ -892,6 +921,9 @@ struct Summary {
     p99: f64,
     p999: f64,
     proxy_cpu_us_per_msg: Option<f64>,
+    /// CPU per message of the feed, the load generator and the proxy together.
+    all_cpu_us_per_msg: Option<f64>,
+    machine_idle_share: Option<f64>,
     proxy_peak_rss_mb: Option<f64>,
     errors: u64,
 }
@@ -908,6 +940,8 @@ impl Summary {
             "lat_us_p99_median": self.p99,
             "lat_us_p999_median": self.p999,
             "proxy_cpu_us_per_msg_median": self.proxy_cpu_us_per_msg,
+            "all_cpu_us_per_msg_median": self.all_cpu_us_per_msg,
+            "machine_idle_share_median": self.machine_idle_share,
             "proxy_peak_rss_mb": self.proxy_peak_rss_mb,
             "errors": self.errors,
         })
@@ -921,6 +955,18 @@ fn summarize(targets: &[Target], runs: &[Run]) -> Vec<Summary> {
             let mine: Vec<&Run> = runs.iter().filter(|r| r.target == target.name).collect();
             let rates: Vec<f64> = mine.iter().map(|r| r.rate).collect();
             let cpu: Vec<f64> = mine.iter().filter_map(|r| r.proxy_cpu_us_per_msg).collect();
+            let all_cpu: Vec<f64> = mine
+                .iter()
+                .filter_map(|r| {
+                    let proxy = if target.proxy.is_some() {
+                        r.proxy_cpu_us_per_msg?
+                    } else {
+                        0.0
+                    };
+                    Some(r.feed_cpu_us_per_msg? + r.load_cpu_us_per_msg? + proxy)
+                })
+                .collect();
+            let idle: Vec<f64> = mine.iter().filter_map(|r| r.machine_idle_share).collect();
             let peak = mine
                 .iter()
                 .filter_map(|r| r.proxy_memory.map(|m| m.hwm_kb))
@@ -935,6 +981,8 @@ fn summarize(targets: &[Target], runs: &[Run]) -> Vec<Summary> {
                 p99: median(&mine.iter().map(|r| r.p99).collect::<Vec<_>>()),
                 p999: median(&mine.iter().map(|r| r.p999).collect::<Vec<_>>()),
                 proxy_cpu_us_per_msg: (!cpu.is_empty()).then(|| median(&cpu)),
+                all_cpu_us_per_msg: (!all_cpu.is_empty()).then(|| median(&all_cpu)),
+                machine_idle_share: (!idle.is_empty()).then(|| median(&idle)),
                 proxy_peak_rss_mb: peak.map(|kb| kb as f64 / 1024.0),
                 errors: mine.iter().map(|r| r.errors).sum(),
             }
@@ -954,7 +1002,7 @@ fn summarize(targets: &[Target], runs: &[Run]) -> Vec<Summary> {
 fn print_table(scenario: &Scenario, summary: &[Summary]) {
     println!("\n{}", scenario.title);
     println!(
-        "  {:<7} {:>32} {:>9} {:>8} {:>8} {:>8} {:>11} {:>9} {:>7}",
+        "  {:<7} {:>32} {:>9} {:>8} {:>8} {:>8} {:>11} {:>9} {:>7} {:>15} {:>7}",
         "target",
         format!("{} median (min–max)", scenario.unit),
         "vs direct",
@@ -963,7 +1011,9 @@ fn print_table(scenario: &Scenario, summary: &[Summary]) {
         "p999 µs",
         "CPU µs/msg",
         "peak MB",
-        "errors"
+        "errors",
+        "all CPU µs/msg",
+        "idle %"
     );
     for s in summary {
         let rate = format!(
@@ -973,7 +1023,7 @@ fn print_table(scenario: &Scenario, summary: &[Summary]) {
             thousands(s.rate_max)
         );
         println!(
-            "  {:<7} {:>32} {:>9} {:>8} {:>8} {:>8} {:>11} {:>9} {:>7}",
+            "  {:<7} {:>32} {:>9} {:>8} {:>8} {:>8} {:>11} {:>9} {:>7} {:>15} {:>7}",
             s.target,
             rate,
             format!("{:.2}x", s.ratio_to_direct),
@@ -984,7 +1034,11 @@ fn print_table(scenario: &Scenario, summary: &[Summary]) {
                 .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}")),
             s.proxy_peak_rss_mb
                 .map_or_else(|| "-".to_owned(), |m| format!("{m:.1}")),
-            s.errors
+            s.errors,
+            s.all_cpu_us_per_msg
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}")),
+            s.machine_idle_share
+                .map_or_else(|| "-".to_owned(), |i| format!("{:.0}", i * 100.0)),
         );
     }
 }

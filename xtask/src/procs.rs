@@ -240,6 +240,28 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(utime + stime)
 }
 
+/// The machine's CPU time from the first line of `/proc/stat`, in clock ticks summed over all
+/// CPUs: `(idle, total)`, where idle counts time waiting for I/O too.
+pub fn machine_ticks() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("malformed cpu line in /proc/stat")?;
+    if fields.len() < 8 {
+        bail!("short cpu line in /proc/stat: {line:?}");
+    }
+    Ok((fields[3] + fields[4], fields.iter().sum()))
+}
+
 /// Memory figures of a process from `/proc/PID/status`, in KiB.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Memory {
