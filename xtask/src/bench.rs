@@ -397,7 +397,8 @@ struct Sample {
     at: Instant,
     proxy: Option<u64>,
     feed: u64,
-    load: u64,
+    /// `None` once the load generator is gone; its exit status then says why.
+    load: Option<u64>,
     /// `(idle, total)` over all of the machine's CPUs.
     machine: (u64, u64),
 }
@@ -761,7 +762,7 @@ impl Bench {
                 .map(|i| procs::cpu_ticks(self.procs[i].pid()))
                 .transpose()?,
             feed: procs::cpu_ticks(self.procs[FEED].pid())?,
-            load: procs::cpu_ticks(load.pid())?,
+            load: procs::cpu_ticks(load.pid()).ok(),
             machine: procs::machine_ticks()?,
         })
     }
@@ -847,7 +848,7 @@ impl Bench {
             errors: load["errors"].as_u64().unwrap_or(0),
             proxy_cpu_us_per_msg,
             feed_cpu_us_per_msg: per_msg(first.feed, second.feed),
-            load_cpu_us_per_msg: per_msg(first.load, second.load),
+            load_cpu_us_per_msg: first.load.zip(second.load).and_then(|(a, b)| per_msg(a, b)),
             machine_idle_share,
             proxy_memory,
             load,
