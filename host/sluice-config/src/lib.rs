@@ -226,6 +226,10 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
+    /// The largest flow-control window HTTP/2 allows (2^31 - 1 bytes); no window key may
+    /// exceed it.
+    pub const MAX_WINDOW_BYTES: u32 = (1 << 31) - 1;
+
     /// Default of [`PoolConfig::stream_window_budget_bytes`].
     pub const DEFAULT_STREAM_WINDOW_BUDGET: u32 = 1024 * 1024;
 
@@ -765,13 +769,15 @@ impl Config {
         if pool.queue_timeout.is_zero() {
             return Err(invalid("pool.queue_timeout", "must be greater than 0"));
         }
-        if !(65_535..=(1 << 31) - 1).contains(&pool.stream_window_bytes) {
+        if !(65_535..=PoolConfig::MAX_WINDOW_BYTES).contains(&pool.stream_window_bytes) {
             return Err(invalid(
                 "pool.stream_window_bytes",
                 "must be between 65535 and 2147483647 (HTTP/2 window limits)",
             ));
         }
-        if !(pool.stream_window_bytes..=(1 << 31) - 1).contains(&pool.stream_window_budget()) {
+        if !(pool.stream_window_bytes..=PoolConfig::MAX_WINDOW_BYTES)
+            .contains(&pool.stream_window_budget())
+        {
             return Err(invalid(
                 "pool.stream_window_budget_bytes",
                 format!(

@@ -89,11 +89,9 @@ where
     let max_streams = ctx.config.server.max_concurrent_streams;
     let handshake = h2::server::Builder::new()
         .initial_window_size(window)
-        .initial_connection_window_size(
-            u32::try_from(u64::from(window) * u64::from(max_streams))
-                .unwrap_or(u32::MAX)
-                .min((1 << 31) - 1),
-        )
+        .initial_connection_window_size(crate::pool::connection_window(
+            u64::from(window) * u64::from(max_streams),
+        ))
         .max_concurrent_streams(max_streams)
         .max_frame_size(64 * 1024)
         // Bytes queued for a monitor beyond what its socket took: enough for large writes,

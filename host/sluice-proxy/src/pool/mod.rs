@@ -26,6 +26,7 @@ pub use connection::{FailureKind, Lease, UpstreamConnection};
 pub use connector::{ConnectError, Connector, Http2Settings};
 pub use endpoint::Endpoint;
 pub use window::StreamWindowSizing;
+pub(crate) use window::connection_window;
 
 use crate::breaker::{Breaker, BreakerEvents, BreakerSnapshot, BreakerState, Permit, Scope};
 use crate::grpc::Status;
@@ -403,12 +404,10 @@ impl Pool {
             // Room for every stream's floor window plus twice the budget: streams that stalled
             // while they had a larger share hold at most budget + budget/2 + budget/4 + ...,
             // and must not take the window the others need.
-            connection_window: u32::try_from(
+            connection_window: connection_window(
                 u64::from(stream_window.floor) * u64::from(max_streams)
                     + 2 * u64::from(stream_window.budget),
-            )
-            .unwrap_or(u32::MAX)
-            .min((1 << 31) - 1),
+            ),
         };
         let breaker_events = Arc::new(BreakerEvents::default());
         let endpoints = config

@@ -14,6 +14,12 @@ use std::task::Context;
 
 use futures_util::task::AtomicWaker;
 
+/// A connection's receive window of `bytes`, cut to the largest window HTTP/2 allows.
+pub(crate) fn connection_window(bytes: u64) -> u32 {
+    const MAX: u32 = sluice_config::PoolConfig::MAX_WINDOW_BYTES;
+    u32::try_from(bytes).map_or(MAX, |bytes| bytes.min(MAX))
+}
+
 /// How a connection sizes each stream's receive window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamWindowSizing {
@@ -151,6 +157,15 @@ mod tests {
         count.remove();
         assert_eq!(wakes.take(), 1);
         assert_eq!(count.wanted_window(&cx), 1024 * KIB);
+    }
+
+    #[test]
+    fn connection_windows_stop_at_the_http2_limit() {
+        let max = sluice_config::PoolConfig::MAX_WINDOW_BYTES;
+        assert_eq!(connection_window(1 << 20), 1 << 20);
+        assert_eq!(connection_window(u64::from(max)), max);
+        assert_eq!(connection_window(u64::from(max) + 1), max);
+        assert_eq!(connection_window(u64::MAX), max);
     }
 
     #[test]
