@@ -23,6 +23,8 @@ use crate::procs::{self, Guarded, TempDir};
 use crate::setup::{self, Profile};
 use crate::util::{self, cargo};
 
+mod targets;
+
 const USAGE: &str =
     "usage: cargo xtask bench proxy [--rounds N] [--duration 5s] [--envoy-concurrency N] [--quick]
        cargo xtask bench policy [--rounds N] [--quick]
@@ -43,6 +45,8 @@ struct Scenario {
     args: &'static [&'static str],
     /// What the rate counts.
     unit: &'static str,
+    /// What Sluice is held to in this scenario.
+    goal: targets::Goal,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -51,6 +55,7 @@ const SCENARIOS: &[Scenario] = &[
         title: "(i) 1 Subscribe stream, 64 B events, unthrottled",
         args: &["stream", "--streams", "1", "--payload", "64", "--rate", "0"],
         unit: "msgs/s",
+        goal: targets::Goal::MinRatio(0.9),
     },
     Scenario {
         key: "stream-100x1conn",
@@ -67,6 +72,7 @@ const SCENARIOS: &[Scenario] = &[
             "0",
         ],
         unit: "msgs/s",
+        goal: targets::Goal::MinRatio(0.9),
     },
     Scenario {
         key: "stream-20-paced",
@@ -81,12 +87,14 @@ const SCENARIOS: &[Scenario] = &[
             "512",
         ],
         unit: "msgs/s",
+        goal: targets::Goal::MaxAddedP50Us(40.0),
     },
     Scenario {
         key: "unary-32",
         title: "(iv) unary Echo, 32 calls in flight, 64 B (round-trip latency)",
         args: &["unary", "--concurrency", "32", "--payload", "64"],
         unit: "calls/s",
+        goal: targets::Goal::MinRatio(0.5),
     },
 ];
 
@@ -446,9 +454,13 @@ struct Idle {
 }
 
 impl Idle {
+    /// KiB of RSS that one idle stream adds.
+    fn per_stream_kib(&self) -> f64 {
+        self.rss_after_kb.saturating_sub(self.rss_before_kb) as f64 / (self.ready.max(1) as f64)
+    }
+
     fn per_1000_mb(&self) -> f64 {
-        let delta = self.rss_after_kb.saturating_sub(self.rss_before_kb) as f64;
-        delta / 1024.0 * 1000.0 / (self.ready.max(1) as f64)
+        self.per_stream_kib() * 1000.0 / 1024.0
     }
 
     fn to_json(&self) -> Value {
@@ -707,6 +719,7 @@ fn proxy(options: Options) -> Result<()> {
             result.per_1000_mb()
         );
     }
+    let verdicts = targets::report(&results, &idle);
     if !bench.peak_reset_works {
         println!(
             "\nnote: /proc/PID/clear_refs refused to reset VmHWM, so peak RSS is since process start"
@@ -733,6 +746,7 @@ fn proxy(options: Options) -> Result<()> {
         "envoy_config": envoy_config,
         "scenarios": scenario_json,
         "idle": idle.iter().map(Idle::to_json).collect::<Vec<_>>(),
+        "targets": verdicts,
     });
     let json_path = out_dir.join("proxy.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
