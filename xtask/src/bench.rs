@@ -8,8 +8,8 @@
 //! machine's cores, so it also records the feed's and the load generator's CPU time and the
 //! machine's idle share (`/proc/stat`) over the same window: what a proxy costs the whole
 //! machine per message, beyond its own CPU. It also measures the RSS that 1,000 idle streams
-//! add to each proxy. Tables go to stdout; raw results to
-//! `<target>/bench/proxy.json`.
+//! add to each proxy. Tables go to stdout, ending with Sluice's targets and a verdict for each
+//! ([`targets`]); raw results and verdicts go to `<target>/bench/proxy.json`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
