@@ -928,9 +928,8 @@ impl Bench {
 /// One target's figures for one scenario.
 struct Summary {
     target: &'static str,
-    rate_median: f64,
-    rate_min: f64,
-    rate_max: f64,
+    /// Messages (or calls) per second over the rounds.
+    rate: Spread,
     ratio_to_direct: f64,
     p50: f64,
     p99: f64,
@@ -947,9 +946,9 @@ impl Summary {
     fn to_json(&self) -> Value {
         json!({
             "target": self.target,
-            "rate_median": self.rate_median,
-            "rate_min": self.rate_min,
-            "rate_max": self.rate_max,
+            "rate_median": self.rate.median,
+            "rate_min": self.rate.min,
+            "rate_max": self.rate.max,
             "ratio_to_direct": self.ratio_to_direct,
             "lat_us_p50_median": self.p50,
             "lat_us_p99_median": self.p99,
@@ -988,9 +987,7 @@ fn summarize(targets: &[Target], runs: &[Run]) -> Vec<Summary> {
                 .max();
             Summary {
                 target: target.name,
-                rate_median: median(&rates),
-                rate_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
-                rate_max: rates.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                rate: Spread::of(&rates).unwrap_or(Spread::UNKNOWN),
                 ratio_to_direct: f64::NAN,
                 p50: median(&mine.iter().map(|r| r.p50).collect::<Vec<_>>()),
                 p99: median(&mine.iter().map(|r| r.p99).collect::<Vec<_>>()),
@@ -1006,10 +1003,10 @@ fn summarize(targets: &[Target], runs: &[Run]) -> Vec<Summary> {
     let direct = out
         .iter()
         .find(|s| s.target == "direct")
-        .map(|s| s.rate_median)
+        .map(|s| s.rate.median)
         .unwrap_or(f64::NAN);
     for summary in &mut out {
-        summary.ratio_to_direct = summary.rate_median / direct;
+        summary.ratio_to_direct = summary.rate.median / direct;
     }
     out
 }
@@ -1033,9 +1030,9 @@ fn print_table(scenario: &Scenario, summary: &[Summary]) {
     for s in summary {
         let rate = format!(
             "{} ({}–{})",
-            thousands(s.rate_median),
-            thousands(s.rate_min),
-            thousands(s.rate_max)
+            thousands(s.rate.median),
+            thousands(s.rate.min),
+            thousands(s.rate.max)
         );
         println!(
             "  {:<7} {:>32} {:>9} {:>8} {:>8} {:>8} {:>11} {:>9} {:>7} {:>15} {:>7}",
@@ -1055,6 +1052,34 @@ fn print_table(scenario: &Scenario, summary: &[Summary]) {
             s.machine_idle_share
                 .map_or_else(|| "-".to_owned(), |i| format!("{:.0}", i * 100.0)),
         );
+    }
+}
+
+/// Median and range of one figure over the rounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    /// No figure at all: printed as `-`, written to the JSON as `null`.
+    const UNKNOWN: Spread = Spread {
+        median: f64::NAN,
+        min: f64::NAN,
+        max: f64::NAN,
+    };
+
+    fn of(values: &[f64]) -> Option<Spread> {
+        if values.is_empty() {
+            return None;
+        }
+        Some(Spread {
+            median: median(values),
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        })
     }
 }
 

@@ -10,7 +10,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Idle, Run, Scenario, median};
+use super::{Idle, Run, Scenario, Spread};
 
 /// The proxy whose targets these are; other proxies are shown beside it for comparison.
 const HELD_TO_TARGETS: &str = "sluice";
@@ -90,27 +90,6 @@ impl Goal {
             Goal::MinRatio(_) => "x",
             Goal::MaxAddedP50Us(_) => " µs",
         }
-    }
-}
-
-/// Median and range of one figure over the rounds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Spread {
-    fn of(values: &[f64]) -> Option<Spread> {
-        if values.is_empty() {
-            return None;
-        }
-        Some(Spread {
-            median: median(values),
-            min: values.iter().copied().fold(f64::INFINITY, f64::min),
-            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-        })
     }
 }
 
