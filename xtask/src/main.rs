@@ -1,19 +1,26 @@
 //! `cargo xtask`: Sluice's developer commands (set-up, demo, test, benchmarks).
 //!
 //! Plain argument parsing and only std + anyhow + serde_json, so that it compiles in seconds.
+//!
+//! This file owns the list of commands and their help; each command lives in a module of its
+//! own. It must not do a command's work itself: it reads the command's name and dispatches.
 
 mod bench;
 mod browser;
-mod check;
+mod demo;
+#[cfg(test)]
+mod doclinks;
 mod plugins;
 mod procs;
 mod setup;
+mod suite;
 mod util;
 
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 
+/// `cargo xtask help`: every command and its arguments.
 const HELP: &str = "\
 cargo xtask <command> [args]
 
@@ -69,6 +76,7 @@ Commands:
   help                    This text.
 ";
 
+/// Runs the command named on the command line; prints the error and fails when it does.
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match dispatch(&args) {
@@ -80,6 +88,7 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs the command `args[0]` with the rest of `args`; the help when there is none.
 fn dispatch(args: &[String]) -> Result<ExitCode> {
     let Some(command) = args.first() else {
         print!("{HELP}");
@@ -106,19 +115,19 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
             plugins::command(rest)?;
             Ok(ExitCode::SUCCESS)
         }
-        "demo" => check::demo(rest),
+        "demo" => demo::run(rest),
         "test" => {
             if !rest.is_empty() {
                 bail!("`cargo xtask test` takes no arguments");
             }
-            check::test()
+            suite::run()
         }
         "bench" => {
             bench::bench(rest)?;
             Ok(ExitCode::SUCCESS)
         }
         "train-router" => {
-            bench::train_router(rest)?;
+            bench::routing::train_router(rest)?;
             Ok(ExitCode::SUCCESS)
         }
         other => bail!("unknown command {other:?}\n\n{HELP}"),

@@ -5,12 +5,18 @@
 //! Sluice and Envoy run alternated within each round, so pairing them by round keeps slow drift
 //! on the machine (other work, thermal state) out of the comparison, and the spread over the
 //! rounds shows how far the comparison itself moves. Memory limits are in decimal units (1 MB =
-//! 10^6 bytes, 1 KB = 10^3 bytes), the stricter reading of the targets' figures. Verdicts are printed and written to the JSON, never asserted: the
-//! machine is shared and noisy, and a benchmark is not a test.
+//! 10^6 bytes, 1 KB = 10^3 bytes), the stricter reading of the targets' figures.
+//!
+//! It owns the targets, how a figure is judged against one, and the targets table. It must not
+//! assert a verdict (verdicts are printed and written to the JSON: the machine is shared and
+//! noisy, and a benchmark is not a test), nor compute a statistic itself: spreads come from
+//! [`super::measure`].
 
 use serde_json::{Value, json};
 
-use super::{Idle, Run, Scenario, Spread};
+use super::measure::Spread;
+use super::proxy::Scenario;
+use super::proxy_runs::{Idle, Run};
 
 /// The proxy whose targets these are; other proxies are shown beside it for comparison.
 const HELD_TO_TARGETS: &str = "sluice";
@@ -34,6 +40,7 @@ pub(super) enum Goal {
 }
 
 impl Goal {
+    /// What the goal is about, after the scenario's key in the table.
     fn figure_name(self) -> &'static str {
         match self {
             Goal::MinRatio(_) => "rate vs direct",
@@ -41,6 +48,7 @@ impl Goal {
         }
     }
 
+    /// The goal as the table's goal column shows it.
     fn describe(self) -> String {
         match self {
             Goal::MinRatio(min) => format!(">= {min:.2}x"),
@@ -65,6 +73,7 @@ impl Goal {
             .collect()
     }
 
+    /// Whether `figure` meets the goal.
     fn is_met(self, figure: f64) -> bool {
         match self {
             Goal::MinRatio(min) => figure >= min,
@@ -78,6 +87,7 @@ impl Goal {
         format!("{}{}", self.format_bare(figure), self.unit())
     }
 
+    /// As [`Goal::format`], without the unit.
     fn format_bare(self, figure: f64) -> String {
         match self {
             Goal::MinRatio(_) => format!("{:.3}", (figure * 1000.0).floor() / 1000.0),
@@ -85,6 +95,7 @@ impl Goal {
         }
     }
 
+    /// The unit of the goal's figures.
     fn unit(self) -> &'static str {
         match self {
             Goal::MinRatio(_) => "x",
@@ -99,17 +110,22 @@ struct Verdict {
     shown: String,
     /// What the goal is judged on (the median over the rounds).
     value: f64,
+    /// Whether `value` meets the goal.
     met: bool,
 }
 
 /// One line of the verdict table: a figure, its goal, and each proxy's verdict.
 struct Line {
+    /// What is measured.
     figure: String,
+    /// What it is held to.
     goal: String,
+    /// Each proxy's verdict; `None` where the proxy has no such figure.
     verdicts: Vec<(&'static str, Option<Verdict>)>,
 }
 
 impl Line {
+    /// The line as written to `proxy.json`'s `targets`.
     fn to_json(&self) -> Value {
         let values: serde_json::Map<String, Value> = self
             .verdicts
@@ -126,6 +142,7 @@ impl Line {
     }
 }
 
+/// The line of `scenario`'s goal: each proxy's per-round figures, judged on their median.
 fn scenario_line(scenario: &Scenario, runs: &[Run], proxies: &[&'static str]) -> Line {
     let goal = scenario.goal;
     Line {
@@ -157,6 +174,8 @@ fn scenario_line(scenario: &Scenario, runs: &[Run], proxies: &[&'static str]) ->
     }
 }
 
+/// A line of an upper limit on a figure that is one value per proxy (`value_of`), such as a
+/// memory figure.
 fn limit_line(
     figure: &str,
     unit: &str,
@@ -225,6 +244,7 @@ pub(super) fn report(results: &[(&Scenario, Vec<Run>)], idle: &[Idle]) -> Value 
     Value::Array(lines.iter().map(Line::to_json).collect())
 }
 
+/// Prints the targets table: a line per target, a column per proxy, Sluice's with verdicts.
 fn print(lines: &[Line], proxies: &[&'static str]) {
     println!(
         "\nTargets ({HELD_TO_TARGETS}'s; every ratio and added latency pairs a proxy's run with \
@@ -255,6 +275,7 @@ fn print(lines: &[Line], proxies: &[&'static str]) {
 mod tests {
     use super::*;
 
+    /// A run of `target` in `round` with only a rate and a p50.
     fn run(target: &'static str, round: usize, rate: f64, p50: f64) -> Run {
         Run {
             target,
@@ -273,6 +294,7 @@ mod tests {
         }
     }
 
+    /// Drift between rounds does not move a proxy's figure: it is paired with the same round.
     #[test]
     fn each_round_is_compared_with_direct_in_the_same_round() {
         // Direct drifts from 100 to 200 between rounds; Sluice stays at 0.9x of each.
@@ -303,6 +325,7 @@ mod tests {
         assert!(!Goal::MaxAddedP50Us(34.0).is_met(spread.median));
     }
 
+    /// A proxy's round with no direct run to pair with gives no figure.
     #[test]
     fn a_round_without_a_direct_run_is_left_out() {
         let runs = [
@@ -316,6 +339,7 @@ mod tests {
         assert!(Goal::MinRatio(0.45).is_met(ratios[0]));
     }
 
+    /// A figure that misses its goal never prints as one that meets it.
     #[test]
     fn printed_figures_round_against_the_goal() {
         assert_eq!(Goal::MinRatio(0.9).format(0.8996), "0.899x");
@@ -324,6 +348,7 @@ mod tests {
         assert_eq!(Goal::MaxAddedP50Us(40.0).format(-3.5), "-3 µs");
     }
 
+    /// Each proxy's memory figure is judged against the limit on its own.
     #[test]
     fn memory_limits_judge_each_proxy_on_its_own_figure() {
         let line = limit_line("peak RSS", "MB", 40.0, &["sluice", "envoy"], |proxy| {

@@ -1,4 +1,11 @@
-//! `cargo xtask demo` and `cargo xtask test`.
+//! `cargo xtask test`: the whole suite. Set-up, plugins, `cargo fmt --check`, `cargo clippy -D
+//! warnings`, then `cargo test --workspace` with every `SLUICE_*` variable set (and
+//! `SLUICE_REQUIRE_ALL=1`, so that no test skips) and the plugins' native unit tests; a summary
+//! of step times at the end.
+//!
+//! It owns the order of the steps and the environment the tests see. It must not install
+//! anything itself (that is [`crate::setup`], [`crate::browser`] and [`crate::plugins`]) nor
+//! retry or skip a failed step: the first failure ends the run.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -9,58 +16,18 @@ use crate::setup::{self, Profile};
 use crate::util::{self, cargo};
 use crate::{browser, plugins};
 
-/// Builds the plugins, then runs `sluice demo` from a debug build (sharing the test build's
-/// cache).
-pub fn demo(args: &[String]) -> Result<ExitCode> {
-    let built = plugins::build_all()?;
-    let mut command = cargo();
-    command
-        .args(["run", "--package", "sluice", "--", "demo"])
-        .args(args);
-    if !args
-        .iter()
-        .any(|a| a == "--plugins" || a.starts_with("--plugins="))
-    {
-        command.arg("--plugins").arg(demo_plugins(&built)?);
-    }
-    println!("$ {}", util::display(&command));
-    let status = command.status().context("cannot start cargo")?;
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        // Killed by a signal (Ctrl-C): the demo already said what happened.
-        None => ExitCode::from(130),
-    })
-}
-
-/// A watched folder for the demo with the default policies (`router.wasm`, `scaler.wasm`,
-/// `anomaly.wasm`) and the feed resumer as `resumer.wasm` (the demo's endpoints are feed
-/// servers), fresh each run, so that dropping a plugin into it swaps it in while the demo's
-/// monitors stream. It is not the build output folder: rebuilding plugins must not reload the
-/// demo's slots.
-fn demo_plugins(built: &std::path::Path) -> Result<std::path::PathBuf> {
-    let dir = util::target_dir()?.join("demo-plugins");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (built_name, name) in [
-        ("router.wasm", "router.wasm"),
-        ("scaler.wasm", "scaler.wasm"),
-        ("anomaly.wasm", "anomaly.wasm"),
-        ("feed-resumer.wasm", "resumer.wasm"),
-    ] {
-        std::fs::copy(built.join(built_name), dir.join(name))
-            .with_context(|| format!("copying {built_name} into {}", dir.display()))?;
-    }
-    Ok(dir)
-}
-
+/// One step of the suite, as the summary shows it.
 struct Step {
+    /// `setup`, `plugins`, `fmt`, `clippy` or `test`.
     name: &'static str,
+    /// Wall time the step took.
     took: Duration,
+    /// Whether it succeeded; the suite stops at the first that did not.
     ok: bool,
 }
 
 /// setup test, plugins, fmt, clippy, test: stops at the first failure and prints step durations.
-pub fn test() -> Result<ExitCode> {
+pub fn run() -> Result<ExitCode> {
     let mut steps: Vec<Step> = Vec::new();
     let result = run_steps(&mut steps);
     println!("\nxtask test summary:");
@@ -77,6 +44,8 @@ pub fn test() -> Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
+/// Runs `work` as the step `name` under a `== name ==` heading, recording its time and outcome
+/// in `steps`.
 fn timed(
     steps: &mut Vec<Step>,
     name: &'static str,
@@ -93,6 +62,7 @@ fn timed(
     result
 }
 
+/// The suite's steps in order; each one's outcome lands in `steps` before the next starts.
 fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
     let mut installed = None;
     let mut chromium = None;
