@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use sluice_config::TrafficClass;
 use sluice_tests::admin::{Observed, observed, request};
-use sluice_tests::measure::{BenchArgs, cpu_share, percentile};
+use sluice_tests::measure::{BenchArgs, cpu_share, median, ms, percentile};
 use sluice_tests::*;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -36,15 +36,6 @@ const UNCONFIGURED_MONITORS: usize = 10;
 const SCRAPES: usize = 100;
 const WS_CONNECTS: usize = 20;
 const VIEWERS: usize = 5;
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
 
 async fn ws_connect(
     admin: SocketAddr,
@@ -206,7 +197,7 @@ async fn main() {
     }
     drop(socket);
     gaps.sort();
-    let frame_bytes = median(&mut sizes);
+    let frame_bytes = median(&sizes);
     println!("\n== 2. live feed ==");
     println!(
         "  connect to first frame  p50 {:.2} ms  p99 {:.2} ms  ({WS_CONNECTS} connections)",
@@ -239,8 +230,8 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let quiet_median = median(&mut quiet.clone());
-    let watched_median = median(&mut watched.clone());
+    let quiet_median = median(&quiet);
+    let watched_median = median(&watched);
     println!("\n== 3. process CPU, {rounds} x {window:?} windows each, A B alternated ==");
     println!(
         "  nobody watching                        median {quiet_median:.1}% of a core  {quiet:.1?}"

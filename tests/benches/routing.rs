@@ -40,7 +40,7 @@ use sluice_policy::{Policies, Scorer};
 use sluice_proxy::route::{Candidate, MonitorProfile, RouteDecision, RouteRequest, Router};
 use sluice_proxy::{Proxy, ProxyHandle};
 use sluice_scorer::OnnxScorer;
-use sluice_tests::measure::{BenchArgs, percentile};
+use sluice_tests::measure::{BenchArgs, median, ms, percentile};
 use sluice_tests::plugins::plugins_config;
 use sluice_tests::*;
 
@@ -274,15 +274,6 @@ fn router_plugins(args: &Args, explore: Option<&str>) -> sluice_config::PluginsC
     plugins
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 /// `--record`: the router plugin explores; every decision's outcome goes into the store.
 async fn record(args: &Args, feeds: &[FeedHandle], store: &std::path::Path) {
     let mut config = pool_config(feeds);
@@ -438,28 +429,28 @@ async fn main() {
     }
     let summary = |figures: &[RunFigures]| {
         let p50 = median(
-            figures
+            &figures
                 .iter()
                 .map(|f| ms(percentile(&f.first_message, 0.50)))
-                .collect(),
+                .collect::<Vec<_>>(),
         );
         let p99 = median(
-            figures
+            &figures
                 .iter()
                 .map(|f| ms(percentile(&f.first_message, 0.99)))
-                .collect(),
+                .collect::<Vec<_>>(),
         );
         let errors = median(
-            figures
+            &figures
                 .iter()
                 .map(|f| f.failed as f64 / f.streams.max(1) as f64)
-                .collect(),
+                .collect::<Vec<_>>(),
         );
         let rate = median(
-            figures
+            &figures
                 .iter()
                 .map(|f| f.events as f64 / f.seconds)
-                .collect(),
+                .collect::<Vec<_>>(),
         );
         let spread = figures
             .iter()

@@ -182,20 +182,17 @@ impl CallTimes {
         }
     }
 
-    fn median(&self) -> Duration {
-        percentile(&self.sorted, 0.5)
-    }
-
-    /// The median call as % of one core at the loop's period.
+    /// The median call (the nearest-rank 50th percentile of the call times) as % of one core at
+    /// the loop's period.
     fn core_share(&self) -> f64 {
-        self.median().as_secs_f64() / self.period.as_secs_f64() * 100.0
+        percentile(&self.sorted, 0.5).as_secs_f64() / self.period.as_secs_f64() * 100.0
     }
 
     fn to_json(&self) -> Value {
         json!({
             "calls": self.sorted.len(),
             "period_s": self.period.as_secs_f64(),
-            "median_us": us(self.median()),
+            "median_us": us(percentile(&self.sorted, 0.5)),
             "p90_us": us(percentile(&self.sorted, 0.9)),
             "max_us": us(self.sorted.last().copied().unwrap_or_default()),
             "core_percent_at_period": self.core_share(),
@@ -370,7 +367,7 @@ async fn part1(plugins: &Path, quick: bool) -> Part1 {
             "  {:<13} {:>6} {:>11.1} {:>11.1} {:>11.1} {:>7.0}s {:>13.4}",
             c.name,
             c.sorted.len(),
-            us(c.median()),
+            us(percentile(&c.sorted, 0.5)),
             us(percentile(&c.sorted, 0.9)),
             us(c.sorted.last().copied().unwrap_or_default()),
             c.period.as_secs_f64(),
@@ -481,7 +478,7 @@ async fn part1(plugins: &Path, quick: bool) -> Part1 {
             "1. sample_once median (1 s)".to_owned(),
             format!(
                 "{:.1} us = {:.4}% core",
-                us(calls[0].median()),
+                us(percentile(&calls[0].sorted, 0.5)),
                 calls[0].core_share()
             ),
         ),
@@ -489,7 +486,7 @@ async fn part1(plugins: &Path, quick: bool) -> Part1 {
             format!("1. scale_once median ({:?})", config.scaling.period),
             format!(
                 "{:.1} us = {:.4}% core",
-                us(calls[1].median()),
+                us(percentile(&calls[1].sorted, 0.5)),
                 calls[1].core_share()
             ),
         ),
@@ -497,7 +494,7 @@ async fn part1(plugins: &Path, quick: bool) -> Part1 {
             format!("1. analyze_once median ({:?})", config.analytics.period),
             format!(
                 "{:.1} us = {:.4}% core",
-                us(calls[2].median()),
+                us(percentile(&calls[2].sorted, 0.5)),
                 calls[2].core_share()
             ),
         ),

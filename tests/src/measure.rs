@@ -1,4 +1,6 @@
-//! Helpers of the bench programs: percentiles and the process's CPU time. They measure; they
+//! Helpers of the bench programs: percentiles, medians, milliseconds, the process's CPU time, and
+//! the options `cargo xtask bench` passes. The one place where a bench program of this crate
+//! finds a statistic: a bench must not define its own median or percentile. They measure; they
 //! assert nothing.
 
 use std::path::PathBuf;
@@ -14,6 +16,19 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[index]
+}
+
+/// The median of `values`, in any order: the middle value once sorted, and for an even count the
+/// upper of the two middle ones, so that it is always a value that was measured. NaN for none.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `d` in milliseconds, with the fraction.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// The process's CPU time so far (utime + stime of every thread), from `/proc/self/stat`.
