@@ -175,6 +175,25 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
     }
 }
 
+/// [`eventually`] for a condition that has to wait itself (an HTTP request): polls it every
+/// 100 ms until it holds or `limit` passes; returns whether it held.
+pub async fn eventually_async<F, Fut>(limit: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if tokio::time::timeout_at(deadline, condition()).await == Ok(true) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits up to 5 s for `feed` to have exactly `n` Subscribe streams open; whether it did.
 pub async fn upstream_subscriptions_reach(feed: &FeedHandle, n: u64) -> bool {
     eventually(Duration::from_secs(5), || {

@@ -60,7 +60,10 @@ impl fmt::Display for SlotKind {
 }
 
 /// Policy plugins: the watched folder, the compile cache and one table per slot.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+///
+/// Its [`Default`] is the one source of its defaults: serde fills a table's missing keys from
+/// it, so a config built in code and a parsed one agree.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
     /// Folder of `.wasm` policy components. At start, `<slot>.wasm` and `<slot>.shadow.wasm` in it
@@ -69,7 +72,6 @@ pub struct PluginsConfig {
     /// Unset: no folder is watched.
     pub dir: Option<PathBuf>,
     /// Watch `dir` and load new or changed files. Default true.
-    #[serde(default = "yes")]
     pub watch: bool,
     /// Where compiled components are cached, keyed by content hash and engine version, so a
     /// restart or reload skips compilation. Default: `$XDG_CACHE_HOME/sluice/wasm` or
@@ -85,8 +87,18 @@ pub struct PluginsConfig {
     pub resumer: SlotConfig,
 }
 
-fn yes() -> bool {
-    true
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            watch: true,
+            cache_dir: None,
+            router: SlotConfig::default(),
+            scaler: SlotConfig::default(),
+            anomaly: SlotConfig::default(),
+            resumer: SlotConfig::default(),
+        }
+    }
 }
 
 impl PluginsConfig {

@@ -386,3 +386,81 @@ fn a_class_table_without_share_keeps_the_class_default() {
     let unknown = error_of(&format!("{MINIMAL}\n[classes.realtime]\nshar = 0.5\n"));
     assert!(unknown.contains("shar"), "{unknown}");
 }
+
+/// Parses `text` as a `T` without validation, as serde fills in what the text leaves out.
+fn parse_table<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    toml::from_str(text).unwrap_or_else(|e| panic!("{text:?} should parse: {e}"))
+}
+
+/// Asserts that an empty `T` table parses to `T::default()`: a config built in code (the demo,
+/// the tests) and a parsed one must get the same defaults from one source.
+fn assert_default_is_empty_table<T>()
+where
+    T: serde::de::DeserializeOwned + Default + PartialEq + fmt::Debug,
+{
+    assert_eq!(
+        parse_table::<T>(""),
+        T::default(),
+        "`{}::default()` differs from an empty table",
+        std::any::type_name::<T>()
+    );
+}
+
+#[test]
+fn every_table_default_equals_the_parse_of_an_empty_table() {
+    assert_default_is_empty_table::<Config>();
+    assert_default_is_empty_table::<ServerConfig>();
+    assert_default_is_empty_table::<PoolConfig>();
+    assert_default_is_empty_table::<Classes>();
+    assert_default_is_empty_table::<PluginsConfig>();
+    assert_default_is_empty_table::<SlotConfig>();
+    assert_default_is_empty_table::<AdminConfig>();
+    assert_default_is_empty_table::<BreakersConfig>();
+    assert_default_is_empty_table::<BreakerTable>();
+    assert_default_is_empty_table::<FailureKinds>();
+    assert_default_is_empty_table::<HealthConfig>();
+    assert_default_is_empty_table::<ScalingConfig>();
+    assert_default_is_empty_table::<AnalyticsConfig>();
+    assert_default_is_empty_table::<StoreConfig>();
+    assert_default_is_empty_table::<AlertsConfig>();
+    assert_default_is_empty_table::<AlertRetryConfig>();
+    assert_default_is_empty_table::<BreakerOpenRule>();
+    assert_default_is_empty_table::<EndpointUnhealthyRule>();
+    assert_default_is_empty_table::<ThresholdRule>();
+    assert_default_is_empty_table::<ScorerConfig>();
+    assert_default_is_empty_table::<LearningConfig>();
+}
+
+#[test]
+fn empty_section_headers_keep_every_default() {
+    let sections = [
+        "server",
+        "pool",
+        "classes",
+        "plugins",
+        "admin",
+        "breakers",
+        "health",
+        "scaling",
+        "analytics",
+        "store",
+        "alerts",
+        "scorer",
+        "learning",
+    ];
+    let text: String = sections.iter().map(|s| format!("[{s}]\n")).collect();
+    assert_eq!(parse_table::<Config>(&text), Config::default());
+    let nested = "[classes.realtime]\n[classes.event]\n[classes.state]\n\
+                  [plugins.router]\n[plugins.scaler]\n[plugins.anomaly]\n[plugins.resumer]\n";
+    assert_eq!(parse_table::<Config>(nested), Config::default());
+}
+
+#[test]
+fn plugins_folder_is_watched_by_default_in_code_and_in_toml() {
+    assert!(PluginsConfig::default().watch);
+    assert!(
+        parse_table::<Config>("[plugins]\ndir = \"p\"\n")
+            .plugins
+            .watch
+    );
+}
