@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sluice_config::{MethodConfig, RateLimitConfig, ResumeMode};
-use sluice_proxy::breaker::BreakerState;
-use sluice_proxy::health::Health;
+use sluice_contract::breaker::BreakerState;
+use sluice_contract::health::Health;
 use sluice_tests::measure::percentile;
 use sluice_tests::plugins::{plugins_config, sluice_with_policies};
 use sluice_tests::process::FeedProcess;

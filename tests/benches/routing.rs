@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice_config::{Config, MonitorConfig, ScorerConfig, TrafficClass};
+use sluice_contract::route::{Candidate, MonitorProfile, RouteDecision, RouteRequest, Router};
 use sluice_feed::FeedHandle;
 use sluice_policy::{Policies, Scorer};
-use sluice_proxy::route::{Candidate, MonitorProfile, RouteDecision, RouteRequest, Router};
 use sluice_proxy::{Proxy, ProxyHandle};
 use sluice_scorer::OnnxScorer;
 use sluice_tests::measure::{BenchArgs, median, ms, percentile};
@@ -340,8 +340,8 @@ fn decision_candidates() -> Vec<Candidate> {
             latency: Duration::from_micros(ENDPOINTS[i as usize % 3].1 * 1000 + i * 37),
             error_rate: ENDPOINTS[i as usize % 3].2,
             age: Duration::from_secs(30 + i),
-            endpoint_health: sluice_proxy::health::Health::Healthy,
-            endpoint_breaker: sluice_proxy::breaker::BreakerState::Closed,
+            endpoint_health: sluice_contract::health::Health::Healthy,
+            endpoint_breaker: sluice_contract::breaker::BreakerState::Closed,
         })
         .collect()
 }

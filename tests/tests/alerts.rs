@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use sluice_analytics::alerts::{Alerter, Conditions, Notification, Notifier, Observation};
-use sluice_config::AlertsConfig;
+use sluice_config::{AlertsConfig, BreakerScope};
 use sluice_tests::{bounded, eventually};
 
 /// How the receiver answers.
@@ -119,7 +119,9 @@ fn fast_retry(attempts: u32) -> serde_json::Value {
 /// One firing notification for an open endpoint breaker.
 fn one_firing(config: &AlertsConfig) -> Notification {
     let mut alerter = Alerter::new(config);
-    let open = alerter.rules().breaker("endpoint", "primary", true);
+    let open = alerter
+        .rules()
+        .breaker(BreakerScope::Endpoint, "primary", true);
     let mut fired = alerter.evaluate(&Conditions {
         now_ms: 1_000,
         observations: vec![open],
@@ -338,7 +340,7 @@ async fn shutdown_flushes_queued_notifications() {
     let mut alerter = Alerter::new(&config);
     let rules = alerter.rules().clone();
     let observations = (0..20)
-        .map(|i| rules.breaker("monitor", &format!("m{i}"), true))
+        .map(|i| rules.breaker(BreakerScope::Monitor, &format!("m{i}"), true))
         .collect();
     for n in alerter.evaluate(&Conditions {
         now_ms: 1,
@@ -368,7 +370,7 @@ async fn shutdown_flushes_queued_notifications() {
 /// loop's alert rules fire once to the webhook, and resolve once when it is released.
 #[tokio::test]
 async fn a_forced_open_breaker_alerts_the_webhook_once_through_the_analytics_loop() {
-    use sluice_proxy::breaker::{Override, Scope};
+    use sluice_proxy::breaker::Override;
     let receiver = Receiver::start(Answer::Ok).await;
     let feed = sluice_tests::feed("a").await;
     let store = tempfile::tempdir().unwrap();
@@ -392,7 +394,7 @@ async fn a_forced_open_breaker_alerts_the_webhook_once_through_the_analytics_loo
     let loops = analytics.spawn();
 
     let view = proxy.view();
-    view.override_breaker(Scope::Endpoint, "feed-0", Some(Override::ForceOpen))
+    view.override_breaker(BreakerScope::Endpoint, "feed-0", Some(Override::ForceOpen))
         .expect("endpoint breaker");
     let fired = eventually(Duration::from_secs(10), || !receiver.accepted().is_empty()).await;
     assert!(fired, "no alert reached the webhook");
@@ -411,7 +413,7 @@ async fn a_forced_open_breaker_alerts_the_webhook_once_through_the_analytics_loo
         .collect();
     assert_eq!(firing.len(), 1, "{active:#?}");
 
-    view.override_breaker(Scope::Endpoint, "feed-0", None)
+    view.override_breaker(BreakerScope::Endpoint, "feed-0", None)
         .expect("released");
     let resolved = eventually(Duration::from_secs(10), || receiver.accepted().len() == 2).await;
     assert!(resolved, "no resolved notification");

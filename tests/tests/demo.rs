@@ -99,7 +99,11 @@ async fn a_router_renamed_into_the_demo_folder_takes_over_while_monitors_stream(
     let decision = &decisions["decisions"][0];
     assert_eq!(decision["reason"], "pick-first", "{decision}");
     let label = active_router(admin).await.expect("still active");
-    assert_eq!(decision["policy"].as_str(), Some(label.as_str()), "{decision}");
+    assert_eq!(
+        decision["policy"].as_str(),
+        Some(label.as_str()),
+        "{decision}"
+    );
 
     // The monitors kept streaming through the swap, and none of them broke.
     assert!(

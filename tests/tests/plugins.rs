@@ -525,10 +525,10 @@ fn resume(
     method: &str,
     requests: &[bytes::Bytes],
     last_response: Option<&bytes::Bytes>,
-) -> sluice_proxy::resume::ResumeAnswer {
+) -> sluice_contract::resume::ResumeAnswer {
     let monitor =
-        sluice_proxy::route::MonitorProfile::new("tx-indexer", TrafficClass::Realtime, false);
-    let request = sluice_proxy::resume::ResumeRequest {
+        sluice_contract::route::MonitorProfile::new("tx-indexer", TrafficClass::Realtime, false);
+    let request = sluice_contract::resume::ResumeRequest {
         monitor: &monitor,
         method,
         requests,
@@ -544,9 +544,9 @@ fn encoded(message: &impl prost::Message) -> bytes::Bytes {
 }
 
 /// The one message of a `Replay` answer.
-fn replayed(answer: sluice_proxy::resume::ResumeAnswer) -> bytes::Bytes {
+fn replayed(answer: sluice_contract::resume::ResumeAnswer) -> bytes::Bytes {
     match answer {
-        sluice_proxy::resume::ResumeAnswer::Replay(mut messages) if messages.len() == 1 => {
+        sluice_contract::resume::ResumeAnswer::Replay(mut messages) if messages.len() == 1 => {
             messages.remove(0)
         }
         other => panic!("expected one message to replay, got {other:?}"),
@@ -556,7 +556,7 @@ fn replayed(answer: sluice_proxy::resume::ResumeAnswer) -> bytes::Bytes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_resumer_continues_a_subscription_after_the_last_event() {
     use prost::Message as _;
-    use sluice_proxy::resume::ResumeAnswer;
+    use sluice_contract::resume::ResumeAnswer;
 
     let Some(built) = built_plugins() else { return };
     let policies = resumer_policies(3).await;
@@ -833,7 +833,7 @@ async fn a_shadow_resumer_is_compared_with_what_was_sent() {
             std::slice::from_ref(&request),
             Some(&event)
         ),
-        sluice_proxy::resume::ResumeAnswer::Unchanged
+        sluice_contract::resume::ResumeAnswer::Unchanged
     );
     let shadow = policies.slot(SlotKind::Resumer).shadow().expect("shadow");
     assert!(

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sluice_config::BreakerScope;
 use sluice_config::{Config, MethodConfig, RateLimitConfig, ResumeMode};
+use sluice_contract::breaker::BreakerState;
+use sluice_contract::health::Health;
 use sluice_proxy::ProxyHandle;
-use sluice_proxy::breaker::{BreakerState, Scope};
-use sluice_proxy::health::Health;
 use sluice_tests::fault::{Fault, FaultProxy};
 use sluice_tests::pb::EchoRequest;
 use sluice_tests::plugins::{built_plugins, plugins_config, sluice_with_policies};
@@ -214,7 +215,7 @@ async fn a_restarted_primary_goes_half_open_then_closed_and_takes_new_streams_ba
     let events: Vec<(BreakerState, BreakerState)> = proxy
         .breaker_events(0)
         .into_iter()
-        .filter(|e| e.scope == Scope::Endpoint && &*e.name == "primary")
+        .filter(|e| e.scope == BreakerScope::Endpoint && &*e.name == "primary")
         .map(|e| (e.from, e.to))
         .collect();
     assert!(events.len() >= 3, "events: {events:?}");
@@ -577,7 +578,7 @@ async fn a_monitor_preferring_a_region_gets_it_while_it_is_usable() {
     proxy
         .view()
         .override_breaker(
-            Scope::Endpoint,
+            BreakerScope::Endpoint,
             "us",
             Some(sluice_proxy::breaker::Override::ForceOpen),
         )
@@ -790,15 +791,15 @@ struct AlternativesRouter {
     calls: std::sync::atomic::AtomicUsize,
 }
 
-impl sluice_proxy::route::Router for AlternativesRouter {
+impl sluice_contract::route::Router for AlternativesRouter {
     fn name(&self) -> &str {
         "alternatives"
     }
 
     fn route(
         &self,
-        request: &sluice_proxy::route::RouteRequest<'_>,
-    ) -> Option<sluice_proxy::route::RouteDecision> {
+        request: &sluice_contract::route::RouteRequest<'_>,
+    ) -> Option<sluice_contract::route::RouteDecision> {
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let on = |endpoint: &str| {
@@ -814,7 +815,7 @@ impl sluice_proxy::route::Router for AlternativesRouter {
             ),
             None => (on("feed-1")?, Vec::new()),
         };
-        Some(sluice_proxy::route::RouteDecision {
+        Some(sluice_contract::route::RouteDecision {
             index,
             confidence: 1.0,
             reason: "test".into(),

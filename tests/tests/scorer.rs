@@ -586,7 +586,7 @@ async fn the_shipped_model_loads_and_steers_the_router_off_a_slow_failing_endpoi
             .unwrap();
     // The slow, failing connection is the emptiest: the heuristic alone would like its room.
     let candidate = |id: u64, endpoint: &str, active: u32, latency_ms: u64, errors: f64| {
-        sluice_proxy::route::Candidate {
+        sluice_contract::route::Candidate {
             connection_id: id,
             endpoint_id: Arc::from(endpoint),
             region: Arc::from("local"),
@@ -596,8 +596,8 @@ async fn the_shipped_model_loads_and_steers_the_router_off_a_slow_failing_endpoi
             latency: Duration::from_millis(latency_ms),
             error_rate: errors,
             age: Duration::from_secs(60),
-            endpoint_health: sluice_proxy::health::Health::Healthy,
-            endpoint_breaker: sluice_proxy::breaker::BreakerState::Closed,
+            endpoint_health: sluice_contract::health::Health::Healthy,
+            endpoint_breaker: sluice_contract::breaker::BreakerState::Closed,
         }
     };
     let candidates = [
@@ -606,14 +606,14 @@ async fn the_shipped_model_loads_and_steers_the_router_off_a_slow_failing_endpoi
         candidate(3, "fast", 4, 5, 0.0),
     ];
     let monitor =
-        sluice_proxy::route::MonitorProfile::new("m", sluice_config::TrafficClass::Event, false);
-    let request = sluice_proxy::route::RouteRequest {
+        sluice_contract::route::MonitorProfile::new("m", sluice_config::TrafficClass::Event, false);
+    let request = sluice_contract::route::RouteRequest {
         monitor: &monitor,
         method: SUBSCRIBE,
         candidates: &candidates,
     };
     let decision = {
-        use sluice_proxy::route::Router;
+        use sluice_contract::route::Router;
         policies.router().route(&request).expect("a decision")
     };
     assert_eq!(decision.index, 2, "{}", decision.reason);

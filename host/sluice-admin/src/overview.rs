@@ -11,10 +11,12 @@ use std::time::Duration;
 use serde::Serialize;
 use sluice_analytics::records::{Severity, unix_ms_now};
 use sluice_analytics::sampler::PoolTotals;
+use sluice_config::BreakerScope;
 use sluice_config::SlotKind;
+use sluice_contract::breaker::BreakerState;
+use sluice_contract::health::Health;
 use sluice_proxy::Snapshot;
-use sluice_proxy::breaker::{BreakerSnapshot, BreakerState, Scope};
-use sluice_proxy::health::Health;
+use sluice_proxy::breaker::BreakerSnapshot;
 use sluice_proxy::pool::{ConnectionSnapshot, EndpointSnapshot, GroupLoad};
 use sluice_proxy::stats::StatsSnapshot;
 
@@ -111,7 +113,7 @@ pub struct MonitorRow {
     /// Its breaker's state, once it has called.
     pub breaker: Option<BreakerState>,
     /// Its measured traffic, as routers see it (configured monitors only).
-    pub traffic: Option<sluice_proxy::route::TrafficProfile>,
+    pub traffic: Option<sluice_contract::traffic::TrafficProfile>,
 }
 
 /// What an overview, a live frame or a scrape reads of the pool, read once for all of them.
@@ -191,7 +193,7 @@ fn health_score(state: &AdminState, pool: &PoolRead) -> HealthScore {
     let open_monitors = pool
         .breakers
         .iter()
-        .filter(|b| b.scope == Scope::Monitor && is_open(b.state))
+        .filter(|b| b.scope == BreakerScope::Monitor && is_open(b.state))
         .count();
     if open_monitors > 0 {
         deductions.push(Deduction {
@@ -326,7 +328,7 @@ pub fn monitors(state: &AdminState) -> Vec<MonitorRow> {
         row_for(&mut rows, &id).traffic = Some(traffic);
     }
     for breaker in state.proxy.breakers() {
-        if breaker.scope == Scope::Monitor {
+        if breaker.scope == BreakerScope::Monitor {
             row_for(&mut rows, &breaker.name).breaker = Some(breaker.state);
         }
     }

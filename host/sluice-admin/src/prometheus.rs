@@ -18,9 +18,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use sluice_config::BreakerScope;
 use sluice_config::SlotKind;
-use sluice_proxy::breaker::{BreakerState, Scope};
-use sluice_proxy::health::Health;
+use sluice_contract::breaker::BreakerState;
+use sluice_contract::health::Health;
 
 use crate::AdminState;
 use crate::overview;
@@ -309,8 +310,8 @@ fn endpoints(state: &AdminState, pool: &overview::PoolRead, out: &mut Exposition
     let configured = configured_monitors(state);
     for breaker in &pool.breakers {
         let scope = match breaker.scope {
-            Scope::Endpoint => "endpoint",
-            Scope::Monitor if configured.contains(&*breaker.name) => "monitor",
+            BreakerScope::Endpoint => breaker.scope.as_str(),
+            BreakerScope::Monitor if configured.contains(&*breaker.name) => breaker.scope.as_str(),
             _ => continue,
         };
         for candidate in [

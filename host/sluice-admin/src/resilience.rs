@@ -5,7 +5,8 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde_json::{Value, json};
-use sluice_proxy::breaker::{Override, Scope};
+use sluice_config::BreakerScope;
+use sluice_proxy::breaker::Override;
 
 use crate::plugins::EventsQuery;
 use crate::{AdminState, ApiError};
@@ -51,16 +52,9 @@ pub async fn act(
     State(state): State<AdminState>,
     Path((scope, name, action)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let scope = match scope.as_str() {
-        "connection" => Scope::Connection,
-        "endpoint" => Scope::Endpoint,
-        "monitor" => Scope::Monitor,
-        other => {
-            return Err(ApiError::not_found(format!(
-                "unknown breaker scope {other:?}; scopes are connection, endpoint, monitor"
-            )));
-        }
-    };
+    let scope: BreakerScope = scope
+        .parse()
+        .map_err(|e: sluice_config::UnknownBreakerScope| ApiError::not_found(e.to_string()))?;
     let value = match action.as_str() {
         "force-open" => Some(Override::ForceOpen),
         "disable" => Some(Override::Disable),

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sluice_config::Config;
+use sluice_contract::breaker::BreakerState;
+use sluice_contract::health::Health;
 use sluice_policy::Policies;
 use sluice_proxy::ProxyView;
-use sluice_proxy::breaker::BreakerState;
-use sluice_proxy::health::Health;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -271,7 +271,7 @@ impl Analytics {
             .iter()
             .map(|b| {
                 let open = matches!(b.state, BreakerState::Open | BreakerState::ForcedOpen);
-                rules.breaker(&b.scope.to_string(), &b.name, open)
+                rules.breaker(b.scope, &b.name, open)
             })
             .collect();
         observations.extend(self.proxy.endpoints().iter().map(|e| {

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::BreakerScope;
+
 /// Alert rules and their notification targets.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -98,29 +100,6 @@ impl Default for AlertRetryConfig {
     }
 }
 
-/// Breaker scopes that `breaker_open` can watch.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum AlertBreakerScope {
-    /// Breakers of single upstream connections.
-    Connection,
-    /// Breakers of upstream endpoints.
-    Endpoint,
-    /// Breakers of monitors.
-    Monitor,
-}
-
-impl AlertBreakerScope {
-    /// The lowercase name used in config, subjects and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Connection => "connection",
-            Self::Endpoint => "endpoint",
-            Self::Monitor => "monitor",
-        }
-    }
-}
-
 /// `[alerts.breaker_open]`: a circuit breaker of a watched scope is open.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -131,7 +110,7 @@ pub struct BreakerOpenRule {
     #[serde(rename = "for", with = "humantime_serde")]
     pub hold_for: Duration,
     /// Which breakers are watched. Default `["endpoint", "monitor"]`.
-    pub scopes: Vec<AlertBreakerScope>,
+    pub scopes: Vec<BreakerScope>,
 }
 
 impl Default for BreakerOpenRule {
@@ -139,7 +118,7 @@ impl Default for BreakerOpenRule {
         Self {
             enabled: true,
             hold_for: Duration::ZERO,
-            scopes: vec![AlertBreakerScope::Endpoint, AlertBreakerScope::Monitor],
+            scopes: vec![BreakerScope::Endpoint, BreakerScope::Monitor],
         }
     }
 }
@@ -368,7 +347,7 @@ mod tests {
         assert_eq!(alerts.breaker_open.hold_for, Duration::ZERO);
         assert_eq!(
             alerts.breaker_open.scopes,
-            [AlertBreakerScope::Endpoint, AlertBreakerScope::Monitor]
+            [BreakerScope::Endpoint, BreakerScope::Monitor]
         );
         assert_eq!(alerts.endpoint_unhealthy.hold_for, Duration::from_secs(300));
         assert_eq!(alerts.low_router_confidence.below, 0.5);
@@ -424,7 +403,7 @@ below = 1.0
         assert_eq!(alerts.retry.attempts, 3);
         assert_eq!(alerts.retry.initial_backoff, Duration::from_millis(50));
         assert_eq!(alerts.breaker_open.hold_for, Duration::from_secs(10));
-        assert_eq!(alerts.breaker_open.scopes, [AlertBreakerScope::Connection]);
+        assert_eq!(alerts.breaker_open.scopes, [BreakerScope::Connection]);
         assert!(!alerts.endpoint_unhealthy.enabled);
         assert_eq!(alerts.low_router_confidence.below, 0.3);
         assert_eq!(alerts.efficiency.below, 1.0);

@@ -25,15 +25,15 @@ mod resilience;
 mod scorer;
 
 pub use alerts::{
-    AlertBreakerScope, AlertRetryConfig, AlertsConfig, BreakerOpenRule, EndpointUnhealthyRule,
-    ThresholdRule, WebhookConfig,
+    AlertRetryConfig, AlertsConfig, BreakerOpenRule, EndpointUnhealthyRule, ThresholdRule,
+    WebhookConfig,
 };
 pub use analytics::{AnalyticsConfig, ScalingConfig, StoreConfig};
 pub use env::expand_env;
 pub use plugins::{AdminConfig, PluginsConfig, SlotConfig, SlotKind};
 pub use resilience::{
-    BreakerSettings, BreakerTable, BreakersConfig, FailureKinds, HealthConfig, RateLimitConfig,
-    ResumeMode,
+    BreakerScope, BreakerSettings, BreakerTable, BreakersConfig, FailureKinds, HealthConfig,
+    RateLimitConfig, ResumeMode, UnknownBreakerScope,
 };
 pub use scorer::{LearningConfig, ScorerConfig};
 

@@ -3,11 +3,74 @@
 //!
 //! Breaker tables have different defaults per scope (connection, endpoint, monitor), so their
 //! fields are optional here and resolved against the scope's defaults by
-//! [`BreakersConfig::connection`] and friends.
+//! [`BreakersConfig::settings`]. [`BreakerScope`] is the one list of scopes: the config, the
+//! data plane, the admin API, alerts and metrics all name scopes through it.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// What a circuit breaker guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BreakerScope {
+    /// One upstream connection.
+    Connection,
+    /// One upstream endpoint, over all its connections.
+    Endpoint,
+    /// One monitor's calls.
+    Monitor,
+}
+
+impl BreakerScope {
+    /// Every scope, in a fixed order.
+    pub const ALL: [BreakerScope; 3] = [
+        BreakerScope::Connection,
+        BreakerScope::Endpoint,
+        BreakerScope::Monitor,
+    ];
+
+    /// The scope's name in the config, the admin API, alerts and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerScope::Connection => "connection",
+            BreakerScope::Endpoint => "endpoint",
+            BreakerScope::Monitor => "monitor",
+        }
+    }
+
+    /// The settings a `[breakers.<scope>]` table starts from.
+    pub fn defaults(self) -> BreakerSettings {
+        match self {
+            BreakerScope::Connection | BreakerScope::Endpoint => BreakerSettings::CONNECTION,
+            BreakerScope::Monitor => BreakerSettings::MONITOR,
+        }
+    }
+}
+
+impl fmt::Display for BreakerScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A breaker scope name that is not one of [`BreakerScope::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown breaker scope {0:?}; scopes are connection, endpoint, monitor")]
+pub struct UnknownBreakerScope(pub String);
+
+impl FromStr for BreakerScope {
+    type Err = UnknownBreakerScope;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|scope| scope.as_str() == text)
+            .ok_or_else(|| UnknownBreakerScope(text.to_owned()))
+    }
+}
 
 /// Circuit breakers for connections, endpoints and monitors.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -42,19 +105,18 @@ impl Default for BreakersConfig {
 }
 
 impl BreakersConfig {
-    /// Effective settings of connection breakers.
-    pub fn connection(&self) -> BreakerSettings {
-        self.connection.resolve(BreakerSettings::CONNECTION)
+    /// The table of `scope` as written.
+    pub fn table(&self, scope: BreakerScope) -> &BreakerTable {
+        match scope {
+            BreakerScope::Connection => &self.connection,
+            BreakerScope::Endpoint => &self.endpoint,
+            BreakerScope::Monitor => &self.monitor,
+        }
     }
 
-    /// Effective settings of endpoint breakers.
-    pub fn endpoint(&self) -> BreakerSettings {
-        self.endpoint.resolve(BreakerSettings::CONNECTION)
-    }
-
-    /// Effective settings of monitor breakers.
-    pub fn monitor(&self) -> BreakerSettings {
-        self.monitor.resolve(BreakerSettings::MONITOR)
+    /// Effective settings of the breakers of `scope`: its table over the scope's defaults.
+    pub fn settings(&self, scope: BreakerScope) -> BreakerSettings {
+        self.table(scope).resolve(scope.defaults())
     }
 }
 
@@ -312,12 +374,8 @@ impl super::Config {
                 "must be greater than 0 and at most pool.reconnect_backoff_max",
             ));
         }
-        let scopes = [
-            ("connection", self.breakers.connection()),
-            ("endpoint", self.breakers.endpoint()),
-            ("monitor", self.breakers.monitor()),
-        ];
-        for (scope, settings) in scopes {
+        for scope in BreakerScope::ALL {
+            let settings = self.breakers.settings(scope);
             let key = |field: &str| format!("breakers.{scope}.{field}");
             if settings.failure_threshold == 0 {
                 return Err(invalid(key("failure_threshold"), "must be at least 1"));

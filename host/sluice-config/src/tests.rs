@@ -285,19 +285,22 @@ fn breaker_scopes_resolve_against_their_own_defaults() {
         "{MINIMAL}\n[breakers.monitor]\nfailure_threshold = 3\n[breakers.endpoint]\nopen_duration = \"2s\"\n"
     ))
     .unwrap();
-    let monitor = config.breakers.monitor();
+    let monitor = config.breakers.settings(BreakerScope::Monitor);
     assert_eq!(monitor.failure_threshold, 3);
     assert_eq!(monitor.success_threshold, 5, "monitor default kept");
     assert_eq!(monitor.open_duration, Duration::from_secs(60));
     assert_eq!(monitor.failure_rate, 0.3);
-    let endpoint = config.breakers.endpoint();
+    let endpoint = config.breakers.settings(BreakerScope::Endpoint);
     assert_eq!(endpoint.open_duration, Duration::from_secs(2));
     assert_eq!(
         endpoint.max_open_duration,
         Duration::from_secs(16),
         "8x the configured open period"
     );
-    assert_eq!(config.breakers.connection(), BreakerSettings::CONNECTION);
+    assert_eq!(
+        config.breakers.settings(BreakerScope::Connection),
+        BreakerSettings::CONNECTION
+    );
     assert!(config.breakers.failures.no_first_message);
     assert!(!config.health.active);
     assert_eq!(config.pool.keepalive_interval, Duration::from_secs(10));
@@ -463,4 +466,20 @@ fn plugins_folder_is_watched_by_default_in_code_and_in_toml() {
             .plugins
             .watch
     );
+}
+
+#[test]
+fn breaker_scopes_round_trip_through_their_names() {
+    for scope in BreakerScope::ALL {
+        assert_eq!(scope.as_str().parse::<BreakerScope>(), Ok(scope));
+        assert_eq!(scope.to_string(), scope.as_str());
+        let quoted = format!("scope = \"{scope}\"");
+        #[derive(serde::Deserialize)]
+        struct Holder {
+            scope: BreakerScope,
+        }
+        assert_eq!(parse_table::<Holder>(&quoted).scope, scope);
+    }
+    let error = "pool".parse::<BreakerScope>().unwrap_err().to_string();
+    assert!(error.contains("connection, endpoint, monitor"), "{error}");
 }

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_config::{PluginsConfig, SlotKind, TrafficClass};
+use sluice_contract::route::{Candidate, MonitorProfile, RouteRequest, Router};
 use sluice_policy::{Policies, Watcher};
-use sluice_proxy::route::{Candidate, MonitorProfile, RouteRequest, Router};
 
 struct Options {
     plugins: PathBuf,
@@ -84,8 +84,8 @@ fn candidates(n: usize) -> Vec<Candidate> {
             latency: Duration::from_micros(500 + (i as u64 * 977) % 25_000),
             error_rate: if i % 5 == 0 { 0.02 } else { 0.0 },
             age: Duration::from_secs(60 + i as u64),
-            endpoint_health: sluice_proxy::health::Health::Healthy,
-            endpoint_breaker: sluice_proxy::breaker::BreakerState::Closed,
+            endpoint_health: sluice_contract::health::Health::Healthy,
+            endpoint_breaker: sluice_contract::breaker::BreakerState::Closed,
         })
         .collect()
 }

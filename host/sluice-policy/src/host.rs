@@ -126,7 +126,7 @@ pub(crate) struct HostState {
     pub env: Arc<PluginEnv>,
     pub memory: MemoryCap,
     /// The current call's last scored batch (router plugins only).
-    pub scored: Option<sluice_proxy::route::ScoredBatch>,
+    pub scored: Option<sluice_contract::route::ScoredBatch>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -215,7 +215,7 @@ impl scorer::Host for HostState {
     fn score(&mut self, batch: scorer::FeatureBatch) -> Result<Vec<f32>, String> {
         let scores = self.env.scorer.score(batch.columns, &batch.values)?;
         // Kept for the learning loop: the router takes it once the plugin has decided.
-        self.scored = Some(sluice_proxy::route::ScoredBatch {
+        self.scored = Some(sluice_contract::route::ScoredBatch {
             columns: batch.columns,
             values: batch.values,
             scores: scores.clone(),

@@ -9,7 +9,7 @@
 //! cached on disk.
 //!
 //! This crate must not reach into the data plane: it sees plain records and answers through
-//! the [`sluice_proxy::route::Router`] and [`sluice_proxy::resume::Resumer`] traits and the
+//! the [`sluice_contract::route::Router`] and [`sluice_contract::resume::Resumer`] traits and the
 //! `plan`/`detect` calls.
 
 #![warn(missing_docs)]
@@ -214,9 +214,9 @@ impl Policies {
     }
 
     /// The data plane's resumer (resumer slot; without a usable plugin the requests of a broken
-    /// stream are replayed unchanged), for [`sluice_proxy::Proxy::bind_with_policies`].
-    pub fn resumer(&self) -> Arc<dyn sluice_proxy::resume::Resumer> {
-        Arc::clone(&self.resumer) as Arc<dyn sluice_proxy::resume::Resumer>
+    /// stream are replayed unchanged), as `sluice_proxy::Proxy::bind_with_policies` takes it.
+    pub fn resumer(&self) -> Arc<dyn sluice_contract::resume::Resumer> {
+        Arc::clone(&self.resumer) as Arc<dyn sluice_contract::resume::Resumer>
     }
 
     /// Sets where scaler plugins' `history::group-streams` import gets the groups' recent

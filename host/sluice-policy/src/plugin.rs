@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use sluice_config::SlotKind;
-use sluice_proxy::route::ScoredBatch;
+use sluice_contract::route::ScoredBatch;
 use wasmtime::Store;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};

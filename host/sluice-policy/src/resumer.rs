@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
 use bytes::Bytes;
-use sluice_proxy::resume::{ResumeAnswer, ResumeRequest, Resumer};
+use sluice_contract::resume::{ResumeAnswer, ResumeRequest, Resumer};
 
 use crate::builtin::ReplayUnchanged;
 use crate::plugin::Plugin;

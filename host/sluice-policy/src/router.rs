@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::SystemTime;
 
-use sluice_proxy::route::{RouteDecision, RouteRequest, Router, ScoredBatch};
+use sluice_contract::route::{RouteDecision, RouteRequest, Router, ScoredBatch};
 
 use crate::builtin::PeakEwmaP2c;
 use crate::decisions::DecisionLog;

@@ -3,7 +3,7 @@
 //! The host owns which model backs it; until a model is configured the [`NeutralScorer`] answers.
 //! A scorer must be fast and must not block: it runs inside a router call, on the data path.
 
-use sluice_proxy::route::ScoredBatch;
+use sluice_contract::route::ScoredBatch;
 
 /// Scores feature rows for router plugins.
 pub trait Scorer: Send + Sync + 'static {

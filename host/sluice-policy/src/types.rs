@@ -48,19 +48,19 @@ pub const MAX_RESUME_MESSAGES: usize = 64;
 /// runs away cannot make the host send megabytes upstream.
 pub const RESUME_GROWTH_BYTES: usize = 64 * 1024;
 
-impl From<sluice_proxy::health::Health> for EndpointHealth {
-    fn from(health: sluice_proxy::health::Health) -> Self {
+impl From<sluice_contract::health::Health> for EndpointHealth {
+    fn from(health: sluice_contract::health::Health) -> Self {
         match health {
-            sluice_proxy::health::Health::Healthy => EndpointHealth::Healthy,
-            sluice_proxy::health::Health::Degraded => EndpointHealth::Degraded,
-            sluice_proxy::health::Health::Unhealthy => EndpointHealth::Unhealthy,
+            sluice_contract::health::Health::Healthy => EndpointHealth::Healthy,
+            sluice_contract::health::Health::Degraded => EndpointHealth::Degraded,
+            sluice_contract::health::Health::Unhealthy => EndpointHealth::Unhealthy,
         }
     }
 }
 
-impl From<sluice_proxy::breaker::BreakerState> for BreakerState {
-    fn from(state: sluice_proxy::breaker::BreakerState) -> Self {
-        use sluice_proxy::breaker::BreakerState as Data;
+impl From<sluice_contract::breaker::BreakerState> for BreakerState {
+    fn from(state: sluice_contract::breaker::BreakerState) -> Self {
+        use sluice_contract::breaker::BreakerState as Data;
         match state {
             // A disabled breaker lets everything through, as a closed one does.
             Data::Closed | Data::Disabled => BreakerState::Closed,
@@ -70,8 +70,8 @@ impl From<sluice_proxy::breaker::BreakerState> for BreakerState {
     }
 }
 
-impl From<sluice_proxy::route::TrafficProfile> for TrafficProfile {
-    fn from(traffic: sluice_proxy::route::TrafficProfile) -> Self {
+impl From<sluice_contract::traffic::TrafficProfile> for TrafficProfile {
+    fn from(traffic: sluice_contract::traffic::TrafficProfile) -> Self {
         TrafficProfile {
             message_rate: traffic.message_rate,
             burstiness: traffic.burstiness,
@@ -81,8 +81,8 @@ impl From<sluice_proxy::route::TrafficProfile> for TrafficProfile {
     }
 }
 
-impl From<&sluice_proxy::route::MonitorProfile> for MonitorProfile {
-    fn from(monitor: &sluice_proxy::route::MonitorProfile) -> Self {
+impl From<&sluice_contract::route::MonitorProfile> for MonitorProfile {
+    fn from(monitor: &sluice_contract::route::MonitorProfile) -> Self {
         MonitorProfile {
             id: monitor.id.to_string(),
             class: monitor.class.into(),
@@ -95,7 +95,7 @@ impl From<&sluice_proxy::route::MonitorProfile> for MonitorProfile {
 
 /// The WIT form of a data-plane resume question (the payloads are copied once; a resume is
 /// rare next to routing decisions).
-pub fn resume_request(request: &sluice_proxy::resume::ResumeRequest<'_>) -> ResumeRequest {
+pub fn resume_request(request: &sluice_contract::resume::ResumeRequest<'_>) -> ResumeRequest {
     ResumeRequest {
         monitor: request.monitor.into(),
         method: request.method.to_owned(),
@@ -141,14 +141,14 @@ pub fn check_resume(messages: &[Vec<u8>], request: &ResumeRequest) -> Result<(),
 }
 
 /// The WIT form of a data-plane routing question.
-pub fn route_request(request: &sluice_proxy::route::RouteRequest<'_>) -> RouteRequest {
+pub fn route_request(request: &sluice_contract::route::RouteRequest<'_>) -> RouteRequest {
     let mut question = RouteRequest {
         monitor: MonitorProfile {
             id: String::new(),
             class: TrafficClass::Event,
             critical: false,
             region: String::new(),
-            traffic: sluice_proxy::route::TrafficProfile::default().into(),
+            traffic: sluice_contract::traffic::TrafficProfile::default().into(),
         },
         method: String::new(),
         endpoints: Vec::new(),
@@ -162,7 +162,7 @@ pub fn route_request(request: &sluice_proxy::route::RouteRequest<'_>) -> RouteRe
 /// per thread, so a routing decision allocates nothing here once the buffers have grown.
 pub fn fill_route_request(
     question: &mut RouteRequest,
-    request: &sluice_proxy::route::RouteRequest<'_>,
+    request: &sluice_contract::route::RouteRequest<'_>,
 ) {
     let monitor = request.monitor;
     question.monitor.id.clear();
@@ -295,7 +295,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use sluice_proxy::route::{
+    use sluice_contract::route::{
         Candidate as Offered, MonitorProfile as Monitor, RouteRequest as Ask,
     };
 
@@ -312,8 +312,8 @@ mod tests {
             latency: Duration::from_micros(1500),
             error_rate: 0.0,
             age: Duration::from_secs(2),
-            endpoint_health: sluice_proxy::health::Health::Degraded,
-            endpoint_breaker: sluice_proxy::breaker::BreakerState::HalfOpen,
+            endpoint_health: sluice_contract::health::Health::Degraded,
+            endpoint_breaker: sluice_contract::breaker::BreakerState::HalfOpen,
         }
     }
 
@@ -370,7 +370,7 @@ mod tests {
                 class: TrafficClass::Event,
                 critical: false,
                 region: String::new(),
-                traffic: sluice_proxy::route::TrafficProfile::default().into(),
+                traffic: sluice_contract::traffic::TrafficProfile::default().into(),
             },
             method: "/pkg.S/M".to_owned(),
             requests,
@@ -408,7 +408,7 @@ mod tests {
         let monitor = Monitor::new("tx-indexer", sluice_config::TrafficClass::Realtime, true);
         let requests = [bytes::Bytes::from_static(b"\x08\x01")];
         let last = bytes::Bytes::from_static(b"\x08\x29");
-        let ask = sluice_proxy::resume::ResumeRequest {
+        let ask = sluice_contract::resume::ResumeRequest {
             monitor: &monitor,
             method: "/sluice.feed.v1.Feed/Subscribe",
             requests: &requests,

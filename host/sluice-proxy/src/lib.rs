@@ -22,7 +22,6 @@ pub mod front;
 pub mod grpc;
 pub mod health;
 pub mod pool;
-pub mod resume;
 pub mod route;
 pub mod stats;
 #[cfg(test)]
@@ -34,7 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use sluice_config::Config;
+use sluice_config::{BreakerScope, Config};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -42,10 +41,10 @@ use tokio::task::JoinHandle;
 use crate::forward::ShareRegistry;
 use crate::front::identity::MonitorDirectory;
 use crate::pool::{GroupSnapshot, Pool, PoolError};
-use crate::resume::{ReplayUnchanged, Resumer};
 use crate::route::{LeastLoaded, Router};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::tls::TlsError;
+use sluice_contract::resume::{ReplayUnchanged, Resumer};
 
 /// Everything a call needs, shared by all calls.
 pub(crate) struct Context {
@@ -318,7 +317,7 @@ impl ProxyView {
     }
 
     /// The configured monitors' measured traffic, by id.
-    pub fn monitor_traffic(&self) -> Vec<(Arc<str>, route::TrafficProfile)> {
+    pub fn monitor_traffic(&self) -> Vec<(Arc<str>, sluice_contract::traffic::TrafficProfile)> {
         self.ctx.monitors.traffic()
     }
 
@@ -331,7 +330,7 @@ impl ProxyView {
     /// breaker as it is afterwards, or `None` when no breaker has that scope and name.
     pub fn override_breaker(
         &self,
-        scope: breaker::Scope,
+        scope: BreakerScope,
         name: &str,
         value: Option<breaker::Override>,
     ) -> Option<breaker::BreakerSnapshot> {

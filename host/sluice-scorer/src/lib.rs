@@ -24,8 +24,8 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use parking_lot::Mutex;
 use serde::Serialize;
 use sluice_config::ScorerConfig;
+use sluice_contract::route::ScoredBatch;
 use sluice_policy::{Scorer, ShadowJudgement};
-use sluice_proxy::route::ScoredBatch;
 
 /// Why a model could not be loaded.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

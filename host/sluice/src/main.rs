@@ -340,11 +340,8 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
         println!("  health checks: passive only (set [health] active = true for grpc.health.v1)");
     }
     let breakers = &config.breakers;
-    for (scope, settings) in [
-        ("connection", breakers.connection()),
-        ("endpoint", breakers.endpoint()),
-        ("monitor", breakers.monitor()),
-    ] {
+    for scope in sluice_config::BreakerScope::ALL {
+        let settings = breakers.settings(scope);
         if settings.enabled {
             println!(
                 "  {scope} breakers: open after {} failures in a row or {:.0}% of {}+ calls, \

@@ -61,7 +61,7 @@ pub async fn start_with_routes(
         (Some(_), true) => Some(Watcher::start(&policies)?),
         _ => None,
     };
-    let router: Arc<dyn sluice_proxy::route::Router> = policies.router();
+    let router: Arc<dyn sluice_contract::route::Router> = policies.router();
     let proxy = Proxy::bind_with_policies(Arc::clone(&config), router, policies.resumer())
         .await?
         .spawn();

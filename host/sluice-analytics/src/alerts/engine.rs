@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sluice_config::AlertsConfig;
+use sluice_config::{AlertsConfig, BreakerScope};
 
 use super::{ActiveAlert, AlertRule, AlertState, Conditions, Notification, Observation};
 
@@ -43,15 +43,10 @@ impl AlertRules {
         enabled.then_some(hold)
     }
 
-    /// The breaker of `name` in `scope` (`connection`, `endpoint` or `monitor`). Subject
-    /// `{scope}:{name}`; active when the breaker is open and its scope is watched.
-    pub fn breaker(&self, scope: &str, name: &str, open: bool) -> Observation {
-        let watched = self
-            .config
-            .breaker_open
-            .scopes
-            .iter()
-            .any(|s| s.as_str() == scope);
+    /// The breaker of `name` in `scope`. Subject `{scope}:{name}`; active when the breaker is
+    /// open and its scope is watched.
+    pub fn breaker(&self, scope: BreakerScope, name: &str, open: bool) -> Observation {
+        let watched = self.config.breaker_open.scopes.contains(&scope);
         Observation {
             rule: AlertRule::BreakerOpen,
             subject: format!("{scope}:{name}"),
@@ -439,8 +434,8 @@ mod tests {
     fn subjects_are_separate_incidents() {
         let mut alerter = Alerter::new(&config());
         let rules = alerter.rules().clone();
-        let a = rules.breaker("endpoint", "a", true);
-        let b = rules.breaker("monitor", "m1", true);
+        let a = rules.breaker(BreakerScope::Endpoint, "a", true);
+        let b = rules.breaker(BreakerScope::Monitor, "m1", true);
         let fired = alerter.evaluate(&at(1_000, vec![a.clone()]));
         assert_eq!(states(&fired), [(AlertState::Firing, "endpoint:a")]);
         let fired = alerter.evaluate(&at(2_000, vec![a.clone(), b.clone()]));
@@ -449,7 +444,10 @@ mod tests {
         let out = alerter.evaluate(&at(3_000, vec![b.clone()]));
         assert_eq!(states(&out), [(AlertState::Resolved, "endpoint:a")]);
         assert_eq!(alerter.active().len(), 1);
-        let out = alerter.evaluate(&at(4_000, vec![rules.breaker("monitor", "m1", false)]));
+        let out = alerter.evaluate(&at(
+            4_000,
+            vec![rules.breaker(BreakerScope::Monitor, "m1", false)],
+        ));
         assert_eq!(states(&out), [(AlertState::Resolved, "monitor:m1")]);
     }
 
@@ -457,7 +455,7 @@ mod tests {
     fn a_new_incident_after_resolution_gets_a_new_id() {
         let mut alerter = Alerter::new(&config());
         let rules = alerter.rules().clone();
-        let open = rules.breaker("endpoint", "a", true);
+        let open = rules.breaker(BreakerScope::Endpoint, "a", true);
         let first = alerter.evaluate(&at(1_000, vec![open.clone()]));
         let resolved = alerter.evaluate(&at(2_000, vec![]));
         let second = alerter.evaluate(&at(3_000, vec![open]));
@@ -475,7 +473,7 @@ mod tests {
         let rules = alerter.rules().clone();
         let obs = vec![
             rules.router_confidence(Some(0.0)),
-            rules.breaker("connection", "7", true),
+            rules.breaker(BreakerScope::Connection, "7", true),
             rules.router_confidence(None),
         ];
         for t in (0..1_000_000).step_by(100_000) {
@@ -500,7 +498,7 @@ mod tests {
     #[test]
     fn notifications_serialize_as_documented() {
         let mut alerter = Alerter::new(&config());
-        let open = alerter.rules().breaker("endpoint", "a", true);
+        let open = alerter.rules().breaker(BreakerScope::Endpoint, "a", true);
         let fired = alerter.evaluate(&at(5, vec![open]));
         let json = serde_json::to_value(&fired[0]).unwrap();
         assert_eq!(json["state"], "firing");

@@ -320,6 +320,7 @@ async fn deliver(target: &Target, item: &Item, retry: Retry, counters: &Counters
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_config::BreakerScope;
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {
@@ -344,7 +345,7 @@ mod tests {
     async fn without_webhooks_notify_only_logs() {
         let notifier = Notifier::spawn(&AlertsConfig::default());
         let mut alerter = super::super::Alerter::new(&AlertsConfig::default());
-        let open = alerter.rules().breaker("endpoint", "a", true);
+        let open = alerter.rules().breaker(BreakerScope::Endpoint, "a", true);
         for n in alerter.evaluate(&super::super::Conditions {
             now_ms: 1,
             observations: vec![open],
@@ -369,7 +370,7 @@ mod tests {
         let rules = alerter.rules().clone();
         let total = QUEUE_CAPACITY + 100;
         let observations = (0..total)
-            .map(|i| rules.breaker("monitor", &i.to_string(), true))
+            .map(|i| rules.breaker(BreakerScope::Monitor, &i.to_string(), true))
             .collect();
         let fired = alerter.evaluate(&super::super::Conditions {
             now_ms: 1,

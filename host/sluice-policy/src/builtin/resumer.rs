@@ -2,4 +2,4 @@
 //! no protocol, so without a plugin it cannot tell where a stream should resume; the data
 //! plane's [`ReplayUnchanged`] is exactly that policy, and it cannot fail.
 
-pub use sluice_proxy::resume::ReplayUnchanged;
+pub use sluice_contract::resume::ReplayUnchanged;

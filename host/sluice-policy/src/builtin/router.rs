@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use sluice_proxy::route::{Candidate, RouteDecision};
+use sluice_contract::route::{Candidate, RouteDecision};
 
 /// Latency assumed for a connection that has no sample yet (milliseconds).
 const DEFAULT_LATENCY_MS: f64 = 1.0;
@@ -98,8 +98,8 @@ mod tests {
             latency: Duration::from_millis(latency_ms),
             error_rate: 0.0,
             age: Duration::ZERO,
-            endpoint_health: sluice_proxy::health::Health::Healthy,
-            endpoint_breaker: sluice_proxy::breaker::BreakerState::Closed,
+            endpoint_health: sluice_contract::health::Health::Healthy,
+            endpoint_breaker: sluice_contract::breaker::BreakerState::Closed,
         }
     }
 

@@ -20,59 +20,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use sluice_config::BreakerSettings;
+use sluice_config::{BreakerScope, BreakerSettings};
+pub(crate) use sluice_contract::breaker::BreakerState;
 
 use self::window::OutcomeWindow;
-
-/// What a breaker guards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// One upstream connection.
-    Connection,
-    /// One upstream endpoint, over all its connections.
-    Endpoint,
-    /// One monitor's calls.
-    Monitor,
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Scope::Connection => "connection",
-            Scope::Endpoint => "endpoint",
-            Scope::Monitor => "monitor",
-        })
-    }
-}
-
-/// A breaker's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BreakerState {
-    /// Calls pass; outcomes are counted.
-    Closed,
-    /// Calls are refused until the open period ends.
-    Open,
-    /// A limited number of probe calls pass; their outcomes close or reopen the breaker.
-    HalfOpen,
-    /// Refused by an operator until released.
-    ForcedOpen,
-    /// Passes everything and counts nothing, by an operator's choice, until released.
-    Disabled,
-}
-
-impl fmt::Display for BreakerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half-open",
-            BreakerState::ForcedOpen => "forced-open",
-            BreakerState::Disabled => "disabled",
-        })
-    }
-}
 
 /// An operator override set through the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +55,7 @@ pub struct BreakerEvent {
     #[serde(with = "unix_ms")]
     pub at: SystemTime,
     /// What the breaker guards.
-    pub scope: Scope,
+    pub scope: BreakerScope,
     /// The guarded thing's name (endpoint id, monitor id, `endpoint#connection`).
     pub name: Arc<str>,
     /// State before.
@@ -167,7 +118,7 @@ impl BreakerEvents {
 #[derive(Debug, Clone, Serialize)]
 pub struct BreakerSnapshot {
     /// What it guards.
-    pub scope: Scope,
+    pub scope: BreakerScope,
     /// The guarded thing's name.
     pub name: Arc<str>,
     /// Its state now.
@@ -188,7 +139,7 @@ pub struct BreakerSnapshot {
 
 /// One circuit breaker.
 pub struct Breaker {
-    scope: Scope,
+    scope: BreakerScope,
     name: Arc<str>,
     settings: BreakerSettings,
     events: Arc<BreakerEvents>,
@@ -281,7 +232,7 @@ impl Drop for Permit {
 #[error("circuit breaker of {scope} {name} is {state}{}", retry_hint(*.retry_in))]
 pub struct Refused {
     /// What it guards.
-    pub scope: Scope,
+    pub scope: BreakerScope,
     /// The guarded thing's name.
     pub name: Arc<str>,
     /// Its state.
@@ -300,7 +251,7 @@ fn retry_hint(retry_in: Option<Duration>) -> String {
 impl Breaker {
     /// A closed breaker.
     pub fn new(
-        scope: Scope,
+        scope: BreakerScope,
         name: Arc<str>,
         settings: BreakerSettings,
         events: Arc<BreakerEvents>,
@@ -330,7 +281,7 @@ impl Breaker {
     }
 
     /// What it guards.
-    pub fn scope(&self) -> Scope {
+    pub fn scope(&self) -> BreakerScope {
         self.scope
     }
 

@@ -8,7 +8,7 @@ use super::*;
 fn breaker(settings: BreakerSettings) -> (Arc<Breaker>, Arc<BreakerEvents>) {
     let events = Arc::new(BreakerEvents::default());
     let breaker = Breaker::new(
-        Scope::Connection,
+        BreakerScope::Connection,
         Arc::from("test"),
         settings,
         Arc::clone(&events),

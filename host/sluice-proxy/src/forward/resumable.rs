@@ -6,7 +6,7 @@
 //! delivered. When the upstream stream breaks (reset, connection lost, `UNAVAILABLE`), or its
 //! connection starts draining (GOAWAY, operator drain), it opens a new upstream stream on
 //! another connection - the pool's breakers and health decide which - sends the replay, after
-//! the [`crate::resume::Resumer`] had a chance to rewrite it (e.g. `from_seq` = last seq + 1),
+//! the [`sluice_contract::resume::Resumer`] had a chance to rewrite it (e.g. `from_seq` = last seq + 1),
 //! and keeps feeding the same downstream stream. The monitor sees the first upstream's response
 //! headers, then messages, then the final status: never the switch.
 //!
@@ -36,7 +36,7 @@ use super::pump::{PumpError, poll_window, send_all};
 use crate::Context;
 use crate::grpc::{self, Code, FrameError, MessageSplitter, PREFIX_LEN, Status};
 use crate::pool::{FailureKind, Lease, Resume};
-use crate::resume::{ResumeAnswer, ResumeRequest};
+use sluice_contract::resume::{ResumeAnswer, ResumeRequest};
 
 /// A method's resume settings.
 #[derive(Debug, Clone, Copy)]

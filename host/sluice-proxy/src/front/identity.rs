@@ -70,7 +70,7 @@ impl MonitorDirectory {
     }
 
     /// The configured monitors' traffic profiles, by id.
-    pub fn traffic(&self) -> Vec<(Arc<str>, crate::route::TrafficProfile)> {
+    pub fn traffic(&self) -> Vec<(Arc<str>, sluice_contract::traffic::TrafficProfile)> {
         self.known
             .values()
             .map(|k| (Arc::clone(&k.profile.id), k.profile.traffic.profile()))

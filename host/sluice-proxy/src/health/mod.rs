@@ -22,20 +22,10 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use sluice_config::HealthConfig;
 
+pub(crate) use sluice_contract::health::Health;
+
 use crate::breaker::{Breaker, BreakerState};
 use crate::pool::Endpoint;
-
-/// An endpoint's health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    /// Takes streams normally.
-    Healthy,
-    /// Takes half its usual streams per connection.
-    Degraded,
-    /// Takes no new streams.
-    Unhealthy,
-}
 
 /// Smallest number of recent streams before an error rate can degrade an endpoint.
 const DEGRADE_MIN_CALLS: u32 = 5;

@@ -13,7 +13,9 @@ use sluice_config::{Config, EndpointConfig};
 use super::PoolError;
 use super::connector::{Connector, Http2Settings};
 use super::rate::TokenBucket;
-use crate::breaker::{Breaker, BreakerEvents, Scope};
+use sluice_config::BreakerScope;
+
+use crate::breaker::{Breaker, BreakerEvents};
 use crate::health::{EndpointHealth, Health};
 
 /// One configured upstream endpoint and how to reach it.
@@ -85,9 +87,9 @@ impl Endpoint {
         let id: Arc<str> = Arc::from(config.id.as_str());
         Ok(Self {
             breaker: Breaker::new(
-                Scope::Endpoint,
+                BreakerScope::Endpoint,
                 Arc::clone(&id),
-                whole.breakers.endpoint(),
+                whole.breakers.settings(BreakerScope::Endpoint),
                 Arc::clone(events),
             ),
             health: EndpointHealth::new(&whole.health),

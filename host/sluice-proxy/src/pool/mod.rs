@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use sluice_config::{BreakerSettings, ClassConfig, Config, FailureKinds, TrafficClass};
+use sluice_config::{
+    BreakerScope, BreakerSettings, ClassConfig, Config, FailureKinds, TrafficClass,
+};
 use tokio::sync::{Notify, watch};
 
 pub use connection::{FailureKind, Lease, UpstreamConnection};
@@ -28,7 +30,7 @@ pub use endpoint::Endpoint;
 pub use window::StreamWindowSizing;
 pub(crate) use window::connection_window;
 
-use crate::breaker::{Breaker, BreakerEvents, BreakerSnapshot, BreakerState, Permit, Scope};
+use crate::breaker::{Breaker, BreakerEvents, BreakerSnapshot, BreakerState, Permit};
 use crate::grpc::Status;
 use crate::health::{Health, HealthSnapshot};
 use crate::route::{
@@ -445,8 +447,8 @@ impl Pool {
             }),
             max_drain_time: pool.max_drain_time,
             failure_kinds: config.breakers.failures,
-            connection_breakers: config.breakers.connection(),
-            monitor_breakers: config.breakers.monitor(),
+            connection_breakers: config.breakers.settings(BreakerScope::Connection),
+            monitor_breakers: config.breakers.settings(BreakerScope::Monitor),
             breaker_events,
             monitors: Mutex::new(HashMap::new()),
             preferences,
@@ -675,15 +677,15 @@ impl Pool {
     }
 
     /// Finds a breaker by scope and name (as listed by [`Pool::breakers`]).
-    pub fn breaker(&self, scope: Scope, name: &str) -> Option<Arc<Breaker>> {
+    pub fn breaker(&self, scope: BreakerScope, name: &str) -> Option<Arc<Breaker>> {
         match scope {
-            Scope::Endpoint => self.endpoint(name).map(|e| Arc::clone(&e.breaker)),
-            Scope::Monitor => self
+            BreakerScope::Endpoint => self.endpoint(name).map(|e| Arc::clone(&e.breaker)),
+            BreakerScope::Monitor => self
                 .monitors
                 .lock()
                 .get(name)
                 .map(|m| Arc::clone(&m.breaker)),
-            Scope::Connection => self.groups.iter().find_map(|group| {
+            BreakerScope::Connection => self.groups.iter().find_map(|group| {
                 let state = group.state.lock();
                 state
                     .connections
@@ -718,7 +720,7 @@ impl Pool {
                 .entry(Arc::clone(&key))
                 .or_insert_with(|| MonitorEntry {
                     breaker: Breaker::new(
-                        Scope::Monitor,
+                        BreakerScope::Monitor,
                         key,
                         self.monitor_breakers,
                         Arc::clone(&self.breaker_events),
@@ -1211,7 +1213,7 @@ impl Pool {
         let connection = Arc::new(UpstreamConnection {
             id,
             breaker: Breaker::new(
-                Scope::Connection,
+                BreakerScope::Connection,
                 Arc::from(format!("{}#{id}", endpoint.id)),
                 self.connection_breakers,
                 Arc::clone(&self.breaker_events),

@@ -13,30 +13,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use sluice_config::LearningConfig;
+use sluice_contract::route::ScoredBatch;
 
 /// Observations in flight beyond this are not started (a burst of new streams is sampled).
 const MAX_PENDING: usize = 4096;
 /// Finished observations kept for [`OutcomeLog::drain`] when nobody drains.
 const MAX_FINISHED: usize = 4096;
-
-/// The feature rows a router scored for one decision, and the model's scores.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScoredBatch {
-    /// Features per row.
-    pub columns: u32,
-    /// One row per candidate, row-major.
-    pub values: Vec<f32>,
-    /// The model's score per row.
-    pub scores: Vec<f32>,
-}
-
-impl ScoredBatch {
-    /// Row `index`, if the batch has it.
-    pub fn row(&self, index: usize) -> Option<&[f32]> {
-        let columns = self.columns as usize;
-        self.values.get(index * columns..(index + 1) * columns)
-    }
-}
 
 /// One decision whose stream is being watched.
 #[derive(Debug)]
