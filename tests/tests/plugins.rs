@@ -408,7 +408,7 @@ async fn default_scaler_and_anomaly_plugins_agree_with_the_built_ins() {
         .await
         .unwrap()
         .expect("default plugins load at start");
-    let groups = sluice_policy::selftest::sample_groups();
+    let groups = sluice_policy::world::scaler::sample_groups();
     let plan = policies.plan(&groups);
     let builtin = sluice_policy::builtin::Thresholds::default().plan(&groups);
     let deltas = |p: &sluice_policy::types::ScalePlan| {
@@ -430,7 +430,7 @@ async fn default_scaler_and_anomaly_plugins_agree_with_the_built_ins() {
             (sluice_policy::types::TrafficClass::State, -1)
         ]
     );
-    let windows = sluice_policy::selftest::sample_windows();
+    let windows = sluice_policy::world::anomaly::sample_windows();
     let insights = policies.detect(&windows);
     assert_eq!(insights.len(), 1, "{insights:?}");
     assert_eq!(insights[0].metric.as_deref(), Some("upstream.errors_per_s"));
@@ -874,7 +874,7 @@ async fn a_shadow_resumer_is_compared_with_what_was_sent() {
 fn the_resume_self_test_samples_are_real_feed_messages() {
     use prost::Message as _;
 
-    let samples = sluice_policy::selftest::sample_resume_requests();
+    let samples = sluice_policy::world::resumer::sample_resume_requests();
     let first = &samples[0];
     assert_eq!(first.method, SUBSCRIBE);
     assert_eq!(first.requests[0].len(), 16);

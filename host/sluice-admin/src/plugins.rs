@@ -87,12 +87,7 @@ fn plugin_json(plugin: &Plugin) -> Value {
 
 /// One slot: its built-in policy, active and shadow plugins with their counters, and history.
 pub(crate) fn slot_json(slot: &Slot) -> Value {
-    let builtin = match slot.kind() {
-        SlotKind::Router => "p2c-peak-ewma",
-        SlotKind::Scaler => "thresholds",
-        SlotKind::Anomaly => "z-score",
-        SlotKind::Resumer => "replay-unchanged",
-    };
+    let builtin = sluice_policy::world::info(slot.kind()).builtin;
     json!({
         "slot": slot.kind().as_str(),
         "builtin": builtin,

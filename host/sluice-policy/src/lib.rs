@@ -36,6 +36,7 @@ pub mod selftest;
 pub mod slot;
 pub mod types;
 mod watch;
+pub mod world;
 
 pub use events::{EventKind, EventLog, PolicyEvent};
 pub use history::{LoadHistory, NoHistory};

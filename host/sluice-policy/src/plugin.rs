@@ -12,22 +12,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use sluice_config::SlotKind;
-use sluice_contract::route::ScoredBatch;
 use wasmtime::Store;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 
 use crate::PolicyError;
-use crate::bindings::anomaly::{Anomaly, AnomalyPre};
-use crate::bindings::resumer::{Resumer, ResumerPre};
-use crate::bindings::router::{Router, RouterPre};
-use crate::bindings::scaler::{Scaler, ScalerPre};
 use crate::engine::{Ticking, deadline_ticks};
 use crate::host::{HostState, PluginEnv};
-use crate::types::{
-    Decision, GroupMetrics, Insight, MetricWindow, ResumeRequest, RouteRequest, ScalePlan,
-    truncate_reason,
-};
+use crate::types::truncate_reason;
+use crate::world::{self, Bound, Exports};
 
 /// Idle instances kept per plugin; more concurrent callers instantiate extra ones and drop them.
 const MAX_IDLE_INSTANCES: usize = 16;
@@ -67,6 +60,11 @@ pub enum CallFailure {
 }
 
 impl CallFailure {
+    /// The plugin's own `error` answer, cut to a length fit for events and logs.
+    pub(crate) fn from_plugin_error(message: String) -> Self {
+        CallFailure::Error(truncate_reason(message, MAX_FAILURE_BYTES))
+    }
+
     /// A short label for counters: `timeout`, `memory`, `trap`, `panic`, `error`, `invalid`,
     /// `instantiate`.
     pub fn kind(&self) -> &'static str {
@@ -168,20 +166,6 @@ impl PluginStats {
     }
 }
 
-enum Bound {
-    Router(RouterPre<HostState>),
-    Scaler(ScalerPre<HostState>),
-    Anomaly(AnomalyPre<HostState>),
-    Resumer(ResumerPre<HostState>),
-}
-
-enum Exports {
-    Router(Router),
-    Scaler(Scaler),
-    Anomaly(Anomaly),
-    Resumer(Resumer),
-}
-
 struct Instance {
     store: Store<HostState>,
     exports: Exports,
@@ -199,29 +183,6 @@ pub struct Plugin {
     pub stats: PluginStats,
     /// Set by the slot's breaker after too many consecutive failures.
     pub(crate) disabled: AtomicBool,
-}
-
-/// The export each world must have, for messages.
-fn world_signature(world: SlotKind) -> &'static str {
-    match world {
-        SlotKind::Router => "route: func(request: route-request) -> result<decision, string>",
-        SlotKind::Scaler => "plan: func(groups: list<group-metrics>) -> result<scale-plan, string>",
-        SlotKind::Anomaly => {
-            "detect: func(windows: list<metric-window>) -> result<list<insight>, string>"
-        }
-        SlotKind::Resumer => {
-            "resume: func(request: resume-request) -> result<list<list<u8>>, string>"
-        }
-    }
-}
-
-fn export_name(world: SlotKind) -> &'static str {
-    match world {
-        SlotKind::Router => "route",
-        SlotKind::Scaler => "plan",
-        SlotKind::Anomaly => "detect",
-        SlotKind::Resumer => "resume",
-    }
 }
 
 /// The component's import and export names, and the world its exports point to.
@@ -246,11 +207,12 @@ pub(crate) fn shape(engine: &wasmtime::Engine, component: &Component) -> Shape {
             )
         })
         .collect();
-    let world = SlotKind::ALL.into_iter().find(|w| {
-        exports
-            .iter()
-            .any(|(name, func)| *func && name == export_name(*w))
-    });
+    let functions: Vec<&str> = exports
+        .iter()
+        .filter(|(_, func)| *func)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let world = world::targeted_by(&functions);
     Shape {
         imports,
         exports: exports.into_iter().map(|(name, _)| name).collect(),
@@ -283,50 +245,50 @@ impl Plugin {
             (Some(world), Some(expected)) if world != expected => {
                 return Err(PolicyError::WrongWorld(format!(
                     "it targets the {world} world (exports `{}`), not {expected}",
-                    export_name(world)
+                    world::info(world).export
                 )));
             }
             (Some(world), _) => world,
             (None, Some(expected)) => {
+                let wanted = world::info(expected);
                 return Err(PolicyError::WrongWorld(format!(
                     "missing export `{}` required by the {expected} world (`{}`); it exports {}",
-                    export_name(expected),
-                    world_signature(expected),
+                    wanted.export,
+                    wanted.signature,
                     listed(&shape.exports)
                 )));
             }
             (None, None) => {
+                let mut known: Vec<String> = SlotKind::ALL
+                    .iter()
+                    .map(|kind| format!("`{}` ({kind} world)", world::info(*kind).export))
+                    .collect();
+                let last = known.pop().unwrap_or_default();
                 return Err(PolicyError::WrongWorld(format!(
-                    "it exports none of `route` (router world), `plan` (scaler world), \
-                     `detect` (anomaly world) or `resume` (resumer world); it exports {}",
+                    "it exports none of {} or {last}; it exports {}",
+                    known.join(", "),
                     listed(&shape.exports)
                 )));
             }
         };
+        let described = world::info(world);
         let pre = linker.instantiate_pre(component).map_err(|e| {
+            let extra: String = described
+                .extra_imports
+                .iter()
+                .map(|name| format!(", {name}"))
+                .collect();
             PolicyError::WrongWorld(format!(
                 "its imports do not match what Sluice provides to the {world} world \
-                 (sluice:policy@0.2.0 log, clock, config{}, and WASI): {e:#}",
-                match world {
-                    SlotKind::Router => ", scorer",
-                    SlotKind::Scaler => ", history",
-                    _ => "",
-                }
+                 (sluice:policy@0.2.0 log, clock, config{extra}, and WASI): {e:#}"
             ))
         })?;
-        let mismatch = |e: wasmtime::Error| {
+        let bound = world::bind(world, pre).map_err(|e| {
             PolicyError::WrongWorld(format!(
                 "its `{}` export does not match the {world} world (`{}`): {e:#}",
-                export_name(world),
-                world_signature(world)
+                described.export, described.signature
             ))
-        };
-        let bound = match world {
-            SlotKind::Router => Bound::Router(RouterPre::new(pre).map_err(mismatch)?),
-            SlotKind::Scaler => Bound::Scaler(ScalerPre::new(pre).map_err(mismatch)?),
-            SlotKind::Anomaly => Bound::Anomaly(AnomalyPre::new(pre).map_err(mismatch)?),
-            SlotKind::Resumer => Bound::Resumer(ResumerPre::new(pre).map_err(mismatch)?),
-        };
+        })?;
         info.world = world;
         info.uses_wasi = shape.imports.iter().any(|name| name.starts_with("wasi:"));
         info.imports = shape.imports;
@@ -379,25 +341,14 @@ impl Plugin {
     }
 
     fn instantiate(&self, deadline: Duration) -> Result<Instance, CallFailure> {
-        let engine = match &self.bound {
-            Bound::Router(pre) => pre.engine(),
-            Bound::Scaler(pre) => pre.engine(),
-            Bound::Anomaly(pre) => pre.engine(),
-            Bound::Resumer(pre) => pre.engine(),
-        };
         let mut store = Store::new(
-            engine,
+            self.bound.engine(),
             HostState::new(Arc::clone(&self.env), self.limits.memory_bytes),
         );
         store.limiter(|state| &mut state.memory);
         let _ticking = Ticking::start();
         store.set_epoch_deadline(deadline_ticks(deadline));
-        let started = catch_unwind(AssertUnwindSafe(|| match &self.bound {
-            Bound::Router(pre) => pre.instantiate(&mut store).map(Exports::Router),
-            Bound::Scaler(pre) => pre.instantiate(&mut store).map(Exports::Scaler),
-            Bound::Anomaly(pre) => pre.instantiate(&mut store).map(Exports::Anomaly),
-            Bound::Resumer(pre) => pre.instantiate(&mut store).map(Exports::Resumer),
-        }));
+        let started = catch_unwind(AssertUnwindSafe(|| self.bound.instantiate(&mut store)));
         match started {
             Ok(Ok(exports)) => Ok(Instance { store, exports }),
             Ok(Err(error)) => Err(CallFailure::Instantiate(format!("{error:#}"))),
@@ -407,7 +358,7 @@ impl Plugin {
 
     /// Runs `call` on an idle (or new) instance under the deadline; a failed instance is
     /// dropped, since a trap can leave it in any state.
-    fn run<R>(
+    pub(crate) fn run<R>(
         &self,
         deadline: Duration,
         call: impl FnOnce(&mut Store<HostState>, &Exports) -> wasmtime::Result<R>,
@@ -461,89 +412,6 @@ impl Plugin {
                 MAX_FAILURE_BYTES,
             ))),
         }
-    }
-
-    /// Calls a router's `route`. The caller validates the decision against the candidates.
-    pub fn route(&self, request: &RouteRequest) -> Result<Decision, CallFailure> {
-        self.route_within(request, self.limits.deadline)
-            .map(|(decision, _)| decision)
-    }
-
-    /// Calls a router's `route`; also returns the last batch it had scored in this call.
-    pub fn route_scored(
-        &self,
-        request: &RouteRequest,
-    ) -> Result<(Decision, Option<ScoredBatch>), CallFailure> {
-        self.route_within(request, self.limits.deadline)
-    }
-
-    pub(crate) fn route_within(
-        &self,
-        request: &RouteRequest,
-        deadline: Duration,
-    ) -> Result<(Decision, Option<ScoredBatch>), CallFailure> {
-        let (answer, scored) = self.run(deadline, |store, exports| match exports {
-            Exports::Router(router) => {
-                store.data_mut().scored = None;
-                let answer = router.call_route(&mut *store, request)?;
-                Ok((answer, store.data_mut().scored.take()))
-            }
-            _ => Err(wasmtime::Error::msg("not a router plugin")),
-        })?;
-        answer
-            .map(|decision| (decision, scored))
-            .map_err(|message| CallFailure::Error(truncate_reason(message, MAX_FAILURE_BYTES)))
-    }
-
-    /// Calls a scaler's `plan`.
-    pub fn plan(&self, groups: &[GroupMetrics]) -> Result<ScalePlan, CallFailure> {
-        self.plan_within(groups, self.limits.deadline)
-    }
-
-    pub(crate) fn plan_within(
-        &self,
-        groups: &[GroupMetrics],
-        deadline: Duration,
-    ) -> Result<ScalePlan, CallFailure> {
-        let answer = self.run(deadline, |store, exports| match exports {
-            Exports::Scaler(scaler) => scaler.call_plan(store, groups),
-            _ => Err(wasmtime::Error::msg("not a scaler plugin")),
-        })?;
-        answer.map_err(|message| CallFailure::Error(truncate_reason(message, MAX_FAILURE_BYTES)))
-    }
-
-    /// Calls an anomaly detector's `detect`.
-    pub fn detect(&self, windows: &[MetricWindow]) -> Result<Vec<Insight>, CallFailure> {
-        self.detect_within(windows, self.limits.deadline)
-    }
-
-    pub(crate) fn detect_within(
-        &self,
-        windows: &[MetricWindow],
-        deadline: Duration,
-    ) -> Result<Vec<Insight>, CallFailure> {
-        let answer = self.run(deadline, |store, exports| match exports {
-            Exports::Anomaly(anomaly) => anomaly.call_detect(store, windows),
-            _ => Err(wasmtime::Error::msg("not an anomaly plugin")),
-        })?;
-        answer.map_err(|message| CallFailure::Error(truncate_reason(message, MAX_FAILURE_BYTES)))
-    }
-
-    /// Calls a resumer's `resume`. The caller validates the messages against the request.
-    pub fn resume(&self, request: &ResumeRequest) -> Result<Vec<Vec<u8>>, CallFailure> {
-        self.resume_within(request, self.limits.deadline)
-    }
-
-    pub(crate) fn resume_within(
-        &self,
-        request: &ResumeRequest,
-        deadline: Duration,
-    ) -> Result<Vec<Vec<u8>>, CallFailure> {
-        let answer = self.run(deadline, |store, exports| match exports {
-            Exports::Resumer(resumer) => resumer.call_resume(store, request),
-            _ => Err(wasmtime::Error::msg("not a resumer plugin")),
-        })?;
-        answer.map_err(|message| CallFailure::Error(truncate_reason(message, MAX_FAILURE_BYTES)))
     }
 
     /// Times a successful call for the stats; `Instant` is taken by the caller so that
