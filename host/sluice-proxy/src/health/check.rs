@@ -6,9 +6,8 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{Request, Uri};
-
-use crate::pool::Endpoint;
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue, Request, Uri};
 
 const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 /// `HealthCheckResponse.ServingStatus.SERVING`.
@@ -39,26 +38,38 @@ pub enum CheckError {
     Malformed(&'static str),
 }
 
-/// Asks `endpoint` over `send_request` whether `service` is serving.
+/// Where a check goes: what its request needs to know of the endpoint. The pool lends it from
+/// its endpoint, so that this module need not know the pool.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckTarget<'a> {
+    /// `http` or `https`, for the `:scheme` pseudo-header.
+    pub scheme: &'a Scheme,
+    /// `host:port`, for the `:authority` pseudo-header.
+    pub authority: &'a Authority,
+    /// Metadata the endpoint wants on every request (credentials, routing keys).
+    pub metadata: &'a [(HeaderName, HeaderValue)],
+}
+
+/// Asks `target` over `send_request` whether `service` is serving.
 pub async fn check(
     send_request: h2::client::SendRequest<Bytes>,
-    endpoint: &Endpoint,
+    target: CheckTarget<'_>,
     service: &str,
     timeout: Duration,
 ) -> Result<(), CheckError> {
-    tokio::time::timeout(timeout, check_inner(send_request, endpoint, service))
+    tokio::time::timeout(timeout, check_inner(send_request, target, service))
         .await
         .map_err(|_| CheckError::Timeout(timeout))?
 }
 
 async fn check_inner(
     send_request: h2::client::SendRequest<Bytes>,
-    endpoint: &Endpoint,
+    target: CheckTarget<'_>,
     service: &str,
 ) -> Result<(), CheckError> {
     let uri = Uri::builder()
-        .scheme(endpoint.scheme.clone())
-        .authority(endpoint.authority.clone())
+        .scheme(target.scheme.clone())
+        .authority(target.authority.clone())
         .path_and_query(CHECK_PATH)
         .build()
         .map_err(|_| CheckError::Malformed("endpoint address is not a valid URI"))?;
@@ -68,7 +79,7 @@ async fn check_inner(
         .header("te", "trailers")
         .body(())
         .map_err(|_| CheckError::Malformed("cannot build the request"))?;
-    for (name, value) in &endpoint.metadata {
+    for (name, value) in target.metadata {
         request.headers_mut().insert(name.clone(), value.clone());
     }
     let mut send_request = send_request.ready().await?;

@@ -10,13 +10,12 @@
 //!
 //! Checks that start failing trip the endpoint breaker, and checks that pass again close it (or,
 //! when its streams opened it since, let it probe at once), so the breaker says whether the
-//! endpoint may take streams whichever signal came first. Beyond that this module measures and reports: acting on health (which
-//! endpoints get new streams, spill to lower priorities) is the pool's job.
+//! endpoint may take streams whichever signal came first. Beyond that this module measures and
+//! reports: running the checks (they need the endpoint's connector and breaker) and acting on
+//! health (which endpoints get new streams, spill to lower priorities) are the pool's job. It
+//! knows nothing of the pool, routing or forwarding.
 
 pub mod check;
-
-use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -25,7 +24,6 @@ use sluice_config::HealthConfig;
 pub(crate) use sluice_contract::health::Health;
 
 use crate::breaker::{Breaker, BreakerState};
-use crate::pool::Endpoint;
 
 /// Smallest number of recent streams before an error rate can degrade an endpoint.
 const DEGRADE_MIN_CALLS: u32 = 5;
@@ -69,6 +67,11 @@ impl EndpointHealth {
             config: config.clone(),
             active: Mutex::new(ActiveState::default()),
         }
+    }
+
+    /// The `[health]` settings it judges by (the checks' interval, service and timeout too).
+    pub(crate) fn config(&self) -> &HealthConfig {
+        &self.config
     }
 
     /// The verdict now, given the endpoint's breaker.
@@ -137,7 +140,7 @@ impl EndpointHealth {
     /// `Some(false)` when they make the endpoint unhealthy, `Some(true)` when they pass again
     /// (`healthy_threshold` in a row) after any failure - the endpoint was seen down and is
     /// back, whether or not the failures had reached `unhealthy_threshold`.
-    fn record_check(&self, result: Result<(), String>) -> Option<bool> {
+    pub(crate) fn record_check(&self, result: Result<(), String>) -> Option<bool> {
         let mut active = self.active.lock();
         match result {
             Ok(()) => {
@@ -162,77 +165,6 @@ impl EndpointHealth {
             }
         }
         None
-    }
-}
-
-/// Checks `endpoint` every `health.interval` until `stop` flips, over a dedicated connection
-/// that is reopened whenever it fails.
-pub(crate) async fn run_active_checks(
-    endpoint: Arc<Endpoint>,
-    connect_timeout: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let config = endpoint.health.config.clone();
-    let mut interval = tokio::time::interval(config.interval);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut connection: Option<h2::client::SendRequest<bytes::Bytes>> = None;
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let result = match &connection {
-            Some(send_request) => check::check(
-                send_request.clone(),
-                &endpoint,
-                &config.service,
-                config.timeout,
-            )
-            .await
-            .map_err(|e| e.to_string()),
-            None => match endpoint.connector().connect(connect_timeout).await {
-                Ok(opened) => {
-                    tokio::spawn(opened.driver);
-                    let send_request = opened.send_request;
-                    let result = check::check(
-                        send_request.clone(),
-                        &endpoint,
-                        &config.service,
-                        config.timeout,
-                    )
-                    .await
-                    .map_err(|e| e.to_string());
-                    connection = Some(send_request);
-                    result
-                }
-                Err(error) => Err(error.to_string()),
-            },
-        };
-        if result.is_err() {
-            // A fresh connection next time: the old one may be the problem.
-            connection = None;
-        }
-        if let Err(error) = &result {
-            tracing::debug!(endpoint = %endpoint.id, %error, "health check failed");
-        }
-        match endpoint.health.record_check(result) {
-            Some(true) => {
-                tracing::info!(endpoint = %endpoint.id, "health checks pass again");
-                // The checks' own trip ends with them; a breaker its streams opened need not
-                // sit out its open period, but probes before it closes.
-                endpoint.breaker.close_tripped("health checks pass again");
-                endpoint.breaker.probe_now("health checks pass again");
-            }
-            Some(false) => {
-                tracing::warn!(endpoint = %endpoint.id, "endpoint unhealthy: health checks failing");
-                // The checks saw what the breaker would only see from more failed streams: a
-                // dead endpoint opens its breaker, whichever notices first.
-                endpoint
-                    .breaker
-                    .trip_now("health checks failing (the endpoint looks down)");
-            }
-            None => {}
-        }
     }
 }
 

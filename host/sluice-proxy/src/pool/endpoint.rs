@@ -16,6 +16,7 @@ use super::rate::TokenBucket;
 use sluice_config::BreakerScope;
 
 use crate::breaker::{Breaker, BreakerEvents};
+use crate::health::check::CheckTarget;
 use crate::health::{EndpointHealth, Health};
 
 /// One configured upstream endpoint and how to reach it.
@@ -116,6 +117,15 @@ impl Endpoint {
     /// Dials the endpoint.
     pub fn connector(&self) -> &Connector {
         &self.connector
+    }
+
+    /// What a health check's request needs to know of it.
+    pub(super) fn check_target(&self) -> CheckTarget<'_> {
+        CheckTarget {
+            scheme: &self.scheme,
+            authority: &self.authority,
+            metadata: &self.metadata,
+        }
     }
 
     /// Connections to it now (including ones being opened).

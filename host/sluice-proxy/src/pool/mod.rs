@@ -6,6 +6,7 @@
 //! global cap), and the bounded queue of streams waiting for a slot. It asks a [`Router`] where a
 //! stream goes but never looks at stream contents; forwarding bytes is the `forward` module's job.
 
+mod checks;
 mod connection;
 mod connector;
 mod endpoint;
@@ -462,7 +463,7 @@ impl Pool {
     pub async fn warm(&self, health_checks: bool) {
         if health_checks {
             for endpoint in &self.endpoints {
-                tokio::spawn(crate::health::run_active_checks(
+                tokio::spawn(checks::run_active_checks(
                     Arc::clone(endpoint),
                     self.connect_timeout,
                     self.stop.subscribe(),
