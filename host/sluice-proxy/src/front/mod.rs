@@ -16,12 +16,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::Context;
-
-/// Most bytes h2 queues per stream for writing; see `pool::connector` for the upstream side.
-/// The connection's write buffer (`coalesce`) gathers frames across streams, so a stream needs
-/// no more than this to keep its socket busy: 64 KiB gave the same throughput under one and 100
-/// saturated streams, with about 5 MB more peak RSS at 100.
-pub(crate) const SEND_BUFFER_BYTES: usize = 32 * 1024;
+use crate::coalesce::SEND_BUFFER_BYTES;
 
 /// Accepts monitor connections until `shutdown` flips to `true`.
 pub(crate) async fn accept_loop(

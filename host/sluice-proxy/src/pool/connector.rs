@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::window::{StreamCount, StreamWindowSizing};
-use crate::coalesce::{CoalescedIo, Flusher, YieldFirst, coalesced};
+use crate::coalesce::{CoalescedIo, Flusher, SEND_BUFFER_BYTES, YieldFirst, coalesced};
 use crate::tls::{self, TlsError};
 
 /// Why an upstream connection could not be opened.
@@ -160,9 +160,7 @@ impl Connector {
             .initial_window_size(self.settings.stream_window.floor)
             .initial_connection_window_size(self.settings.connection_window)
             .max_frame_size(64 * 1024)
-            .max_send_buffer_size(
-                crate::front::SEND_BUFFER_BYTES.min(self.settings.stream_window.floor as usize),
-            )
+            .max_send_buffer_size(SEND_BUFFER_BYTES.min(self.settings.stream_window.floor as usize))
             .enable_push(false)
             .handshake::<_, Bytes>(io)
             .await
