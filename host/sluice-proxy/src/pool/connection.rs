@@ -14,6 +14,7 @@ use super::window::StreamCount;
 use super::{Endpoint, Group, load};
 use crate::breaker::{Breaker, Outcome, Permit, Refused};
 use crate::route::{Candidate, RouteDecision};
+use crate::stats::{GaugeGuard, Stats};
 
 /// One HTTP/2 connection to an endpoint, owned by one class group.
 pub struct UpstreamConnection {
@@ -104,7 +105,7 @@ impl UpstreamConnection {
     }
 
     /// The leave of the connection's and its endpoint's breakers for one more stream.
-    pub(super) fn admit_stream(&self) -> Result<[Permit; 2], Refused> {
+    fn admit_stream(&self) -> Result<[Permit; 2], Refused> {
         let connection = self.breaker.admit()?;
         let endpoint = self.endpoint.breaker.admit()?;
         Ok([connection, endpoint])
@@ -170,11 +171,11 @@ pub struct Lease {
     pub(super) decision: RouteDecision,
     /// The connection's and the endpoint's breaker leave; behind a lock so that the stream's
     /// relay and its timers can report through a shared reference.
-    pub(super) permits: Mutex<[Permit; 2]>,
-    pub(super) failure_kinds: FailureKinds,
+    permits: Mutex<[Permit; 2]>,
+    failure_kinds: FailureKinds,
     /// Set once the stream counted a failure: one stream is one failure, however it ends.
-    pub(super) failure_counted: AtomicBool,
-    pub(super) _upstream_active: crate::stats::GaugeGuard,
+    failure_counted: AtomicBool,
+    _upstream_active: GaugeGuard,
     /// The learning loop's watch on this stream, when the decision is being recorded.
     pub(super) observation: Option<Arc<crate::route::outcome::Observation>>,
     /// The placement's alternatives as connection ids, best first.
@@ -182,6 +183,39 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// A lease on a slot already counted in `connection.active_streams`, if the connection's
+    /// and its endpoint's breakers let one more stream through; otherwise the slot is given
+    /// back. A lease counts its stream as started on its connection, group and pool.
+    pub(super) fn admit(
+        connection: &Arc<UpstreamConnection>,
+        group: &Arc<Group>,
+        decision: RouteDecision,
+        failure_kinds: FailureKinds,
+        stats: &Arc<Stats>,
+    ) -> Result<Self, Refused> {
+        let permits = match connection.admit_stream() {
+            Ok(permits) => permits,
+            Err(refused) => {
+                connection.active_streams.remove();
+                return Err(refused);
+            }
+        };
+        connection.streams_total.fetch_add(1, Relaxed);
+        group.counters.stream_started();
+        stats.incr(|s| &s.upstream_streams_total);
+        Ok(Self {
+            connection: Arc::clone(connection),
+            group: Arc::clone(group),
+            decision,
+            permits: Mutex::new(permits),
+            failure_kinds,
+            failure_counted: AtomicBool::new(false),
+            _upstream_active: stats.hold(|s| &s.upstream_streams_active),
+            observation: None,
+            alternatives: Vec::new(),
+        })
+    }
+
     /// The connection the slot is on.
     pub fn connection(&self) -> &Arc<UpstreamConnection> {
         &self.connection

@@ -1,5 +1,10 @@
 //! One configured upstream endpoint: how to reach it, and what the pool knows about its state
-//! (breaker, health, reconnect back-off, stream-creation rate limit).
+//! (breaker, health, reconnect back-off, stream-creation rate limit). Over all endpoints: which
+//! may take new streams now (health, breaker, priority spill-over) and in what order new
+//! connections try them.
+//!
+//! This module judges endpoints; it does not place streams or open connections (`place` and
+//! `life` act on its verdicts).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -15,7 +20,7 @@ use super::connector::{Connector, Http2Settings};
 use super::rate::TokenBucket;
 use sluice_config::BreakerScope;
 
-use crate::breaker::{Breaker, BreakerEvents};
+use crate::breaker::{Breaker, BreakerEvents, BreakerState};
 use crate::health::check::CheckTarget;
 use crate::health::{EndpointHealth, Health};
 
@@ -171,12 +176,121 @@ impl Endpoint {
     }
 }
 
+/// What placement may do with one endpoint right now.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct EndpointView {
+    /// New streams may go there (healthy or degraded, breaker permits, best usable priority).
+    pub(super) selected: bool,
+    /// Connections there take half their streams.
+    pub(super) degraded: bool,
+    /// The endpoint's health and breaker, as routers see them.
+    pub(super) health: Health,
+    pub(super) breaker: BreakerState,
+}
+
+/// Which of `endpoints` new streams may use now: those neither unhealthy nor refused by their
+/// breaker, and of those only the best priority (traffic spills to lower priorities when higher
+/// ones lose health, and comes back when they recover). One view per endpoint, in order.
+pub(super) fn views(endpoints: &[Arc<Endpoint>], now: Instant) -> Vec<EndpointView> {
+    let verdicts: Vec<(bool, Health)> = endpoints
+        .iter()
+        .map(|e| {
+            let health = e.health();
+            // An endpoint that just refused a connection and has none left cannot take a
+            // stream before its back-off ends: the next priority can.
+            let unreachable = e.backing_off(now) && e.connection_count() == 0;
+            let usable = health != Health::Unhealthy && !unreachable && e.breaker.permits(now);
+            (usable, health)
+        })
+        .collect();
+    let best = endpoints
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, (usable, _))| *usable)
+        .map(|(e, _)| e.priority)
+        .min();
+    endpoints
+        .iter()
+        .zip(verdicts)
+        .map(|(e, (usable, health))| EndpointView {
+            selected: usable && Some(e.priority) == best,
+            degraded: health == Health::Degraded,
+            health,
+            breaker: e.breaker.state(),
+        })
+        .collect()
+}
+
+/// Endpoints to try for a new connection: the selected (usable, best priority) ones of
+/// `views`, those not backing off first, then the one with the fewest connections (spreading
+/// load).
+pub(super) fn connect_order(
+    endpoints: &[Arc<Endpoint>],
+    views: &[EndpointView],
+    now: Instant,
+) -> Vec<Arc<Endpoint>> {
+    let mut order: Vec<(bool, usize, usize)> = endpoints
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| views[*i].selected)
+        .map(|(i, e)| (e.backing_off(now), e.connection_count(), i))
+        .collect();
+    order.sort_unstable();
+    order
+        .into_iter()
+        .map(|(_, _, i)| Arc::clone(&endpoints[i]))
+        .collect()
+}
+
+/// Why none of `endpoints` can take a stream, for the monitor's status message.
+pub(super) fn unavailable_reason(endpoints: &[Arc<Endpoint>]) -> String {
+    let reasons: Vec<String> = endpoints
+        .iter()
+        .map(|e| {
+            let snapshot = e.health.snapshot(&e.breaker);
+            let why = snapshot
+                .reason
+                .unwrap_or_else(|| "half-open probes in flight".to_owned());
+            format!("{}: {why}", e.id)
+        })
+        .collect();
+    format!("no upstream endpoint is available ({})", reasons.join("; "))
+}
+
 /// Pause after `failures` refused connections: `base * 2^(failures-1)` capped at `max`, then
 /// scaled by a random factor in 0.5..1 ("equal jitter").
 pub(super) fn backoff_pause(base: Duration, max: Duration, failures: u32, jitter: f64) -> Duration {
     let doublings = failures.saturating_sub(1).min(20);
     let full = base.saturating_mul(1 << doublings).min(max);
     full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// Endpoints with these priorities and regions, named `e0`, `e1`, ... and dialling nowhere, for
+/// tests of what the pool does with them.
+#[cfg(test)]
+pub(super) fn test_endpoints(specs: &[(u32, &str)]) -> Vec<Arc<Endpoint>> {
+    use super::window::StreamWindowSizing;
+
+    let whole = Config::default();
+    let settings = Http2Settings {
+        stream_window: StreamWindowSizing {
+            floor: 65_535,
+            budget: 65_535,
+        },
+        connection_window: 1 << 20,
+    };
+    let events = Arc::new(BreakerEvents::default());
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, &(priority, region))| {
+            let mut config = EndpointConfig::new(format!("e{i}"), "http://127.0.0.1:9");
+            config.priority = priority;
+            config.region = region.to_owned();
+            let endpoint = Endpoint::new(i, &config, &whole, settings, &events);
+            Arc::new(endpoint.unwrap_or_else(|e| panic!("test endpoint: {e}")))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -192,5 +306,75 @@ mod tests {
         assert_eq!(backoff_pause(base, max, 4, 1.0), Duration::from_millis(800));
         assert_eq!(backoff_pause(base, max, 30, 1.0), max);
         assert_eq!(backoff_pause(base, max, 30, 0.0), max / 2);
+    }
+
+    fn selected(views: &[EndpointView]) -> Vec<bool> {
+        views.iter().map(|v| v.selected).collect()
+    }
+
+    fn ids(endpoints: &[Arc<Endpoint>]) -> Vec<&str> {
+        endpoints.iter().map(|e| &*e.id).collect()
+    }
+
+    #[test]
+    fn streams_use_the_best_usable_priority_and_spill_when_it_is_lost() {
+        let endpoints = test_endpoints(&[(0, "a"), (0, "a"), (1, "a")]);
+        let now = Instant::now();
+        assert_eq!(selected(&views(&endpoints, now)), [true, true, false]);
+        endpoints[0].breaker.trip_now("test");
+        let tripped = views(&endpoints, Instant::now());
+        assert_eq!(selected(&tripped), [false, true, false]);
+        assert_eq!(tripped[0].health, Health::Unhealthy);
+        assert_eq!(tripped[0].breaker, BreakerState::Open);
+        endpoints[1].breaker.trip_now("test");
+        assert_eq!(
+            selected(&views(&endpoints, Instant::now())),
+            [false, false, true],
+            "traffic spills to the next priority"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_backing_off_without_connections_cannot_take_streams() {
+        let endpoints = test_endpoints(&[(0, "a"), (1, "a")]);
+        endpoints[0].connect_failed();
+        let now = Instant::now();
+        assert_eq!(selected(&views(&endpoints, now)), [false, true]);
+        // With a connection left, its streams need no new connection: it stays selected.
+        endpoints[0].connections.fetch_add(1, Relaxed);
+        assert_eq!(selected(&views(&endpoints, now)), [true, false]);
+    }
+
+    #[test]
+    fn connections_open_first_where_no_back_off_runs_then_where_fewest_are() {
+        let endpoints = test_endpoints(&[(0, "a"), (0, "a"), (0, "a"), (0, "a"), (1, "a")]);
+        endpoints[0].connections.fetch_add(2, Relaxed);
+        endpoints[2].connections.fetch_add(1, Relaxed);
+        // Backing off, but still selected: it has a connection.
+        endpoints[3].connections.fetch_add(1, Relaxed);
+        endpoints[3].connect_failed();
+        let now = Instant::now();
+        let views = views(&endpoints, now);
+        assert_eq!(
+            ids(&connect_order(&endpoints, &views, now)),
+            ["e1", "e2", "e0", "e3"],
+            "e4 has a worse priority"
+        );
+    }
+
+    #[test]
+    fn the_unavailable_reason_names_every_endpoint_and_why() {
+        let endpoints = test_endpoints(&[(0, "a"), (1, "a")]);
+        endpoints[0].breaker.trip_now("test");
+        let reason = unavailable_reason(&endpoints);
+        assert!(
+            reason
+                .starts_with("no upstream endpoint is available (e0: endpoint circuit breaker is"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("; e1: half-open probes in flight)"),
+            "{reason}"
+        );
     }
 }
