@@ -2,7 +2,7 @@
 // every panel shows data from the live feed, a shadow plugin uploaded through the API shows,
 // stopping an endpoint turns its card unhealthy and its breaker open, the page reconnects by
 // itself after its socket drops, starting the endpoint again makes it usable, and a screenshot
-// is saved. Run by tests/tests/dashboard.rs; prints one JSON line of findings, exits 1 on failure.
+// is saved. Run by tests/tests/e2e/dashboard.rs; prints one JSON line of findings, exits 1 on failure.
 //
 // Environment: SLUICE_ADMIN (http://host:port of the demo's admin API), SLUICE_SCREENSHOT (PNG
 // path), SLUICE_SHADOW_WASM (a router component to upload as the shadow), SLUICE_CHROMIUM

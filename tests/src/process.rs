@@ -21,7 +21,7 @@ pub struct FeedProcess {
 }
 
 /// The workspace binary `name` (package of the same name), built on first use.
-fn binary(name: &'static str) -> PathBuf {
+pub fn binary(name: &'static str) -> PathBuf {
     static BUILT: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let exe = std::env::current_exe().expect("test executable path");

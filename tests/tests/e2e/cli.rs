@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use sluice_feed::pb::EchoRequest;
 use sluice_feed::pb::feed_client::FeedClient;
 
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+/// The `sluice` binary, built from the workspace on first use.
+fn sluice_bin() -> std::path::PathBuf {
+    sluice_tests::process::binary("sluice")
+}
 
 /// Runs `sluice <args>`; whether it succeeded, and stdout followed by stderr.
 fn sluice(args: &[&std::ffi::OsStr]) -> (bool, String) {
-    let output = Command::new(SLUICE)
+    let output = Command::new(sluice_bin())
         .args(args)
         .env_remove("SLUICE_ADMIN_TOKEN")
         .output()
@@ -50,8 +53,8 @@ fn a_valid_config_is_accepted_and_summarised() {
 
 #[test]
 fn the_shipped_example_config_is_valid() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/local.toml");
-    let output = Command::new(SLUICE)
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/local.toml");
+    let output = Command::new(sluice_bin())
         .arg("check-config")
         .arg(example)
         .output()
@@ -99,7 +102,7 @@ fn bad_configs_fail_with_the_key_and_the_problem() {
         assert!(text.contains(needle), "expected {needle:?} in: {text}");
         assert!(text.contains("sluice.toml"), "the file is named: {text}");
     }
-    let output = Command::new(SLUICE)
+    let output = Command::new(sluice_bin())
         .args(["check-config", "/nonexistent/sluice.toml"])
         .output()
         .unwrap();
@@ -132,7 +135,7 @@ fn run_serves_traffic_and_stops_on_sigterm() {
         format!("[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[endpoints]]\nid = \"feed\"\nurl = \"http://{}\"\n", feed.addr),
     )
     .unwrap();
-    let mut child = Command::new(SLUICE)
+    let mut child = Command::new(sluice_bin())
         .args(["--log-format", "json", "run", "--config"])
         .arg(&path)
         // The default history store (sluice-data/) goes to the temporary folder.
@@ -220,7 +223,7 @@ fn run_serves_traffic_and_stops_on_sigterm() {
 
 #[test]
 fn the_demo_runs_and_delivers_messages_without_errors() {
-    let output = Command::new(SLUICE)
+    let output = Command::new(sluice_bin())
         .args([
             "demo",
             "--duration",
@@ -355,7 +358,7 @@ fn plugin_load_swaps_the_router_of_a_running_host() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(SLUICE)
+    let mut child = Command::new(sluice_bin())
         .args(["run", "--config"])
         .arg(&path)
         // The default history store (sluice-data/) goes to the temporary folder.
@@ -379,7 +382,7 @@ fn plugin_load_swaps_the_router_of_a_running_host() {
         text.contains("401") && text.contains("missing bearer token"),
         "{text}"
     );
-    let output = Command::new(SLUICE)
+    let output = Command::new(sluice_bin())
         .args([
             "plugin", "load", &last, "--slot", "router", "--admin", &admin,
         ])
