@@ -10,6 +10,9 @@
 //! subscriber reads from a bounded ring (`tokio::sync::broadcast`, whose capacity is
 //! `share_buffer_messages` rounded up to a power of two), and one that falls a full ring behind
 //! is cut off with `RESOURCE_EXHAUSTED "lagging"`, whatever its class's lag policy.
+//!
+//! Like the other relays, this one opens its upstream stream through `upstream` and never uses
+//! `call` or `resumable`.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -24,11 +27,11 @@ use parking_lot::Mutex;
 use sluice_config::MethodConfig;
 use tokio::sync::{Notify, broadcast, watch};
 
-use super::call::{
-    CallSetup, End, cut_off_lagging, monitor_failure, must_end, open_upstream, record_final_status,
-    upstream_failure,
-};
 use super::pump::{self, OnFull, PumpError};
+use super::upstream::{
+    CallSetup, End, cut_off_lagging, monitor_failure, must_end, open_upstream, record_final_status,
+    response_head, upstream_failure,
+};
 use crate::Context;
 use crate::grpc::{self, Code, MessageSplitter, Status};
 use crate::pool::FailureKind;
@@ -37,13 +40,13 @@ use crate::stats::GaugeGuard;
 
 /// The sharing options of a method.
 #[derive(Debug, Clone)]
-pub(crate) struct ShareOptions {
+pub(super) struct ShareOptions {
     key_metadata: Vec<HeaderName>,
     buffer: usize,
 }
 
 impl ShareOptions {
-    pub(crate) fn from_config(method: &MethodConfig) -> Self {
+    pub(super) fn from_config(method: &MethodConfig) -> Self {
         Self {
             key_metadata: method
                 .share_key_metadata
@@ -226,16 +229,13 @@ async fn read_request(body: &mut RecvStream, limit: usize) -> Result<Bytes, Stat
 }
 
 /// Serves one subscriber of a shared method.
-pub(crate) async fn serve(
+pub(super) async fn serve(
     ctx: Arc<Context>,
     setup: CallSetup,
+    options: ShareOptions,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) -> End {
-    let Some(options) = setup.share.clone() else {
-        // Only called for shared methods.
-        return End::Cancelled;
-    };
     let (parts, mut body) = request.into_parts();
     let read = tokio::select! {
         read = read_request(&mut body, setup.max_message_bytes) => read,
@@ -465,9 +465,7 @@ async fn feed_subscribers(
     let (parts, mut body) = response.into_parts();
     if body.is_end_stream() {
         record_final_status(&lease, &parts.headers);
-        let mut ended = Response::new(());
-        *ended.status_mut() = parts.status;
-        *ended.headers_mut() = grpc::headers::response_headers(&parts.headers);
+        let ended = response_head(parts.status, &parts.headers);
         stream.head.send_replace(Some(Head::Ended(ended)));
         return Ok(HeaderMap::new());
     }

@@ -1,0 +1,295 @@
+//! What the three relays (`call`, `share`, `resumable`) share: the setup admission made for a
+//! call, opening an upstream stream for it (placement, rate limit, request headers), how a call
+//! ends and what the monitor's breaker makes of that, and the status answers and final-status
+//! bookkeeping every relay gives.
+//!
+//! This module opens upstream streams and words statuses; it never relays a byte of a call's
+//! messages (the relays do) and must not use any of the relays.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, SendStream};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use tracing::Instrument;
+
+use super::pump::OnFull;
+use crate::Context;
+use crate::breaker::{Outcome, Permit};
+use crate::grpc::{self, Code, Status};
+use crate::pool::{FailureKind, Lease, MonitorCall, Resume};
+use crate::route::MonitorProfile;
+
+/// Attempts to open an upstream stream before giving up (a connection can close between the
+/// slot being reserved and the stream being opened, e.g. on GOAWAY).
+const OPEN_ATTEMPTS: usize = 3;
+
+/// What admission decided about a call.
+pub(super) struct CallSetup {
+    pub profile: MonitorProfile,
+    pub path: Arc<str>,
+    pub deadline: Option<tokio::time::Instant>,
+    pub max_message_bytes: usize,
+    pub on_full: OnFull,
+    /// The monitor breaker's leave for this call.
+    pub monitor: Arc<MonitorPermit>,
+    /// How long the first response message may take before the stream counts as failed.
+    pub first_message_timeout: std::time::Duration,
+}
+
+/// The monitor breaker's leave for one call. A call whose response has started counts as a
+/// success at once, so that a long-lived stream does not hold a half-open breaker's probe for
+/// its whole life; if it fails later, the failure counts too. Statuses that say the service
+/// was not there for the monitor (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`) are failures;
+/// a monitor's own cancellation counts for nothing.
+pub(super) struct MonitorPermit {
+    permit: parking_lot::Mutex<Permit>,
+    /// Counts the call among the monitor's open calls while it lives.
+    _call: MonitorCall,
+}
+
+impl MonitorPermit {
+    /// Holds the monitor breaker's `permit` and the count of the monitor's open calls.
+    pub(super) fn new(permit: Permit, call: MonitorCall) -> Self {
+        Self {
+            permit: parking_lot::Mutex::new(permit),
+            _call: call,
+        }
+    }
+
+    /// The response started reaching the monitor.
+    pub(super) fn answered(&self) {
+        self.permit.lock().record(Outcome::Success { slow: false });
+    }
+
+    /// The call ended as `end`.
+    pub(super) fn ended(&self, end: &End) {
+        let failed = match end {
+            End::Completed(failed) => *failed,
+            End::Cancelled => return,
+            End::Failed(status) => is_monitor_failure(status.code),
+        };
+        let mut permit = self.permit.lock();
+        if !failed {
+            permit.record(Outcome::Success { slow: false });
+        } else if permit.is_recorded() {
+            permit.breaker().observe(Outcome::Failure);
+        } else {
+            permit.record(Outcome::Failure);
+        }
+    }
+}
+
+fn is_monitor_failure(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Internal
+    )
+}
+
+/// Whether a final upstream status counts against the monitor's breaker (the codes of
+/// [`is_monitor_failure`]: 14, 4, 13).
+pub(super) fn monitor_failure(headers: &HeaderMap) -> bool {
+    matches!(
+        headers.get("grpc-status").map(http::HeaderValue::as_bytes),
+        Some(b"14" | b"4" | b"13")
+    )
+}
+
+/// How a relayed call ended, for logs and counters.
+pub(super) enum End {
+    /// The upstream's final status reached the monitor; `true` when that status counts against
+    /// the monitor's breaker (see [`monitor_failure`]).
+    Completed(bool),
+    Cancelled,
+    Failed(Status),
+}
+
+/// Sends a status to a monitor whose response headers were not sent yet.
+pub(super) fn reply(respond: &mut SendResponse<Bytes>, status: &Status) {
+    let _ = respond.send_response(status.to_response(), true);
+}
+
+/// Resolves when a call must end early: at its deadline, or when Sluice stops and the shutdown
+/// grace has run out. Yields the status the monitor gets.
+pub(super) async fn must_end(ctx: &Context, deadline: Option<tokio::time::Instant>) -> Status {
+    let mut terminating = ctx.terminate.subscribe();
+    let deadline_reached = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = deadline_reached => {
+            ctx.stats.incr(|s| &s.deadline_exceeded_total);
+            Status::new(Code::DeadlineExceeded, "deadline exceeded")
+        }
+        _ = terminating.wait_for(|stop| *stop) => Status::unavailable("sluice is shutting down"),
+    }
+}
+
+/// Counts a monitor cut off for refusing data for `waited`, and gives the status it gets.
+pub(super) fn cut_off_lagging(ctx: &Context, waited: std::time::Duration) -> Status {
+    ctx.stats.incr(|s| &s.lagging_disconnects_total);
+    Status::resource_exhausted(format!(
+        "lagging: the monitor accepted no data for {waited:?}"
+    ))
+}
+
+/// The status a monitor gets when its upstream stream failed.
+pub(super) fn upstream_failure(error: &h2::Error) -> Status {
+    if let Some(reason) = error.reason() {
+        if error.is_go_away() {
+            return Status::unavailable(format!("upstream connection closed (GOAWAY {reason:?})"));
+        }
+        let code = match reason {
+            Reason::REFUSED_STREAM => Code::Unavailable,
+            Reason::CANCEL => Code::Cancelled,
+            Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+            Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+            _ => Code::Internal,
+        };
+        return Status::new(code, format!("upstream reset the stream ({reason:?})"));
+    }
+    Status::unavailable(format!("upstream connection lost: {error}"))
+}
+
+/// The breaker failure a final upstream status stands for, if any.
+pub(super) fn status_failure(headers: &HeaderMap) -> Option<FailureKind> {
+    match headers.get("grpc-status").map(http::HeaderValue::as_bytes) {
+        Some(b"14") => Some(FailureKind::Unavailable),
+        Some(b"4") => Some(FailureKind::DeadlineExceeded),
+        _ => None,
+    }
+}
+
+/// The response head a monitor gets for an upstream's: its status, and its headers without the
+/// hop-by-hop ones.
+pub(super) fn response_head(status: StatusCode, headers: &HeaderMap) -> Response<()> {
+    let mut head = Response::new(());
+    *head.status_mut() = status;
+    *head.headers_mut() = grpc::headers::response_headers(headers);
+    head
+}
+
+/// Reports a stream's final upstream status to its lease.
+pub(super) fn record_final_status(lease: &Lease, headers: &HeaderMap) {
+    match status_failure(headers) {
+        Some(kind) => lease.failed(kind),
+        None => lease.finished(),
+    }
+}
+
+/// An upstream stream that has been opened.
+pub(super) struct OpenStream {
+    pub lease: Lease,
+    pub response: h2::client::ResponseFuture,
+    pub send: SendStream<Bytes>,
+}
+
+/// Reserves a slot and opens the upstream stream, retrying on connections that closed under us.
+pub(super) async fn open_upstream(
+    ctx: &Context,
+    profile: &MonitorProfile,
+    path: &http::uri::PathAndQuery,
+    headers: &HeaderMap,
+    end_of_stream: bool,
+    deadline: Option<tokio::time::Instant>,
+    resume: Option<&Resume>,
+) -> Result<OpenStream, Status> {
+    let mut last_error = String::new();
+    let mut attempts = 0;
+    // Connections found closed (e.g. after GOAWAY) do not use up attempts: each is marked and
+    // never chosen again. The overall bound covers an upstream that closes every connection.
+    for _ in 0..OPEN_ATTEMPTS * 8 {
+        if attempts == OPEN_ATTEMPTS {
+            break;
+        }
+        // One span per placement decision, inside the stream's span; the router's own spans
+        // (a plugin call) nest in it.
+        let decision = tracing::debug_span!("decision", attempt = attempts);
+        let lease = ctx
+            .pool
+            .acquire(profile, path.path(), resume)
+            .instrument(decision.clone())
+            .await?;
+        if let Some(bucket) = &lease.connection().endpoint.rate_limit {
+            bucket.acquire().await.map_err(|limited| {
+                ctx.stats.incr(|s| &s.rate_limited_total);
+                Status::resource_exhausted(format!(
+                    "endpoint {}: {limited}",
+                    lease.connection().endpoint.id
+                ))
+            })?;
+        }
+        decision.in_scope(|| {
+            tracing::debug!(
+                connection = lease.connection().id,
+                endpoint = %lease.connection().endpoint.id,
+                confidence = lease.decision().confidence,
+                reason = %lease.decision().reason,
+                "routed",
+            );
+        });
+        let mut send_request = match lease.ready().await {
+            Ok(send_request) => send_request,
+            Err(error) => {
+                last_error = error.to_string();
+                if !error.is_go_away() {
+                    attempts += 1;
+                }
+                continue;
+            }
+        };
+        let request = upstream_request(&lease, path, headers.clone(), deadline)?;
+        match send_request.send_request(request, end_of_stream) {
+            Ok((response, send)) => {
+                return Ok(OpenStream {
+                    lease,
+                    response,
+                    send,
+                });
+            }
+            Err(error) => {
+                lease.discard_connection();
+                last_error = error.to_string();
+                attempts += 1;
+            }
+        }
+    }
+    Err(Status::unavailable(format!(
+        "could not open an upstream stream: {last_error}"
+    )))
+}
+
+/// The upstream request: the monitor's headers (minus hop-by-hop and Sluice's own), the
+/// endpoint's injected metadata, and the remaining deadline.
+fn upstream_request(
+    lease: &Lease,
+    path: &http::uri::PathAndQuery,
+    mut headers: HeaderMap,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Request<()>, Status> {
+    let endpoint = &lease.connection().endpoint;
+    let uri = Uri::builder()
+        .scheme(endpoint.scheme.clone())
+        .authority(endpoint.authority.clone())
+        .path_and_query(path.clone())
+        .build()
+        .map_err(|e| Status::internal(format!("cannot build upstream URI: {e}")))?;
+    for (name, value) in &endpoint.metadata {
+        headers.insert(name.clone(), value.clone());
+    }
+    if let Some(deadline) = deadline {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        headers.insert("grpc-timeout", grpc::timeout::encode(remaining));
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri;
+    *request.version_mut() = http::Version::HTTP_2;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
