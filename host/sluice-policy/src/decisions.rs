@@ -5,10 +5,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use parking_lot::Mutex;
-
-use crate::router::RecordedDecision;
 
 /// Decisions kept over all monitors.
 pub const RECENT: usize = 256;
@@ -16,6 +15,29 @@ pub const RECENT: usize = 256;
 pub const PER_MONITOR: usize = 32;
 /// Monitors whose decisions are kept.
 pub const MONITORS: usize = 1024;
+
+/// One routing decision, as kept in the decision history.
+#[derive(Debug, Clone)]
+pub struct RecordedDecision {
+    /// When it was made.
+    pub at: SystemTime,
+    /// The monitor whose stream was placed.
+    pub monitor: Arc<str>,
+    /// The method called.
+    pub method: String,
+    /// Who decided: `name@vN` of the plugin, or `builtin`.
+    pub policy: Arc<str>,
+    /// Whether the built-in policy answered because the plugin failed.
+    pub fallback: bool,
+    /// The chosen connection's id.
+    pub connection_id: u64,
+    /// How many candidates there were.
+    pub candidates: usize,
+    /// The decision's confidence.
+    pub confidence: f32,
+    /// The decision's reason.
+    pub reason: String,
+}
 
 /// The kept decisions. One decision is shared by both views.
 #[derive(Default)]

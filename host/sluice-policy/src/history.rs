@@ -2,15 +2,14 @@
 //! ahead (e.g. forecast a daily peak).
 //!
 //! This module owns the [`LoadHistory`] trait the host's metrics store implements, the default
-//! [`NoHistory`], and the import itself, which bounds what a plugin may ask for
-//! ([`MAX_STEP_MINUTES`], [`MAX_POINTS`]) and never returns more than it asked for.
+//! [`NoHistory`], and the bounds of what a plugin may ask for ([`MAX_STEP_MINUTES`],
+//! [`MAX_POINTS`]): the answer never holds more than it asked for. The import itself is wired
+//! to a plugin instance in [`crate::host`], with every other import.
 
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::bindings::scaler::sluice::policy::history;
-use crate::host::HostState;
 use crate::types::TrafficClass;
 
 /// The longest step a plugin may ask for: one day. Longer ones are cut to this, 0 becomes 1.
@@ -82,14 +81,6 @@ pub(crate) fn group_streams(
         values.drain(..extra);
     }
     values
-}
-
-impl history::Host for HostState {
-    fn group_streams(&mut self, class: TrafficClass, step_minutes: u32, points: u32) -> Vec<f64> {
-        // Clone the handle so a concurrent `set_history` never waits on a plugin call.
-        let current = Arc::clone(&self.env.history.read());
-        group_streams(current.as_ref(), class, step_minutes, points)
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! What a plugin instance can reach: the store data behind every call and the host imports
-//! (`log`, `clock`, `config`, `scorer`, `history` - in [`crate::history`] - and WASI for
+//! (`log`, `clock`, `config`, `scorer`, `history` - bounded by [`crate::history`] - and WASI for
 //! components that import it).
 //!
 //! This module owns the per-instance limits (memory cap) and the import implementations. It must
@@ -15,6 +15,7 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::router::sluice::policy::{clock, config, log, scorer};
+use crate::bindings::scaler::sluice::policy::history;
 use crate::history::SharedHistory;
 use crate::scorer::Scorer;
 
@@ -229,6 +230,19 @@ impl scorer::Host for HostState {
 }
 
 impl crate::bindings::router::sluice::policy::types::Host for HostState {}
+
+impl history::Host for HostState {
+    fn group_streams(
+        &mut self,
+        class: crate::types::TrafficClass,
+        step_minutes: u32,
+        points: u32,
+    ) -> Vec<f64> {
+        // Clone the handle so a concurrent `set_history` never waits on a plugin call.
+        let current = Arc::clone(&self.env.history.read());
+        crate::history::group_streams(current.as_ref(), class, step_minutes, points)
+    }
+}
 
 /// The WASI version whose blocking functions are replaced (the one wasmtime-wasi 48 links;
 /// components importing any 0.2.x version resolve to it).

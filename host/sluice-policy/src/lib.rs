@@ -38,11 +38,12 @@ pub mod types;
 mod watch;
 pub mod world;
 
+pub use decisions::RecordedDecision;
 pub use events::{EventKind, EventLog, PolicyEvent};
 pub use history::{LoadHistory, NoHistory};
 pub use plugin::{CallFailure, Plugin, PluginInfo};
 pub use resumer::PolicyResumer;
-pub use router::{PolicyRouter, RecordedDecision};
+pub use router::PolicyRouter;
 pub use scorer::{NeutralScorer, Scorer, ShadowJudgement};
 pub use slot::Slot;
 pub use watch::Watcher;
@@ -344,7 +345,7 @@ impl Policies {
         let compile_started = Instant::now();
         let (component, source) = self.cache.component(self.engine, bytes, &hash)?;
         let compile_time = compile_started.elapsed();
-        let shape = plugin::shape(self.engine, &component);
+        let shape = world::binding::shape(self.engine, &component);
         *world = shape.world;
         // Settings come from the slot the plugin is meant for (or the world it targets).
         let kind = slot.or(shape.world).unwrap_or(SlotKind::Router);
@@ -374,7 +375,7 @@ impl Policies {
             deadline: settings.deadline_for(kind),
             memory_bytes: settings.memory_limit(),
         };
-        let plugin = Plugin::bind(
+        let plugin = world::binding::bind_plugin(
             self.engine,
             &self.linker,
             &component,

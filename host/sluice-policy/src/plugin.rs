@@ -4,6 +4,7 @@
 //! This module knows how to run a plugin safely; it does not decide what to do with a failure
 //! (falling back, counting, disabling) - that is the slot's job.
 
+use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -13,14 +14,11 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 use sluice_config::SlotKind;
 use wasmtime::Store;
-use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, Linker};
 
 use crate::PolicyError;
 use crate::engine::{Ticking, deadline_ticks};
 use crate::host::{HostState, PluginEnv};
 use crate::types::truncate_reason;
-use crate::world::{self, Bound, Exports};
 
 /// Idle instances kept per plugin; more concurrent callers instantiate extra ones and drop them.
 const MAX_IDLE_INSTANCES: usize = 16;
@@ -166,16 +164,28 @@ impl PluginStats {
     }
 }
 
+/// A component bound to its world, as the world-independent machinery here sees it: something
+/// that instantiates into that world's exports. Each world's typed calls (see [`crate::world`])
+/// find their exports again by downcasting.
+pub(crate) trait BoundComponent: Send + Sync {
+    /// A new instance's exports, in `store`.
+    fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Box<Exports>>;
+}
+
+/// The exports of one instance, of whichever world it is.
+pub(crate) type Exports = dyn Any + Send + Sync;
+
 struct Instance {
     store: Store<HostState>,
-    exports: Exports,
+    exports: Box<Exports>,
 }
 
 /// A plugin ready to be called.
 pub struct Plugin {
     info: PluginInfo,
     label: Arc<str>,
-    bound: Bound,
+    bound: Box<dyn BoundComponent>,
+    engine: wasmtime::Engine,
     env: Arc<PluginEnv>,
     limits: Limits,
     idle: Mutex<Vec<Instance>>,
@@ -185,118 +195,21 @@ pub struct Plugin {
     pub(crate) disabled: AtomicBool,
 }
 
-/// The component's import and export names, and the world its exports point to.
-pub(crate) struct Shape {
-    pub imports: Vec<String>,
-    pub exports: Vec<String>,
-    pub world: Option<SlotKind>,
-}
-
-pub(crate) fn shape(engine: &wasmtime::Engine, component: &Component) -> Shape {
-    let ty = component.component_type();
-    let imports: Vec<String> = ty
-        .imports(engine)
-        .map(|(name, _)| name.to_owned())
-        .collect();
-    let exports: Vec<(String, bool)> = ty
-        .exports(engine)
-        .map(|(name, item)| {
-            (
-                name.to_owned(),
-                matches!(item.ty, ComponentItem::ComponentFunc(_)),
-            )
-        })
-        .collect();
-    let functions: Vec<&str> = exports
-        .iter()
-        .filter(|(_, func)| *func)
-        .map(|(name, _)| name.as_str())
-        .collect();
-    let world = world::targeted_by(&functions);
-    Shape {
-        imports,
-        exports: exports.into_iter().map(|(name, _)| name).collect(),
-        world,
-    }
-}
-
 impl Plugin {
-    /// Binds a compiled component to its world (type-checking imports and exports) and
-    /// instantiates it once to prove it starts.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn bind(
+    /// A plugin of `bound`, instantiated once to prove it starts. `info` already names the
+    /// world `bound` was bound to (see [`crate::world`]).
+    pub(crate) fn start(
+        info: PluginInfo,
+        bound: Box<dyn BoundComponent>,
         engine: &wasmtime::Engine,
-        linker: &Linker<HostState>,
-        component: &Component,
-        expected: Option<SlotKind>,
-        mut info: PluginInfo,
         env: Arc<PluginEnv>,
         limits: Limits,
     ) -> Result<Self, PolicyError> {
-        let shape = shape(engine, component);
-        let listed = |names: &[String]| {
-            if names.is_empty() {
-                "nothing".to_owned()
-            } else {
-                names.join(", ")
-            }
-        };
-        let world = match (shape.world, expected) {
-            (Some(world), Some(expected)) if world != expected => {
-                return Err(PolicyError::WrongWorld(format!(
-                    "it targets the {world} world (exports `{}`), not {expected}",
-                    world::info(world).export
-                )));
-            }
-            (Some(world), _) => world,
-            (None, Some(expected)) => {
-                let wanted = world::info(expected);
-                return Err(PolicyError::WrongWorld(format!(
-                    "missing export `{}` required by the {expected} world (`{}`); it exports {}",
-                    wanted.export,
-                    wanted.signature,
-                    listed(&shape.exports)
-                )));
-            }
-            (None, None) => {
-                let mut known: Vec<String> = SlotKind::ALL
-                    .iter()
-                    .map(|kind| format!("`{}` ({kind} world)", world::info(*kind).export))
-                    .collect();
-                let last = known.pop().unwrap_or_default();
-                return Err(PolicyError::WrongWorld(format!(
-                    "it exports none of {} or {last}; it exports {}",
-                    known.join(", "),
-                    listed(&shape.exports)
-                )));
-            }
-        };
-        let described = world::info(world);
-        let pre = linker.instantiate_pre(component).map_err(|e| {
-            let extra: String = described
-                .extra_imports
-                .iter()
-                .map(|name| format!(", {name}"))
-                .collect();
-            PolicyError::WrongWorld(format!(
-                "its imports do not match what Sluice provides to the {world} world \
-                 (sluice:policy@0.2.0 log, clock, config{extra}, and WASI): {e:#}"
-            ))
-        })?;
-        let bound = world::bind(world, pre).map_err(|e| {
-            PolicyError::WrongWorld(format!(
-                "its `{}` export does not match the {world} world (`{}`): {e:#}",
-                described.export, described.signature
-            ))
-        })?;
-        info.world = world;
-        info.uses_wasi = shape.imports.iter().any(|name| name.starts_with("wasi:"));
-        info.imports = shape.imports;
-        info.exports = shape.exports;
         let plugin = Self {
             label: Arc::from(format!("{}@v{}", info.name, info.version)),
             info,
             bound,
+            engine: engine.clone(),
             env,
             limits,
             idle: Mutex::new(Vec::new()),
@@ -342,7 +255,7 @@ impl Plugin {
 
     fn instantiate(&self, deadline: Duration) -> Result<Instance, CallFailure> {
         let mut store = Store::new(
-            self.bound.engine(),
+            &self.engine,
             HostState::new(Arc::clone(&self.env), self.limits.memory_bytes),
         );
         store.limiter(|state| &mut state.memory);
@@ -375,7 +288,8 @@ impl Plugin {
         let ticking = Ticking::start();
         instance.store.set_epoch_deadline(deadline_ticks(deadline));
         let Instance { store, exports } = &mut instance;
-        let guarded = || catch_unwind(AssertUnwindSafe(|| call(store, exports)));
+        // `&**`: the instance's exports themselves, not the box (which is `Any` too).
+        let guarded = || catch_unwind(AssertUnwindSafe(|| call(store, &**exports)));
         // WASI's blocking calls (a guest writing to stdout, say) run a future to completion on
         // the current tokio runtime, which a runtime worker thread may not do. Handing the
         // worker's other tasks off for the duration of the call makes that legal; it costs a

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use sluice_contract::route::{RouteDecision, RouteRequest, Router, ScoredBatch};
 
 use crate::builtin::PeakEwmaP2c;
-use crate::decisions::DecisionLog;
+use crate::decisions::{DecisionLog, RecordedDecision};
 use crate::plugin::Plugin;
 use crate::scorer::Scorer;
 use crate::slot::{Answer, Slot, shadow_compare};
@@ -27,29 +27,6 @@ thread_local! {
     /// This thread's routing question, refilled for every decision so that its buffers are
     /// reused instead of allocated per stream.
     static QUESTION: RefCell<Option<types::RouteRequest>> = const { RefCell::new(None) };
-}
-
-/// One routing decision, as kept in the decision history ([`crate::decisions`]).
-#[derive(Debug, Clone)]
-pub struct RecordedDecision {
-    /// When it was made.
-    pub at: SystemTime,
-    /// The monitor whose stream was placed.
-    pub monitor: Arc<str>,
-    /// The method called.
-    pub method: String,
-    /// Who decided: `name@vN` of the plugin, or `builtin`.
-    pub policy: Arc<str>,
-    /// Whether the built-in policy answered because the plugin failed.
-    pub fallback: bool,
-    /// The chosen connection's id.
-    pub connection_id: u64,
-    /// How many candidates there were.
-    pub candidates: usize,
-    /// The decision's confidence.
-    pub confidence: f32,
-    /// The decision's reason.
-    pub reason: String,
 }
 
 struct ShadowJob {

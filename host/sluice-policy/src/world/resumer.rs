@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use sluice_config::SlotKind;
+use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
-use super::{Exports, World, sample_traffic};
+use super::{World, sample_traffic};
 use crate::bindings::resumer::{Resumer, ResumerPre};
 use crate::host::HostState;
 use crate::plugin::{CallFailure, Plugin};
@@ -35,11 +36,11 @@ impl World for ResumerWorld {
         ResumerPre::new(pre)
     }
 
-    fn instance(exports: &Exports) -> Option<&Self::Instance> {
-        match exports {
-            Exports::Resumer(instance) => Some(instance),
-            _ => None,
-        }
+    fn instantiate(
+        pre: &Self::Pre,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Self::Instance> {
+        pre.instantiate(store)
     }
 
     fn call(

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use sluice_config::SlotKind;
 use sluice_contract::route::ScoredBatch;
+use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
-use super::{Exports, World, sample_traffic};
+use super::{World, sample_traffic};
 use crate::bindings::router::{Router, RouterPre};
 use crate::host::HostState;
 use crate::plugin::{CallFailure, Plugin};
@@ -39,11 +40,11 @@ impl World for RouterWorld {
         RouterPre::new(pre)
     }
 
-    fn instance(exports: &Exports) -> Option<&Self::Instance> {
-        match exports {
-            Exports::Router(router) => Some(router),
-            _ => None,
-        }
+    fn instantiate(
+        pre: &Self::Pre,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Self::Instance> {
+        pre.instantiate(store)
     }
 
     fn call(

@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use sluice_config::SlotKind;
+use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
-use super::{Exports, World};
+use super::World;
 use crate::bindings::scaler::{Scaler, ScalerPre};
 use crate::host::HostState;
 use crate::plugin::{CallFailure, Plugin};
@@ -36,11 +37,11 @@ impl World for ScalerWorld {
         ScalerPre::new(pre)
     }
 
-    fn instance(exports: &Exports) -> Option<&Self::Instance> {
-        match exports {
-            Exports::Scaler(instance) => Some(instance),
-            _ => None,
-        }
+    fn instantiate(
+        pre: &Self::Pre,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Self::Instance> {
+        pre.instantiate(store)
     }
 
     fn call(
