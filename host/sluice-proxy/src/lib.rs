@@ -1,11 +1,16 @@
 //! Sluice's data plane: monitors' gRPC calls in, a bounded pool of upstream HTTP/2 connections
 //! out.
 //!
-//! - [`front`] accepts monitor connections (h2c or TLS) and identifies monitors.
-//! - [`forward`] serves each call: admission, upstream stream, relaying, status.
+//! - `front` accepts monitor connections (h2c or TLS) and identifies monitors.
+//! - `forward` serves each call: admission, upstream stream, relaying, status.
 //! - [`pool`] owns upstream connections, stream slots and the wait queue.
-//! - [`route`] is the placement policy seam ([`route::Router`]).
+//! - [`route`] is the placement policy seam ([`sluice_contract::route::Router`]).
 //! - [`grpc`] is the wire format: status, deadlines, headers, framing.
+//! - `health` and [`breaker`] judge endpoints, connections and monitors; [`stats`] counts.
+//!
+//! Public are only what other crates read: the proxy's handle and view, the snapshot types
+//! they return ([`pool`], [`breaker`], [`route`], [`stats`]) and the deadline parser in
+//! [`grpc`]; the rest is the crate's own.
 //!
 //! The crate speaks HTTP/2 through `h2` directly on both sides: a proxy needs the peer's
 //! SETTINGS_MAX_CONCURRENT_STREAMS, explicit flow-control window release for backpressure, and
@@ -17,16 +22,18 @@
 
 pub mod breaker;
 mod coalesce;
-pub mod forward;
-pub mod front;
+mod forward;
+mod front;
 pub mod grpc;
-pub mod health;
+mod health;
 pub mod pool;
 pub mod route;
 pub mod stats;
 #[cfg(test)]
 mod testing;
-pub mod tls;
+mod tls;
+
+pub use tls::TlsError;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,7 +50,6 @@ use crate::front::identity::MonitorDirectory;
 use crate::pool::{GroupSnapshot, Pool, PoolError};
 use crate::route::{LeastLoaded, Router};
 use crate::stats::{Stats, StatsSnapshot};
-use crate::tls::TlsError;
 use sluice_contract::resume::{ReplayUnchanged, Resumer};
 
 /// Everything a call needs, shared by all calls.
@@ -344,7 +350,8 @@ impl ProxyView {
         self.ctx.pool.group_loads(latency_window)
     }
 
-    /// Sets how many connections `class` holds (see [`pool::Pool::resize`]).
+    /// Sets how many connections `class` holds: clamped to the class's minimum and limit;
+    /// missing ones open now, surplus ones drain without cutting a stream.
     pub async fn resize(&self, class: sluice_config::TrafficClass, target: usize) -> pool::Resized {
         self.ctx.pool.resize(class, target).await
     }

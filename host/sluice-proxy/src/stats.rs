@@ -11,11 +11,11 @@ macro_rules! stats {
     ($( #[doc = $doc:literal] $name:ident ),* $(,)?) => {
         /// Live counters. `*_total` fields only grow; the others are gauges.
         #[derive(Debug, Default)]
-        pub struct Stats {
+        pub(crate) struct Stats {
             $( #[doc = $doc] pub $name: AtomicU64, )*
         }
 
-        /// A point-in-time copy of [`Stats`].
+        /// A point-in-time copy of the proxy's live counters and gauges.
         #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
         pub struct StatsSnapshot {
             $( #[doc = $doc] pub $name: u64, )*
@@ -93,11 +93,11 @@ stats! {
 }
 
 /// Which gauge a [`GaugeGuard`] holds up.
-pub type GaugeField = fn(&Stats) -> &AtomicU64;
+pub(crate) type GaugeField = fn(&Stats) -> &AtomicU64;
 
 /// Increments a gauge now and decrements it when dropped, so early returns cannot leak counts.
 #[derive(Debug)]
-pub struct GaugeGuard {
+pub(crate) struct GaugeGuard {
     stats: Arc<Stats>,
     field: GaugeField,
 }

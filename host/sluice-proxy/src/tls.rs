@@ -60,7 +60,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 /// Client config for upstreams: the CA bundle if given, else the Mozilla roots; ALPN `h2`.
-pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -79,7 +79,10 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Tls
 }
 
 /// Server config for the monitor-facing listener; ALPN `h2`.
-pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<rustls::ServerConfig, TlsError> {
+pub(crate) fn server_config(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<rustls::ServerConfig, TlsError> {
     let certs = read_certs(cert_file)?;
     let display = key_file.display().to_string();
     let pem = std::fs::read(key_file).map_err(|source| TlsError::Read {

@@ -1,11 +1,11 @@
 //! Circuit breakers: per connection, per endpoint and per monitor.
 //!
-//! A [`Breaker`] owns one state machine (closed, open, half-open, plus the operator overrides
+//! A `Breaker` owns one state machine (closed, open, half-open, plus the operator overrides
 //! forced-open and disabled) and the counts that drive it: consecutive failures, a sliding
 //! window of outcomes (failure and slow-call rates once a minimum volume is reached) and the
-//! half-open probes in flight. Callers ask [`Breaker::admit`] before using what the breaker
-//! guards and report how it went through the [`Permit`]; every state change is an event in the
-//! shared [`BreakerEvents`] log and in the trace.
+//! half-open probes in flight. Callers ask `Breaker::admit` before using what the breaker
+//! guards and report how it went through the `Permit`; every state change is an event in the
+//! shared `BreakerEvents` log and in the trace.
 //!
 //! A breaker decides nothing about placement or retries: the pool and the forwarder read its
 //! state and act on it.
@@ -36,7 +36,7 @@ pub enum Override {
 
 /// How one guarded call went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// It worked; `slow` when it took longer than the slow-call threshold.
     Success {
         /// Slower than `slow_call_duration`.
@@ -46,7 +46,7 @@ pub enum Outcome {
     Failure,
 }
 
-/// A state change, kept in the [`BreakerEvents`] log.
+/// A state change, kept in the pool's log of breaker events.
 #[derive(Debug, Clone, Serialize)]
 pub struct BreakerEvent {
     /// Increasing number of the event in its log.
@@ -77,7 +77,7 @@ mod unix_ms {
 
 /// The most recent breaker state changes of a proxy (bounded).
 #[derive(Debug, Default)]
-pub struct BreakerEvents {
+pub(crate) struct BreakerEvents {
     next_seq: AtomicU64,
     events: Mutex<VecDeque<BreakerEvent>>,
 }
@@ -138,7 +138,7 @@ pub struct BreakerSnapshot {
 }
 
 /// One circuit breaker.
-pub struct Breaker {
+pub(crate) struct Breaker {
     scope: BreakerScope,
     name: Arc<str>,
     settings: BreakerSettings,
@@ -173,7 +173,7 @@ struct Inner {
 /// Leave to make one call through a breaker. Report the outcome with [`Permit::record`];
 /// a permit dropped unreported gives its probe slot back without counting anything.
 #[must_use = "report the outcome with Permit::record"]
-pub struct Permit {
+pub(crate) struct Permit {
     breaker: Arc<Breaker>,
     probe: bool,
     done: bool,
@@ -208,7 +208,8 @@ impl Permit {
         self.done
     }
 
-    /// Whether this call is a half-open probe.
+    /// Whether this call is a half-open probe (only the tests ask: the breaker keeps count).
+    #[cfg(test)]
     pub fn is_probe(&self) -> bool {
         self.probe
     }
@@ -230,7 +231,7 @@ impl Drop for Permit {
 /// Why a breaker refused a call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("circuit breaker of {scope} {name} is {state}{}", retry_hint(*.retry_in))]
-pub struct Refused {
+pub(crate) struct Refused {
     /// What it guards.
     pub scope: BreakerScope,
     /// The guarded thing's name.
@@ -278,11 +279,6 @@ impl Breaker {
                 tripped_from_outside: false,
             }),
         })
-    }
-
-    /// What it guards.
-    pub fn scope(&self) -> BreakerScope {
-        self.scope
     }
 
     /// The guarded thing's name.

@@ -8,14 +8,14 @@ const BUCKETS: usize = 10;
 
 /// Calls, failures and slow calls in a window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
+pub(super) struct Counts {
     pub calls: u32,
     pub failures: u32,
     pub slow: u32,
 }
 
 #[derive(Debug)]
-pub struct OutcomeWindow {
+pub(super) struct OutcomeWindow {
     bucket_span: Duration,
     /// Start of bucket `head`.
     head_start: Instant,

@@ -14,7 +14,7 @@
 //! moving DATA under flow control is `pump`'s.
 
 mod call;
-pub mod pump;
+mod pump;
 mod resumable;
 mod share;
 mod upstream;

@@ -17,7 +17,7 @@ use crate::grpc::{FrameError, MessageScanner};
 
 /// Why a pump stopped early.
 #[derive(Debug, thiserror::Error)]
-pub enum PumpError {
+pub(super) enum PumpError {
     /// Reading failed: the source stream was reset or its connection died.
     #[error("source stream failed: {0}")]
     Source(h2::Error),
@@ -34,7 +34,7 @@ pub enum PumpError {
 
 /// What to do when the destination has no window left.
 #[derive(Debug, Clone, Copy)]
-pub enum OnFull {
+pub(super) enum OnFull {
     /// Wait as long as it takes (flow control holds the source back).
     Wait,
     /// Give up with [`PumpError::Lagging`] after this long.
@@ -43,7 +43,7 @@ pub enum OnFull {
 
 /// How the source of a pump ended.
 #[derive(Debug)]
-pub enum Ending {
+pub(super) enum Ending {
     /// With trailers, which the caller forwards (after filtering) to end the sink.
     Trailers(HeaderMap),
     /// Without trailers; the sink has been ended already (with the last data when possible,
@@ -56,7 +56,7 @@ pub enum Ending {
 /// `bytes_counter` is bumped by the payload bytes moved; `on_first_data` is called once, when
 /// the first bytes arrive; `on_data` after each chunk is handed on, with its bytes and the
 /// messages it completed.
-pub async fn pump(
+pub(super) async fn pump(
     source: &mut RecvStream,
     sink: &mut SendStream<Bytes>,
     scanner: &mut MessageScanner,
@@ -118,7 +118,7 @@ pub async fn pump(
 
 /// Sends all of `data`, in pieces as window becomes available; with `end`, the last piece ends
 /// the stream.
-pub async fn send_all(
+pub(super) async fn send_all(
     sink: &mut SendStream<Bytes>,
     mut data: Bytes,
     on_full: OnFull,

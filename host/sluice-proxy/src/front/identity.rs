@@ -19,7 +19,7 @@ struct KnownMonitor {
 }
 
 /// The monitors the config knows, and the rule for the others.
-pub struct MonitorDirectory {
+pub(crate) struct MonitorDirectory {
     known: HashMap<String, KnownMonitor>,
     reject_unknown: bool,
     default_class: TrafficClass,

@@ -3,7 +3,7 @@
 //! It accepts TCP (optionally TLS), speaks HTTP/2 server-side and hands each stream to
 //! `forward`. It owns connection-level concerns only: handshakes, limits and graceful shutdown.
 
-pub mod identity;
+pub(crate) mod identity;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};

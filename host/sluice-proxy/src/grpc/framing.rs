@@ -8,11 +8,11 @@
 use bytes::{Bytes, BytesMut};
 
 /// Size of the prefix before every gRPC message.
-pub const PREFIX_LEN: usize = 5;
+pub(crate) const PREFIX_LEN: usize = 5;
 
 /// A message that breaks the framing rules or the size limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     /// The message is larger than allowed.
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
@@ -31,7 +31,7 @@ pub enum FrameError {
 
 /// Tracks message boundaries in a byte stream that is forwarded unchanged.
 #[derive(Debug)]
-pub struct MessageScanner {
+pub(crate) struct MessageScanner {
     limit: usize,
     prefix: [u8; PREFIX_LEN],
     prefix_len: usize,
@@ -115,7 +115,7 @@ impl MessageScanner {
 /// Cuts a byte stream into whole framed messages (prefix included), copying only the messages
 /// that straddle chunk boundaries.
 #[derive(Debug)]
-pub struct MessageSplitter {
+pub(crate) struct MessageSplitter {
     limit: usize,
     partial: BytesMut,
     chunk: Bytes,

@@ -8,9 +8,9 @@ use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, TRANSFER_ENCODING, UPGRADE};
 
 /// The metadata a monitor uses to name itself.
-pub const MONITOR_HEADER: &str = "x-sluice-monitor";
+pub(crate) const MONITOR_HEADER: &str = "x-sluice-monitor";
 /// The metadata a monitor uses to prove its identity when its config entry has a token.
-pub const TOKEN_HEADER: &str = "x-sluice-token";
+pub(crate) const TOKEN_HEADER: &str = "x-sluice-token";
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == CONNECTION
@@ -20,7 +20,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Copies the headers that must reach the upstream from a monitor's request.
-pub fn request_headers(from: &HeaderMap, extra_capacity: usize) -> HeaderMap {
+pub(crate) fn request_headers(from: &HeaderMap, extra_capacity: usize) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(from.len() + extra_capacity);
     for (name, value) in from {
         if is_hop_by_hop(name) || name.as_str().starts_with("x-sluice-") {
@@ -32,7 +32,7 @@ pub fn request_headers(from: &HeaderMap, extra_capacity: usize) -> HeaderMap {
 }
 
 /// Copies the headers or trailers that must reach the monitor from an upstream response.
-pub fn response_headers(from: &HeaderMap) -> HeaderMap {
+pub(crate) fn response_headers(from: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(from.len());
     for (name, value) in from {
         if !is_hop_by_hop(name) {

@@ -4,10 +4,10 @@
 //! This module knows the wire format only. It never decodes message payloads: Sluice forwards
 //! protobuf bytes it does not understand.
 
-pub mod framing;
-pub mod headers;
-pub mod status;
+mod framing;
+pub(crate) mod headers;
+mod status;
 pub mod timeout;
 
-pub use framing::{FrameError, MessageScanner, MessageSplitter, PREFIX_LEN};
-pub use status::{Code, Status};
+pub(crate) use framing::{FrameError, MessageScanner, MessageSplitter, PREFIX_LEN};
+pub(crate) use status::{Code, Status};

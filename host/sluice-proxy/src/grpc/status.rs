@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 /// The gRPC status codes Sluice produces itself. Upstream statuses pass through untouched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Code {
+pub(crate) enum Code {
     /// The call was cancelled, typically by the caller.
     Cancelled = 1,
     /// Unknown error.
@@ -43,7 +43,7 @@ impl Code {
 
 /// A status produced by the proxy: a code and a human-readable message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
+pub(crate) struct Status {
     /// The gRPC code.
     pub code: Code,
     /// Why, for the monitor's logs.
@@ -108,7 +108,7 @@ impl fmt::Display for Status {
 
 /// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec requires (bytes outside 0x20..0x7e
 /// and `%` itself).
-pub fn percent_encode(message: &str) -> String {
+pub(crate) fn percent_encode(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     for byte in message.bytes() {
         if (0x20..0x7f).contains(&byte) && byte != b'%' {

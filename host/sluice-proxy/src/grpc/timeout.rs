@@ -45,7 +45,7 @@ mod tests {
 }
 
 /// Encodes `remaining` as a `grpc-timeout` value, in the finest unit that fits 8 digits.
-pub fn encode(remaining: std::time::Duration) -> http::HeaderValue {
+pub(crate) fn encode(remaining: std::time::Duration) -> http::HeaderValue {
     const MAX: u128 = 99_999_999;
     let micros = remaining.as_micros();
     let text = if micros <= MAX {

@@ -15,7 +15,7 @@ const SERVING: u64 = 1;
 
 /// Why a check did not pass.
 #[derive(Debug, thiserror::Error)]
-pub enum CheckError {
+pub(crate) enum CheckError {
     /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -41,7 +41,7 @@ pub enum CheckError {
 /// Where a check goes: what its request needs to know of the endpoint. The pool lends it from
 /// its endpoint, so that this module need not know the pool.
 #[derive(Debug, Clone, Copy)]
-pub struct CheckTarget<'a> {
+pub(crate) struct CheckTarget<'a> {
     /// `http` or `https`, for the `:scheme` pseudo-header.
     pub scheme: &'a Scheme,
     /// `host:port`, for the `:authority` pseudo-header.
@@ -51,7 +51,7 @@ pub struct CheckTarget<'a> {
 }
 
 /// Asks `target` over `send_request` whether `service` is serving.
-pub async fn check(
+pub(crate) async fn check(
     send_request: h2::client::SendRequest<Bytes>,
     target: CheckTarget<'_>,
     service: &str,

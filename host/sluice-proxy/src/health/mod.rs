@@ -15,7 +15,7 @@
 //! health (which endpoints get new streams, spill to lower priorities) are the pool's job. It
 //! knows nothing of the pool, routing or forwarding.
 
-pub mod check;
+pub(crate) mod check;
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -42,7 +42,7 @@ struct ActiveState {
 
 /// Health inputs of one endpoint.
 #[derive(Debug)]
-pub struct EndpointHealth {
+pub(crate) struct EndpointHealth {
     config: HealthConfig,
     active: Mutex<ActiveState>,
 }

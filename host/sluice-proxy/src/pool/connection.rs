@@ -17,7 +17,7 @@ use crate::route::{Candidate, RouteDecision};
 use crate::stats::{GaugeGuard, Stats};
 
 /// One HTTP/2 connection to an endpoint, owned by one class group.
-pub struct UpstreamConnection {
+pub(crate) struct UpstreamConnection {
     /// Pool-unique id.
     pub id: u64,
     /// Where it goes.
@@ -142,7 +142,7 @@ impl UpstreamConnection {
 
 /// Why an upstream stream counts as failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
+pub(crate) enum FailureKind {
     /// Reset, or its connection died.
     Reset,
     /// The upstream answered `UNAVAILABLE`.
@@ -165,7 +165,7 @@ impl FailureKind {
 }
 
 /// A reserved stream slot on a connection. Dropping it frees the slot and wakes waiters.
-pub struct Lease {
+pub(crate) struct Lease {
     pub(super) connection: Arc<UpstreamConnection>,
     pub(super) group: Arc<Group>,
     pub(super) decision: RouteDecision,
@@ -177,7 +177,7 @@ pub struct Lease {
     failure_counted: AtomicBool,
     _upstream_active: GaugeGuard,
     /// The learning loop's watch on this stream, when the decision is being recorded.
-    pub(super) observation: Option<Arc<crate::route::outcome::Observation>>,
+    pub(super) observation: Option<Arc<crate::route::Observation>>,
     /// The placement's alternatives as connection ids, best first.
     pub(super) alternatives: Vec<u64>,
 }

@@ -22,7 +22,7 @@ use crate::tls::{self, TlsError};
 
 /// Why an upstream connection could not be opened.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// TCP connect failed.
     #[error("connect to {addr} failed: {source}")]
     Tcp {
@@ -59,7 +59,7 @@ pub enum ConnectError {
 
 /// HTTP/2 settings Sluice advertises on upstream connections.
 #[derive(Debug, Clone, Copy)]
-pub struct Http2Settings {
+pub(crate) struct Http2Settings {
     /// Receive window of each stream, by the number of streams on the connection.
     pub stream_window: StreamWindowSizing,
     /// Receive window of the connection. Large enough that every stream can fill its own window
@@ -68,14 +68,14 @@ pub struct Http2Settings {
 }
 
 /// Dials one endpoint.
-pub struct Connector {
+pub(crate) struct Connector {
     addr: String,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     settings: Http2Settings,
 }
 
 /// A freshly opened connection: the handle to send requests and the task that drives it.
-pub struct Opened {
+pub(crate) struct Opened {
     /// Sends requests; cheap to clone.
     pub send_request: h2::client::SendRequest<Bytes>,
     /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS, kept current by `driver`.

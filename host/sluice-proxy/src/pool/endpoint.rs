@@ -25,7 +25,7 @@ use crate::health::check::CheckTarget;
 use crate::health::{EndpointHealth, Health};
 
 /// One configured upstream endpoint and how to reach it.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The endpoint's id from the config.
     pub id: Arc<str>,
     /// Its region label.

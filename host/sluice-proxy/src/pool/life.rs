@@ -76,7 +76,7 @@ impl Drop for EndpointAttempt<'_> {
     }
 }
 
-/// What [`Pool::resize`] did.
+/// What resizing a group did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resized {
     /// The group's target after clamping.

@@ -30,7 +30,7 @@ fn kept(since: Instant, now: Instant) -> f64 {
 }
 
 /// Load of one upstream connection.
-pub struct ConnectionLoad {
+pub(crate) struct ConnectionLoad {
     state: Mutex<State>,
 }
 
@@ -93,7 +93,7 @@ const GROUP_LATENCY_SAMPLES: usize = 4096;
 /// Streams placed and failed on one class group's connections, and their recent times to
 /// response headers.
 #[derive(Default)]
-pub struct GroupCounters {
+pub(crate) struct GroupCounters {
     started: AtomicU64,
     failed: AtomicU64,
     latencies: Mutex<VecDeque<(Instant, f32)>>,

@@ -6,7 +6,7 @@
 //! global cap), and the bounded queue of streams waiting for a slot. It asks a [`Router`] where a
 //! stream goes but never looks at stream contents; forwarding bytes is the `forward` module's job.
 //!
-//! This module holds the [`Pool`] and its groups; the work is split by job, each child adding
+//! This module holds the `Pool` and its groups; the work is split by job, each child adding
 //! its own `impl Pool` block:
 //! - `place`: which slot a new stream gets, and the wait queue;
 //! - `life`: opening, supervising (keepalive, GOAWAY) and draining connections, and resizing
@@ -24,10 +24,10 @@ mod connection;
 mod connector;
 mod endpoint;
 mod life;
-pub mod load;
+mod load;
 mod monitors;
 mod place;
-pub mod rate;
+mod rate;
 mod snapshot;
 mod window;
 
@@ -42,23 +42,26 @@ use sluice_config::{
 };
 use tokio::sync::{Notify, watch};
 
-pub use connection::{FailureKind, Lease, UpstreamConnection};
-pub use connector::{ConnectError, Connector, Http2Settings};
-pub use endpoint::Endpoint;
+pub use crate::health::HealthSnapshot;
 pub use life::Resized;
-pub use monitors::MonitorCall;
-pub use place::Resume;
 pub use snapshot::{ConnectionSnapshot, EndpointSnapshot, GroupLoad, GroupSnapshot};
-pub use window::StreamWindowSizing;
+
+pub(crate) use connection::{FailureKind, Lease};
+pub(crate) use monitors::MonitorCall;
+pub(crate) use place::Resume;
 pub(crate) use window::connection_window;
 
 use crate::breaker::BreakerEvents;
 use crate::route::{OutcomeLog, Router};
 use crate::stats::Stats;
 use crate::tls::TlsError;
+use connection::UpstreamConnection;
+use connector::Http2Settings;
+use endpoint::Endpoint;
 use life::Keepalive;
 use monitors::MonitorEntry;
 use place::MonitorPreferences;
+use window::StreamWindowSizing;
 
 /// An endpoint the pool could not set up.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +85,7 @@ pub enum PoolError {
 }
 
 /// The connections of one traffic class.
-pub struct Group {
+pub(crate) struct Group {
     class: TrafficClass,
     limit: usize,
     min_connections: usize,
@@ -107,7 +110,7 @@ struct GroupState {
 }
 
 /// The pool: every group, every endpoint, and the global cap.
-pub struct Pool {
+pub(crate) struct Pool {
     endpoints: Vec<Arc<Endpoint>>,
     groups: [Arc<Group>; 3],
     router: Arc<dyn Router>,

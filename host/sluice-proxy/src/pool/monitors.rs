@@ -25,7 +25,7 @@ pub(super) struct MonitorEntry {
 
 /// Counts one open call of a monitor until dropped.
 #[derive(Debug)]
-pub struct MonitorCall {
+pub(crate) struct MonitorCall {
     active: Arc<AtomicU64>,
 }
 

@@ -26,7 +26,7 @@ const ROUTE_ATTEMPTS: usize = 3;
 
 /// What a resumed stream's placement knows of the stream that broke.
 #[derive(Debug, Clone, Default)]
-pub struct Resume {
+pub(crate) struct Resume {
     /// The connection it broke on: not used again for it.
     pub broken: u64,
     /// The alternatives its placement listed (connection ids, best first): tried before the

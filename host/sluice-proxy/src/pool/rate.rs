@@ -16,7 +16,7 @@ use tokio::time::Instant;
 /// Why a stream was not allowed to start.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("stream creation rate limit of {rate}/s reached and {queued} streams are already waiting")]
-pub struct RateLimited {
+pub(crate) struct RateLimited {
     /// The configured rate.
     pub rate: f64,
     /// Streams waiting when this one was refused.
@@ -25,7 +25,7 @@ pub struct RateLimited {
 
 /// A token bucket refilled at a constant rate.
 #[derive(Debug)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     queue: usize,

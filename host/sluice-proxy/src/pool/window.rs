@@ -22,7 +22,7 @@ pub(crate) fn connection_window(bytes: u64) -> u32 {
 
 /// How a connection sizes each stream's receive window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamWindowSizing {
+pub(crate) struct StreamWindowSizing {
     /// The smallest window a stream gets, however many share the connection.
     pub floor: u32,
     /// The window the connection shares among its streams.
@@ -47,7 +47,7 @@ impl StreamWindowSizing {
 /// The streams open on one upstream connection: counted by the pool as it leases and releases
 /// slots, read by the connection's driver to size the windows.
 #[derive(Debug)]
-pub struct StreamCount {
+pub(crate) struct StreamCount {
     streams: AtomicU32,
     sizing: StreamWindowSizing,
     /// Woken when a change of the count changes the window, so that an otherwise idle

@@ -6,7 +6,7 @@
 //! without touching the data path. A router runs on the path of every new stream, without the
 //! group's lock: the pool takes the chosen slot afterwards and asks again if a concurrent stream
 //! took it first. This module holds what the data plane adds to the contract: the built-in
-//! [`LeastLoaded`] policy and the outcome log of the learning loop ([`outcome`]).
+//! [`LeastLoaded`] policy and the outcome log of the learning loop (`outcome`).
 
 use std::borrow::Cow;
 
@@ -15,9 +15,10 @@ pub(crate) use sluice_contract::route::{
 };
 pub(crate) use sluice_contract::traffic::TrafficMeter;
 
-pub mod outcome;
+mod outcome;
 
-pub use outcome::{OutcomeLog, RouteOutcome};
+pub use outcome::RouteOutcome;
+pub(crate) use outcome::{Observation, OutcomeLog};
 
 /// The built-in policy: the connection with the lowest fill ratio, preferring better endpoint
 /// priority, then fewer streams, then the older connection (stable placement).

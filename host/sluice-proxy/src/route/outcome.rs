@@ -22,7 +22,7 @@ const MAX_FINISHED: usize = 4096;
 
 /// One decision whose stream is being watched.
 #[derive(Debug)]
-pub struct Observation {
+pub(crate) struct Observation {
     started: Instant,
     at: SystemTime,
     monitor: Arc<str>,
@@ -117,7 +117,7 @@ impl RouteOutcome {
 
 /// Decisions being watched and those finished, shared by the pool and whoever drains it.
 #[derive(Debug)]
-pub struct OutcomeLog {
+pub(crate) struct OutcomeLog {
     enabled: bool,
     window: Duration,
     per_second: u32,
@@ -213,7 +213,9 @@ impl OutcomeLog {
         std::mem::take(&mut state.finished)
     }
 
-    /// Decisions not watched because the budget or the queues were full.
+    /// Decisions not watched because the budget or the queues were full (only the tests ask:
+    /// nothing exports it yet).
+    #[cfg(test)]
     pub fn skipped(&self) -> u64 {
         self.state.lock().skipped
     }
