@@ -10,6 +10,8 @@ mod browser;
 mod demo;
 #[cfg(test)]
 mod doclinks;
+#[cfg(test)]
+mod layers;
 mod plugins;
 mod procs;
 mod setup;
