@@ -18,8 +18,6 @@
 //! [`sluice_proxy::ProxyView`] and [`sluice_analytics::Analytics`]; it must not hold state of
 //! its own (beyond the frame the live feed last published) or reach into the data path.
 
-#![warn(missing_docs)]
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;

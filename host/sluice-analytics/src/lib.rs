@@ -5,8 +5,6 @@
 //! [`sluice_policy::Policies`]; it must never sit on a stream's path. Every loop is bounded in
 //! what it keeps and runs on its own period.
 
-#![warn(missing_docs)]
-
 pub mod alerts;
 pub mod engine;
 pub mod history;

@@ -7,8 +7,6 @@
 //! Every error names the key it is about (`endpoints[1].url`, `classes.realtime.share`) and the
 //! problem, and unknown keys are rejected so that a typo never silently falls back to a default.
 
-#![warn(missing_docs)]
-
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;

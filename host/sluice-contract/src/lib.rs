@@ -12,8 +12,6 @@
 //! - [`resume`]: what a resumer is told about a broken stream and what it answers;
 //! - [`health`] and [`breaker`]: the endpoint states a candidate carries.
 
-#![warn(missing_docs)]
-
 pub mod breaker;
 pub mod health;
 pub mod resume;

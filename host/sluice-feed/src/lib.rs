@@ -41,8 +41,6 @@
 //!
 //! [health]: https://github.com/grpc/grpc/blob/master/doc/health-checking.md
 
-#![warn(missing_docs)]
-
 mod incoming;
 mod metadata_echo;
 mod service;

@@ -20,8 +20,6 @@
 //! horizon is capped at [`MAX_HORIZON`].
 
 #![no_std]
-#![warn(missing_docs)]
-
 extern crate alloc;
 
 #[cfg(test)]

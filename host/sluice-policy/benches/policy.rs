@@ -13,6 +13,9 @@
 //!
 //! Usage: `policy --plugins DIR [--rounds N] [--quick] [--json FILE]`.
 
+// A benchmark program, not the data path: a set-up that fails should stop it loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

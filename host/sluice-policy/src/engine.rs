@@ -150,7 +150,9 @@ impl CompileCache {
             // SAFETY: the file was written by `Component::serialize` of this same engine build
             // (the fingerprint is in its name) into Sluice's own cache folder; wasmtime checks
             // its header and refuses files from another version or configuration.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            #[allow(unsafe_code)]
+            let cached = unsafe { Component::deserialize_file(engine, &path) };
+            match cached {
                 Ok(component) => return Ok((component, CompileSource::Cached)),
                 Err(error) => {
                     tracing::warn!(path = %path.display(), %error, "ignoring unusable compile cache entry");

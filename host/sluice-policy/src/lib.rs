@@ -12,8 +12,6 @@
 //! the [`sluice_contract::route::Router`] and [`sluice_contract::resume::Resumer`] traits and the
 //! `plan`/`detect` calls.
 
-#![warn(missing_docs)]
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};

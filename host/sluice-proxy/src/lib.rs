@@ -18,8 +18,6 @@
 //!
 //! Start a proxy with [`Proxy::bind`] and [`Proxy::spawn`].
 
-#![warn(missing_docs)]
-
 pub mod breaker;
 mod coalesce;
 mod forward;

@@ -7,6 +7,9 @@
 //! after 2,000 of warm-up. It prints figures; it stops at a failed call, whose time would mean
 //! nothing.
 
+// A benchmark program, not the data path: a set-up that fails should stop it loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -10,8 +10,6 @@
 //! error the router decides without. While no model can answer, [`OnnxScorer::unavailable`]
 //! says why, and the router uses its built-in policy.
 
-#![warn(missing_docs)]
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
