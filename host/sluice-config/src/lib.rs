@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ mod env;
 mod plugins;
 mod resilience;
 mod scorer;
+mod server;
 
 pub use alerts::{
     AlertRetryConfig, AlertsConfig, BreakerOpenRule, EndpointUnhealthyRule, ThresholdRule,
@@ -28,12 +28,13 @@ pub use alerts::{
 };
 pub use analytics::{AnalyticsConfig, ScalingConfig, StoreConfig};
 pub use env::expand_env;
-pub use plugins::{AdminConfig, PluginsConfig, SlotConfig, SlotKind};
+pub use plugins::{AdminConfig, AdminTls, PluginsConfig, SlotConfig, SlotKind};
 pub use resilience::{
     BreakerScope, BreakerSettings, BreakerTable, BreakersConfig, FailureKinds, HealthConfig,
     RateLimitConfig, ResumeMode, UnknownBreakerScope,
 };
 pub use scorer::{LearningConfig, ScorerConfig};
+pub use server::{ServerConfig, ServerTls};
 
 /// A configuration that could not be read, parsed or validated.
 #[derive(Debug, thiserror::Error)]
@@ -125,56 +126,6 @@ pub struct Config {
     /// Recording routing decisions and their outcomes, to train the scorer's model.
     #[serde(default)]
     pub learning: LearningConfig,
-}
-
-/// The listener monitors connect to.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Address of the gRPC listener. Default `127.0.0.1:50051`.
-    pub listen: SocketAddr,
-    /// Serve TLS to monitors instead of plaintext HTTP/2 (h2c).
-    pub tls: Option<ServerTls>,
-    /// Largest gRPC message accepted in either direction, in bytes. Default 16 MiB.
-    pub max_message_bytes: usize,
-    /// Refuse monitors that are not listed in `[[monitors]]` (otherwise they get `default_class`).
-    pub reject_unknown_monitors: bool,
-    /// Class given to monitors that do not name themselves or are not listed. Default `event`.
-    pub default_class: TrafficClass,
-    /// Maximum concurrent streams one monitor connection may open. Default 1024.
-    pub max_concurrent_streams: u32,
-    /// How long a shutdown waits for open streams before cutting them. Default 10 s.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
-    /// A monitor connection with no open stream for this long is closed (GOAWAY). This also
-    /// sheds peers that connect and never send a complete request. Default 5 min.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            tls: None,
-            max_message_bytes: 16 * 1024 * 1024,
-            reject_unknown_monitors: false,
-            default_class: TrafficClass::Event,
-            max_concurrent_streams: 1024,
-            shutdown_grace: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(300),
-        }
-    }
-}
-
-/// A certificate and key served to monitors.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ServerTls {
-    /// PEM certificate chain.
-    pub cert_file: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
 }
 
 /// Limits of the upstream connection pool.
@@ -548,6 +499,9 @@ pub struct MonitorConfig {
     /// from the class and the measured message rate (see `wit/types.wit`, `traffic-profile`).
     #[serde(default)]
     pub latency_sensitivity: Option<f64>,
+    /// Streams this monitor may have open at once. Default `server.max_streams_per_monitor`.
+    #[serde(default)]
+    pub max_streams: Option<usize>,
 }
 
 /// Options for a method or a whole service.
@@ -625,7 +579,13 @@ impl MonitorConfig {
             prefer_region: None,
             max_latency: None,
             latency_sensitivity: None,
+            max_streams: None,
         }
+    }
+
+    /// Streams the monitor may have open at once under `server`'s limits.
+    pub fn stream_limit(&self, server: &ServerConfig) -> usize {
+        self.max_streams.unwrap_or(server.max_streams_per_monitor)
     }
 }
 
@@ -730,30 +690,6 @@ impl Config {
             .iter()
             .find(|m| m.path == path)
             .or_else(|| self.methods.iter().find(|m| m.matches(path)))
-    }
-
-    fn validate_server(&self) -> Result<(), ConfigError> {
-        let server = &self.server;
-        if server.max_message_bytes == 0 {
-            return Err(invalid(
-                "server.max_message_bytes",
-                "must be greater than 0",
-            ));
-        }
-        if server.idle_timeout.is_zero() {
-            return Err(invalid("server.idle_timeout", "must be greater than 0"));
-        }
-        if server.max_concurrent_streams == 0 {
-            return Err(invalid(
-                "server.max_concurrent_streams",
-                "must be greater than 0",
-            ));
-        }
-        if let Some(tls) = &server.tls {
-            require_file("server.tls.cert_file", &tls.cert_file)?;
-            require_file("server.tls.key_file", &tls.key_file)?;
-        }
-        Ok(())
     }
 
     fn validate_pool_and_classes(&self) -> Result<(), ConfigError> {
@@ -1010,6 +946,12 @@ impl Config {
                 format!("{} is not a folder", dir.display()),
             ));
         }
+        if self.plugins.cache_max_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "plugins.cache_max_bytes",
+                "must be at least 1 MiB (an empty cache_dir turns the cache off)",
+            ));
+        }
         for slot in SlotKind::ALL {
             let table = self.plugins.slot(slot);
             let key = |field: &str| format!("plugins.{slot}.{field}");
@@ -1030,6 +972,21 @@ impl Config {
             }
             if table.failure_threshold == Some(0) {
                 return Err(invalid(key("failure_threshold"), "must be at least 1"));
+            }
+            if table.failure_rate.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
+                return Err(invalid(
+                    key("failure_rate"),
+                    "must be above 0 and at most 1 (1 turns the rate check off)",
+                ));
+            }
+            if table
+                .failure_window
+                .is_some_and(|w| w < Duration::from_millis(100) || w > Duration::from_secs(3600))
+            {
+                return Err(invalid(key("failure_window"), "must be between 100ms and 1h"));
+            }
+            if table.failure_min_calls == Some(0) {
+                return Err(invalid(key("failure_min_calls"), "must be at least 1"));
             }
             if table
                 .shadow_sample
@@ -1077,6 +1034,20 @@ impl Config {
                 "admin.max_upload_bytes".to_owned(),
                 "must be greater than 0",
             ));
+        }
+        for (i, entry) in admin.allowed_hosts.iter().enumerate() {
+            AdminConfig::check_host_entry(entry).map_err(|problem| {
+                invalid(format!("admin.allowed_hosts[{i}]"), format!("{entry:?} {problem}"))
+            })?;
+        }
+        for (i, entry) in admin.allowed_origins.iter().enumerate() {
+            AdminConfig::check_origin_entry(entry).map_err(|problem| {
+                invalid(format!("admin.allowed_origins[{i}]"), format!("{entry:?} {problem}"))
+            })?;
+        }
+        if let Some(tls) = &admin.tls {
+            require_file("admin.tls.cert_file", &tls.cert_file)?;
+            require_file("admin.tls.key_file", &tls.key_file)?;
         }
         Ok(())
     }

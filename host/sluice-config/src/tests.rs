@@ -483,3 +483,123 @@ fn breaker_scopes_round_trip_through_their_names() {
     let error = "pool".parse::<BreakerScope>().unwrap_err().to_string();
     assert!(error.contains("connection, endpoint, monitor"), "{error}");
 }
+
+#[test]
+fn listener_limits_have_safe_defaults_and_are_validated() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.server.max_connections, 4096);
+    assert_eq!(config.server.max_connections_per_peer, 256);
+    assert_eq!(config.server.max_streams_per_monitor, 1024);
+    assert_eq!(config.server.max_header_list_bytes, 16 * 1024);
+    assert_eq!(config.server.request_timeout, Duration::from_secs(10));
+    assert_eq!(config.server.max_buffered_request_bytes, 64 * 1024 * 1024);
+    for (table, key) in [
+        ("max_connections = 0", "server.max_connections"),
+        ("max_connections_per_peer = 0", "server.max_connections_per_peer"),
+        ("max_streams_per_monitor = 0", "server.max_streams_per_monitor"),
+        ("max_buffered_request_bytes = 0", "server.max_buffered_request_bytes"),
+        ("request_timeout = \"0s\"", "server.request_timeout"),
+        ("max_header_list_bytes = 100", "server.max_header_list_bytes"),
+        (
+            "max_connections = 10\nmax_connections_per_peer = 20",
+            "server.max_connections_per_peer",
+        ),
+    ] {
+        let error = error_of(&format!("[server]\n{table}\n{MINIMAL}"));
+        assert!(error.contains(key), "{table}: {error}");
+    }
+}
+
+#[test]
+fn a_monitor_may_have_its_own_stream_limit() {
+    let text = format!(
+        "{MINIMAL}\n[[monitors]]\nid = \"m\"\nclass = \"event\"\nmax_streams = 3\n\
+         [[monitors]]\nid = \"n\"\nclass = \"event\"\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.monitors[0].stream_limit(&config.server), 3);
+    assert_eq!(config.monitors[1].stream_limit(&config.server), 1024);
+    let error = error_of(&format!(
+        "{MINIMAL}\n[[monitors]]\nid = \"m\"\nclass = \"event\"\nmax_streams = 0\n"
+    ));
+    assert!(error.contains("monitors[0].max_streams"), "{error}");
+}
+
+#[test]
+fn admin_allowed_hosts_and_origins_are_host_port_entries() {
+    let config = parse(&format!(
+        "{MINIMAL}\n[admin]\nallowed_hosts = [\"sluice.internal\", \"Sluice.Internal:9901\", \
+         \"10.0.0.5:9901\", \"[::1]:9901\"]\nallowed_origins = [\"https://console.example\", \
+         \"http://10.0.0.5:9901\"]\nallow_unauthenticated_writes = true\n"
+    ))
+    .unwrap();
+    assert_eq!(config.admin.allowed_hosts.len(), 4);
+    assert_eq!(config.admin.allowed_origins.len(), 2);
+    assert!(config.admin.allow_unauthenticated_writes);
+    assert!(!AdminConfig::default().allow_unauthenticated_writes);
+    for (entry, problem) in [
+        ("http://sluice.internal", "without a scheme"),
+        ("sluice.internal/admin", "without a path"),
+        ("sluice.internal?x=1", "without a path, query"),
+        ("me@sluice.internal", "without a path, query or user"),
+        ("sluice.internal:0", "a port is 1-65535"),
+        ("sluice.internal:http", "a port is 1-65535"),
+        ("sluice.internal:", "a port is 1-65535"),
+        ("::1", "neither a DNS name nor an IP address"),
+        ("[::1", "closing bracket"),
+        ("[::1]9901", "closing bracket"),
+        ("[not-ip]:1", "neither a DNS name"),
+        ("", "neither a DNS name"),
+        ("two words", "neither a DNS name"),
+    ] {
+        let error = error_of(&format!(
+            "{MINIMAL}\n[admin]\nallowed_hosts = [\"ok.example\", {entry:?}]\n"
+        ));
+        assert!(
+            error.contains("admin.allowed_hosts[1]") && error.contains(problem),
+            "{entry:?}: {error}"
+        );
+    }
+    for (entry, problem) in [
+        ("console.example", "must start with http:// or https://"),
+        ("ftp://console.example", "must start with http:// or https://"),
+        ("https://console.example/", "without a path"),
+        ("https://console.example:99999", "a port is 1-65535"),
+    ] {
+        let error = error_of(&format!(
+            "{MINIMAL}\n[admin]\nallowed_origins = [{entry:?}]\n"
+        ));
+        assert!(
+            error.contains("admin.allowed_origins[0]") && error.contains(problem),
+            "{entry:?}: {error}"
+        );
+    }
+}
+
+#[test]
+fn admin_tls_files_must_exist() {
+    let existing = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let config = parse(&format!(
+        "{MINIMAL}\n[admin.tls]\ncert_file = {existing:?}\nkey_file = {existing:?}\n"
+    ))
+    .unwrap();
+    assert!(config.admin.tls.is_some());
+    let error = error_of(&format!(
+        "{MINIMAL}\n[admin.tls]\ncert_file = \"/nonexistent/admin.pem\"\nkey_file = {existing:?}\n"
+    ));
+    assert!(
+        error.contains("admin.tls.cert_file") && error.contains("does not exist"),
+        "{error}"
+    );
+    let error = error_of(&format!(
+        "{MINIMAL}\n[admin.tls]\ncert_file = {existing:?}\nkey_file = \"/nonexistent/admin.key\"\n"
+    ));
+    assert!(
+        error.contains("admin.tls.key_file") && error.contains("does not exist"),
+        "{error}"
+    );
+    let error = error_of(&format!(
+        "{MINIMAL}\n[admin.tls]\ncert = {existing:?}\nkey_file = {existing:?}\n"
+    ));
+    assert!(error.contains("unknown field `cert`"), "{error}");
+}

@@ -96,6 +96,7 @@ async fn monitors_can_connect_over_tls() {
     config.server.tls = Some(sluice_config::ServerTls {
         cert_file: write(&dir, "cert.pem", &pki.cert_pem),
         key_file: write(&dir, "key.pem", &pki.key_pem),
+        client_ca_file: None,
     });
     let proxy = sluice(config).await;
     let tls = ClientTlsConfig::new()
@@ -145,6 +146,7 @@ async fn unusable_tls_files_are_reported_at_start() {
     config.server.tls = Some(sluice_config::ServerTls {
         cert_file: write(&dir, "cert.pem", "not a certificate"),
         key_file: write(&dir, "key.pem", "not a key"),
+        client_ca_file: None,
     });
     let error = sluice_proxy::Proxy::bind(std::sync::Arc::new(config))
         .await
