@@ -178,7 +178,7 @@ impl SlotConfig {
     }
 }
 
-/// The admin HTTP listener (plugin uploads and actions; the dashboard and API grow here).
+/// The admin HTTP listener: the API, its WebSocket, the dashboard and Prometheus metrics.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -192,6 +192,33 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// Largest plugin upload accepted, in bytes. Default 64 MiB.
     pub max_upload_bytes: usize,
+    /// `Host` values the listener answers to besides its own address (`listen` with the bound
+    /// port, and for a loopback address `localhost`, `127.0.0.1` and `[::1]` with that port):
+    /// exact `host[:port]` entries, compared without regard to case. Any other `Host` is
+    /// refused, which is what stops DNS rebinding. Default none.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`http[s]://host[:port]`) allowed to call the API besides the
+    /// listener's own (its scheme with an allowed host). A request with any other `Origin`
+    /// is refused. Default none.
+    pub allowed_origins: Vec<String>,
+    /// Serve `POST` routes (uploads, promotions, breaker overrides, drains) without a token.
+    /// Only possible on a loopback address (anywhere else a token is required) and without
+    /// effect when `token` is set. Default false: without a token, writes are refused.
+    pub allow_unauthenticated_writes: bool,
+    /// Serve the admin API (the dashboard and `/ws` included) over HTTPS with this certificate
+    /// and key. Default none (plain HTTP).
+    pub tls: Option<AdminTls>,
+}
+
+/// `[admin.tls]`: the certificate and key the admin listener serves; the same keys as
+/// `[server.tls]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTls {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 impl Default for AdminConfig {
@@ -201,6 +228,76 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
             token: None,
             max_upload_bytes: 64 * 1024 * 1024,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            allow_unauthenticated_writes: false,
+            tls: None,
         }
     }
+}
+
+impl AdminConfig {
+    /// Checks an `allowed_hosts` entry: `host[:port]`, a DNS name or an IP address (IPv6 in
+    /// brackets) with an optional port, nothing else. The error says what is wrong.
+    pub fn check_host_entry(entry: &str) -> Result<(), String> {
+        if entry.contains("://") {
+            return Err("is host[:port] without a scheme (drop the http:// or https://)".into());
+        }
+        if let Some(c) = entry.chars().find(|c| matches!(c, '/' | '?' | '#' | '@')) {
+            return Err(format!(
+                "is host[:port] without a path, query or user ({c:?} found)"
+            ));
+        }
+        let (host, port) = split_host_port(entry).ok_or_else(|| {
+            "has an IPv6 address without its closing bracket or with text after it; write [address]:port".to_owned()
+        })?;
+        if let Some(port) = port
+            && port.parse::<u16>().map_or(true, |p| p == 0)
+        {
+            return Err(format!("has port {port:?}; a port is 1-65535"));
+        }
+        let valid = if let Some(ip) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            ip.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        };
+        if valid {
+            Ok(())
+        } else {
+            Err(format!(
+                "has host {host:?}, which is neither a DNS name nor an IP address (IPv6 in [brackets])"
+            ))
+        }
+    }
+
+    /// Checks an `allowed_origins` entry: `http://host[:port]` or `https://host[:port]`, as a
+    /// browser sends it in `Origin`. The error says what is wrong.
+    pub fn check_origin_entry(entry: &str) -> Result<(), String> {
+        let authority = entry
+            .strip_prefix("http://")
+            .or_else(|| entry.strip_prefix("https://"))
+            .ok_or_else(|| "must start with http:// or https://".to_owned())?;
+        Self::check_host_entry(authority)
+    }
+}
+
+/// `host` and its port, if any, of a `host[:port]` entry. `None` when the entry cannot be
+/// split: an unclosed IPv6 bracket, or text after the bracket that is not `:port`.
+fn split_host_port(entry: &str) -> Option<(&str, Option<&str>)> {
+    if entry.starts_with('[') {
+        let end = entry.find(']')?;
+        let (host, rest) = entry.split_at(end + 1);
+        return match rest {
+            "" => Some((host, None)),
+            _ => rest.strip_prefix(':').map(|port| (host, Some(port))),
+        };
+    }
+    Some(match entry.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (entry, None),
+    })
 }
