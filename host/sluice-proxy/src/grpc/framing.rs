@@ -177,7 +177,11 @@ impl MessageSplitter {
         let missing = if source.len() < PREFIX_LEN {
             PREFIX_LEN - source.len()
         } else {
-            PREFIX_LEN + declared_len(source) - source.len()
+            // Saturating: after a `TooLarge`, or with a whole message not taken, more than the
+            // declared message is buffered. Still an error, never an overflow.
+            PREFIX_LEN
+                .saturating_add(declared_len(source))
+                .saturating_sub(source.len())
         };
         Err(FrameError::Truncated { missing })
     }

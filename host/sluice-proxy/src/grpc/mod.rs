@@ -6,6 +6,8 @@
 
 mod framing;
 pub(crate) mod headers;
+#[cfg(test)]
+mod proptests;
 mod status;
 pub mod timeout;
 
