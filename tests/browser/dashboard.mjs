@@ -30,8 +30,10 @@ function check(condition, message) {
   if (!condition) throw new Error(message);
 }
 
+// Uploads (a Uint8Array body) go as application/wasm, the only type the API takes for them.
 async function api(path, method = "GET", body = undefined) {
-  const response = await fetch(`${admin}${path}`, { method, body });
+  const headers = body instanceof Uint8Array ? { "Content-Type": "application/wasm" } : {};
+  const response = await fetch(`${admin}${path}`, { method, body, headers });
   check(response.ok, `${method} ${path}: HTTP ${response.status}`);
   return response.json();
 }

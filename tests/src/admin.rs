@@ -47,6 +47,11 @@ pub async fn request_json(
     send(addr, method, path, token, Some("application/json"), body).await
 }
 
+/// Uploads a component: `POST path` with `Content-Type: application/wasm`, as the API requires.
+pub async fn upload(addr: SocketAddr, path: &str, token: Option<&str>, body: Vec<u8>) -> Answer {
+    send(addr, "POST", path, token, Some("application/wasm"), body).await
+}
+
 async fn send(
     addr: SocketAddr,
     method: &str,
@@ -55,26 +60,85 @@ async fn send(
     content_type: Option<&str>,
     body: Vec<u8>,
 ) -> Answer {
-    let stream = tokio::net::TcpStream::connect(addr)
+    let authorization = token.map(|token| format!("Bearer {token}"));
+    let mut headers = Vec::new();
+    if let Some(authorization) = &authorization {
+        headers.push(("authorization", authorization.as_str()));
+    }
+    if let Some(content_type) = content_type {
+        headers.push(("content-type", content_type));
+    }
+    request_with(addr, method, path, &headers, body).await
+}
+
+/// Sends a request with `headers` (`Host` defaults to `addr`; one in `headers` replaces it).
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Answer {
+    exchange(
+        connect(addr).await,
+        build(addr, method, path, headers, body),
+    )
+    .await
+}
+
+/// [`request_with`] over HTTPS, trusting the CA certificate in the PEM file `ca`; the
+/// certificate must name 127.0.0.1.
+pub async fn request_tls(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Answer {
+    let tls = sluice_admin::tls::connect(connect(addr).await, &addr.ip().to_string(), Some(ca))
         .await
-        .expect("admin API reachable");
+        .expect("TLS handshake with the admin API");
+    exchange(tls, build(addr, method, path, headers, body)).await
+}
+
+async fn connect(addr: SocketAddr) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin API reachable")
+}
+
+fn build(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> hyper::Request<Full<Bytes>> {
+    let mut builder = hyper::Request::builder().method(method).uri(path);
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        builder = builder.header(hyper::header::HOST, addr.to_string());
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Full::new(Bytes::from(body))).expect("request")
+}
+
+async fn exchange<IO>(io: IO, request: hyper::Request<Full<Bytes>>) -> Answer
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
             .expect("HTTP handshake");
     tokio::spawn(connection);
-    let mut builder = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, addr.to_string());
-    if let Some(token) = token {
-        builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    if let Some(content_type) = content_type {
-        builder = builder.header(hyper::header::CONTENT_TYPE, content_type);
-    }
     let response = sender
-        .send_request(builder.body(Full::new(Bytes::from(body))).expect("request"))
+        .send_request(request)
         .await
         .expect("admin API answers");
     let status = response.status().as_u16();

@@ -10,22 +10,39 @@
 //! - `/` and `/assets/...`: the dashboard page, embedded in the binary ([`dashboard`]).
 //! - `/healthz`, `/readyz`: liveness and readiness.
 //!
-//! Every route except the health checks and the dashboard's static files (which hold no data)
-//! needs the bearer token when one is configured, and Sluice refuses to bind a non-loopback
-//! address without one (checked by the config). Errors are JSON: `{"error": "...", "status": N}`.
+//! Who may call it (the `guard` module enforces it on every route, `/ws` and the embedding
+//! program's routes included):
+//!
+//! - **Host**: only the hosts this listener answers to: its listen address (with the bound
+//!   port), for a loopback address `localhost`, `127.0.0.1` and `[::1]` with that port, and
+//!   `admin.allowed_hosts`; any other `Host` is refused with 421, token or no token, which stops
+//!   DNS rebinding.
+//! - **Origin**: a request carrying `Origin` (a browser's) must come from the listener's own
+//!   origin (`http://` or, with TLS, `https://` and an allowed host) or `admin.allowed_origins`;
+//!   otherwise 403. Requests without `Origin` (curl, the CLI, Prometheus) pass; the health checks
+//!   skip this rule.
+//! - **Token**: with `admin.token` set every route except the health checks and the dashboard's
+//!   static files (which hold no data) needs the bearer token, and Sluice refuses to bind a
+//!   non-loopback address without one (checked by the config). Without a token, reads are served
+//!   but writes (uploads, activations, promotions, breaker overrides, drains, the embedding
+//!   program's actions) answer 401 unless `admin.allow_unauthenticated_writes = true`.
+//!
+//! With `[admin.tls]` everything is served over HTTPS ([`tls`]). Plugin uploads must be sent as
+//! `Content-Type: application/wasm` (415 otherwise). Errors are JSON:
+//! `{"error": "...", "status": N}`.
 //!
 //! This crate translates HTTP to calls on [`sluice_policy::Policies`],
 //! [`sluice_proxy::ProxyView`] and [`sluice_analytics::Analytics`]; it must not hold state of
 //! its own (beyond the frame the live feed last published) or reach into the data path.
 
+use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use sluice_config::AdminConfig;
 use sluice_policy::Policies;
@@ -33,10 +50,12 @@ use sluice_proxy::ProxyView;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 mod analytics;
 pub mod dashboard;
 mod error;
+mod guard;
 mod inventory;
 pub mod live;
 mod openapi;
@@ -44,9 +63,12 @@ pub mod overview;
 mod plugins;
 pub mod prometheus;
 mod resilience;
+pub mod tls;
 
 pub use error::ApiError;
 pub use openapi::DOCUMENT as OPENAPI;
+
+use guard::Guard;
 
 /// What the handlers reach.
 #[derive(Clone)]
@@ -60,12 +82,15 @@ pub struct AdminState {
     /// When the server was bound: the uptime's origin.
     pub started: Instant,
     live: live::LiveFeed,
-    token: Option<Arc<str>>,
 }
 
 /// A bound admin listener, not yet serving.
 pub struct AdminServer {
     listener: TcpListener,
+    addr: SocketAddr,
+    /// Set with `[admin.tls]`: connections are TLS.
+    tls: Option<TlsAcceptor>,
+    guard: Arc<Guard>,
     app: Router,
     state: AdminState,
 }
@@ -73,6 +98,7 @@ pub struct AdminServer {
 /// A running admin server.
 pub struct AdminHandle {
     addr: SocketAddr,
+    tls: bool,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -87,35 +113,50 @@ impl AdminServer {
         Self::bind_with_analytics(config, policies, proxy, None).await
     }
 
-    /// Binds the listener in `config`, serving the analytics engine's data too.
+    /// Binds the listener in `config`, serving the analytics engine's data too. With
+    /// `[admin.tls]` the certificate and key are read here, and an unusable one is an error
+    /// naming the file.
     pub async fn bind_with_analytics(
         config: &AdminConfig,
         policies: Arc<Policies>,
         proxy: ProxyView,
         analytics: Option<Arc<sluice_analytics::Analytics>>,
     ) -> std::io::Result<Self> {
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        if config.listen.ip().is_unspecified() && config.allowed_hosts.is_empty() {
+            tracing::warn!(
+                listen = %config.listen,
+                "the admin API answers only to Host {addr}: list the names clients use in \
+                 admin.allowed_hosts"
+            );
+        }
+        let guard = Arc::new(Guard::new(config, addr, tls.is_some()));
         let state = AdminState {
             policies,
             proxy,
             analytics,
             started: Instant::now(),
             live: live::LiveFeed::new(),
-            token: config.token.as_deref().map(Arc::from),
         };
         Ok(Self {
             listener,
-            app: router(state.clone(), config.max_upload_bytes),
+            addr,
+            tls,
+            app: router(state.clone(), Arc::clone(&guard), config.max_upload_bytes),
+            guard,
             state,
         })
     }
 
     /// Adds routes of the embedding program (the demo's endpoint controls), behind the same
-    /// bearer token as the API.
+    /// rules as the API: the bearer token, and for writes a token or
+    /// `admin.allow_unauthenticated_writes`.
     pub fn with_routes(mut self, routes: Router) -> Self {
         let guarded = routes.route_layer(middleware::from_fn_with_state(
-            self.state.clone(),
-            require_token,
+            Arc::clone(&self.guard),
+            guard::require_token,
         ));
         self.app = self.app.merge(guarded);
         self
@@ -123,10 +164,7 @@ impl AdminServer {
 
     /// Serves until the handle is shut down.
     pub fn spawn(self) -> AdminHandle {
-        let addr = self
-            .listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let addr = self.addr;
         let (shutdown, mut stop) = watch::channel(false);
         tokio::spawn(
             self.state
@@ -134,21 +172,46 @@ impl AdminServer {
                 .clone()
                 .run(self.state.clone(), shutdown.subscribe()),
         );
-        let task = tokio::spawn(async move {
-            let served = axum::serve(self.listener, self.app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "admin server stopped");
-            }
-        });
+        // The Host and Origin rules wrap everything, the routes merged by `with_routes` and the
+        // fallbacks included, so they are layered last.
+        let app = self.app.layer(middleware::from_fn_with_state(
+            self.guard,
+            guard::check_host_and_origin,
+        ));
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let tls = self.tls.is_some();
+        let task = match self.tls {
+            Some(acceptor) => tokio::spawn(serve(
+                tls::TlsListener::new(self.listener, acceptor, addr),
+                app,
+                stopped,
+            )),
+            None => tokio::spawn(serve(self.listener, app, stopped)),
+        };
         AdminHandle {
             addr,
+            tls,
             shutdown,
             task,
         }
+    }
+}
+
+async fn serve<L>(
+    listener: L,
+    app: Router,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener,
+    L::Addr: Debug,
+{
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::error!(%error, "admin server stopped");
     }
 }
 
@@ -158,6 +221,12 @@ impl AdminHandle {
         self.addr
     }
 
+    /// Its base URL: `http://host:port`, or `https://host:port` with `[admin.tls]`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
     /// Stops accepting and waits for in-flight requests.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
@@ -165,7 +234,7 @@ impl AdminHandle {
     }
 }
 
-fn router(state: AdminState, max_upload_bytes: usize) -> Router {
+fn router(state: AdminState, guard: Arc<Guard>, max_upload_bytes: usize) -> Router {
     let api = Router::new()
         .route("/api/v1/plugins", get(plugins::list))
         .route("/api/v1/plugins/events", get(plugins::events))
@@ -200,7 +269,7 @@ fn router(state: AdminState, max_upload_bytes: usize) -> Router {
         .route("/metrics", get(prometheus::metrics))
         .route("/ws", get(live::upgrade))
         .layer(DefaultBodyLimit::max(max_upload_bytes))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(guard, guard::require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
@@ -214,57 +283,4 @@ fn router(state: AdminState, max_upload_bytes: usize) -> Router {
             )
         })
         .with_state(state)
-}
-
-async fn require_token(
-    State(state): State<AdminState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if let Some(expected) = &state.token {
-        let headers = request.headers();
-        let presented = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|token| token.as_bytes().to_vec())
-            .or_else(|| websocket_token(headers));
-        match presented.as_deref() {
-            Some(token) if constant_time_eq(token, expected.as_bytes()) => {}
-            Some(_) => return Err(ApiError::unauthorized("wrong bearer token")),
-            None => {
-                return Err(ApiError::unauthorized(
-                    "missing bearer token (Authorization: Bearer <admin.token>)",
-                ));
-            }
-        }
-    }
-    Ok(next.run(request).await)
-}
-
-/// The token a browser offers when opening `/ws`: the subprotocol `bearer.<token as hex>`
-/// (browsers cannot set headers on a WebSocket, and hex keeps any token a valid protocol name).
-fn websocket_token(headers: &axum::http::HeaderMap) -> Option<Vec<u8>> {
-    let offered = headers
-        .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)?
-        .to_str()
-        .ok()?;
-    let hex = offered
-        .split(',')
-        .find_map(|p| p.trim().strip_prefix("bearer."))?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// Compares without an early exit, so response time does not reveal how much of a guess matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

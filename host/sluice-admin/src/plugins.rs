@@ -8,8 +8,8 @@ use std::time::UNIX_EPOCH;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_config::SlotKind;
@@ -147,6 +147,7 @@ fn loaded_json(loaded: &Loaded) -> Value {
 fn refusal(error: PolicyError) -> ApiError {
     match error {
         PolicyError::Action(message) => ApiError::conflict(message),
+        PolicyError::Busy(message) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
         PolicyError::Engine(message) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("engine: {message}"),
@@ -155,15 +156,41 @@ fn refusal(error: PolicyError) -> ApiError {
     }
 }
 
-/// `POST /api/v1/plugins/{slot}?shadow=&name=` with the component as the body.
+/// The media type of an upload: a WebAssembly component.
+const WASM: &str = "application/wasm";
+
+/// Refuses an upload not declared as [`WASM`]: a browser can send a cross-site form or a plain
+/// `text/plain` POST without asking first, never an `application/wasm` one.
+fn require_wasm(headers: &HeaderMap) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim());
+    match declared {
+        Some(media) if media.eq_ignore_ascii_case(WASM) => Ok(()),
+        Some(media) => Err(ApiError::unsupported_media_type(format!(
+            "uploads must be sent as Content-Type: {WASM}, not {media:?}"
+        ))),
+        None => Err(ApiError::unsupported_media_type(format!(
+            "uploads must be sent as Content-Type: {WASM}"
+        ))),
+    }
+}
+
+/// `POST /api/v1/plugins/{slot}?shadow=&name=` with the component as the body
+/// (`Content-Type: application/wasm`).
 pub async fn upload(
     State(state): State<AdminState>,
     Path(slot): Path<String>,
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    request: Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let kind = slot_kind(&slot)?;
-    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    // Checked before the body is read: a refused upload is not buffered.
+    require_wasm(request.headers())?;
+    let body = Bytes::from_request(request, &state)
+        .await
+        .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if body.is_empty() {
         return Err(ApiError::bad_request(

@@ -110,12 +110,17 @@ enum PluginCommand {
         /// Load it as the slot's shadow instead of activating it.
         #[arg(long)]
         shadow: bool,
-        /// The admin API's address.
+        /// The admin API's address: http://host:port, or https://host:port for one served
+        /// with [admin.tls].
         #[arg(long, default_value = "http://127.0.0.1:9901")]
         admin: String,
         /// Bearer token (default: $SLUICE_ADMIN_TOKEN).
         #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// PEM CA certificate(s) to verify an https:// admin API with, e.g. the one that signed
+        /// a self-signed [admin.tls] certificate (default: the public web roots).
+        #[arg(long)]
+        ca: Option<PathBuf>,
     },
 }
 
@@ -253,6 +258,7 @@ fn main() -> ExitCode {
                 shadow,
                 admin,
                 token,
+                ca,
             }) => {
                 plugin_cli::load(plugin_cli::LoadOptions {
                     file,
@@ -260,6 +266,7 @@ fn main() -> ExitCode {
                     shadow,
                     admin,
                     token,
+                    ca,
                 })
                 .await
             }
@@ -415,15 +422,23 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
         );
     }
     if config.admin.enabled {
+        let admin = &config.admin;
         println!(
-            "  admin API on {} ({})",
-            config.admin.listen,
-            if config.admin.token.is_some() {
-                "bearer token required"
-            } else {
-                "no token"
+            "  admin API on {}://{} ({})",
+            if admin.tls.is_some() { "https" } else { "http" },
+            admin.listen,
+            match (&admin.token, admin.allow_unauthenticated_writes) {
+                (Some(_), _) => "bearer token required",
+                (None, true) => "no token; writes allowed without one",
+                (None, false) => "no token: reads only, writes refused",
             }
         );
+        if !admin.allowed_hosts.is_empty() {
+            println!(
+                "    also answers to Host {}",
+                admin.allowed_hosts.join(", ")
+            );
+        }
     }
     Ok(())
 }
@@ -434,8 +449,8 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let services = services::start(config).await?;
     println!("sluice listening on {}", services.proxy.addr());
     if let Some(admin) = &services.admin {
-        println!("admin API on http://{}", admin.addr());
-        println!("dashboard on http://{}/", admin.addr());
+        println!("admin API on {}", admin.url());
+        println!("dashboard on {}/", admin.url());
     }
     signal.await;
     tracing::info!("shutting down");

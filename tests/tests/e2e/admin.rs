@@ -1,15 +1,20 @@
-//! The admin API: authentication, JSON errors, plugin uploads and actions, endpoint health,
-//! circuit breakers and their overrides, endpoint drains.
+//! The admin API: who may call it (Host and Origin rules, the token, writes without one,
+//! HTTPS), JSON errors, plugin uploads and actions, endpoint health, circuit breakers and their
+//! overrides, endpoint drains.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::StreamExt;
 use sluice_admin::AdminServer;
-use sluice_config::AdminConfig;
+use sluice_config::{AdminConfig, AdminTls};
 use sluice_feed::FeedHandle;
 use sluice_policy::Policies;
 use sluice_proxy::ProxyHandle;
-use sluice_tests::admin::{request, request_json};
+use sluice_tests::admin::{request, request_json, request_tls, request_with, upload};
 use sluice_tests::plugins::*;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 /// An admin API over a running Sluice with one feed endpoint.
 struct Admin {
@@ -19,28 +24,39 @@ struct Admin {
     _feed: FeedHandle,
 }
 
+/// An admin listener on a free loopback port with `token`, every other setting the default.
+fn admin_config(token: Option<&str>) -> AdminConfig {
+    AdminConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        token: token.map(str::to_owned),
+        ..AdminConfig::default()
+    }
+}
+
 async fn admin(token: Option<&str>) -> (sluice_admin::AdminHandle, Arc<Policies>) {
-    let admin = admin_with(token, AdminConfig::default().max_upload_bytes).await;
+    let admin = admin_with(admin_config(token)).await;
     (admin.server, admin.policies)
 }
 
-async fn admin_with(token: Option<&str>, max_upload_bytes: usize) -> Admin {
-    let config = plugins_config();
-    let policies = tokio::task::spawn_blocking(move || Policies::new(&config))
+async fn admin_with(config: AdminConfig) -> Admin {
+    admin_with_routes(config, None).await
+}
+
+/// The admin API with `config`, and `routes` of an embedding program as `sluice demo` adds.
+async fn admin_with_routes(config: AdminConfig, routes: Option<axum::Router>) -> Admin {
+    let plugins = plugins_config();
+    let policies = tokio::task::spawn_blocking(move || Policies::new(&plugins))
         .await
         .unwrap()
         .unwrap();
     let feed = sluice_tests::feed("feed").await;
     let proxy = sluice_tests::sluice(sluice_tests::config_for(&[&feed])).await;
-    let admin = AdminConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        token: token.map(str::to_owned),
-        max_upload_bytes,
-        ..AdminConfig::default()
-    };
-    let server = AdminServer::bind(&admin, Arc::clone(&policies), proxy.view())
+    let mut server = AdminServer::bind(&config, Arc::clone(&policies), proxy.view())
         .await
         .expect("admin binds");
+    if let Some(routes) = routes {
+        server = server.with_routes(routes);
+    }
     Admin {
         server: server.spawn(),
         policies,
@@ -129,16 +145,14 @@ async fn every_route_but_health_needs_the_token() {
 async fn bad_requests_get_json_errors_with_the_right_status() {
     let Admin {
         server, policies, ..
-    } = admin_with(None, 1024).await;
-    let addr = server.addr();
-    let unknown_slot = request(
-        addr,
-        "POST",
-        "/api/v1/plugins/balancer",
-        None,
-        b"x".to_vec(),
-    )
+    } = admin_with(AdminConfig {
+        max_upload_bytes: 1024,
+        allow_unauthenticated_writes: true,
+        ..admin_config(None)
+    })
     .await;
+    let addr = server.addr();
+    let unknown_slot = upload(addr, "/api/v1/plugins/balancer", None, b"x".to_vec()).await;
     assert_eq!(unknown_slot.status, 404);
     assert!(
         unknown_slot.json["error"]
@@ -146,25 +160,17 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
             .unwrap()
             .contains("router, scaler, anomaly, resumer")
     );
-    let empty = request(addr, "POST", "/api/v1/plugins/router", None, Vec::new()).await;
+    let empty = upload(addr, "/api/v1/plugins/router", None, Vec::new()).await;
     assert_eq!(empty.status, 400);
-    let bad_query = request(
+    let bad_query = upload(
         addr,
-        "POST",
         "/api/v1/plugins/router?shadow=maybe",
         None,
         b"x".to_vec(),
     )
     .await;
     assert_eq!(bad_query.status, 400, "{}", bad_query.text);
-    let garbage = request(
-        addr,
-        "POST",
-        "/api/v1/plugins/router",
-        None,
-        b"garbage".to_vec(),
-    )
-    .await;
+    let garbage = upload(addr, "/api/v1/plugins/router", None, b"garbage".to_vec()).await;
     assert_eq!(garbage.status, 422);
     assert!(
         garbage.json["error"]
@@ -206,7 +212,7 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
     )
     .await;
     assert_eq!(bad_action.status, 404);
-    let too_big = request(addr, "POST", "/api/v1/plugins/router", None, vec![0; 4096]).await;
+    let too_big = upload(addr, "/api/v1/plugins/router", None, vec![0; 4096]).await;
     assert_eq!(too_big.status, 413);
     assert!(too_big.json["error"].is_string(), "{}", too_big.text);
     let wrong_method = request(addr, "GET", "/api/v1/plugins/router", None, Vec::new()).await;
@@ -287,21 +293,13 @@ async fn plugins_upload_and_roll_back_through_the_api() {
     let addr = server.addr();
     let first = std::fs::read(built.join("test-pick-first.wasm")).unwrap();
     let last = std::fs::read(built.join("test-pick-last.wasm")).unwrap();
-    let loaded = request(
-        addr,
-        "POST",
-        "/api/v1/plugins/router?name=first",
-        Some("t"),
-        first,
-    )
-    .await;
+    let loaded = upload(addr, "/api/v1/plugins/router?name=first", Some("t"), first).await;
     assert_eq!(loaded.status, 201, "{}", loaded.text);
     assert_eq!(loaded.json["plugin"]["name"], "first");
     assert_eq!(loaded.json["plugin"]["version"], 1);
     assert_eq!(loaded.json["self_test_samples"], 3);
-    let shadow = request(
+    let shadow = upload(
         addr,
-        "POST",
         "/api/v1/plugins/router?name=last&shadow=true",
         Some("t"),
         last,
@@ -339,14 +337,7 @@ async fn plugins_upload_and_roll_back_through_the_api() {
     .await;
     assert_eq!(rolled.json["active"]["name"], "first");
     let wrong_world = std::fs::read(built.join("scaler.wasm")).unwrap();
-    let refused = request(
-        addr,
-        "POST",
-        "/api/v1/plugins/router",
-        Some("t"),
-        wrong_world,
-    )
-    .await;
+    let refused = upload(addr, "/api/v1/plugins/router", Some("t"), wrong_world).await;
     assert_eq!(refused.status, 422);
     assert!(
         refused.json["error"]
@@ -374,9 +365,8 @@ async fn plugins_upload_and_roll_back_through_the_api() {
 
     // Earlier versions by content hash: `last` again, then `first` made active and `last`
     // the shadow, both from the history.
-    let last_again = request(
+    let last_again = upload(
         addr,
-        "POST",
         "/api/v1/plugins/router?name=last",
         Some("t"),
         std::fs::read(built.join("test-pick-last.wasm")).unwrap(),
@@ -422,9 +412,8 @@ async fn plugins_upload_and_roll_back_through_the_api() {
 
     // The resumer slot takes uploads like the others, and lists what it got.
     let resumer = std::fs::read(built.join("feed-resumer.wasm")).unwrap();
-    let loaded = request(
+    let loaded = upload(
         addr,
-        "POST",
         "/api/v1/plugins/resumer?name=feed",
         Some("t"),
         resumer,
@@ -447,7 +436,11 @@ async fn breakers_can_be_forced_open_and_released_and_endpoints_drained() {
         proxy,
         _feed: _upstream,
         ..
-    } = admin_with(Some("t"), 1024).await;
+    } = admin_with(AdminConfig {
+        max_upload_bytes: 1024,
+        ..admin_config(Some("t"))
+    })
+    .await;
     let addr = server.addr();
     let token = Some("t");
     for (method, path) in [
@@ -581,7 +574,6 @@ async fn breakers_can_be_forced_open_and_released_and_endpoints_drained() {
 /// predictions, metric history, decision samples, alerts and reports, with their errors.
 #[tokio::test]
 async fn analytics_routes_serve_history_insights_and_reports() {
-    use std::time::Duration;
     let feed = sluice_tests::feed("feed").await;
     let store = tempfile::tempdir().unwrap();
     let mut config = sluice_tests::config_for(&[&feed]);
@@ -690,4 +682,410 @@ async fn analytics_routes_serve_history_insights_and_reports() {
     assert!(answer.json["error"].as_str().unwrap().contains("analytics"));
     bare.shutdown().await;
     server.shutdown().await;
+}
+
+/// The error message of an answer.
+fn error_of(answer: &sluice_tests::admin::Answer) -> &str {
+    answer.json["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no JSON error in {}", answer.text))
+}
+
+/// The state of endpoint `feed-0`'s breaker, read through the API.
+async fn feed_breaker(addr: std::net::SocketAddr, token: Option<&str>) -> String {
+    let endpoints = request(addr, "GET", "/api/v1/endpoints", token, Vec::new()).await;
+    assert_eq!(endpoints.status, 200, "{}", endpoints.text);
+    endpoints.json["endpoints"][0]["breaker"]["state"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A page on another site cannot make the API act, whether or not a token is configured, while
+/// a page from the API's own origin can.
+#[tokio::test]
+async fn cross_origin_writes_are_refused_with_or_without_a_token() {
+    for token in [None, Some("t")] {
+        let admin = admin_with(AdminConfig {
+            allow_unauthenticated_writes: true,
+            ..admin_config(token)
+        })
+        .await;
+        let addr = admin.server.addr();
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("origin", "http://evil.example")];
+        if let Some(bearer) = &bearer {
+            headers.push(("authorization", bearer));
+        }
+        let force_open = "/api/v1/breakers/endpoint/feed-0/force-open";
+        let refused = request_with(addr, "POST", force_open, &headers, Vec::new()).await;
+        assert_eq!(refused.status, 403, "token {token:?}: {}", refused.text);
+        let message = error_of(&refused);
+        assert!(
+            message.contains("\"http://evil.example\"")
+                && message.contains("admin.allowed_origins"),
+            "{message}"
+        );
+        assert_eq!(
+            feed_breaker(addr, token).await,
+            "closed",
+            "nothing was done"
+        );
+        let mut wasm = headers.clone();
+        wasm.push(("content-type", "application/wasm"));
+        let upload =
+            request_with(addr, "POST", "/api/v1/plugins/router", &wasm, b"x".to_vec()).await;
+        assert_eq!(upload.status, 403, "{}", upload.text);
+        // A look-alike of the API's own origin is another origin.
+        let port = addr.port();
+        let look_alike = format!("http://127.0.0.1:{port}.evil.example");
+        headers[0] = ("origin", look_alike.as_str());
+        let refused = request_with(addr, "POST", force_open, &headers, Vec::new()).await;
+        assert_eq!(refused.status, 403, "{}", refused.text);
+
+        // The same request from the dashboard's own origin goes through.
+        let own = format!("http://{addr}");
+        headers[0] = ("origin", own.as_str());
+        let forced = request_with(addr, "POST", force_open, &headers, Vec::new()).await;
+        assert_eq!(forced.status, 200, "{}", forced.text);
+        assert_eq!(forced.json["breaker"]["state"], "forced-open");
+        admin.server.shutdown().await;
+    }
+}
+
+/// DNS rebinding: a page on `evil.example`, whose name now resolves to 127.0.0.1, sends `Host:
+/// evil.example:PORT`. Refused on every route, the health checks and `/ws` included, with no
+/// token configured; the listener's own names and `admin.allowed_hosts` are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebinding_hosts_are_refused_on_reads_and_on_the_websocket() {
+    let admin = admin_with(AdminConfig {
+        allowed_hosts: vec!["sluice.internal".into()],
+        ..admin_config(None)
+    })
+    .await;
+    let addr = admin.server.addr();
+    let port = addr.port();
+    let evil = format!("evil.example:{port}");
+    for path in [
+        "/api/v1/stats",
+        "/api/v1/plugins",
+        "/metrics",
+        "/",
+        "/healthz",
+        "/nowhere",
+    ] {
+        let answer = request_with(addr, "GET", path, &[("host", &evil)], Vec::new()).await;
+        assert_eq!(answer.status, 421, "{path}: {}", answer.text);
+        let message = error_of(&answer);
+        assert!(
+            message.contains(&format!("\"{evil}\"")) && message.contains("admin.allowed_hosts"),
+            "{message}"
+        );
+    }
+    for host in [
+        addr.to_string(),
+        format!("localhost:{port}"),
+        format!("LOCALHOST:{port}"),
+        format!("[::1]:{port}"),
+        "sluice.internal".to_owned(),
+    ] {
+        let answer =
+            request_with(addr, "GET", "/api/v1/stats", &[("host", &host)], Vec::new()).await;
+        assert_eq!(answer.status, 200, "{host}: {}", answer.text);
+    }
+
+    let url = format!("ws://{addr}/ws");
+    let mut rebound = url.as_str().into_client_request().unwrap();
+    rebound
+        .headers_mut()
+        .insert("host", HeaderValue::from_str(&evil).unwrap());
+    match tokio_tungstenite::connect_async(rebound).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 421);
+        }
+        other => panic!("expected 421, got {other:?}"),
+    }
+    let mut cross_site = url.as_str().into_client_request().unwrap();
+    cross_site
+        .headers_mut()
+        .insert("origin", HeaderValue::from_static("http://evil.example"));
+    match tokio_tungstenite::connect_async(cross_site).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403);
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    admin.server.shutdown().await;
+}
+
+/// What a browser on the dashboard's own page sends (its Origin) and what curl, the CLI and
+/// Prometheus send (no Origin) are served, the WebSocket included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_origin_and_origin_less_requests_are_served() {
+    let admin = admin_with(admin_config(None)).await;
+    let addr = admin.server.addr();
+    let own = format!("http://{addr}");
+    let localhost = format!("http://localhost:{}", addr.port());
+    for headers in [vec![], vec![("origin", own.as_str())]] {
+        let stats = request_with(addr, "GET", "/api/v1/stats", &headers, Vec::new()).await;
+        assert_eq!(stats.status, 200, "{headers:?}: {}", stats.text);
+        assert!(stats.json["health"]["score"].is_u64(), "{}", stats.text);
+    }
+    let host = format!("localhost:{}", addr.port());
+    let page = request_with(
+        addr,
+        "GET",
+        "/api/v1/endpoints",
+        &[("host", &host), ("origin", &localhost)],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    // Health checks skip the Origin rule.
+    let health = request_with(
+        addr,
+        "GET",
+        "/healthz",
+        &[("origin", "http://evil.example")],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(health.status, 200, "{}", health.text);
+
+    let mut browser = format!("ws://{addr}/ws").into_client_request().unwrap();
+    browser
+        .headers_mut()
+        .insert("origin", HeaderValue::from_str(&own).unwrap());
+    for request in [
+        browser,
+        format!("ws://{addr}/ws").into_client_request().unwrap(),
+    ] {
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let first = sluice_tests::bounded(Duration::from_secs(5), "a frame", socket.next())
+            .await
+            .expect("the socket stays open")
+            .expect("a message");
+        let frame: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+        assert_eq!(frame["type"], "tick");
+    }
+    admin.server.shutdown().await;
+}
+
+/// Without a token, reads are served but every write, the embedding program's included, is
+/// refused with a message naming both fixes, until `allow_unauthenticated_writes` says so.
+#[tokio::test]
+async fn writes_without_a_token_need_the_explicit_flag() {
+    let embedded = || {
+        axum::Router::new().route(
+            "/api/v1/demo/endpoints/{name}/stop",
+            axum::routing::post(|| async { "stopped" }),
+        )
+    };
+    let admin = admin_with_routes(admin_config(None), Some(embedded())).await;
+    let addr = admin.server.addr();
+    assert_eq!(feed_breaker(addr, None).await, "closed", "reads are served");
+    for path in [
+        "/api/v1/breakers/endpoint/feed-0/force-open",
+        "/api/v1/endpoints/feed-0/drain",
+        "/api/v1/plugins/router/clear",
+        "/api/v1/scorer/promote",
+        "/api/v1/demo/endpoints/slow/stop",
+    ] {
+        let answer = request(addr, "POST", path, None, Vec::new()).await;
+        assert_eq!(answer.status, 401, "{path}: {}", answer.text);
+        let message = error_of(&answer);
+        for fix in [
+            "admin.token",
+            "SLUICE_ADMIN_TOKEN",
+            "admin.allow_unauthenticated_writes = true",
+        ] {
+            assert!(message.contains(fix), "{path}: {message}");
+        }
+    }
+    let uploaded = upload(addr, "/api/v1/plugins/router", None, b"x".to_vec()).await;
+    assert_eq!(uploaded.status, 401, "{}", uploaded.text);
+    let activated = request_json(
+        addr,
+        "POST",
+        "/api/v1/plugins/router/activate",
+        None,
+        "{\"hash\": \"00\"}",
+    )
+    .await;
+    assert_eq!(activated.status, 401, "{}", activated.text);
+    assert_eq!(feed_breaker(addr, None).await, "closed", "nothing was done");
+    admin.server.shutdown().await;
+
+    let admin = admin_with_routes(
+        AdminConfig {
+            allow_unauthenticated_writes: true,
+            ..admin_config(None)
+        },
+        Some(embedded()),
+    )
+    .await;
+    let addr = admin.server.addr();
+    let forced = request(
+        addr,
+        "POST",
+        "/api/v1/breakers/endpoint/feed-0/force-open",
+        None,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(forced.status, 200, "{}", forced.text);
+    assert_eq!(feed_breaker(addr, None).await, "forced-open");
+    let stopped = request(
+        addr,
+        "POST",
+        "/api/v1/demo/endpoints/slow/stop",
+        None,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!((stopped.status, stopped.text.as_str()), (200, "stopped"));
+    admin.server.shutdown().await;
+}
+
+/// An upload must say it is a component: any other content type is 415 before the body is
+/// looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_need_the_wasm_content_type() {
+    let Some(built) = built_plugins() else { return };
+    let (server, policies) = admin(Some("t")).await;
+    let addr = server.addr();
+    let component = std::fs::read(built.join("test-pick-first.wasm")).unwrap();
+    for content_type in [
+        Some("application/json"),
+        Some("application/octet-stream"),
+        Some("text/plain"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let mut headers = vec![("authorization", "Bearer t")];
+        if let Some(content_type) = content_type {
+            headers.push(("content-type", content_type));
+        }
+        let answer = request_with(
+            addr,
+            "POST",
+            "/api/v1/plugins/router?name=first",
+            &headers,
+            component.clone(),
+        )
+        .await;
+        assert_eq!(answer.status, 415, "{content_type:?}: {}", answer.text);
+        assert!(
+            error_of(&answer).contains("Content-Type: application/wasm"),
+            "{}",
+            answer.text
+        );
+    }
+    let router = policies.slot(sluice_config::SlotKind::Router);
+    assert!(router.active().is_none());
+    let loaded = upload(
+        addr,
+        "/api/v1/plugins/router?name=first",
+        Some("t"),
+        component,
+    )
+    .await;
+    assert_eq!(loaded.status, 201, "{}", loaded.text);
+    assert_eq!(router.active().unwrap().info().name, "first");
+    server.shutdown().await;
+}
+
+/// `[admin.tls]`: the API answers over HTTPS (its own origin is then `https://`), plain HTTP
+/// gets no answer, and `sluice plugin load --ca` uploads to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_serves_https_and_the_cli_uploads_over_it() {
+    let Some(built) = built_plugins() else { return };
+    let pki = sluice_tests::TestPki::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("admin.pem"),
+        dir.path().join("admin.key"),
+    );
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    std::fs::write(&cert, &pki.cert_pem).unwrap();
+    std::fs::write(&key, &pki.key_pem).unwrap();
+    let admin = admin_with(AdminConfig {
+        tls: Some(AdminTls {
+            cert_file: cert,
+            key_file: key,
+        }),
+        ..admin_config(Some("t"))
+    })
+    .await;
+    let addr = admin.server.addr();
+    assert_eq!(admin.server.url(), format!("https://{addr}"));
+
+    let bearer = [("authorization", "Bearer t")];
+    let listed = request_tls(addr, &ca, "GET", "/api/v1/plugins", &bearer, Vec::new()).await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    assert_eq!(listed.json["slots"].as_array().unwrap().len(), 4);
+    let https = format!("https://{addr}");
+    let http = format!("http://{addr}");
+    for (origin, status) in [(https.as_str(), 200), (http.as_str(), 403)] {
+        let answer = request_tls(
+            addr,
+            &ca,
+            "GET",
+            "/api/v1/stats",
+            &[bearer[0], ("origin", origin)],
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(answer.status, status, "{origin}: {}", answer.text);
+    }
+    let page = request_tls(addr, &ca, "GET", "/", &[], Vec::new()).await;
+    assert!(page.text.contains("<title>Sluice</title>"), "{}", page.text);
+
+    // Plain HTTP to the TLS port: the handshake fails, no HTTP answer comes back.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    plain
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+
+    let file = built.join("test-pick-last.wasm");
+    let load = |ca: Option<std::path::PathBuf>| {
+        let mut command = std::process::Command::new(sluice_tests::process::binary("sluice"));
+        command
+            .args([
+                "plugin", "load", "--slot", "router", "--token", "t", "--admin",
+            ])
+            .arg(format!("https://{addr}"))
+            .arg(&file)
+            .env_remove("SLUICE_ADMIN_TOKEN");
+        if let Some(ca) = ca {
+            command.arg("--ca").arg(ca);
+        }
+        tokio::task::spawn_blocking(move || {
+            let output = command.output().expect("sluice runs");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            (output.status.success(), text)
+        })
+    };
+    let (ok, text) = load(None).await.unwrap();
+    assert!(!ok, "the test CA is not a public one: {text}");
+    assert!(
+        text.contains("TLS handshake failed") && text.contains("--ca"),
+        "{text}"
+    );
+    let (ok, text) = load(Some(ca.clone())).await.unwrap();
+    assert!(ok, "{text}");
+    assert!(text.contains("as router active v1"), "{text}");
+    let router = admin.policies.slot(sluice_config::SlotKind::Router);
+    assert_eq!(router.active().unwrap().info().name, "test-pick-last");
+    admin.server.shutdown().await;
 }

@@ -85,10 +85,16 @@ fn monitors() -> Vec<MonitorSpec> {
 
 fn demo_config(
     listen: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
     endpoints: &[(String, std::net::SocketAddr)],
 ) -> Config {
     let mut config = Config::default();
     config.server.listen = listen;
+    config.admin.listen = admin;
+    // The demo is for one person on their own machine, and its printed lines and the docs tell
+    // them to stop and start endpoints with a plain `curl -X POST`: on loopback, writes need no
+    // token. On any other address the config still requires a token, for writes and reads.
+    config.admin.allow_unauthenticated_writes = admin.ip().is_loopback();
     config.server.shutdown_grace = Duration::from_secs(2);
     config.endpoints = endpoints
         .iter()
@@ -128,8 +134,7 @@ fn demo_config(
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let simulated = endpoints::SimulatedEndpoints::start(&ENDPOINTS).await?;
     let endpoints = simulated.addrs().await;
-    let mut config = demo_config(options.listen, &endpoints);
-    config.admin.listen = options.admin;
+    let mut config = demo_config(options.listen, options.admin, &endpoints);
     config.plugins.dir = options.plugins.clone();
     if let Some(store) = &options.store {
         config.store.path = store.clone();
@@ -155,15 +160,14 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     println!("Sluice demo");
     println!("  sluice listening on {} (h2c)", proxy.addr());
     if let Some(admin) = &services.admin {
-        println!("  dashboard on http://{}/", admin.addr());
-        println!("  admin API on http://{}/api/v1/stats", admin.addr());
+        let url = admin.url();
+        println!("  dashboard on {url}/");
+        println!("  admin API on {url}/api/v1/stats");
         println!(
-            "  stop an endpoint to watch failover: curl -X POST http://{}/api/v1/demo/endpoints/slow/stop (and .../start)",
-            admin.addr()
+            "  stop an endpoint to watch failover: curl -X POST {url}/api/v1/demo/endpoints/slow/stop (and .../start)"
         );
         println!(
-            "  insights, scaling and reports: http://{0}/api/v1/insights, /api/v1/scaling, /api/v1/reports/hourly?format=html",
-            admin.addr()
+            "  insights, scaling and reports: {url}/api/v1/insights, /api/v1/scaling, /api/v1/reports/hourly?format=html"
         );
     }
     for kind in sluice_config::SlotKind::ALL {
