@@ -1037,12 +1037,18 @@ impl Config {
         }
         for (i, entry) in admin.allowed_hosts.iter().enumerate() {
             AdminConfig::check_host_entry(entry).map_err(|problem| {
-                invalid(format!("admin.allowed_hosts[{i}]"), format!("{entry:?} {problem}"))
+                invalid(
+                    format!("admin.allowed_hosts[{i}]"),
+                    format!("{entry:?} {problem}"),
+                )
             })?;
         }
         for (i, entry) in admin.allowed_origins.iter().enumerate() {
             AdminConfig::check_origin_entry(entry).map_err(|problem| {
-                invalid(format!("admin.allowed_origins[{i}]"), format!("{entry:?} {problem}"))
+                invalid(
+                    format!("admin.allowed_origins[{i}]"),
+                    format!("{entry:?} {problem}"),
+                )
             })?;
         }
         if let Some(tls) = &admin.tls {

@@ -562,7 +562,10 @@ fn admin_allowed_hosts_and_origins_are_host_port_entries() {
     }
     for (entry, problem) in [
         ("console.example", "must start with http:// or https://"),
-        ("ftp://console.example", "must start with http:// or https://"),
+        (
+            "ftp://console.example",
+            "must start with http:// or https://",
+        ),
         ("https://console.example/", "without a path"),
         ("https://console.example:99999", "a port is 1-65535"),
     ] {
