@@ -2,13 +2,31 @@
 //!
 //! The host owns which model backs it; until a model is configured the [`NeutralScorer`] answers.
 //! A scorer must be fast and must not block: it runs inside a router call, on the data path.
+//! The import (in [`crate::host`]) bounds what reaches it: at most one row per candidate of the
+//! route request being answered, and the time left in that call as its budget.
+
+use std::time::Duration;
 
 use sluice_contract::route::ScoredBatch;
 
 /// Scores feature rows for router plugins.
 pub trait Scorer: Send + Sync + 'static {
-    /// One score per row of `values` (row-major, `columns` per row); higher is better.
-    fn score(&self, columns: u32, values: &[f32]) -> Result<Vec<f32>, String>;
+    /// One score per row of `values` (row-major, `columns` per row); higher is better. It must
+    /// answer within `budget` (the time left in the plugin call that asks): a call that cannot
+    /// start in time (every session busy, say) or would run past it is an error, never a wait
+    /// beyond it.
+    fn score_within(
+        &self,
+        columns: u32,
+        values: &[f32],
+        budget: Duration,
+    ) -> Result<Vec<f32>, String>;
+
+    /// [`Scorer::score_within`] bounded only by the scorer's own limits (benchmarks, tests and
+    /// callers off the data path).
+    fn score(&self, columns: u32, values: &[f32]) -> Result<Vec<f32>, String> {
+        self.score_within(columns, values, Duration::MAX)
+    }
 
     /// The model's name and version, for decision reasons and the admin API.
     fn model(&self) -> String;
@@ -61,7 +79,15 @@ pub struct ShadowJudgement {
 pub struct NeutralScorer;
 
 impl Scorer for NeutralScorer {
-    fn score(&self, columns: u32, values: &[f32]) -> Result<Vec<f32>, String> {
+    fn score_within(
+        &self,
+        columns: u32,
+        values: &[f32],
+        budget: Duration,
+    ) -> Result<Vec<f32>, String> {
+        if budget.is_zero() {
+            return Err("no time left in the call to score".to_owned());
+        }
         let columns = columns as usize;
         if columns == 0 || !values.len().is_multiple_of(columns) {
             return Err(format!(

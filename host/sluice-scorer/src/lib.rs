@@ -6,24 +6,28 @@
 //!
 //! It must not crash or stall the data path: a missing library, a missing or broken model and
 //! a model of the wrong shape are errors kept in [`ScorerStatus`] (the previous model, if any,
-//! keeps answering); a call that cannot get a session or finish within the deadline is an
-//! error the router decides without. While no model can answer, [`OnnxScorer::unavailable`]
-//! says why, and the router uses its built-in policy.
+//! keeps answering); a call that cannot get a session or finish within its deadline is an
+//! error the router decides without. That deadline is `[scorer] deadline` or the time left in
+//! the plugin call that asks, whichever ends first: a run still going then is stopped (see
+//! [`watchdog`]). While no model can answer, [`OnnxScorer::unavailable`] says why, and the
+//! router uses its built-in policy.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
-use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{RunOptions, Session};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 use parking_lot::Mutex;
 use serde::Serialize;
 use sluice_config::ScorerConfig;
 use sluice_contract::route::ScoredBatch;
 use sluice_policy::{Scorer, ShadowJudgement};
+
+mod watchdog;
 
 /// Why a model could not be loaded.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -133,8 +137,14 @@ pub struct ModelInfo {
 struct Model {
     info: ModelInfo,
     label: String,
-    sessions: Vec<Mutex<Session>>,
+    sessions: Vec<Mutex<Runner>>,
     next: AtomicUsize,
+}
+
+/// One session and the run options that let the [`watchdog`] stop its run.
+struct Runner {
+    session: Session,
+    options: Arc<RunOptions>,
 }
 
 /// The runtime library, loaded once per process (ONNX Runtime allows one environment).
@@ -343,11 +353,17 @@ impl OnnxScorer {
         for _ in 0..count.max(1) {
             let session = new_session(environment, &bytes)
                 .map_err(|e| model_error(format!("not a usable ONNX model: {e}")))?;
-            sessions.push(session);
+            let options = RunOptions::new()
+                .map_err(|e| model_error(format!("cannot create run options: {e}")))?;
+            sessions.push(Runner {
+                session,
+                options: Arc::new(options),
+            });
         }
-        let first = sessions
+        let first = &sessions
             .first()
-            .ok_or_else(|| model_error("no session".to_owned()))?;
+            .ok_or_else(|| model_error("no session".to_owned()))?
+            .session;
         let (input, output, features) =
             check_shape(first).map_err(|message| ScorerError::Shape {
                 path: path.clone(),
@@ -461,37 +477,54 @@ fn best_row(scores: &[f32]) -> Option<usize> {
 enum RunError {
     /// No session freed up within the deadline.
     Busy,
+    /// The run was stopped at the deadline.
+    Stopped,
     /// Anything else, in words.
     Failed(String),
 }
 
 impl Model {
     /// Scores `values` (rows of `info.features`, already checked) on a free session, trying
-    /// each once from a rotating start, then waiting for one within `deadline`.
-    fn run(&self, values: &[f32], deadline: std::time::Duration) -> Result<Vec<f32>, RunError> {
+    /// each once from a rotating start, then waiting for one within `deadline`; a run still
+    /// going at the deadline is stopped.
+    fn run(&self, values: &[f32], deadline: Duration) -> Result<Vec<f32>, RunError> {
         let started = Instant::now();
+        let until = started.checked_add(deadline);
         let features = self.info.features;
         let rows = values.len() / features;
         let count = self.sessions.len();
         let start = self.next.fetch_add(1, Relaxed);
-        let mut session = None;
-        while session.is_none() {
-            session = (0..count).find_map(|i| self.sessions[(start + i) % count].try_lock());
-            if session.is_none() {
-                if started.elapsed() >= deadline {
-                    return Err(RunError::Busy);
-                }
-                std::thread::yield_now();
+        let mut runner = loop {
+            if let Some(runner) =
+                (0..count).find_map(|i| self.sessions[(start + i) % count].try_lock())
+            {
+                break runner;
             }
-        }
-        let Some(mut session) = session else {
-            return Err(RunError::Failed("no session".to_owned()));
+            if started.elapsed() >= deadline {
+                return Err(RunError::Busy);
+            }
+            std::thread::yield_now();
         };
+        let Runner { session, options } = &mut *runner;
+        // A stop that came after the previous run had ended is still set.
+        options
+            .unterminate()
+            .map_err(|e| RunError::Failed(format!("cannot reset the run options: {e}")))?;
         let input = TensorRef::from_array_view(([rows, features], values))
             .map_err(|e| RunError::Failed(format!("cannot build the input tensor: {e}")))?;
-        let outputs = session
-            .run(ort::inputs![input])
-            .map_err(|e| RunError::Failed(format!("inference failed: {e}")))?;
+        let armed = until.map(|until| {
+            let stop: Arc<dyn watchdog::Stop> = Arc::clone(options) as Arc<dyn watchdog::Stop>;
+            watchdog::watchdog().arm(until, stop)
+        });
+        let outputs = session.run_with_options(ort::inputs![input], &**options);
+        drop(armed);
+        let outputs = match outputs {
+            Ok(outputs) => outputs,
+            Err(_) if until.is_some_and(|until| Instant::now() >= until) => {
+                return Err(RunError::Stopped);
+            }
+            Err(error) => return Err(RunError::Failed(format!("inference failed: {error}"))),
+        };
         match outputs[0].try_extract_tensor::<f32>() {
             Ok((_, scores)) if scores.len() == rows => Ok(scores.to_vec()),
             Ok((shape, _)) => Err(RunError::Failed(format!(
@@ -563,9 +596,20 @@ fn check_shape(session: &Session) -> Result<(String, String, usize), String> {
 }
 
 impl Scorer for OnnxScorer {
-    fn score(&self, columns: u32, values: &[f32]) -> Result<Vec<f32>, String> {
+    fn score_within(
+        &self,
+        columns: u32,
+        values: &[f32],
+        budget: Duration,
+    ) -> Result<Vec<f32>, String> {
         self.calls.fetch_add(1, Relaxed);
         let started = Instant::now();
+        // The plugin call's time left, when it ends before the scorer's own deadline.
+        let deadline = self.config.deadline.min(budget);
+        if deadline.is_zero() {
+            self.timeouts.fetch_add(1, Relaxed);
+            return Err("no time left in the call to score".to_owned());
+        }
         let Some(model) = self.current.load_full() else {
             let why = self.last_error.lock().clone();
             return self.fail(format!(
@@ -583,23 +627,23 @@ impl Scorer for OnnxScorer {
                 values.len()
             ));
         }
-        let scores = match model.run(values, self.config.deadline) {
+        let scores = match model.run(values, deadline) {
             Ok(scores) => scores,
             Err(RunError::Busy) => {
                 self.timeouts.fetch_add(1, Relaxed);
-                return Err(format!(
-                    "every scorer session busy for {:?}",
-                    self.config.deadline
-                ));
+                return Err(format!("every scorer session busy for {deadline:?}"));
+            }
+            Err(RunError::Stopped) => {
+                self.timeouts.fetch_add(1, Relaxed);
+                return Err(format!("scoring stopped at its {deadline:?} deadline"));
             }
             Err(RunError::Failed(message)) => return self.fail(message),
         };
         let took = started.elapsed();
-        if took > self.config.deadline {
+        if took > deadline {
             self.timeouts.fetch_add(1, Relaxed);
             return Err(format!(
-                "scoring took {took:?}, over the {:?} deadline",
-                self.config.deadline
+                "scoring took {took:?}, over the {deadline:?} deadline"
             ));
         }
         Ok(scores)
@@ -641,9 +685,7 @@ impl Scorer for OnnxScorer {
             return None;
         }
         // Off the data path (the learning loop), so a generous deadline.
-        let predicted = shadow
-            .run(&batch.values, std::time::Duration::from_secs(1))
-            .ok()?;
+        let predicted = shadow.run(&batch.values, Duration::from_secs(1)).ok()?;
         let (&active, &shadowed) = (batch.scores.get(chosen)?, predicted.get(chosen)?);
         let agreed = best_row(&batch.scores) == best_row(&predicted);
         let mut tally = self.shadow_tally.lock();
