@@ -1,17 +1,15 @@
-//! The one wasmtime engine of the process, its epoch ticker, and the on-disk cache of compiled
-//! components.
+//! The one wasmtime engine of the process, its epoch ticker, and the identities of components
+//! (content hash) and of compiled code (engine fingerprint). Compiling and the on-disk cache are
+//! [`crate::cache`].
 //!
 //! Deadlines use epoch interruption: a background thread advances the engine's epoch every
 //! [`EPOCH_TICK`], and each call sets how many ticks it may run. This module must not run plugin
-//! code; it only compiles and caches it.
+//! code.
 
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-
-use wasmtime::component::Component;
+use std::time::Duration;
 
 use crate::PolicyError;
 
@@ -103,102 +101,8 @@ pub fn content_hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
-/// How a component was obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompileSource {
-    /// Compiled with Cranelift now.
-    Compiled,
-    /// Loaded from the on-disk cache.
-    Cached,
-}
-
-/// Compiled components on disk, named by content hash and engine fingerprint.
-#[derive(Debug, Clone)]
-pub struct CompileCache {
-    dir: Option<PathBuf>,
-}
-
-impl CompileCache {
-    /// A cache in `dir`; `None` (or an empty path) compiles every time.
-    pub fn new(dir: Option<PathBuf>) -> Self {
-        Self {
-            dir: dir.filter(|d| !d.as_os_str().is_empty()),
-        }
-    }
-
-    /// The default folder: `$XDG_CACHE_HOME/sluice/wasm`, else `~/.cache/sluice/wasm`.
-    pub fn default_dir() -> Option<PathBuf> {
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?;
-        Some(base.join("sluice").join("wasm"))
-    }
-
-    /// Compiles `bytes`, or loads the compiled code cached for the same bytes and engine.
-    pub fn component(
-        &self,
-        engine: &wasmtime::Engine,
-        bytes: &[u8],
-        hash: &str,
-    ) -> Result<(Component, CompileSource), PolicyError> {
-        let Some(dir) = &self.dir else {
-            return Ok((compile(engine, bytes)?, CompileSource::Compiled));
-        };
-        let path = dir.join(format!("{hash}-{}.cwasm", engine_fingerprint(engine)));
-        if path.is_file() {
-            // SAFETY: the file was written by `Component::serialize` of this same engine build
-            // (the fingerprint is in its name) into Sluice's own cache folder; wasmtime checks
-            // its header and refuses files from another version or configuration.
-            #[allow(unsafe_code)]
-            let cached = unsafe { Component::deserialize_file(engine, &path) };
-            match cached {
-                Ok(component) => return Ok((component, CompileSource::Cached)),
-                Err(error) => {
-                    tracing::warn!(path = %path.display(), %error, "ignoring unusable compile cache entry");
-                }
-            }
-        }
-        let component = compile(engine, bytes)?;
-        if let Err(error) = store(&path, &component) {
-            tracing::warn!(path = %path.display(), %error, "cannot write compile cache entry");
-        }
-        Ok((component, CompileSource::Compiled))
-    }
-}
-
-fn compile(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Component, PolicyError> {
-    let started = Instant::now();
-    let component =
-        Component::new(engine, bytes).map_err(|e| PolicyError::Invalid(e.to_string()))?;
-    tracing::debug!(
-        took_ms = started.elapsed().as_millis() as u64,
-        "component compiled"
-    );
-    Ok(component)
-}
-
-/// Writes atomically: a half-written entry must never be deserialized.
-fn store(path: &Path, component: &Component) -> std::io::Result<()> {
-    let serialized = component
-        .serialize()
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    // Unique per write: two loads of the same bytes may store the same entry at once.
-    static WRITES: AtomicUsize = AtomicUsize::new(0);
-    let temp = path.with_extension(format!(
-        "tmp{}-{}",
-        std::process::id(),
-        WRITES.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&temp, serialized)?;
-    std::fs::rename(&temp, path)
-}
-
 /// wasmtime's version plus its compatibility hash for this engine's settings.
-fn engine_fingerprint(engine: &wasmtime::Engine) -> String {
+pub(crate) fn engine_fingerprint(engine: &wasmtime::Engine) -> String {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     format!("wasmtime{}-{:016x}", wasmtime_version(), hasher.finish())

@@ -128,6 +128,12 @@ pub(crate) struct HostState {
     pub memory: MemoryCap,
     /// The current call's last scored batch (router plugins only).
     pub scored: Option<sluice_contract::route::ScoredBatch>,
+    /// When the current call's deadline passes (set by every call): what is left of it is the
+    /// `scorer` import's budget.
+    pub call_deadline: Option<Instant>,
+    /// Rows a `score` batch may have during the current call: the candidates of the route
+    /// request being answered. `None` outside a router's `route` call, where scoring is refused.
+    pub score_rows: Option<usize>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -149,6 +155,8 @@ impl HostState {
                 total: 0,
             },
             scored: None,
+            call_deadline: None,
+            score_rows: None,
             wasi,
             table: ResourceTable::new(),
         }
@@ -213,8 +221,35 @@ impl config::Host for HostState {
 }
 
 impl scorer::Host for HostState {
+    /// Scores a batch of at most one row per candidate, within the time left in the call; a
+    /// batch the host refuses never reaches the model, and the plugin gets the reason.
     fn score(&mut self, batch: scorer::FeatureBatch) -> Result<Vec<f32>, String> {
-        let scores = self.env.scorer.score(batch.columns, &batch.values)?;
+        let Some(max_rows) = self.score_rows else {
+            return Err("scoring is only possible while answering a route request".to_owned());
+        };
+        let columns = batch.columns as usize;
+        let values = batch.values.len();
+        if columns == 0 || !values.is_multiple_of(columns) {
+            return Err(format!(
+                "malformed batch: {values} values is not a whole number of rows of {columns} columns"
+            ));
+        }
+        let rows = values / columns;
+        if rows > max_rows {
+            return Err(format!(
+                "batch of {rows} rows refused: at most one row per candidate ({max_rows})"
+            ));
+        }
+        let budget = self.call_deadline.map_or(Duration::ZERO, |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
+        if budget.is_zero() {
+            return Err("no time left in the call to score".to_owned());
+        }
+        let scores = self
+            .env
+            .scorer
+            .score_within(batch.columns, &batch.values, budget)?;
         // Kept for the learning loop: the router takes it once the plugin has decided.
         self.scored = Some(sluice_contract::route::ScoredBatch {
             columns: batch.columns,

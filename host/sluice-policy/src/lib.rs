@@ -5,8 +5,8 @@
 //! active plugin, an optional shadow, and a built-in native policy ([`builtin`]) that answers
 //! whenever the plugin cannot: none loaded, disabled by its breaker, or failing this call (trap,
 //! deadline, memory cap, invalid answer). Plugins run on one shared wasmtime engine
-//! ([`engine`]) with a per-call epoch deadline and a per-instance memory cap; compiled code is
-//! cached on disk.
+//! ([`engine`]) with a per-call epoch deadline and a per-instance memory cap; components are
+//! compiled one at a time and their compiled code is cached on disk ([`cache`]).
 //!
 //! This crate must not reach into the data plane: it sees plain records and answers through
 //! the [`sluice_contract::route::Router`] and [`sluice_contract::resume::Resumer`] traits and the
@@ -21,9 +21,11 @@ use wasmtime::component::Linker;
 
 pub mod bindings;
 pub mod builtin;
+pub mod cache;
 pub mod decisions;
 pub mod engine;
 pub mod events;
+mod gate;
 pub mod history;
 mod host;
 pub mod plugin;
@@ -34,6 +36,7 @@ pub mod selftest;
 pub mod slot;
 pub mod types;
 mod watch;
+mod window;
 pub mod world;
 
 pub use decisions::RecordedDecision;
@@ -46,7 +49,7 @@ pub use scorer::{NeutralScorer, Scorer, ShadowJudgement};
 pub use slot::Slot;
 pub use watch::Watcher;
 
-use crate::engine::CompileCache;
+use crate::cache::{CompileCache, CompileSource};
 use crate::history::SharedHistory;
 use crate::host::{HostState, LogBudget, PluginEnv};
 use crate::plugin::Limits;
@@ -78,6 +81,10 @@ pub enum PolicyError {
     /// It gave a wrong answer, trapped or timed out on the sample inputs.
     #[error("failed its self-test: {0}")]
     SelfTest(String),
+    /// Not compiled now: too many compiles are queued, or the wait for the one running ran out
+    /// (see [`cache::CompileCache`]). Nothing is wrong with the component; retry later.
+    #[error("{0}")]
+    Busy(String),
     /// An action that does not apply now (e.g. promote without a shadow).
     #[error("{0}")]
     Action(String),
@@ -156,7 +163,7 @@ impl Policies {
         let policies = Arc::new(Self {
             engine,
             linker,
-            cache: CompileCache::new(cache_dir),
+            cache: CompileCache::new(cache_dir, config.cache_max_bytes),
             scorer,
             history: history::no_history(),
             dir: config.dir.clone(),
@@ -365,7 +372,7 @@ impl Policies {
             imports: Vec::new(),
             exports: Vec::new(),
             uses_wasi: false,
-            cached: source == engine::CompileSource::Cached,
+            cached: source == CompileSource::Cached,
             compile_time,
             loaded_at: SystemTime::now(),
         };

@@ -19,6 +19,7 @@ use crate::PolicyError;
 use crate::engine::{Ticking, deadline_ticks};
 use crate::host::{HostState, PluginEnv};
 use crate::types::truncate_reason;
+use crate::window::FailureWindow;
 
 /// Idle instances kept per plugin; more concurrent callers instantiate extra ones and drop them.
 const MAX_IDLE_INSTANCES: usize = 16;
@@ -131,6 +132,9 @@ pub struct PluginStats {
     pub invalid: AtomicU64,
     /// Failures since the last success.
     pub consecutive_failures: AtomicU32,
+    /// Calls and failures of the slot's `failure_window`, for the breaker's failure rate
+    /// (active calls only: a shadow cannot be disabled).
+    pub(crate) window: FailureWindow,
     /// Nanoseconds spent in successful calls (for the mean).
     pub busy_ns: AtomicU64,
     /// Calls compared with the active plugin while this plugin was a shadow.
@@ -162,6 +166,13 @@ impl PluginStats {
         self.busy_ns
             .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
+
+    /// Forgets the failures the breaker counts (consecutive and in the window): the plugin is
+    /// given a fresh start after it was re-enabled or made active again.
+    pub(crate) fn reset_breaker(&self) {
+        self.consecutive_failures.store(0, Relaxed);
+        self.window.clear();
+    }
 }
 
 /// A component bound to its world, as the world-independent machinery here sees it: something
@@ -191,7 +202,8 @@ pub struct Plugin {
     idle: Mutex<Vec<Instance>>,
     /// Calls and failures of this version.
     pub stats: PluginStats,
-    /// Set by the slot's breaker after too many consecutive failures.
+    /// Set by the slot's breaker after too many failures (consecutive, or as a share of the
+    /// recent calls).
     pub(crate) disabled: AtomicBool,
 }
 
@@ -287,6 +299,8 @@ impl Plugin {
         instance.store.data_mut().memory.hit = false;
         let ticking = Ticking::start();
         instance.store.set_epoch_deadline(deadline_ticks(deadline));
+        // The same end as the epoch deadline's, for host imports that wait (the scorer).
+        instance.store.data_mut().call_deadline = Instant::now().checked_add(deadline);
         let Instance { store, exports } = &mut instance;
         // `&**`: the instance's exports themselves, not the box (which is `Any` too).
         let guarded = || catch_unwind(AssertUnwindSafe(|| call(store, &**exports)));

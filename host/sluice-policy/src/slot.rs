@@ -147,7 +147,7 @@ impl Slot {
             .pop_back()
             .ok_or_else(|| format!("the {} slot has no earlier version", self.kind))?;
         previous.disabled.store(false, Relaxed);
-        previous.stats.consecutive_failures.store(0, Relaxed);
+        previous.stats.reset_breaker();
         let replaced = self.active.swap(Some(Arc::clone(&previous)));
         let message = match replaced {
             Some(replaced) => format!("replaces {}", replaced.label()),
@@ -178,7 +178,7 @@ impl Slot {
                 .ok_or_else(|| format!("the {} slot's history changed", self.kind))?
         };
         plugin.disabled.store(false, Relaxed);
-        plugin.stats.consecutive_failures.store(0, Relaxed);
+        plugin.stats.reset_breaker();
         if shadow {
             self.set_shadow(Arc::clone(&plugin));
         } else {
@@ -196,7 +196,7 @@ impl Slot {
         let active = self
             .active()
             .ok_or_else(|| format!("the {} slot has no plugin", self.kind))?;
-        active.stats.consecutive_failures.store(0, Relaxed);
+        active.stats.reset_breaker();
         if active.disabled.swap(false, Relaxed) {
             self.events
                 .record(self.kind, EventKind::Enabled, active.label(), "re-enabled");
@@ -220,22 +220,40 @@ impl Slot {
         }
     }
 
-    /// Counts a failed call of the active plugin and trips the breaker at the threshold.
-    pub(crate) fn failed(&self, plugin: &Plugin, failure: &CallFailure) {
+    /// Counts a failed call of the active plugin (made at `at`) and trips the breaker: at the
+    /// consecutive-failure threshold, or when more than `failure_rate` of the calls in the
+    /// window failed (so that failures mixed with successes cannot keep a plugin in place).
+    pub(crate) fn failed(&self, plugin: &Plugin, failure: &CallFailure, at: Instant) {
         self.failed_calls.fetch_add(1, Relaxed);
         self.fallbacks.fetch_add(1, Relaxed);
         let consecutive = plugin.stats.failed(failure);
+        let window = self.settings.failure_rate_window();
+        plugin.stats.window.record(at, window, true);
         tracing::debug!(slot = %self.kind, plugin = %plugin.label(), %failure, "plugin call failed; built-in policy used");
-        if consecutive >= self.settings.failures_to_disable()
-            && !plugin.disabled.swap(true, Relaxed)
-        {
+        let why = if consecutive >= self.settings.failures_to_disable() {
+            format!("{consecutive} consecutive failures")
+        } else {
+            let counts = plugin.stats.window.counts(at, window);
+            let rate = self.settings.failure_rate_to_disable();
+            if !counts.exceeds(rate, self.settings.failure_rate_min_calls()) {
+                return;
+            }
+            format!(
+                "{} of the last {} calls failed (over {}% in {:?})",
+                counts.failures,
+                counts.calls,
+                rate * 100.0,
+                window
+            )
+        };
+        if !plugin.disabled.swap(true, Relaxed) {
             self.events.record(
                 self.kind,
                 EventKind::Disabled,
                 plugin.label(),
                 format!(
-                    "{consecutive} consecutive failures (last: {failure}); the built-in policy \
-                     answers until the plugin is re-enabled or replaced"
+                    "{why} (last: {failure}); the built-in policy answers until the plugin is \
+                     re-enabled or replaced"
                 ),
             );
         }
@@ -274,10 +292,14 @@ impl Slot {
         match answer {
             Ok(value) => {
                 plugin.record_success(started);
+                plugin
+                    .stats
+                    .window
+                    .record(started, self.settings.failure_rate_window(), false);
                 Answer::Answered(value, plugin)
             }
             Err(failure) => {
-                self.failed(&plugin, &failure);
+                self.failed(&plugin, &failure, started);
                 Answer::Failed(failure, plugin)
             }
         }

@@ -89,9 +89,14 @@ impl Plugin {
         let (answer, scored) = self.run(deadline, |store, exports| {
             let router = RouterWorld::instance(exports)
                 .ok_or_else(|| wasmtime::Error::msg("not a router plugin"))?;
-            store.data_mut().scored = None;
-            let answer = router.call_route(&mut *store, request)?;
-            Ok((answer, store.data_mut().scored.take()))
+            let state = store.data_mut();
+            state.scored = None;
+            // The scorer import takes at most one row per candidate for this call.
+            state.score_rows = Some(request.candidates.len());
+            let answer = router.call_route(&mut *store, request);
+            let state = store.data_mut();
+            state.score_rows = None;
+            Ok((answer?, state.scored.take()))
         })?;
         answer
             .map(|decision| (decision, scored))
