@@ -395,7 +395,15 @@ async fn a_reload_of_the_same_component_uses_the_compile_cache() {
     let warm = load_plugin(&policies, file, None, false).await.unwrap();
     assert!(warm.info.cached, "second load comes from the cache");
     assert_eq!(warm.info.version, cold.info.version + 1);
-    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+    // One entry: the compiled code and the digest written beside it.
+    let mut files: Vec<String> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[0].ends_with(".cwasm"), "{files:?}");
+    assert_eq!(files[1], format!("{}.blake3", files[0]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -909,4 +917,324 @@ fn refusal(result: Result<sluice_policy::Loaded, PolicyError>, needles: &[&str])
         );
     }
     error
+}
+
+/// A scorer that records what reaches it and takes 20 us per row: a batch of 100,000 rows
+/// would hold the router for 2 s.
+#[derive(Default)]
+struct RecordingScorer {
+    calls: std::sync::atomic::AtomicU64,
+    most_rows: std::sync::atomic::AtomicU64,
+    budgets: parking_lot::Mutex<Vec<Duration>>,
+}
+
+impl sluice_policy::Scorer for RecordingScorer {
+    fn score_within(
+        &self,
+        columns: u32,
+        values: &[f32],
+        budget: Duration,
+    ) -> Result<Vec<f32>, String> {
+        let rows = values.len() / columns.max(1) as usize;
+        self.calls.fetch_add(1, Relaxed);
+        self.most_rows.fetch_max(rows as u64, Relaxed);
+        self.budgets.lock().push(budget);
+        std::thread::sleep(Duration::from_micros(20) * rows as u32);
+        Ok(vec![0.5; rows])
+    }
+
+    fn model(&self) -> String {
+        "recording".to_owned()
+    }
+}
+
+/// A Sluice routing through policies whose router plugins score with `scorer`.
+async fn sluice_with_scorer(
+    config: Config,
+    scorer: Arc<RecordingScorer>,
+) -> (sluice_proxy::ProxyHandle, Arc<Policies>) {
+    config.validate().expect("test config is valid");
+    let plugins = config.plugins.clone();
+    let policies = tokio::task::spawn_blocking(move || {
+        Policies::with_scorer(&plugins, scorer as Arc<dyn sluice_policy::Scorer>)
+    })
+    .await
+    .unwrap()
+    .expect("policies load");
+    let proxy = sluice_proxy::Proxy::bind_with_policies(
+        Arc::new(config),
+        policies.router(),
+        policies.resumer(),
+    )
+    .await
+    .expect("sluice binds")
+    .spawn();
+    (proxy, policies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_flooding_the_scorer_is_refused_before_the_model_and_keeps_its_deadline() {
+    let Some(built) = built_plugins() else { return };
+    let upstream = feed("up").await;
+    let mut config = several_candidates(&upstream);
+    let deadline = Duration::from_millis(200);
+    config.plugins.router.deadline = Some(deadline);
+    let scorer = Arc::new(RecordingScorer::default());
+    let (proxy, policies) = sluice_with_scorer(config, Arc::clone(&scorer)).await;
+    warm(&proxy).await;
+    let loaded = load_plugin(&policies, built.join("test-scorer-flood.wasm"), None, false)
+        .await
+        .expect("the flooding router passes its self-test: it falls back on the refusal");
+    for _ in 0..5 {
+        let decision = routed_stream(&proxy, &policies).await;
+        assert!(!decision.fallback, "{decision:?}");
+        assert_eq!(
+            *decision.policy,
+            format!("test-scorer-flood@v{}", loaded.info.version)
+        );
+        assert!(
+            decision
+                .reason
+                .starts_with("scorer-flood: fallback: batch of 100000 rows refused: at most one row per candidate"),
+            "the plugin's own fallback, with the host's reason: {}",
+            decision.reason
+        );
+    }
+    assert_eq!(
+        scorer.calls.load(Relaxed),
+        0,
+        "the model never ran on the flood (self-test included)"
+    );
+    let plugin = policies.slot(SlotKind::Router).active().expect("active");
+    assert_eq!(plugin.stats.calls.load(Relaxed), 5);
+    assert_eq!(
+        plugin.stats.timeouts.load(Relaxed),
+        0,
+        "every call ended within its {deadline:?} deadline"
+    );
+    assert_eq!(plugin.stats.failures.load(Relaxed), 0);
+    assert!(!plugin.is_disabled());
+
+    // A router that scores one row per candidate still reaches the model, with the time left
+    // in its call as the budget.
+    load_plugin(&policies, built.join("router.wasm"), None, false)
+        .await
+        .expect("the default router loads");
+    let mut most_candidates = 0;
+    for _ in 0..3 {
+        let decision = routed_stream(&proxy, &policies).await;
+        assert!(!decision.fallback, "{decision:?}");
+        most_candidates = most_candidates.max(decision.candidates);
+    }
+    assert!(scorer.calls.load(Relaxed) >= 1, "the default router scored");
+    let most_rows = scorer.most_rows.load(Relaxed);
+    assert!(
+        most_rows >= 1 && most_rows <= most_candidates.max(16) as u64,
+        "{most_rows} rows for at most {most_candidates} candidates (16 in the self-test)"
+    );
+    let budgets = scorer.budgets.lock().clone();
+    assert!(
+        budgets.iter().all(|b| !b.is_zero() && *b <= deadline * 10),
+        "budgets within the call's deadline (ten times it in the self-test): {budgets:?}"
+    );
+    proxy.shutdown().await;
+}
+
+/// Routes `streams` probe streams one after another through a router slot holding
+/// `test-flaky` (self-test off: it fails every other call by design); returns the slot's
+/// plugin and how many calls it had when its breaker disabled it, if it did.
+async fn flaky_routes(
+    built: &Path,
+    upstream: &sluice_feed::FeedHandle,
+    failure_rate: Option<f64>,
+    streams: usize,
+) -> (Arc<sluice_policy::Plugin>, Option<u64>, Arc<Policies>) {
+    let mut config = several_candidates(upstream);
+    config.plugins.router.self_test = Some(false);
+    config.plugins.router.failure_rate = failure_rate;
+    let (proxy, policies) = sluice_with_policies(config).await;
+    warm(&proxy).await;
+    load_plugin(&policies, built.join("test-flaky.wasm"), None, false)
+        .await
+        .expect("flaky loads without its self-test");
+    let plugin = policies.slot(SlotKind::Router).active().expect("active");
+    let mut disabled_at = None;
+    for _ in 0..streams {
+        let decision = routed_stream(&proxy, &policies).await;
+        if disabled_at.is_some() {
+            // Disabled: the built-in answers without asking the plugin.
+            assert_eq!(&*decision.policy, "builtin", "{decision:?}");
+        } else if plugin.is_disabled() {
+            disabled_at = Some(plugin.stats.calls.load(Relaxed));
+        }
+    }
+    proxy.shutdown().await;
+    (plugin, disabled_at, policies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_failing_every_other_call_is_disabled_by_its_failure_rate() {
+    let Some(built) = built_plugins() else { return };
+    let upstream = feed("up").await;
+
+    // The consecutive-failure breaker alone (a rate of 1 is never exceeded): never a second
+    // failure in a row, so the plugin is never disabled, however many calls fail.
+    let (plugin, disabled_at, _) = flaky_routes(&built, &upstream, Some(1.0), 40).await;
+    assert_eq!(disabled_at, None);
+    assert!(!plugin.is_disabled());
+    assert_eq!(plugin.stats.calls.load(Relaxed), 40);
+    assert_eq!(
+        plugin.stats.failures.load(Relaxed),
+        20,
+        "half of them failed"
+    );
+
+    // The default rate breaker: more than half of at least 20 calls in 10 s failed.
+    let (plugin, disabled_at, policies) = flaky_routes(&built, &upstream, None, 30).await;
+    assert!(plugin.is_disabled(), "disabled by the rate breaker");
+    assert_eq!(
+        disabled_at,
+        Some(21),
+        "at the first failure once 20 calls were made: 11 of 21"
+    );
+    assert_eq!(plugin.stats.calls.load(Relaxed), 21, "never called again");
+    let disabled: Vec<_> = policies
+        .events()
+        .since(0)
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Disabled)
+        .collect();
+    assert_eq!(disabled.len(), 1, "{disabled:?}");
+    assert!(
+        disabled[0]
+            .message
+            .contains("11 of the last 21 calls failed (over 50% in 10s)"),
+        "{}",
+        disabled[0].message
+    );
+    let enabled = policies.enable(SlotKind::Router).expect("re-enable");
+    assert_eq!(enabled.name, "test-flaky");
+    assert!(
+        !plugin.is_disabled(),
+        "a fresh start: the window was cleared"
+    );
+}
+
+/// `SLUICE_ORT_LIB`, or `None` (after saying why) when the test must skip.
+fn onnx_runtime() -> Option<std::path::PathBuf> {
+    match std::env::var_os("SLUICE_ORT_LIB") {
+        Some(library) => Some(library.into()),
+        None if std::env::var("SLUICE_REQUIRE_ALL").is_ok_and(|v| v == "1") => {
+            panic!("SLUICE_ORT_LIB must be set (run `cargo xtask test`)")
+        }
+        None => {
+            eprintln!("skipped: no SLUICE_ORT_LIB; run `cargo xtask test`");
+            None
+        }
+    }
+}
+
+#[test]
+fn the_onnx_scorer_keeps_to_the_budget_of_the_call_that_asks() {
+    use sluice_policy::Scorer as _;
+
+    let Some(library) = onnx_runtime() else {
+        return;
+    };
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/models/router-v1.onnx");
+    let scorer = sluice_scorer::OnnxScorer::open(&sluice_config::ScorerConfig {
+        model: Some(model),
+        library: Some(library),
+        sessions: 1,
+        // Far beyond any budget below: the caller's budget is what must bound each call.
+        deadline: Duration::from_secs(60),
+        ..sluice_config::ScorerConfig::default()
+    });
+    assert_eq!(scorer.unavailable(), None, "{:?}", scorer.status());
+    let row = [0.5_f32; 18];
+    assert_eq!(
+        scorer
+            .score_within(18, &row, Duration::from_secs(1))
+            .unwrap()
+            .len(),
+        1
+    );
+    let refused = scorer.score_within(18, &row, Duration::ZERO).unwrap_err();
+    assert!(refused.contains("no time left"), "{refused}");
+
+    // A batch big enough to take a while unbounded, so the stop shows.
+    let big = vec![0.5_f32; 18 * 400_000];
+    let started = std::time::Instant::now();
+    assert_eq!(
+        scorer
+            .score_within(18, &big, Duration::from_secs(60))
+            .unwrap()
+            .len(),
+        400_000
+    );
+    let unbounded = started.elapsed();
+    assert!(
+        unbounded >= Duration::from_millis(40),
+        "the batch took {unbounded:?}"
+    );
+
+    // Past its budget the run is stopped inside ONNX Runtime (which checks between operators,
+    // so it ends with the operator running at the deadline), not judged late once it finished.
+    let budget = Duration::from_millis(5);
+    let stopped = scorer.score_within(18, &big, budget).unwrap_err();
+    assert_eq!(stopped, "scoring stopped at its 5ms deadline");
+
+    // The only session busy with a long run: a call with a short budget answers at once.
+    let status_before = scorer.status().timeouts;
+    let busy = Arc::clone(&scorer);
+    let long_run = std::thread::spawn(move || busy.score_within(18, &big, Duration::from_secs(60)));
+    let mut answered = None;
+    let waited = std::time::Instant::now();
+    while answered.is_none() && waited.elapsed() < Duration::from_secs(10) {
+        let started = std::time::Instant::now();
+        if let Err(error) = scorer.score_within(18, &row, budget)
+            && error.contains("busy")
+        {
+            answered = Some(started.elapsed());
+        }
+    }
+    let answered = answered.expect("a call found the session busy while the long run went on");
+    assert!(answered < Duration::from_millis(500), "waited {answered:?}");
+    assert_eq!(long_run.join().unwrap().unwrap().len(), 400_000);
+    assert!(scorer.status().timeouts > status_before);
+}
+
+#[test]
+fn breaker_rate_and_cache_size_settings_are_read_defaulted_and_checked() {
+    let endpoint = "[[endpoints]]\nid = \"a\"\nurl = \"http://127.0.0.1:7000\"\n";
+    let config = Config::from_toml(&format!(
+        "{endpoint}[plugins]\ncache_max_bytes = 2097152\n[plugins.router]\n\
+         failure_rate = 0.25\nfailure_window = \"30s\"\nfailure_min_calls = 8\n"
+    ))
+    .expect("valid");
+    assert_eq!(config.plugins.cache_max_bytes, 2 * 1024 * 1024);
+    let router = &config.plugins.router;
+    assert_eq!(router.failure_rate_to_disable(), 0.25);
+    assert_eq!(router.failure_rate_window(), Duration::from_secs(30));
+    assert_eq!(router.failure_rate_min_calls(), 8);
+    let defaults = &config.plugins.scaler;
+    assert_eq!(defaults.failure_rate_to_disable(), 0.5);
+    assert_eq!(defaults.failure_rate_window(), Duration::from_secs(10));
+    assert_eq!(defaults.failure_rate_min_calls(), 20);
+    assert_eq!(
+        Config::from_toml(endpoint).unwrap().plugins.cache_max_bytes,
+        512 * 1024 * 1024
+    );
+    for (table, key, value) in [
+        ("plugins.router", "failure_rate", "0"),
+        ("plugins.router", "failure_rate", "1.5"),
+        ("plugins.scaler", "failure_window", "\"10ms\""),
+        ("plugins.anomaly", "failure_min_calls", "0"),
+        ("plugins", "cache_max_bytes", "1000"),
+    ] {
+        let error = Config::from_toml(&format!("{endpoint}[{table}]\n{key} = {value}\n"))
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains(&format!("{table}.{key}")), "{error}");
+    }
 }
