@@ -13,6 +13,28 @@
 //! - keep more than the retention: [`Store::prune`] deletes rows older than it, and the loop
 //!   that owns the store calls it periodically.
 //!
+//! What it guarantees when the wall clock jumps (the timestamps it is given are wall-clock
+//! Unix ms, so a clock set forward or back shows up here first):
+//! - pruning never deletes past the newest stored timestamp minus the retention: the cutoff is
+//!   `min(now - retention, newest - retention)` where `newest` is the newest timestamp in any
+//!   table. A clock that jumps forward by more than the retention therefore keeps the last
+//!   retention's worth of history instead of emptying the store. Once rows are written at the
+//!   new time they are the newest, and the older history ages out relative to them as usual,
+//!   so the store stays bounded whichever way the clock was wrong. The newest over all tables,
+//!   not per table, so that a table nobody writes any more (scaling quiet, learning off) is
+//!   still pruned;
+//! - a rollup never replaces one stored for an earlier minute than the newest of its metric:
+//!   after a clock jumps back, the minutes it revisits keep what was stored for them (the
+//!   rollups that would have replaced them are skipped, counted in
+//!   [`WriteStats::rollups_skipped`] and logged at debug). New `(metric, minute)` pairs are
+//!   always stored, so writes resume as soon as the clock moves on. The metric's newest minute
+//!   is the minute in progress, which the engine stores every few seconds and again once it
+//!   ends: there a rollup replaces the stored one only if it counts more samples, which is true
+//!   of the minute growing and false of a revisited minute that was already complete. The
+//!   price: after a clock that ran ahead is set right, the minutes before the rows it wrote
+//!   ahead keep the first rollup stored for them (usually a partial one, of their first
+//!   seconds) until real time passes those rows.
+//!
 //! File databases run in WAL mode so that `sluice report` can read a database with
 //! [`Store::open_read_only`] while the running process writes it.
 
@@ -258,6 +280,9 @@ pub struct WriteStats {
     pub rows_written: u64,
     /// Write statements executed (each row of a batch counts once; commits do not).
     pub statements: u64,
+    /// Rollups not stored because they would have replaced a stored rollup of an earlier minute
+    /// than the newest of their metric, or one with as many samples (a clock that went back).
+    pub rollups_skipped: u64,
 }
 
 /// One stored report as listed by [`Store::reports`]: `(id, period, start_ms, end_ms,
@@ -276,6 +301,7 @@ pub struct Store {
     read_only: bool,
     rows_written: AtomicU64,
     statements: AtomicU64,
+    rollups_skipped: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -505,6 +531,7 @@ impl Store {
             read_only,
             rows_written: AtomicU64::new(0),
             statements: AtomicU64::new(0),
+            rollups_skipped: AtomicU64::new(0),
         }
     }
 
@@ -541,16 +568,17 @@ impl Store {
     // ---- writes -------------------------------------------------------------------------
 
     /// Runs `statement` once for each of `items` in one transaction; `execute` binds one item.
+    /// Returns the rows the statements changed.
     fn insert_rows<T>(
         &self,
         operation: &'static str,
         statement: &str,
         items: &[T],
         execute: impl Fn(&mut CachedStatement<'_>, &T) -> rusqlite::Result<usize>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         self.check_writable(operation)?;
         if items.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let mut conn = self.conn.lock();
         let tx = conn.transaction().map_err(sql(operation))?;
@@ -563,7 +591,7 @@ impl Store {
         }
         tx.commit().map_err(sql(operation))?;
         self.count(items.len() as u64, rows);
-        Ok(())
+        Ok(rows)
     }
 
     /// Runs one `INSERT` with `values` and returns the new row's id.
@@ -583,16 +611,33 @@ impl Store {
         Ok(id)
     }
 
-    /// Writes minute rollups in one transaction; a rollup with the same `(metric, ts_ms)` as a
-    /// stored one replaces it.
+    /// Writes minute rollups in one transaction. A rollup for a new `(metric, ts_ms)` is
+    /// stored; one for a stored pair replaces it only when it is the metric's newest minute and
+    /// counts more samples (the minute in progress growing). Others are skipped, so a clock
+    /// that went back never overwrites the minutes it revisits (see the module docs).
     pub fn write_rollups(&self, rollups: &[Rollup]) -> Result<(), StoreError> {
-        self.insert_rows(
+        // The conflict update's WHERE keeps the stored row unless both hold; the subquery reads
+        // the primary key's last entry for the metric, which exists since the row conflicts.
+        let written = self.insert_rows(
             "write rollups",
-            "INSERT OR REPLACE INTO rollups (ts_ms, metric, avg, min, max, count) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO rollups (ts_ms, metric, avg, min, max, count) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (metric, ts_ms) DO UPDATE SET \
+             avg = excluded.avg, min = excluded.min, max = excluded.max, count = excluded.count \
+             WHERE excluded.count > rollups.count \
+             AND ?1 >= (SELECT MAX(ts_ms) FROM rollups WHERE metric = ?2)",
             rollups,
             |stmt, r| stmt.execute(params![r.ts_ms, r.metric, r.avg, r.min, r.max, r.count]),
-        )
+        )?;
+        let skipped = (rollups.len() as u64).saturating_sub(written);
+        if skipped > 0 {
+            self.rollups_skipped.fetch_add(skipped, Ordering::Relaxed);
+            tracing::debug!(
+                skipped,
+                "rollups not stored: they would replace a stored minute (did the clock go back?)"
+            );
+        }
+        Ok(())
     }
 
     /// Stores a new insight (its `id` is ignored) and returns the id it got.
@@ -691,6 +736,7 @@ impl Store {
                 ])
             },
         )
+        .map(drop)
     }
 
     /// Stores routing outcomes in one transaction. Features are stored as little-endian
@@ -726,6 +772,7 @@ impl Store {
                 ])
             },
         )
+        .map(drop)
     }
 
     /// Routing outcomes with `ts_ms >= since_ms`, oldest first, at most `limit`.
@@ -789,15 +836,38 @@ impl Store {
         )
     }
 
-    /// Deletes rows older than the retention before `now_ms` from every table: rollups,
-    /// scaling records and decision samples by `ts_ms`, insights by `last_seen_ms` (one still
+    /// Deletes rows older than the retention from every table: rollups, scaling records,
+    /// decision samples and routing outcomes by `ts_ms`, insights by `last_seen_ms` (one still
     /// recurring stays), reports by `generated_ms`. One transaction.
+    ///
+    /// "Older than the retention" counts back from `now_ms` or from the newest stored
+    /// timestamp, whichever is earlier, so a clock that jumped forward by more than the
+    /// retention does not empty the store (see the module docs).
     pub fn prune(&self, now_ms: i64) -> Result<PruneCounts, StoreError> {
         const OP: &str = "prune old rows";
         self.check_writable(OP)?;
-        let cutoff = now_ms.saturating_sub(duration_ms(self.retention));
         let mut conn = self.conn.lock();
         let tx = conn.transaction().map_err(sql(OP))?;
+        // Each MAX reads the last entry of the column's index.
+        let newest: Option<i64> = tx
+            .query_row(
+                "SELECT MAX(newest) FROM ( \
+                 SELECT MAX(ts_ms) AS newest FROM rollups \
+                 UNION ALL SELECT MAX(last_seen_ms) FROM insights \
+                 UNION ALL SELECT MAX(ts_ms) FROM scaling \
+                 UNION ALL SELECT MAX(ts_ms) FROM decisions \
+                 UNION ALL SELECT MAX(generated_ms) FROM reports \
+                 UNION ALL SELECT MAX(ts_ms) FROM route_outcomes)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql(OP))?;
+        let Some(newest) = newest else {
+            // Nothing stored: nothing to delete.
+            return Ok(PruneCounts::default());
+        };
+        let retention = duration_ms(self.retention);
+        let cutoff = now_ms.min(newest).saturating_sub(retention);
         let delete = |table: &str, column: &str| -> Result<u64, StoreError> {
             tx.execute(
                 &format!("DELETE FROM {table} WHERE {column} < ?1"),
@@ -1109,6 +1179,7 @@ impl Store {
         WriteStats {
             rows_written: self.rows_written(),
             statements: self.statements.load(Ordering::Relaxed),
+            rollups_skipped: self.rollups_skipped.load(Ordering::Relaxed),
         }
     }
 }
@@ -1473,11 +1544,20 @@ mod tests {
         assert_eq!(again.rollups_since(0).unwrap().len(), 3);
     }
 
+    /// A rollup of `metric` at `ts_ms` over `count` samples.
+    fn partial(metric: &str, ts_ms: i64, avg: f64, count: u32) -> Rollup {
+        Rollup {
+            count,
+            ..rollup(metric, ts_ms, avg)
+        }
+    }
+
     #[test]
     fn rollup_upsert_replaces_same_minute() {
         let store = Store::open(Path::new(IN_MEMORY), HOUR).unwrap();
+        // The minute in progress, stored after 10 samples, then finished.
         store
-            .write_rollups(&[rollup("pool.connections", MIN, 1.0)])
+            .write_rollups(&[partial("pool.connections", MIN, 1.0, 10)])
             .unwrap();
         store
             .write_rollups(&[
@@ -1493,6 +1573,7 @@ mod tests {
                 rollup("pool.connections", 2 * MIN, 3.0)
             ]
         );
+        assert_eq!(store.write_stats().rollups_skipped, 0);
         // The window is half-open.
         assert_eq!(
             store
@@ -1535,6 +1616,154 @@ mod tests {
                 (Severity::Critical, 1)
             ]
         );
+    }
+
+    #[test]
+    fn a_forward_clock_jump_keeps_the_newest_retention() {
+        let store = Store::open(Path::new(IN_MEMORY), HOUR).unwrap();
+        let hour = duration_ms(HOUR);
+        let last = 100 * hour;
+        // Two hours of history, one row of each kind every 10 minutes, up to `last`.
+        for step in 0..=12 {
+            fill(&store, last - step * 10 * MIN);
+        }
+        // The clock jumps ten retentions ahead before anything is written at the new time.
+        let counts = store.prune(last + 10 * hour).unwrap();
+        // Rows more than an hour older than the newest go (70 to 120 min back: 6 steps of 8
+        // rows); the last hour (0 to 60 min back: 7 steps) stays.
+        let kept = |rows: &[Rollup]| rows.iter().all(|r| r.ts_ms >= last - hour);
+        let rollups = store.rollups_since(0).unwrap();
+        assert!(kept(&rollups), "{rollups:?}");
+        assert_eq!(rollups.len(), 2 * 7, "0..=60 min back, 2 metrics");
+        assert_eq!(counts.rollups, 2 * 6);
+        assert_eq!(counts.total(), 8 * 6);
+        assert_eq!(store.insights(0, 100).unwrap().len(), 7);
+        assert_eq!(store.scaling(0, 100).unwrap().len(), 7);
+        assert_eq!(store.decisions(None, 0, 100).unwrap().len(), 14);
+        assert_eq!(store.outcomes(0, 100).unwrap().len(), 7);
+        assert_eq!(store.reports(None, 100).unwrap().len(), 7);
+        // Again at the jumped time: nothing more goes.
+        assert_eq!(store.prune(last + 10 * hour).unwrap().total(), 0);
+        // Once the store is written at the new time, the old hour ages out behind it.
+        let later = last + 10 * hour;
+        store
+            .write_rollups(&[rollup("pool.connections", later, 1.0)])
+            .unwrap();
+        store.prune(later).unwrap();
+        assert_eq!(
+            store.rollups_since(0).unwrap(),
+            vec![rollup("pool.connections", later, 1.0)]
+        );
+    }
+
+    #[test]
+    fn a_backward_clock_jump_does_not_overwrite_rollups() {
+        let store = Store::open(Path::new(IN_MEMORY), HOUR).unwrap();
+        let metric = "pool.connections";
+        let stored: Vec<Rollup> = (1..=5).map(|m| rollup(metric, m * MIN, 4.0)).collect();
+        store.write_rollups(&stored).unwrap();
+        // The clock goes back three minutes: the engine stores the minutes it revisits again,
+        // as partial rollups every 10 samples and then whole.
+        store
+            .write_rollups(&[partial(metric, 3 * MIN, 9.0, 10)])
+            .unwrap();
+        store
+            .write_rollups(&[partial(metric, 3 * MIN, 9.0, 30)])
+            .unwrap();
+        store
+            .write_rollups(&[
+                rollup(metric, 3 * MIN, 9.0),
+                partial(metric, 4 * MIN, 9.0, 10),
+            ])
+            .unwrap();
+        // The newest minute, already complete, is not replaced by as many samples either.
+        store
+            .write_rollups(&[rollup(metric, 5 * MIN, 9.0)])
+            .unwrap();
+        assert_eq!(store.rollups(metric, 0, i64::MAX).unwrap(), stored);
+        assert_eq!(store.write_stats().rollups_skipped, 5);
+        // A minute stored incomplete (the process started in it) is not replaced by a fuller
+        // one once a later minute is stored: the clock went back.
+        store
+            .write_rollups(&[
+                partial("pool.cap_usage", MIN, 0.5, 20),
+                rollup("pool.cap_usage", 2 * MIN, 0.5),
+            ])
+            .unwrap();
+        store
+            .write_rollups(&[rollup("pool.cap_usage", MIN, 0.9)])
+            .unwrap();
+        assert_eq!(
+            store.rollups("pool.cap_usage", 0, 2 * MIN).unwrap(),
+            vec![partial("pool.cap_usage", MIN, 0.5, 20)]
+        );
+        assert_eq!(store.write_stats().rollups_skipped, 6);
+        // Another metric's history is its own: its first minute is stored.
+        store
+            .write_rollups(&[rollup("streams.downstream", 3 * MIN, 9.0)])
+            .unwrap();
+        assert_eq!(
+            store
+                .rollups("streams.downstream", 0, i64::MAX)
+                .unwrap()
+                .len(),
+            1
+        );
+        // Minutes never stored are stored (a gap the clock revisits), and once the clock is
+        // past the newest minute again, the minute in progress grows as before.
+        store.write_rollups(&[rollup(metric, 0, 9.0)]).unwrap();
+        store
+            .write_rollups(&[partial(metric, 6 * MIN, 5.0, 10)])
+            .unwrap();
+        store
+            .write_rollups(&[rollup(metric, 6 * MIN, 6.0)])
+            .unwrap();
+        let rows = store.rollups(metric, 0, i64::MAX).unwrap();
+        assert_eq!(rows.len(), 7);
+        assert_eq!(rows[0], rollup(metric, 0, 9.0));
+        assert_eq!(rows[6], rollup(metric, 6 * MIN, 6.0));
+        assert_eq!(store.write_stats().rollups_skipped, 6);
+    }
+
+    #[test]
+    fn normal_pruning_still_deletes_old_rows() {
+        let store = Store::open(Path::new(IN_MEMORY), HOUR).unwrap();
+        let hour = duration_ms(HOUR);
+        let now = 50 * hour;
+        fill(&store, now - 3 * hour);
+        fill(&store, now - 2 * MIN);
+        let counts = store.prune(now).unwrap();
+        assert_eq!(counts.total(), 8, "{counts:?}");
+        assert_eq!(store.rollups_since(0).unwrap().len(), 2);
+        assert!(
+            store
+                .rollups_since(0)
+                .unwrap()
+                .iter()
+                .all(|r| r.ts_ms == now - 2 * MIN)
+        );
+        // A clock behind the newest row prunes from the clock (it deletes less, never more).
+        fill(&store, now - 70 * MIN);
+        assert_eq!(store.prune(now - 20 * MIN).unwrap().total(), 0);
+        assert_eq!(store.prune(now).unwrap().total(), 8);
+        // A table nobody writes any more is pruned behind the others: the newest row of any
+        // table counts, not the newest of its own.
+        let quiet = Store::open(Path::new(IN_MEMORY), HOUR).unwrap();
+        quiet.insert_scaling(&scaling(now - 3 * hour, 1)).unwrap();
+        quiet
+            .write_rollups(&[rollup("pool.connections", now, 1.0)])
+            .unwrap();
+        assert_eq!(
+            quiet.prune(now).unwrap(),
+            PruneCounts {
+                scaling: 1,
+                ..PruneCounts::default()
+            }
+        );
+        assert!(quiet.scaling(0, 10).unwrap().is_empty());
+        // An empty store prunes nothing.
+        let empty = Store::open(Path::new(IN_MEMORY), HOUR).unwrap();
+        assert_eq!(empty.prune(now).unwrap(), PruneCounts::default());
     }
 
     #[test]
