@@ -34,7 +34,7 @@ pub use resilience::{
     RateLimitConfig, ResumeMode, UnknownBreakerScope,
 };
 pub use scorer::{LearningConfig, ScorerConfig};
-pub use server::{ServerConfig, ServerTls};
+pub use server::{MAX_MONITOR_ID_BYTES, ServerConfig, ServerTls, check_monitor_id};
 
 /// A configuration that could not be read, parsed or validated.
 #[derive(Debug, thiserror::Error)]
@@ -1118,5 +1118,7 @@ fn check_metadata(key: &str, name: &str, value: &str) -> Result<(), ConfigError>
     Ok(())
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

@@ -77,6 +77,9 @@ pub struct PluginsConfig {
     /// restart or reload skips compilation. Default: `$XDG_CACHE_HOME/sluice/wasm` or
     /// `~/.cache/sluice/wasm`; the empty string disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// Size cap of the compile cache in bytes (compiled code and digests): beyond it, the
+    /// least recently used entries are deleted. Default 512 MiB.
+    pub cache_max_bytes: u64,
     /// The router slot (default deadline 1 ms).
     pub router: SlotConfig,
     /// The scaler slot (default deadline 50 ms).
@@ -93,6 +96,7 @@ impl Default for PluginsConfig {
             dir: None,
             watch: true,
             cache_dir: None,
+            cache_max_bytes: 512 * 1024 * 1024,
             router: SlotConfig::default(),
             scaler: SlotConfig::default(),
             anomaly: SlotConfig::default(),
@@ -132,6 +136,16 @@ pub struct SlotConfig {
     /// Consecutive failures (trap, timeout, invalid answer, error) after which the plugin is
     /// disabled and the built-in policy takes over until it is re-enabled. Default 5.
     pub failure_threshold: Option<u32>,
+    /// Share of failed calls over `failure_window` above which the plugin is disabled too, so
+    /// that failures mixed with successes cannot dodge the breaker; `1` turns this check off.
+    /// Default 0.5.
+    pub failure_rate: Option<f64>,
+    /// The sliding window `failure_rate` is measured over (kept in ten buckets of a tenth
+    /// each). Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Option<Duration>,
+    /// Calls the window must hold before `failure_rate` is judged. Default 20.
+    pub failure_min_calls: Option<u32>,
     /// Share of calls also sent to the shadow plugin, 0..=1. Default 0.1.
     pub shadow_sample: Option<f64>,
     /// Run the self-test (sample inputs, valid answers within the deadline) before a plugin is
@@ -165,6 +179,21 @@ impl SlotConfig {
     /// The effective failure threshold.
     pub fn failures_to_disable(&self) -> u32 {
         self.failure_threshold.unwrap_or(5)
+    }
+
+    /// The effective failure-rate limit (0 < rate <= 1).
+    pub fn failure_rate_to_disable(&self) -> f64 {
+        self.failure_rate.unwrap_or(0.5)
+    }
+
+    /// The effective window of the failure rate.
+    pub fn failure_rate_window(&self) -> Duration {
+        self.failure_window.unwrap_or(Duration::from_secs(10))
+    }
+
+    /// The effective number of calls in the window before the rate is judged.
+    pub fn failure_rate_min_calls(&self) -> u32 {
+        self.failure_min_calls.unwrap_or(20)
     }
 
     /// The effective shadow sampling share.

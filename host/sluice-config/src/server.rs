@@ -40,7 +40,8 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Monitor connections open at once, over every peer. One more is answered with GOAWAY
-    /// right after the HTTP/2 handshake. Default 4096.
+    /// right after the HTTP/2 handshake, and the calls it sent get `RESOURCE_EXHAUSTED`.
+    /// Default 4096.
     pub max_connections: usize,
     /// Monitor connections open at once from one peer IP address. Default 256.
     pub max_connections_per_peer: usize,
@@ -100,6 +101,30 @@ pub struct ServerTls {
     pub client_ca_file: Option<PathBuf>,
 }
 
+/// Longest monitor id, in bytes.
+pub const MAX_MONITOR_ID_BYTES: usize = 128;
+
+/// Checks a monitor id, as configured in `[[monitors]]` or sent in `x-sluice-monitor`: 1 to
+/// [`MAX_MONITOR_ID_BYTES`] bytes of ASCII letters, digits and `.`, `_`, `-`, `:`, `/`, `@`.
+/// Ids end up in logs, metrics labels and alerts, so anything else is refused.
+pub fn check_monitor_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_MONITOR_ID_BYTES {
+        return Err(format!(
+            "must be 1 to {MAX_MONITOR_ID_BYTES} bytes long (it has {})",
+            id.len()
+        ));
+    }
+    match id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/' | '@')))
+    {
+        Some(bad) => Err(format!(
+            "has {bad:?}; ids take letters, digits and . _ - : / @"
+        )),
+        None => Ok(()),
+    }
+}
+
 impl crate::Config {
     pub(crate) fn validate_server(&self) -> Result<(), ConfigError> {
         let server = &self.server;
@@ -145,6 +170,8 @@ impl crate::Config {
             }
         }
         for (i, monitor) in self.monitors.iter().enumerate() {
+            check_monitor_id(&monitor.id)
+                .map_err(|problem| invalid(format!("monitors[{i}].id"), problem))?;
             if monitor.max_streams == Some(0) {
                 return Err(invalid(
                     format!("monitors[{i}].max_streams"),

@@ -606,3 +606,18 @@ fn admin_tls_files_must_exist() {
     ));
     assert!(error.contains("unknown field `cert`"), "{error}");
 }
+
+#[test]
+fn monitor_ids_are_short_and_plain() {
+    for good in ["rt-0", "svc.geyser/slots@eu:1", "A_b"] {
+        assert!(check_monitor_id(good).is_ok(), "{good}");
+    }
+    let long = "m".repeat(MAX_MONITOR_ID_BYTES + 1);
+    for bad in ["", "has space", "new\nline", "<script>", long.as_str(), "é"] {
+        assert!(check_monitor_id(bad).is_err(), "{bad:?}");
+    }
+    let error = error_of(&format!(
+        "{MINIMAL}\n[[monitors]]\nid = \"bad id\"\nclass = \"event\"\n"
+    ));
+    assert!(error.contains("monitors[0].id"), "{error}");
+}
