@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::forward::ShareRegistry;
+use crate::forward::{RequestBudget, ShareRegistry};
 use crate::front::identity::MonitorDirectory;
 use crate::pool::{GroupSnapshot, Pool, PoolError};
 use crate::route::{LeastLoaded, Router};
@@ -57,6 +57,8 @@ pub(crate) struct Context {
     pub stats: Arc<Stats>,
     pub monitors: MonitorDirectory,
     pub shares: ShareRegistry,
+    /// Request bytes held before admission, over every call (`server.max_buffered_request_bytes`).
+    pub request_budget: RequestBudget,
     /// Rewrites requests of broken streams before they are replayed.
     pub resumer: Arc<dyn Resumer>,
     /// Flipped when the shutdown grace has run out: open calls end with `UNAVAILABLE`.
@@ -129,6 +131,7 @@ impl Proxy {
             .map_err(|source| ProxyError::Bind { addr, source })?;
         let ctx = Arc::new(Context {
             monitors: MonitorDirectory::new(&config),
+            request_budget: RequestBudget::new(config.server.max_buffered_request_bytes),
             config,
             pool,
             stats,

@@ -90,6 +90,18 @@ stats! {
     migrations_total,
     /// Response messages dropped as duplicates after a resume.
     duplicates_dropped_total,
+    /// Monitor connections open now.
+    monitor_connections_active,
+    /// Monitor connections refused (GOAWAY) by `server.max_connections` or its per-peer cap.
+    monitor_connections_refused_total,
+    /// Calls refused because their monitor had `server.max_streams_per_monitor` open.
+    monitor_streams_refused_total,
+    /// Calls that sent no complete request message within `server.request_timeout`.
+    request_timeouts_total,
+    /// Calls refused because the request bytes held reached `server.max_buffered_request_bytes`.
+    request_buffer_refused_total,
+    /// Request bytes held now while whole request messages are read before admission.
+    request_buffered_bytes,
 }
 
 /// Which gauge a [`GaugeGuard`] holds up.

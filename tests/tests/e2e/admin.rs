@@ -515,18 +515,21 @@ async fn breakers_can_be_forced_open_and_released_and_endpoints_drained() {
         ]
     );
 
-    // The monitor's breaker exists once it called; unknown names and scopes are 404.
+    // `m` is not in [[monitors]]: it shares the one breaker of every unconfigured monitor,
+    // which an operator can act on like any other; unknown names and scopes are 404.
     let monitor = request(
         addr,
         "POST",
-        "/api/v1/breakers/monitor/m/disable",
+        "/api/v1/breakers/monitor/%28unconfigured%20monitors%29/disable",
         token,
         Vec::new(),
     )
     .await;
+    assert_eq!(monitor.json["breaker"]["name"], "(unconfigured monitors)");
     assert_eq!(monitor.json["breaker"]["state"], "disabled");
     for path in [
         "/api/v1/breakers/monitor/nobody/disable",
+        "/api/v1/breakers/monitor/m/disable",
         "/api/v1/breakers/galaxy/feed-0/disable",
         "/api/v1/breakers/endpoint/feed-0/explode",
         "/api/v1/endpoints/nowhere/drain",

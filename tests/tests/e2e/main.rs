@@ -15,6 +15,7 @@ mod demo;
 mod fault_proxy;
 mod faults;
 mod lifecycle;
+mod limits;
 mod observability;
 mod passthrough;
 mod plugin_reload;

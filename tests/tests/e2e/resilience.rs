@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_config::BreakerScope;
-use sluice_config::{Config, MethodConfig, RateLimitConfig, ResumeMode};
+use sluice_config::{Config, MethodConfig, RateLimitConfig, ResumeMode, TrafficClass};
 use sluice_contract::breaker::BreakerState;
 use sluice_contract::health::Health;
 use sluice_proxy::ProxyHandle;
@@ -464,6 +464,9 @@ async fn a_monitor_whose_calls_keep_failing_is_stopped_by_its_breaker() {
     // endpoint's first.
     config.breakers.endpoint.enabled = Some(false);
     config.breakers.connection.enabled = Some(false);
+    // Breakers of their own are for configured monitors (every other name shares one).
+    config.monitors.push(monitor("flaky", TrafficClass::Event));
+    config.monitors.push(monitor("steady", TrafficClass::Event));
     let proxy = sluice(config).await;
     let mut c = client(proxy.addr()).await;
     let failing = || {

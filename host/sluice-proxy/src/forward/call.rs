@@ -12,15 +12,20 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::Request;
+use tokio::sync::Notify;
 
 use super::pump::{self, Ending, OnFull, PumpError};
+use super::request::request_timed_out;
 use super::upstream::{
-    CallSetup, End, OpenStream, cut_off_lagging, monitor_failure, must_end, open_upstream,
+    CallSetup, End, OpenStream, cut_off_lagging, monitor_blamed, must_end, open_upstream,
     record_final_status, reply, response_head, upstream_failure,
 };
 use crate::Context;
 use crate::grpc::{self, Code, MessageScanner, Status};
 use crate::pool::FailureKind;
+
+/// A timer that has not started yet: it is reset to its real deadline when it starts.
+const NOT_YET: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// Serves one plain call to its end.
 pub(super) async fn serve(
@@ -64,6 +69,7 @@ pub(super) async fn serve(
             tracing::debug!("cancelled by the monitor");
         }
         End::Failed(status) => tracing::debug!(%status, "call failed"),
+        End::MonitorFault(status) => tracing::debug!(%status, "call refused: the monitor's fault"),
     }
     end
 }
@@ -83,6 +89,16 @@ async fn relay(
         send,
     } = open;
     let sent_at = std::time::Instant::now();
+    // Set once the monitor's first request message has gone upstream whole (or its request
+    // ended). Until then a silent call is the monitor's doing, bounded by `request_timeout`;
+    // from then on the upstream owes an answer, and the first-message timer runs for it.
+    let request_arrived = Notify::new();
+    let on_request_data = |_bytes: u64, completed: u64| {
+        if completed > 0 {
+            request_arrived.notify_one();
+        }
+    };
+    let mut request_in = body.is_end_stream();
     let request_pump = async {
         if body.is_end_stream() {
             // The whole request went out with the HEADERS frame.
@@ -90,31 +106,55 @@ async fn relay(
             return Ok(());
         }
         let scanner = MessageScanner::new(setup.max_message_bytes);
-        forward_request(body, send, scanner, Arc::clone(ctx)).await
+        forward_request(body, send, scanner, Arc::clone(ctx), &on_request_data).await
     };
     tokio::pin!(request_pump);
     let mut request_done = false;
     let must_end = must_end(ctx, setup.deadline);
     tokio::pin!(must_end);
     tokio::pin!(response);
+    let request_timeout = ctx.config.server.request_timeout;
+    let request_due = tokio::time::sleep(request_timeout);
+    tokio::pin!(request_due);
     // Servers may hold their response headers back until the first message: the timer covers
-    // both phases.
-    let first_message_due = tokio::time::sleep(setup.first_message_timeout);
+    // both phases, from the moment the request is in.
+    let first_message_due = tokio::time::sleep(if request_in {
+        setup.first_message_timeout
+    } else {
+        NOT_YET
+    });
     tokio::pin!(first_message_due);
     let mut first_message_checked = false;
+    let arm_first_message = |due: std::pin::Pin<&mut tokio::time::Sleep>| {
+        due.reset(tokio::time::Instant::now() + setup.first_message_timeout);
+    };
 
     // Phase 1: until the upstream answers with headers.
     let response = loop {
         tokio::select! {
             response = &mut response => break response,
-            () = &mut first_message_due, if !first_message_checked => {
+            () = &mut first_message_due, if !first_message_checked && request_in => {
                 first_message_checked = true;
                 lease.failed(FailureKind::NoFirstMessage);
             }
+            () = request_arrived.notified(), if !request_in => {
+                request_in = true;
+                arm_first_message(first_message_due.as_mut());
+            }
+            () = &mut request_due, if !request_in => {
+                // Dropping the upstream stream cancels it; the endpoint did nothing wrong.
+                let status = request_timed_out(ctx, request_timeout);
+                reply(&mut respond, &status);
+                return End::Failed(status);
+            }
             result = &mut request_pump, if !request_done => {
                 request_done = true;
+                if result.is_ok() && !request_in {
+                    request_in = true;
+                    arm_first_message(first_message_due.as_mut());
+                }
                 if let Some(end) = request_side_failure(ctx, result) {
-                    if let End::Failed(status) = &end {
+                    if let End::Failed(status) | End::MonitorFault(status) = &end {
                         reply(&mut respond, status);
                     }
                     return end;
@@ -143,18 +183,18 @@ async fn relay(
     let (parts, mut upstream_body) = response.into_parts();
     let end_of_stream = upstream_body.is_end_stream();
     // A trailers-only answer: its status is in these headers.
-    let final_status = end_of_stream.then(|| {
+    let blamed = end_of_stream && monitor_blamed(&lease, &parts.headers);
+    if end_of_stream {
         record_final_status(&lease, &parts.headers);
-        monitor_failure(&parts.headers)
-    });
+    }
     let head = response_head(parts.status, &parts.headers);
     drop(parts);
     let mut downstream = match respond.send_response(head, end_of_stream) {
         Ok(downstream) => downstream,
         Err(_) => return End::Cancelled,
     };
-    if let Some(failed) = final_status {
-        return End::Completed(failed);
+    if end_of_stream {
+        return End::Completed(blamed);
     }
     setup.monitor.answered();
 
@@ -185,14 +225,22 @@ async fn relay(
         loop {
             tokio::select! {
                 result = &mut response_pump => break Ok(result),
-                () = &mut first_message_due, if !first_message_checked => {
+                () = &mut first_message_due, if !first_message_checked && request_in => {
                     first_message_checked = true;
                     if !first_seen.load(std::sync::atomic::Ordering::Relaxed) {
                         lease.failed(FailureKind::NoFirstMessage);
                     }
                 }
+                () = request_arrived.notified(), if !request_in => {
+                    request_in = true;
+                    arm_first_message(first_message_due.as_mut());
+                }
                 result = &mut request_pump, if !request_done => {
                     request_done = true;
+                    if result.is_ok() && !request_in {
+                        request_in = true;
+                        arm_first_message(first_message_due.as_mut());
+                    }
                     if let Some(end) = request_side_failure(ctx, result) {
                         break Err(end);
                     }
@@ -207,13 +255,17 @@ async fn relay(
             let _ = downstream.send_trailers(status.to_trailers());
             return End::Failed(status);
         }
+        Err(End::MonitorFault(status)) => {
+            let _ = downstream.send_trailers(status.to_trailers());
+            return End::MonitorFault(status);
+        }
         Err(end) => return end,
     };
     match result {
         Ok(Ending::Trailers(trailers)) => {
             record_final_status(&lease, &trailers);
             let _ = downstream.send_trailers(grpc::headers::response_headers(&trailers));
-            End::Completed(monitor_failure(&trailers))
+            End::Completed(monitor_blamed(&lease, &trailers))
         }
         Ok(Ending::Closed) => {
             lease.finished();
@@ -223,7 +275,7 @@ async fn relay(
         Err(PumpError::Lagging(waited)) => {
             let status = cut_off_lagging(ctx, waited);
             let _ = downstream.send_trailers(status.to_trailers());
-            End::Failed(status)
+            End::MonitorFault(status)
         }
         Err(PumpError::Frame(error)) => {
             ctx.stats.incr(|s| &s.oversized_messages_total);
@@ -241,12 +293,14 @@ async fn relay(
     }
 }
 
-/// Forwards the request body to the upstream and ends it the way the monitor ended it.
+/// Forwards the request body to the upstream and ends it the way the monitor ended it;
+/// `on_data` hears of each chunk handed on and the messages it completed.
 async fn forward_request(
     mut body: RecvStream,
     mut upstream: SendStream<Bytes>,
     mut scanner: MessageScanner,
     ctx: Arc<Context>,
+    on_data: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(), PumpError> {
     let counter = &ctx.stats.bytes_to_upstream_total;
     let result = pump::pump(
@@ -256,7 +310,7 @@ async fn forward_request(
         OnFull::Wait,
         counter,
         None,
-        None,
+        Some(on_data),
     )
     .await;
     match result {
@@ -282,7 +336,7 @@ fn request_side_failure(ctx: &Context, result: Result<(), PumpError>) -> Option<
         Err(PumpError::Sink(_) | PumpError::Lagging(_)) => None,
         Err(PumpError::Frame(error)) => {
             ctx.stats.incr(|s| &s.oversized_messages_total);
-            Some(End::Failed(Status::resource_exhausted(format!(
+            Some(End::MonitorFault(Status::resource_exhausted(format!(
                 "request rejected: {error}"
             ))))
         }

@@ -15,6 +15,7 @@
 
 mod call;
 mod pump;
+mod request;
 mod resumable;
 mod share;
 mod upstream;
@@ -34,6 +35,7 @@ use resumable::ResumeOptions;
 use share::ShareOptions;
 use upstream::{CallSetup, MonitorPermit};
 
+pub(crate) use request::RequestBudget;
 pub(crate) use share::ShareRegistry;
 
 /// Which relay serves a call, with its method's options.

@@ -65,7 +65,7 @@ pub(super) async fn pump(
     mut on_first_data: Option<&(dyn Fn() + Sync)>,
     on_data: Option<&(dyn Fn(u64, u64) + Sync)>,
 ) -> Result<Ending, PumpError> {
-    let mut messages_seen = scanner.messages();
+    let mut messages_seen = scanner.completed();
     loop {
         let next = tokio::select! {
             biased;
@@ -88,7 +88,7 @@ pub(super) async fn pump(
         send_all(sink, chunk, on_full, last).await?;
         bytes_counter.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
         if let Some(on_data) = on_data {
-            let messages = scanner.messages();
+            let messages = scanner.completed();
             on_data(len as u64, messages - messages_seen);
             messages_seen = messages;
         }

@@ -39,12 +39,13 @@ use http::{HeaderMap, Request, Response};
 use sluice_config::{MethodConfig, ResumeMode};
 
 use super::pump::{PumpError, send_all};
+use super::request::{BoundedRequest, request_timed_out};
 use super::upstream::{
-    CallSetup, End, cut_off_lagging, monitor_failure, must_end, open_upstream, record_final_status,
+    CallSetup, End, cut_off_lagging, monitor_blamed, must_end, open_upstream, record_final_status,
     reply, response_head, upstream_failure,
 };
 use crate::Context;
-use crate::grpc::{self, Code, FrameError, MessageSplitter, PREFIX_LEN, Status};
+use crate::grpc::{self, Code, FrameError, PREFIX_LEN, Status};
 use crate::pool::{FailureKind, Resume};
 use attempt::{
     Attempt, Broken, Phase, UpstreamEvent, next_event, poll_window_of, resumable_status,
@@ -81,6 +82,8 @@ impl ResumeOptions {
 enum Turn {
     MonitorGone,
     MustEnd(Status),
+    /// No whole request message within `server.request_timeout`.
+    RequestDue,
     Draining,
     FirstMessageDue,
     Request(Option<Result<Bytes, h2::Error>>),
@@ -95,6 +98,8 @@ enum Stop {
     Cancelled,
     /// The call fails with this status, once the upstream stream is reset.
     Fail(Status),
+    /// As `Fail`, by the monitor's fault (see [`End::MonitorFault`]).
+    Fault(Status),
     /// The monitor already has its answer (the upstream's final status, or a failure on an
     /// upstream stream that ended by itself).
     Ended(End),
@@ -118,13 +123,23 @@ impl Downstream {
 
     /// Ends the call with `status`.
     fn fail(&mut self, status: Status) -> End {
+        self.answer(&status);
+        End::Failed(status)
+    }
+
+    /// Ends the call with `status`, by the monitor's fault.
+    fn fault(&mut self, status: Status) -> End {
+        self.answer(&status);
+        End::MonitorFault(status)
+    }
+
+    fn answer(&mut self, status: &Status) {
         match self.stream.as_mut() {
             Some(stream) => {
                 let _ = stream.send_trailers(status.to_trailers());
             }
-            None => reply(&mut self.respond, &status),
+            None => reply(&mut self.respond, status),
         }
-        End::Failed(status)
     }
 }
 
@@ -151,8 +166,10 @@ pub(super) async fn serve(
         headers: grpc::headers::request_headers(&parts.headers, 4),
         path,
         replay: ReplayBuffer::new(&options),
-        request_splitter: MessageSplitter::new(setup.max_message_bytes),
+        request_splitter: BoundedRequest::new(ctx, setup.max_message_bytes),
         request_ended: false,
+        request_in: false,
+        request_due: Box::pin(tokio::time::sleep(ctx.config.server.request_timeout)),
         dedup: Dedup::new(options.dedup_window),
         last_response: None,
         delivered: 0,
@@ -181,8 +198,12 @@ struct ResumableCall<'a> {
     /// Resolves when the call must end early (deadline, shutdown).
     must_end: Pin<Box<dyn Future<Output = Status> + Send + 'a>>,
     replay: ReplayBuffer,
-    request_splitter: MessageSplitter,
+    request_splitter: BoundedRequest,
     request_ended: bool,
+    /// Whether a whole request message arrived (or the request ended); until then the
+    /// first-message timer does not run, and the request has `server.request_timeout`.
+    request_in: bool,
+    request_due: Pin<Box<tokio::time::Sleep>>,
     dedup: Dedup,
     /// The payload of the last response message delivered, for the resumer.
     last_response: Option<Bytes>,
@@ -229,6 +250,10 @@ impl ResumableCall<'_> {
             let broken = match self.next_turn(attempt).await {
                 Turn::MonitorGone => return ControlFlow::Break(Stop::Cancelled),
                 Turn::MustEnd(status) => return ControlFlow::Break(Stop::Fail(status)),
+                Turn::RequestDue => {
+                    let timeout = self.ctx.config.server.request_timeout;
+                    return ControlFlow::Break(Stop::Fail(request_timed_out(self.ctx, timeout)));
+                }
                 Turn::Draining => Some(Broken {
                     failure: None,
                     drained: true,
@@ -287,7 +312,9 @@ impl ResumableCall<'_> {
             () = poll_fn(|cx| self.downstream.poll_reset(cx)) => Turn::MonitorGone,
             status = &mut self.must_end => Turn::MustEnd(status),
             _ = attempt.draining.wait_for(|d| *d) => Turn::Draining,
-            () = &mut attempt.first_due, if !attempt.first_checked => Turn::FirstMessageDue,
+            // A call whose upstream already answered is not silent, even before it sends.
+            () = &mut self.request_due, if !self.request_in && self.downstream.stream.is_none() => Turn::RequestDue,
+            () = &mut attempt.first_due, if !attempt.first_checked && self.request_in => Turn::FirstMessageDue,
             // More of the monitor's request only once the last has gone out.
             chunk = self.body.data(), if !self.request_ended && attempt.outbox.is_empty() => Turn::Request(chunk),
             window = poll_window_of(&mut attempt.send, &attempt.outbox), if !attempt.outbox.is_empty() => Turn::Window(window),
@@ -306,10 +333,11 @@ impl ResumableCall<'_> {
             None => {
                 self.request_ended = true;
                 if let Err(error) = self.request_splitter.finish() {
-                    return ControlFlow::Break(Stop::Fail(Status::resource_exhausted(format!(
+                    return ControlFlow::Break(Stop::Fault(Status::resource_exhausted(format!(
                         "request rejected: {error}"
                     ))));
                 }
+                self.request_arrived(attempt);
                 attempt.queue([], true);
                 return ControlFlow::Continue(());
             }
@@ -318,13 +346,18 @@ impl ResumableCall<'_> {
             Some(Ok(chunk)) => chunk,
         };
         let len = chunk.len();
-        self.request_splitter.push(chunk);
+        if let Err(status) = self.request_splitter.push(chunk) {
+            return ControlFlow::Break(Stop::Fault(status));
+        }
         loop {
             let message = match self.request_splitter.next_message() {
                 Ok(Some(message)) => message,
                 Ok(None) => break,
-                Err(error) => return ControlFlow::Break(self.reject("request", error)),
+                Err(error) => {
+                    return ControlFlow::Break(Stop::Fault(self.rejected("request", error)));
+                }
             };
+            self.request_arrived(attempt);
             self.replay.record(&message);
             self.ctx
                 .stats
@@ -349,8 +382,8 @@ impl ResumableCall<'_> {
             if let Some(broken) = resumable_status(&self.options, &parts.headers) {
                 return ControlFlow::Continue(Some(broken));
             }
+            let blamed = monitor_blamed(&attempt.lease, &parts.headers);
             record_final_status(&attempt.lease, &parts.headers);
-            let failed = monitor_failure(&parts.headers);
             match self.downstream.stream.as_mut() {
                 Some(stream) => {
                     let mut trailers = grpc::headers::response_headers(&parts.headers);
@@ -363,7 +396,7 @@ impl ResumableCall<'_> {
                     let _ = self.downstream.respond.send_response(head, true);
                 }
             }
-            return ControlFlow::Break(Stop::Ended(End::Completed(failed)));
+            return ControlFlow::Break(Stop::Ended(End::Completed(blamed)));
         }
         if self.downstream.stream.is_none() {
             let head = response_head(parts.status, &parts.headers);
@@ -393,7 +426,11 @@ impl ResumableCall<'_> {
             let message = match attempt.splitter.next_message() {
                 Ok(Some(message)) => message,
                 Ok(None) => break,
-                Err(error) => return ControlFlow::Break(self.reject("upstream response", error)),
+                Err(error) => {
+                    return ControlFlow::Break(Stop::Fail(
+                        self.rejected("upstream response", error),
+                    ));
+                }
             };
             attempt.saw_first_message();
             if self.dedup.is_duplicate(&message) {
@@ -406,7 +443,7 @@ impl ResumableCall<'_> {
                 Ok(()) => {}
                 Err(PumpError::Lagging(waited)) => {
                     let status = cut_off_lagging(self.ctx, waited);
-                    return ControlFlow::Break(Stop::Fail(status));
+                    return ControlFlow::Break(Stop::Fault(status));
                 }
                 Err(_) => return ControlFlow::Break(Stop::Cancelled),
             }
@@ -438,19 +475,29 @@ impl ResumableCall<'_> {
                 Status::internal(format!("upstream response ended inside a message: {error}"));
             return ControlFlow::Break(Stop::Ended(self.downstream.fail(status)));
         }
+        let blamed = monitor_blamed(&attempt.lease, &trailers);
         record_final_status(&attempt.lease, &trailers);
         if let Some(stream) = self.downstream.stream.as_mut() {
             let _ = stream.send_trailers(grpc::headers::response_headers(&trailers));
         }
-        ControlFlow::Break(Stop::Ended(End::Completed(monitor_failure(&trailers))))
+        ControlFlow::Break(Stop::Ended(End::Completed(blamed)))
     }
 
-    /// Ends the call over a message that broke the framing rules or the size limit.
-    fn reject(&self, what: &str, error: FrameError) -> Stop {
+    /// The status of a message that broke the framing rules or the size limit.
+    fn rejected(&self, what: &str, error: FrameError) -> Status {
         self.ctx.stats.incr(|s| &s.oversized_messages_total);
-        Stop::Fail(Status::resource_exhausted(format!(
-            "{what} rejected: {error}"
-        )))
+        Status::resource_exhausted(format!("{what} rejected: {error}"))
+    }
+
+    /// The monitor's request is in: the upstream owes its first message from now.
+    fn request_arrived(&mut self, attempt: &mut Attempt) {
+        if !self.request_in {
+            self.request_in = true;
+            attempt
+                .first_due
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.setup.first_message_timeout);
+        }
     }
 
     /// Gives `attempt` up and resumes the call on a new upstream stream.
@@ -529,6 +576,10 @@ impl ResumableCall<'_> {
             Stop::Fail(status) => {
                 attempt.abandon();
                 self.downstream.fail(status)
+            }
+            Stop::Fault(status) => {
+                attempt.abandon();
+                self.downstream.fault(status)
             }
         }
     }

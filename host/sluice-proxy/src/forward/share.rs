@@ -2,7 +2,9 @@
 //!
 //! The first monitor's request opens the upstream stream; later monitors with the same method,
 //! request bytes and key metadata join it and receive messages from the point they joined. The
-//! upstream stream is cancelled when its last subscriber leaves.
+//! key metadata always holds the credentials a provider sees (`authorization`, `x-token`), so a
+//! subscriber never rides a stream opened with someone else's credentials. The upstream stream
+//! is cancelled when its last subscriber leaves.
 //!
 //! A shared stream runs at the pace of its fastest subscriber: the upstream is read (and its
 //! flow-control window released) only while the fastest subscriber is less than half a ring
@@ -28,9 +30,10 @@ use sluice_config::MethodConfig;
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::pump::{self, OnFull, PumpError};
+use super::request::{BoundedRequest, request_timed_out};
 use super::upstream::{
-    CallSetup, End, cut_off_lagging, monitor_failure, must_end, open_upstream, record_final_status,
-    response_head, upstream_failure,
+    CallSetup, End, cut_off_lagging, must_end, open_upstream, record_final_status, response_head,
+    upstream_failure,
 };
 use crate::Context;
 use crate::grpc::{self, Code, MessageSplitter, Status};
@@ -45,14 +48,25 @@ pub(super) struct ShareOptions {
     buffer: usize,
 }
 
+/// Request metadata that always keys a shared stream: the credentials a provider sees. Two
+/// subscribers that would authenticate differently upstream never ride one stream.
+const CREDENTIAL_METADATA: [HeaderName; 2] = [
+    http::header::AUTHORIZATION,
+    HeaderName::from_static("x-token"),
+];
+
 impl ShareOptions {
     pub(super) fn from_config(method: &MethodConfig) -> Self {
+        let mut key_metadata = CREDENTIAL_METADATA.to_vec();
+        for name in &method.share_key_metadata {
+            if let Ok(name) = HeaderName::try_from(name.as_str())
+                && !key_metadata.contains(&name)
+            {
+                key_metadata.push(name);
+            }
+        }
         Self {
-            key_metadata: method
-                .share_key_metadata
-                .iter()
-                .filter_map(|name| HeaderName::try_from(name.as_str()).ok())
-                .collect(),
+            key_metadata,
             buffer: method.share_buffer_messages,
         }
     }
@@ -197,14 +211,19 @@ impl ShareRegistry {
 }
 
 /// Reads the request of a server-streaming call: exactly one message, then end of stream.
-async fn read_request(body: &mut RecvStream, limit: usize) -> Result<Bytes, Status> {
-    let mut splitter = MessageSplitter::new(limit);
+/// The bytes it holds meanwhile are bounded ([`BoundedRequest`]); every error is the monitor's.
+async fn read_request(
+    ctx: &Arc<Context>,
+    body: &mut RecvStream,
+    max_message_bytes: usize,
+) -> Result<Bytes, Status> {
+    let mut splitter = BoundedRequest::new(ctx, max_message_bytes);
     let mut request = None;
     while let Some(chunk) = body.data().await {
         let chunk = chunk
             .map_err(|e| Status::new(Code::Cancelled, format!("request stream failed: {e}")))?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        splitter.push(chunk);
+        splitter.push(chunk)?;
         while let Some(message) = splitter
             .next_message()
             .map_err(|e| Status::resource_exhausted(format!("request rejected: {e}")))?
@@ -237,15 +256,24 @@ pub(super) async fn serve(
     mut respond: SendResponse<Bytes>,
 ) -> End {
     let (parts, mut body) = request.into_parts();
+    let request_timeout = ctx.config.server.request_timeout;
     let read = tokio::select! {
-        read = read_request(&mut body, setup.max_message_bytes) => read,
-        status = must_end(&ctx, setup.deadline) => Err(status),
+        read = read_request(&ctx, &mut body, setup.max_message_bytes) => read.map_err(End::MonitorFault),
+        status = must_end(&ctx, setup.deadline) => Err(End::Failed(status)),
+        () = tokio::time::sleep(request_timeout) => {
+            Err(End::Failed(request_timed_out(&ctx, request_timeout)))
+        }
     };
     let request_bytes = match read {
         Ok(bytes) => bytes,
-        Err(status) => {
-            let _ = respond.send_response(status.to_response(), true);
-            return End::Failed(status);
+        Err(End::Failed(status) | End::MonitorFault(status)) if status.code == Code::Cancelled => {
+            return End::Cancelled;
+        }
+        Err(end) => {
+            if let End::Failed(status) | End::MonitorFault(status) = &end {
+                let _ = respond.send_response(status.to_response(), true);
+            }
+            return end;
         }
     };
     let key = ShareKey {
@@ -308,9 +336,9 @@ pub(super) async fn serve(
     let (status, headers) = match head {
         Some(Head::Headers(status, headers)) => (status, headers),
         Some(Head::Ended(response)) => {
-            let failed = monitor_failure(response.headers());
             let _ = respond.send_response(response, true);
-            return End::Completed(failed);
+            // A shared stream's status is every subscriber's: no one monitor caused it.
+            return End::Completed(false);
         }
         None => {
             let status = Status::unavailable("shared upstream stream ended unexpectedly");
@@ -332,14 +360,15 @@ pub(super) async fn serve(
         let event = tokio::select! {
             event = events.recv() => event,
             _ = poll_fn(|cx| downstream.poll_reset(cx)) => break None,
-            status = &mut ending_early => break Some(status.to_trailers()),
+            status = &mut ending_early => break Some((status.to_trailers(), false)),
         };
+        // The trailers the subscriber ends with, and whether it ends by its own fault.
         match event {
             Ok(Event::Message(position, message)) => {
                 let len = message.len() as u64;
                 let sent = tokio::select! {
                     sent = pump::send_all(&mut downstream, message, setup.on_full, false) => sent,
-                    status = &mut ending_early => break Some(status.to_trailers()),
+                    status = &mut ending_early => break Some((status.to_trailers(), false)),
                 };
                 match sent {
                     Ok(()) => {
@@ -348,39 +377,46 @@ pub(super) async fn serve(
                         stream.mark_delivered(position);
                     }
                     Err(PumpError::Lagging(waited)) => {
-                        break Some(cut_off_lagging(&ctx, waited).to_trailers());
+                        break Some((cut_off_lagging(&ctx, waited).to_trailers(), true));
                     }
                     Err(_) => break None,
                 }
             }
-            Ok(Event::End(trailers)) => break Some((*trailers).clone()),
+            Ok(Event::End(trailers)) => break Some(((*trailers).clone(), false)),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 ctx.stats.incr(|s| &s.lagging_disconnects_total);
                 tracing::debug!(
                     missed,
                     "subscriber cut off: lagging behind the shared stream"
                 );
-                break Some(
+                break Some((
                     Status::resource_exhausted(format!(
                         "lagging: fell {missed} messages behind the shared stream"
                     ))
                     .to_trailers(),
-                );
+                    true,
+                ));
             }
             Err(broadcast::error::RecvError::Closed) => {
-                break Some(
+                break Some((
                     Status::unavailable("shared upstream stream ended without a status")
                         .to_trailers(),
-                );
+                    false,
+                ));
             }
         }
     };
     drop(membership);
     match ending {
-        Some(trailers) => {
-            let failed = monitor_failure(&trailers);
+        Some((trailers, false)) => {
             let _ = downstream.send_trailers(trailers);
-            End::Completed(failed)
+            End::Completed(false)
+        }
+        Some((trailers, true)) => {
+            let _ = downstream.send_trailers(trailers);
+            End::MonitorFault(Status::resource_exhausted(
+                "lagging behind the shared stream",
+            ))
         }
         None => End::Cancelled,
     }

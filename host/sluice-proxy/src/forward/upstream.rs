@@ -38,11 +38,14 @@ pub(super) struct CallSetup {
     pub first_message_timeout: std::time::Duration,
 }
 
-/// The monitor breaker's leave for one call. A call whose response has started counts as a
-/// success at once, so that a long-lived stream does not hold a half-open breaker's probe for
-/// its whole life; if it fails later, the failure counts too. Statuses that say the service
-/// was not there for the monitor (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`) are failures;
-/// a monitor's own cancellation counts for nothing.
+/// The monitor breaker's leave for one call. The breaker counts only what the monitor caused:
+/// [`End::MonitorFault`] (oversized or malformed messages, being cut off as lagging) and upstream
+/// errors its own calls get while its endpoint is fine for everyone else
+/// ([`monitor_blamed`]). The monitor's own deadline and cancellation, a silent request, and
+/// Sluice's own unavailability count for nothing, so an outage never locks monitors out after
+/// it. A call whose response has started counts as a success at once, so that a long-lived
+/// stream does not hold a half-open breaker's probe for its whole life; if the monitor breaks a
+/// rule later, that counts too.
 pub(super) struct MonitorPermit {
     permit: parking_lot::Mutex<Permit>,
     /// Counts the call among the monitor's open calls while it lives.
@@ -65,45 +68,50 @@ impl MonitorPermit {
 
     /// The call ended as `end`.
     pub(super) fn ended(&self, end: &End) {
-        let failed = match end {
-            End::Completed(failed) => *failed,
-            End::Cancelled => return,
-            End::Failed(status) => is_monitor_failure(status.code),
-        };
         let mut permit = self.permit.lock();
-        if !failed {
-            permit.record(Outcome::Success { slow: false });
-        } else if permit.is_recorded() {
-            permit.breaker().observe(Outcome::Failure);
-        } else {
-            permit.record(Outcome::Failure);
+        match end {
+            End::Completed(false) => permit.record(Outcome::Success { slow: false }),
+            // Not the monitor's doing: the permit goes back unrecorded.
+            End::Cancelled | End::Failed(_) => {}
+            End::Completed(true) | End::MonitorFault(_) if permit.is_recorded() => {
+                permit.breaker().observe(Outcome::Failure);
+            }
+            End::Completed(true) | End::MonitorFault(_) => permit.record(Outcome::Failure),
         }
     }
 }
 
-fn is_monitor_failure(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Internal
-    )
-}
-
-/// Whether a final upstream status counts against the monitor's breaker (the codes of
-/// [`is_monitor_failure`]: 14, 4, 13).
-pub(super) fn monitor_failure(headers: &HeaderMap) -> bool {
-    matches!(
+/// Whether a call that ended with the upstream's final status `headers` on `lease` counts
+/// against its monitor: an error the service answered (`UNAVAILABLE`, `INTERNAL`) while the
+/// endpoint's breaker is closed, which says the endpoint serves the others. During an outage
+/// the endpoint's breaker opens (it trips before a monitor's, at its default thresholds) and
+/// the monitors are not blamed. `DEADLINE_EXCEEDED` is the caller's own deadline: never.
+pub(super) fn monitor_blamed(lease: &Lease, headers: &HeaderMap) -> bool {
+    let error = matches!(
         headers.get("grpc-status").map(http::HeaderValue::as_bytes),
-        Some(b"14" | b"4" | b"13")
-    )
+        Some(b"14" | b"13")
+    );
+    error
+        && matches!(
+            lease.connection().endpoint.breaker.state(),
+            sluice_contract::breaker::BreakerState::Closed
+                | sluice_contract::breaker::BreakerState::Disabled
+        )
 }
 
-/// How a relayed call ended, for logs and counters.
+/// How a relayed call ended, for logs, counters and the monitor's breaker.
 pub(super) enum End {
-    /// The upstream's final status reached the monitor; `true` when that status counts against
-    /// the monitor's breaker (see [`monitor_failure`]).
+    /// The upstream's final status reached the monitor; `true` when it counts against the
+    /// monitor ([`monitor_blamed`]).
     Completed(bool),
+    /// The monitor left.
     Cancelled,
+    /// The call failed for a reason that is not the monitor's: its own deadline, Sluice
+    /// shutting down or finding no upstream, the upstream failing, or a silent request.
     Failed(Status),
+    /// The monitor broke a rule: an oversized or malformed message, or it fell behind and was
+    /// cut off. Only these count against its breaker.
+    MonitorFault(Status),
 }
 
 /// Sends a status to a monitor whose response headers were not sent yet.

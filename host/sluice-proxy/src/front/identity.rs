@@ -89,6 +89,15 @@ impl MonitorDirectory {
                 ));
             }
         };
+        if let Some(name) = name {
+            // Ids reach logs, metric labels and alerts: only short, plain ones get that far.
+            sluice_config::check_monitor_id(name).map_err(|problem| {
+                Status::new(
+                    Code::Unauthenticated,
+                    format!("invalid {MONITOR_HEADER}: {problem}"),
+                )
+            })?;
+        }
         let Some(name) = name else {
             if self.reject_unknown {
                 return Err(Status::new(
@@ -188,5 +197,20 @@ mod tests {
                 .is_err()
         );
         assert!(directory(true).identify(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn invented_ids_must_be_short_and_plain() {
+        let dir = directory(false);
+        let long = http::HeaderValue::from_str(&"m".repeat(200)).unwrap();
+        let mut too_long = HeaderMap::new();
+        too_long.insert(MONITOR_HEADER, long);
+        let err = dir.identify(&too_long).unwrap_err();
+        assert_eq!(err.code, Code::Unauthenticated);
+        assert!(err.message.contains("invalid"), "{err:?}");
+        let err = dir
+            .identify(&headers(&[(MONITOR_HEADER, "a b")]))
+            .unwrap_err();
+        assert_eq!(err.code, Code::Unauthenticated);
     }
 }

@@ -2,8 +2,13 @@
 //!
 //! It accepts TCP (optionally TLS), speaks HTTP/2 server-side and hands each stream to
 //! `forward`. It owns connection-level concerns only: handshakes, limits and graceful shutdown.
+//! Per connection, HTTP/2 itself is bounded: streams (`server.max_concurrent_streams`), header
+//! list bytes (`server.max_header_list_bytes`, which also ends CONTINUATION floods), and the
+//! `h2` crate's defences against rapid reset (CVE-2023-44487), PING and SETTINGS floods, which
+//! stay on. Connections are bounded in total and per peer by [`limits`].
 
 pub(crate) mod identity;
+mod limits;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -17,6 +22,20 @@ use tracing::Instrument;
 
 use crate::Context;
 use crate::coalesce::SEND_BUFFER_BYTES;
+use limits::{ConnectionLimits, ConnectionSlot, RefusalSlot};
+
+/// Streams a peer may reset before Sluice has accepted them, per connection, before the
+/// connection is closed: `h2`'s own default, stated here because it is the defence against
+/// rapid reset (CVE-2023-44487).
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams Sluice may reset because the peer broke a rule, per connection, before the connection
+/// is closed with `ENHANCE_YOUR_CALM` (`h2`'s default, stated for the same reason).
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// How long a refused connection may take to be answered before it is dropped.
+const REFUSAL_WRITE_TIME: Duration = Duration::from_secs(1);
+/// Calls a refused connection may bring before its GOAWAY takes effect; each is answered with
+/// the refusal's status.
+const MAX_REFUSED_CALLS: usize = 16;
 
 /// Accepts monitor connections until `shutdown` flips to `true`.
 pub(crate) async fn accept_loop(
@@ -26,6 +45,10 @@ pub(crate) async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connection_id: u64 = 0;
+    let limits = ConnectionLimits::new(
+        ctx.config.server.max_connections,
+        ctx.config.server.max_connections_per_peer,
+    );
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -43,23 +66,107 @@ pub(crate) async fn accept_loop(
         connection_id += 1;
         let _ = tcp.set_nodelay(true);
         let span = tracing::debug_span!("monitor_connection", id = connection_id, %peer);
+        let slot = match limits.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                ctx.stats.incr(|s| &s.monitor_connections_refused_total);
+                span.in_scope(|| tracing::debug!(%refusal, "monitor connection refused"));
+                if let Some(answer) = limits.refusal_slot() {
+                    let ctx = Arc::clone(&ctx);
+                    let tls = tls.clone();
+                    let status = crate::grpc::Status::resource_exhausted(format!(
+                        "connection refused: {refusal}"
+                    ));
+                    tokio::spawn(refuse(ctx, tcp, tls, status, answer).instrument(span));
+                }
+                continue;
+            }
+        };
         let ctx = Arc::clone(&ctx);
         let tls = tls.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(
             async move {
-                serve_connection(ctx, tcp, tls, shutdown).await;
+                let _open = ctx.stats.hold(|s| &s.monitor_connections_active);
+                serve_connection(ctx, tcp, tls, shutdown, slot).await;
             }
             .instrument(span),
         );
     }
 }
 
+/// Answers a connection over a cap: the HTTP/2 handshake, then GOAWAY, and the calls that were
+/// already on their way get `status` (`RESOURCE_EXHAUSTED` naming the cap), so that the client
+/// sees why rather than a reset. Every step is bounded in time and count.
+async fn refuse(
+    ctx: Arc<Context>,
+    tcp: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    status: crate::grpc::Status,
+    _answer: RefusalSlot,
+) {
+    let limit = ctx.config.pool.connect_timeout;
+    match tls {
+        None => answer_refused(&ctx, tcp, limit, &status).await,
+        Some(acceptor) => {
+            if let Ok(Ok(stream)) = tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+                answer_refused(&ctx, stream, limit, &status).await;
+            }
+        }
+    }
+}
+
+async fn answer_refused<T>(ctx: &Context, io: T, limit: Duration, status: &crate::grpc::Status)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = h2_builder(ctx).handshake::<_, Bytes>(io);
+    let Ok(Ok(mut connection)) = tokio::time::timeout(limit, handshake).await else {
+        return;
+    };
+    connection.graceful_shutdown();
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIME, async {
+        for _ in 0..MAX_REFUSED_CALLS {
+            let Some(Ok((_request, mut respond))) = connection.accept().await else {
+                return;
+            };
+            let _ = respond.send_response(status.to_response(), true);
+        }
+        connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+        while let Some(Ok(_)) = connection.accept().await {}
+    })
+    .await;
+}
+
+/// The HTTP/2 settings and defences of every monitor connection.
+fn h2_builder(ctx: &Context) -> h2::server::Builder {
+    let server = &ctx.config.server;
+    let window = ctx.config.pool.stream_window_bytes;
+    let max_streams = server.max_concurrent_streams;
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(window)
+        .initial_connection_window_size(crate::pool::connection_window(
+            u64::from(window) * u64::from(max_streams),
+        ))
+        .max_concurrent_streams(max_streams)
+        .max_frame_size(64 * 1024)
+        .max_header_list_size(server.max_header_list_bytes)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        // Bytes queued for a monitor beyond what its socket took: enough for large writes,
+        // small enough that a hundred saturated streams stay within a few MiB.
+        .max_send_buffer_size(SEND_BUFFER_BYTES.min(window as usize));
+    builder
+}
+
+/// Serves one admitted connection; `_slot` keeps its place among the open connections.
 async fn serve_connection(
     ctx: Arc<Context>,
     tcp: TcpStream,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: watch::Receiver<bool>,
+    _slot: ConnectionSlot,
 ) {
     match tls {
         None => serve_h2(ctx, tcp, shutdown).await,
@@ -80,19 +187,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (io, flusher) = crate::coalesce::coalesced(io);
-    let window = ctx.config.pool.stream_window_bytes;
-    let max_streams = ctx.config.server.max_concurrent_streams;
-    let handshake = h2::server::Builder::new()
-        .initial_window_size(window)
-        .initial_connection_window_size(crate::pool::connection_window(
-            u64::from(window) * u64::from(max_streams),
-        ))
-        .max_concurrent_streams(max_streams)
-        .max_frame_size(64 * 1024)
-        // Bytes queued for a monitor beyond what its socket took: enough for large writes,
-        // small enough that a hundred saturated streams stay within a few MiB.
-        .max_send_buffer_size(SEND_BUFFER_BYTES.min(window as usize))
-        .handshake::<_, Bytes>(io);
+    let handshake = h2_builder(&ctx).handshake::<_, Bytes>(io);
     let mut connection =
         match tokio::time::timeout(ctx.config.pool.connect_timeout, handshake).await {
             Ok(Ok(connection)) => connection,

@@ -93,8 +93,14 @@ impl MessageScanner {
     }
 
     /// Messages whose prefix has been seen so far.
+    #[cfg(test)]
     pub fn messages(&self) -> u64 {
         self.messages
+    }
+
+    /// Messages that arrived whole so far (the last one may still be arriving).
+    pub fn completed(&self) -> u64 {
+        self.messages - u64::from(self.payload_left > 0)
     }
 
     /// Checks that the stream did not stop inside a message.
@@ -163,9 +169,14 @@ impl MessageSplitter {
         }
     }
 
+    /// Bytes held that are not yet part of a message handed out.
+    pub fn buffered(&self) -> usize {
+        self.partial.len() + self.chunk.len()
+    }
+
     /// Checks that no partial message is left over.
     pub fn finish(&self) -> Result<(), FrameError> {
-        let buffered = self.partial.len() + self.chunk.len();
+        let buffered = self.buffered();
         if buffered == 0 {
             return Ok(());
         }

@@ -59,7 +59,7 @@ use connection::UpstreamConnection;
 use connector::Http2Settings;
 use endpoint::Endpoint;
 use life::Keepalive;
-use monitors::MonitorEntry;
+use monitors::MonitorTable;
 use place::MonitorPreferences;
 use window::StreamWindowSizing;
 
@@ -125,9 +125,8 @@ pub(crate) struct Pool {
     max_drain_time: Duration,
     failure_kinds: FailureKinds,
     connection_breakers: BreakerSettings,
-    monitor_breakers: BreakerSettings,
     breaker_events: Arc<BreakerEvents>,
-    monitors: Mutex<HashMap<Arc<str>, MonitorEntry>>,
+    monitors: MonitorTable,
     preferences: HashMap<Arc<str>, MonitorPreferences>,
     /// Decisions being watched for the learning loop.
     outcomes: OutcomeLog,
@@ -211,9 +210,12 @@ impl Pool {
             max_drain_time: pool.max_drain_time,
             failure_kinds: config.breakers.failures,
             connection_breakers: config.breakers.settings(BreakerScope::Connection),
-            monitor_breakers: config.breakers.settings(BreakerScope::Monitor),
+            monitors: MonitorTable::new(
+                config,
+                config.breakers.settings(BreakerScope::Monitor),
+                &breaker_events,
+            ),
             breaker_events,
-            monitors: Mutex::new(HashMap::new()),
             preferences,
             outcomes: OutcomeLog::new(&config.learning),
             stop: watch::Sender::new(false),

@@ -226,7 +226,7 @@ impl Pool {
             let state = group.state.lock();
             all.extend(state.connections.iter().map(|c| c.breaker.snapshot()));
         }
-        all.extend(self.monitors.lock().values().map(|m| m.breaker.snapshot()));
+        all.extend(self.monitors.breakers().map(|b| b.snapshot()));
         all
     }
 
@@ -234,11 +234,7 @@ impl Pool {
     pub fn breaker(&self, scope: BreakerScope, name: &str) -> Option<Arc<Breaker>> {
         match scope {
             BreakerScope::Endpoint => self.endpoint(name).map(|e| Arc::clone(&e.breaker)),
-            BreakerScope::Monitor => self
-                .monitors
-                .lock()
-                .get(name)
-                .map(|m| Arc::clone(&m.breaker)),
+            BreakerScope::Monitor => self.monitors.breaker(name).map(Arc::clone),
             BreakerScope::Connection => self.groups.iter().find_map(|group| {
                 let state = group.state.lock();
                 state

@@ -1,0 +1,315 @@
+//! The listener's limits on what a monitor may send, each against a real feed through an
+//! in-process Sluice: silent calls end with `DEADLINE_EXCEEDED` and never count against an
+//! endpoint; a caller's own tiny deadline never counts against the monitor it claims to be;
+//! streams per monitor, connections per peer and header bytes are capped with a clear answer;
+//! requests held whole are bounded; shared streams are keyed by the subscribers' credentials.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_config::{BreakerScope, Config, MonitorConfig, TrafficClass};
+use sluice_contract::breaker::BreakerState;
+use sluice_tests::*;
+
+/// A call that sends its HEADERS and then nothing, held open until dropped.
+struct SilentCall {
+    response: h2::client::ResponseFuture,
+    _body: h2::SendStream<Bytes>,
+    _connection: tokio::task::JoinHandle<()>,
+}
+
+/// Opens a call on `path` with `extra` headers and no body.
+async fn silent_call(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> SilentCall {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send_request, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut send_request = send_request.ready().await.expect("ready");
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let (response, body) = send_request
+        .send_request(request.body(()).expect("request"), false)
+        .expect("send");
+    SilentCall {
+        response,
+        _body: body,
+        _connection: connection,
+    }
+}
+
+/// The `grpc-status` a call ended with (trailers-only headers or trailers).
+async fn grpc_status_of(call: SilentCall) -> Option<String> {
+    let response = call.response.await.ok()?;
+    let status = |map: &http::HeaderMap| {
+        map.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    if let Some(code) = status(response.headers()) {
+        return Some(code);
+    }
+    let mut body = response.into_body();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    body.trailers()
+        .await
+        .ok()
+        .flatten()
+        .and_then(|t| status(&t))
+}
+
+fn breaker_state(
+    proxy: &sluice_proxy::ProxyHandle,
+    scope: BreakerScope,
+    name: &str,
+) -> BreakerState {
+    proxy
+        .view()
+        .breakers()
+        .into_iter()
+        .find(|b| b.scope == scope && &*b.name == name)
+        .unwrap_or_else(|| panic!("a {scope} breaker named {name}"))
+        .state
+}
+
+/// A config whose breakers and timers trip fast, so that a test sees within seconds what
+/// silent calls would do to them.
+fn touchy(feed: &sluice_feed::FeedHandle) -> Config {
+    let mut config = config_for(&[feed]);
+    config.breakers.first_message_timeout = Duration::from_millis(300);
+    config.breakers.endpoint.failure_threshold = Some(3);
+    config.breakers.monitor.failure_threshold = Some(3);
+    config.server.request_timeout = Duration::from_millis(800);
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_calls_time_out_without_opening_the_endpoints_breaker() {
+    let upstream = feed("up").await;
+    let proxy = sluice(touchy(&upstream)).await;
+    let mut calls = Vec::new();
+    for _ in 0..12 {
+        calls.push(silent_call(proxy.addr(), SUBSCRIBE, &[("x-sluice-monitor", "quiet")]).await);
+    }
+    // Held past the first-message timeout, until the request timeout ends them.
+    let codes = bounded(Duration::from_secs(10), "silent calls end", async {
+        let mut codes = Vec::new();
+        for call in calls {
+            codes.push(grpc_status_of(call).await);
+        }
+        codes
+    })
+    .await;
+    assert!(
+        codes.iter().all(|c| c.as_deref() == Some("4")),
+        "every silent call ends with DEADLINE_EXCEEDED: {codes:?}"
+    );
+    let stats = proxy.snapshot().stats;
+    assert_eq!(stats.request_timeouts_total, 12);
+    let endpoint = &proxy.endpoints()[0];
+    assert_eq!(endpoint.breaker.state, BreakerState::Closed);
+    assert_eq!(endpoint.breaker.consecutive_failures, 0);
+    assert_eq!(
+        endpoint.health.health,
+        sluice_contract::health::Health::Healthy
+    );
+    // Served as ever afterwards.
+    let mut stream =
+        open_subscription(proxy.addr(), "after", subscribe("after", 100.0, 8, 3)).await;
+    let mut got = 0;
+    while bounded(Duration::from_secs(5), "message", stream.message())
+        .await
+        .expect("streams")
+        .is_some()
+    {
+        got += 1;
+    }
+    assert_eq!(got, 3);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_claiming_a_monitor_with_tiny_deadlines_cannot_lock_it_out() {
+    let upstream = feed("up").await;
+    let mut config = touchy(&upstream);
+    config
+        .monitors
+        .push(monitor("victim", TrafficClass::Realtime));
+    let proxy = sluice(config).await;
+    for _ in 0..10 {
+        let call = silent_call(
+            proxy.addr(),
+            SUBSCRIBE,
+            &[("x-sluice-monitor", "victim"), ("grpc-timeout", "100m")],
+        )
+        .await;
+        let code = bounded(Duration::from_secs(5), "deadline", grpc_status_of(call)).await;
+        assert_eq!(code.as_deref(), Some("4"));
+    }
+    assert_eq!(
+        breaker_state(&proxy, BreakerScope::Monitor, "victim"),
+        BreakerState::Closed
+    );
+    let mut stream =
+        open_subscription(proxy.addr(), "victim", subscribe("real", 100.0, 8, 1)).await;
+    assert!(
+        bounded(Duration::from_secs(5), "message", stream.message())
+            .await
+            .expect("the real monitor is served")
+            .is_some()
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_gets_no_more_streams_than_its_limit() {
+    let upstream = feed("up").await;
+    let mut config = config_for(&[&upstream]);
+    config.monitors.push(MonitorConfig {
+        max_streams: Some(2),
+        ..monitor("capped", TrafficClass::Event)
+    });
+    let proxy = sluice(config).await;
+    let mut client = client(proxy.addr()).await;
+    let _one = subscribe_on(&mut client, subscribe("a", 10.0, 8, 0), "capped").await;
+    let _two = subscribe_on(&mut client, subscribe("b", 10.0, 8, 0), "capped").await;
+    let third = client
+        .subscribe(as_monitor(subscribe("c", 10.0, 8, 0), "capped"))
+        .await;
+    let status = match third {
+        Ok(response) => status_at_end(&mut response.into_inner()).await,
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("max_streams"), "{status:?}");
+    assert_eq!(proxy.snapshot().stats.monitor_streams_refused_total, 1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_peer_cap_get_goaway() {
+    let upstream = feed("up").await;
+    let mut config = config_for(&[&upstream]);
+    config.server.max_connections_per_peer = 2;
+    let proxy = sluice(config).await;
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let mut client = client(proxy.addr()).await;
+        let stream = subscribe_on(&mut client, subscribe("k", 100.0, 8, 0), "keeper").await;
+        kept.push((client, stream));
+    }
+    let outcome = bounded(Duration::from_secs(5), "third connection", async {
+        let mut refused = client(proxy.addr()).await;
+        refused.subscribe(subscribe("x", 10.0, 8, 1)).await
+    })
+    .await;
+    let error = outcome.expect_err("the third connection is refused");
+    assert_eq!(error.code(), tonic::Code::ResourceExhausted, "{error:?}");
+    assert!(
+        error.message().contains("server.max_connections_per_peer"),
+        "{error:?}"
+    );
+    assert_eq!(proxy.snapshot().stats.monitor_connections_refused_total, 1);
+    // The admitted ones keep streaming.
+    for (_, stream) in &mut kept {
+        assert!(
+            bounded(Duration::from_secs(5), "message", stream.message())
+                .await
+                .expect("still streaming")
+                .is_some()
+        );
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_lists_over_the_limit_are_refused() {
+    let upstream = feed("up").await;
+    let proxy = sluice(config_for(&[&upstream])).await;
+    let big = "v".repeat(20 * 1024);
+    let call = silent_call(proxy.addr(), SUBSCRIBE, &[("x-padding", &big)]).await;
+    let answer = bounded(Duration::from_secs(5), "refusal", call.response).await;
+    match answer {
+        Ok(response) => assert_eq!(
+            response.status(),
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        ),
+        Err(error) => assert!(error.is_reset() || error.is_go_away(), "{error:?}"),
+    }
+    assert_eq!(upstream.stats.snapshot().subscribe_active, 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_declared_request_on_a_shared_method_is_refused_at_once() {
+    let upstream = feed("up").await;
+    let mut config = config_for(&[&upstream]);
+    config.methods.push(shared_subscribe(64));
+    let proxy = sluice(config).await;
+    let call = silent_call(proxy.addr(), SUBSCRIBE, &[]).await;
+    let SilentCall {
+        response,
+        _body: mut body,
+        _connection,
+    } = call;
+    // A gRPC prefix declaring 16 MiB, then a trickle.
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&(16u32 * 1024 * 1024).to_be_bytes());
+    body.send_data(Bytes::from(prefix), false).expect("prefix");
+    body.send_data(Bytes::from(vec![7u8; 1024]), false)
+        .expect("some bytes");
+    let call = SilentCall {
+        response,
+        _body: body,
+        _connection,
+    };
+    let code = bounded(Duration::from_secs(5), "refusal", grpc_status_of(call)).await;
+    assert_eq!(code.as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
+    assert_eq!(proxy.snapshot().stats.request_buffered_bytes, 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_with_different_credentials_never_share() {
+    let upstream = feed("up").await;
+    let mut config = config_for(&[&upstream]);
+    config.methods.push(shared_subscribe(64));
+    let proxy = sluice(config).await;
+    let mut client = client(proxy.addr()).await;
+    let with = |token: &str| {
+        let mut request = tonic::Request::new(subscribe("same", 50.0, 8, 0));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    };
+    let mut alice = client.subscribe(with("alice")).await.unwrap().into_inner();
+    let mut alice_again = client.subscribe(with("alice")).await.unwrap().into_inner();
+    for stream in [&mut alice, &mut alice_again] {
+        bounded(Duration::from_secs(5), "message", stream.message())
+            .await
+            .unwrap();
+    }
+    assert!(
+        upstream_subscriptions_reach(&upstream, 1).await,
+        "same credentials share"
+    );
+    let mut bob = client.subscribe(with("bob")).await.unwrap().into_inner();
+    bounded(Duration::from_secs(5), "message", bob.message())
+        .await
+        .unwrap();
+    assert!(
+        upstream_subscriptions_reach(&upstream, 2).await,
+        "other credentials get their own upstream stream"
+    );
+    proxy.shutdown().await;
+}
