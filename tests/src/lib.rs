@@ -219,6 +219,8 @@ pub struct TestPki {
     pub cert_pem: String,
     /// The server's private key.
     pub key_pem: String,
+    /// The CA, to sign more certificates.
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl TestPki {
@@ -241,7 +243,19 @@ impl TestPki {
             ca_pem: ca_cert.pem(),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            issuer,
         }
+    }
+
+    /// A client certificate the CA signed with `dns_name` as its subject alternative name (and
+    /// common name), and its key, PEM.
+    pub fn client_cert(&self, dns_name: &str) -> (String, String) {
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        let key = KeyPair::generate().expect("client key");
+        let mut params = CertificateParams::new(vec![dns_name.to_owned()]).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, dns_name);
+        let cert = params.signed_by(&key, &self.issuer).expect("client cert");
+        (cert.pem(), key.serialize_pem())
     }
 }
 

@@ -983,7 +983,10 @@ impl Config {
                 .failure_window
                 .is_some_and(|w| w < Duration::from_millis(100) || w > Duration::from_secs(3600))
             {
-                return Err(invalid(key("failure_window"), "must be between 100ms and 1h"));
+                return Err(invalid(
+                    key("failure_window"),
+                    "must be between 100ms and 1h",
+                ));
             }
             if table.failure_min_calls == Some(0) {
                 return Err(invalid(key("failure_min_calls"), "must be at least 1"));

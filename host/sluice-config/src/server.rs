@@ -126,15 +126,63 @@ pub fn check_monitor_id(id: &str) -> Result<(), String> {
 }
 
 impl crate::Config {
+    /// What is valid but risky in this config, one sentence each, for `sluice check-config`
+    /// and the start-up log. Today: a listener other hosts can reach while monitors are neither
+    /// token- nor certificate-authenticated, so any caller can claim a monitor's name (its
+    /// class, its limits, its breaker).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let server = &self.server;
+        let certified = server
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca_file.is_some());
+        if !server.listen.ip().is_loopback() && !certified {
+            let open: Vec<&str> = self
+                .monitors
+                .iter()
+                .filter(|m| m.token.is_none())
+                .map(|m| m.id.as_str())
+                .collect();
+            if self.monitors.is_empty() || !open.is_empty() {
+                let who = if open.is_empty() {
+                    "no monitor is configured, so every caller is served".to_owned()
+                } else {
+                    format!("monitors without a token: {}", open.join(", "))
+                };
+                warnings.push(format!(
+                    "server.listen ({}) is reachable from other hosts and monitors are neither \
+                     token- nor certificate-authenticated ({who}): any caller can claim their \
+                     names. Set a `token` per [[monitors]] entry, or `[server.tls] \
+                     client_ca_file`, and `reject_unknown_monitors = true`.",
+                    server.listen
+                ));
+            }
+        }
+        warnings
+    }
+
     pub(crate) fn validate_server(&self) -> Result<(), ConfigError> {
         let server = &self.server;
         let positive = [
             ("server.max_message_bytes", server.max_message_bytes),
             ("server.max_connections", server.max_connections),
-            ("server.max_connections_per_peer", server.max_connections_per_peer),
-            ("server.max_streams_per_monitor", server.max_streams_per_monitor),
-            ("server.max_buffered_request_bytes", server.max_buffered_request_bytes),
-            ("server.max_concurrent_streams", server.max_concurrent_streams as usize),
+            (
+                "server.max_connections_per_peer",
+                server.max_connections_per_peer,
+            ),
+            (
+                "server.max_streams_per_monitor",
+                server.max_streams_per_monitor,
+            ),
+            (
+                "server.max_buffered_request_bytes",
+                server.max_buffered_request_bytes,
+            ),
+            (
+                "server.max_concurrent_streams",
+                server.max_concurrent_streams as usize,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -152,7 +200,10 @@ impl crate::Config {
         }
         // Below a few hundred bytes not even a gRPC call's own headers fit.
         if server.max_header_list_bytes < 1024 {
-            return Err(invalid("server.max_header_list_bytes", "must be at least 1024"));
+            return Err(invalid(
+                "server.max_header_list_bytes",
+                "must be at least 1024",
+            ));
         }
         for (key, value) in [
             ("server.idle_timeout", server.idle_timeout),

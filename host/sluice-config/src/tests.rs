@@ -495,11 +495,23 @@ fn listener_limits_have_safe_defaults_and_are_validated() {
     assert_eq!(config.server.max_buffered_request_bytes, 64 * 1024 * 1024);
     for (table, key) in [
         ("max_connections = 0", "server.max_connections"),
-        ("max_connections_per_peer = 0", "server.max_connections_per_peer"),
-        ("max_streams_per_monitor = 0", "server.max_streams_per_monitor"),
-        ("max_buffered_request_bytes = 0", "server.max_buffered_request_bytes"),
+        (
+            "max_connections_per_peer = 0",
+            "server.max_connections_per_peer",
+        ),
+        (
+            "max_streams_per_monitor = 0",
+            "server.max_streams_per_monitor",
+        ),
+        (
+            "max_buffered_request_bytes = 0",
+            "server.max_buffered_request_bytes",
+        ),
         ("request_timeout = \"0s\"", "server.request_timeout"),
-        ("max_header_list_bytes = 100", "server.max_header_list_bytes"),
+        (
+            "max_header_list_bytes = 100",
+            "server.max_header_list_bytes",
+        ),
         (
             "max_connections = 10\nmax_connections_per_peer = 20",
             "server.max_connections_per_peer",
@@ -620,4 +632,27 @@ fn monitor_ids_are_short_and_plain() {
         "{MINIMAL}\n[[monitors]]\nid = \"bad id\"\nclass = \"event\"\n"
     ));
     assert!(error.contains("monitors[0].id"), "{error}");
+}
+
+#[test]
+fn an_open_listener_without_monitor_authentication_is_warned_about() {
+    let local = parse(&format!(
+        "{MINIMAL}\n[[monitors]]\nid = \"m\"\nclass = \"event\"\n"
+    ))
+    .unwrap();
+    assert!(local.warnings().is_empty(), "loopback is fine");
+    let open = parse(&format!(
+        "[server]\nlisten = \"0.0.0.0:50051\"\n{MINIMAL}\n[[monitors]]\nid = \"m\"\n\
+         class = \"event\"\n"
+    ))
+    .unwrap();
+    let warnings = open.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("without a token: m"), "{warnings:?}");
+    let tokened = parse(&format!(
+        "[server]\nlisten = \"0.0.0.0:50051\"\n{MINIMAL}\n[[monitors]]\nid = \"m\"\n\
+         class = \"event\"\ntoken = \"${{TOKEN}}\"\n"
+    ))
+    .unwrap();
+    assert!(tokened.warnings().is_empty(), "{:?}", tokened.warnings());
 }

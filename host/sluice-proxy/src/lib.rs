@@ -120,7 +120,11 @@ impl Proxy {
         let pool = Pool::new(&config, router, Arc::clone(&stats))?;
         let tls = match &config.server.tls {
             Some(tls) => {
-                let server = tls::server_config(&tls.cert_file, &tls.key_file)?;
+                let server = tls::server_config(
+                    &tls.cert_file,
+                    &tls.key_file,
+                    tls.client_ca_file.as_deref(),
+                )?;
                 Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
             }
             None => None,

@@ -78,10 +78,12 @@ pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConf
     Ok(config)
 }
 
-/// Server config for the monitor-facing listener; ALPN `h2`.
+/// Server config for the monitor-facing listener; ALPN `h2`. With `client_ca`, every monitor
+/// must present a certificate that chains to it (mutual TLS).
 pub(crate) fn server_config(
     cert_file: &Path,
     key_file: &Path,
+    client_ca: Option<&Path>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let certs = read_certs(cert_file)?;
     let display = key_file.display().to_string();
@@ -98,10 +100,53 @@ pub(crate) fn server_config(
             path: display,
             problem: "no PRIVATE KEY block found".into(),
         })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certs(ca)? {
+                roots.add(cert)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| TlsError::Pem {
+                path: ca.display().to_string(),
+                problem: format!("unusable as a client CA: {e}"),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// The monitor a verified client certificate names: its first DNS subject alternative name,
+/// else its subject's common name. `None` when it names none (or cannot be read), which the
+/// caller refuses.
+pub(crate) fn monitor_of_certificate(der: &[u8]) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let from_san = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|name| match name {
+                GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+                _ => None,
+            })
+        });
+    from_san.or_else(|| {
+        cert.subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned)
+    })
 }

@@ -305,6 +305,9 @@ fn report(
 fn check_config(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::from_file(&path)?;
     println!("{} is valid", path.display());
+    for warning in config.warnings() {
+        println!("  warning: {warning}");
+    }
     for class in sluice_config::TrafficClass::ALL {
         let c = config.classes.get(class);
         println!(
@@ -445,6 +448,9 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Arc::new(Config::from_file(&path)?);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let signal = shutdown_signal();
     let services = services::start(config).await?;
     println!("sluice listening on {}", services.proxy.addr());

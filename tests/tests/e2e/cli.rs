@@ -484,3 +484,17 @@ fn report_prints_the_stored_history_as_json_and_as_one_html_page() {
     let (ok, text) = sluice(&["report".as_ref(), "monthly".as_ref()]);
     assert!(!ok && text.contains("hourly, daily, weekly"), "{text}");
 }
+
+#[test]
+fn check_config_warns_about_an_open_listener_without_monitor_authentication() {
+    let open = format!(
+        "[server]\nlisten = \"0.0.0.0:50051\"\n{VALID}\n[[monitors]]\nid = \"m\"\nclass = \"event\"\n"
+    );
+    let (ok, text) = check(&open);
+    assert!(ok, "valid, only risky: {text}");
+    assert!(text.contains("warning:"), "{text}");
+    assert!(text.contains("without a token: m"), "{text}");
+    let (ok, text) = check(VALID);
+    assert!(ok, "{text}");
+    assert!(!text.contains("warning:"), "{text}");
+}

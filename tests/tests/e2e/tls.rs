@@ -158,3 +158,79 @@ async fn unusable_tls_files_are_reported_at_start() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_client_certificate_names_its_monitor() {
+    let pki = TestPki::generate();
+    let upstream = feed("plain").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&[&upstream]);
+    config.server.reject_unknown_monitors = true;
+    // The monitor has a token, which a certificate makes unnecessary.
+    config.monitors.push(sluice_config::MonitorConfig {
+        token: Some("unused".into()),
+        ..monitor("svc-a", sluice_config::TrafficClass::Realtime)
+    });
+    config.server.tls = Some(sluice_config::ServerTls {
+        cert_file: write(&dir, "cert.pem", &pki.cert_pem),
+        key_file: write(&dir, "key.pem", &pki.key_pem),
+        client_ca_file: Some(write(&dir, "ca.pem", &pki.ca_pem)),
+    });
+    let proxy = sluice(config).await;
+    let connect = |identity: Option<(String, String)>| {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        let endpoint = Channel::from_shared(format!("https://{}", proxy.addr()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap();
+        async move { endpoint.connect().await.map(FeedClient::new) }
+    };
+
+    // Certified as svc-a: served as svc-a without a header or a token.
+    let mut certified = connect(Some(pki.client_cert("svc-a")))
+        .await
+        .expect("mTLS connect");
+    bounded(LIMIT, "echo", certified.echo(EchoRequest::default()))
+        .await
+        .expect("served as the certified monitor");
+    let calls = proxy.view().monitor_calls();
+    assert!(calls.iter().any(|(id, _)| &**id == "svc-a"), "{calls:?}");
+    // A header naming someone else is refused.
+    let claimed = bounded(
+        LIMIT,
+        "claim",
+        certified.echo(as_monitor(EchoRequest::default(), "svc-b")),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(claimed.code(), Code::Unauthenticated, "{claimed:?}");
+    assert!(claimed.message().contains("certificate"), "{claimed:?}");
+
+    // A certificate naming a monitor the config does not know is refused like that monitor.
+    let mut stranger = connect(Some(pki.client_cert("svc-z")))
+        .await
+        .expect("mTLS connect");
+    let refused = bounded(LIMIT, "echo", stranger.echo(EchoRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    // Without a certificate there is no connection to speak of.
+    let anonymous = match connect(None).await {
+        Ok(mut client) => bounded(LIMIT, "echo", client.echo(EchoRequest::default()))
+            .await
+            .map(|_| ()),
+        Err(error) => Err(tonic::Status::unavailable(error.to_string())),
+    };
+    assert!(
+        anonymous.is_err(),
+        "a monitor without a certificate is not served"
+    );
+    assert_eq!(upstream.stats.snapshot().calls_total, 1);
+    proxy.shutdown().await;
+}

@@ -45,15 +45,17 @@ enum Relay {
     Resumable(ResumeOptions),
 }
 
-/// Serves one call from a monitor to its end.
+/// Serves one call from a monitor to its end; `certified` is the monitor its connection's
+/// client certificate names, under mutual TLS.
 pub(crate) async fn serve(
     ctx: Arc<Context>,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
+    certified: Option<Arc<str>>,
 ) {
     ctx.stats.incr(|s| &s.downstream_streams_total);
     let _active = ctx.stats.hold(|s| &s.downstream_streams_active);
-    let (setup, relay) = match admit(&ctx, &request) {
+    let (setup, relay) = match admit(&ctx, &request, certified.as_deref()) {
         Ok(admitted) => admitted,
         Err(response) => {
             let _ = respond.send_response(response, true);
@@ -86,7 +88,11 @@ pub(crate) async fn serve(
 }
 
 /// Checks the call is gRPC and the monitor is allowed, and gathers its options.
-fn admit(ctx: &Context, request: &Request<RecvStream>) -> Result<(CallSetup, Relay), Response<()>> {
+fn admit(
+    ctx: &Context,
+    request: &Request<RecvStream>,
+    certified: Option<&str>,
+) -> Result<(CallSetup, Relay), Response<()>> {
     if request.method() != http::Method::POST {
         return Err(Status::new(
             Code::Unimplemented,
@@ -105,11 +111,14 @@ fn admit(ctx: &Context, request: &Request<RecvStream>) -> Result<(CallSetup, Rel
         return Err(response);
     }
     let path = request.uri().path();
-    let profile = ctx.monitors.identify(request.headers()).map_err(|status| {
-        ctx.stats.incr(|s| &s.unauthenticated_total);
-        tracing::debug!(method = path, reason = %status.message, "monitor refused");
-        status.to_response()
-    })?;
+    let profile = ctx
+        .monitors
+        .identify(request.headers(), certified)
+        .map_err(|status| {
+            ctx.stats.incr(|s| &s.unauthenticated_total);
+            tracing::debug!(method = path, reason = %status.message, "monitor refused");
+            status.to_response()
+        })?;
     let (permit, call) = ctx.pool.admit_monitor(&profile).map_err(|status| {
         ctx.stats.incr(|s| &s.breaker_rejected_total);
         tracing::debug!(monitor = %profile.id, %status, "monitor breaker refused the call");

@@ -77,8 +77,14 @@ impl MonitorDirectory {
             .collect()
     }
 
-    /// Resolves the caller of a request, or the status that refuses it.
-    pub fn identify(&self, headers: &HeaderMap) -> Result<MonitorProfile, Status> {
+    /// Resolves the caller of a request, or the status that refuses it. `certified` is the
+    /// monitor its verified client certificate names (mutual TLS): it is the caller's identity,
+    /// needs no token, and a header naming anyone else is refused.
+    pub fn identify(
+        &self,
+        headers: &HeaderMap,
+        certified: Option<&str>,
+    ) -> Result<MonitorProfile, Status> {
         let name = match headers.get(MONITOR_HEADER).map(|v| v.to_str()) {
             None => None,
             Some(Ok(name)) => Some(name),
@@ -97,6 +103,21 @@ impl MonitorDirectory {
                     format!("invalid {MONITOR_HEADER}: {problem}"),
                 )
             })?;
+        }
+        if let Some(certified) = certified {
+            if name.is_some_and(|name| name != certified) {
+                return Err(Status::new(
+                    Code::Unauthenticated,
+                    format!(
+                        "the client certificate names monitor {certified:?}, {MONITOR_HEADER} \
+                         another"
+                    ),
+                ));
+            }
+            return match self.known.get(certified) {
+                Some(known) => Ok(known.profile.clone()),
+                None => self.unconfigured(certified),
+            };
         }
         let Some(name) = name else {
             if self.reject_unknown {
@@ -120,18 +141,25 @@ impl MonitorDirectory {
                 }
                 Ok(known.profile.clone())
             }
-            None if self.reject_unknown => Err(Status::new(
+            None => self.unconfigured(name),
+        }
+    }
+
+    /// The profile of `name`, a monitor `[[monitors]]` does not list, unless such are refused.
+    fn unconfigured(&self, name: &str) -> Result<MonitorProfile, Status> {
+        if self.reject_unknown {
+            return Err(Status::new(
                 Code::Unauthenticated,
                 format!("unknown monitor {name:?}"),
-            )),
-            None => Ok(MonitorProfile {
-                id: Arc::from(name),
-                class: self.default_class,
-                critical: false,
-                region: None,
-                traffic: Arc::clone(&self.unconfigured),
-            }),
+            ));
         }
+        Ok(MonitorProfile {
+            id: Arc::from(name),
+            class: self.default_class,
+            critical: false,
+            region: None,
+            traffic: Arc::clone(&self.unconfigured),
+        })
     }
 }
 
@@ -155,6 +183,35 @@ mod tests {
         MonitorDirectory::new(&config)
     }
 
+    impl MonitorDirectory {
+        /// A caller without a client certificate.
+        fn identify_for_tests(&self, headers: &HeaderMap) -> Result<MonitorProfile, Status> {
+            self.identify(headers, None)
+        }
+    }
+
+    #[test]
+    fn a_certificate_names_the_monitor_without_a_token_and_no_one_else() {
+        let dir = directory(true);
+        let profile = dir.identify(&HeaderMap::new(), Some("rt")).unwrap();
+        assert_eq!(&*profile.id, "rt");
+        assert!(profile.critical, "the configured monitor, token or not");
+        let same = dir.identify(&headers(&[(MONITOR_HEADER, "rt")]), Some("rt"));
+        assert!(same.is_ok());
+        let other = dir
+            .identify(&headers(&[(MONITOR_HEADER, "other")]), Some("rt"))
+            .unwrap_err();
+        assert_eq!(other.code, Code::Unauthenticated);
+        assert!(other.message.contains("certificate"), "{other:?}");
+        // A certified name that is not configured is refused where unknown monitors are.
+        assert!(dir.identify(&HeaderMap::new(), Some("stranger")).is_err());
+        assert!(
+            directory(false)
+                .identify(&HeaderMap::new(), Some("stranger"))
+                .is_ok()
+        );
+    }
+
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs
             .iter()
@@ -171,7 +228,7 @@ mod tests {
     fn known_monitor_with_token() {
         let dir = directory(false);
         let profile = dir
-            .identify(&headers(&[
+            .identify_for_tests(&headers(&[
                 (MONITOR_HEADER, "rt"),
                 (TOKEN_HEADER, "secret"),
             ]))
@@ -179,7 +236,7 @@ mod tests {
         assert_eq!(profile.class, TrafficClass::Realtime);
         assert!(profile.critical);
         let err = dir
-            .identify(&headers(&[(MONITOR_HEADER, "rt"), (TOKEN_HEADER, "nope")]))
+            .identify_for_tests(&headers(&[(MONITOR_HEADER, "rt"), (TOKEN_HEADER, "nope")]))
             .unwrap_err();
         assert_eq!(err.code, Code::Unauthenticated);
     }
@@ -187,16 +244,20 @@ mod tests {
     #[test]
     fn unknown_monitors_get_default_class_or_are_refused() {
         let profile = directory(false)
-            .identify(&headers(&[(MONITOR_HEADER, "x")]))
+            .identify_for_tests(&headers(&[(MONITOR_HEADER, "x")]))
             .unwrap();
         assert_eq!(profile.class, TrafficClass::Event);
         assert_eq!(&*profile.id, "x");
         assert!(
             directory(true)
-                .identify(&headers(&[(MONITOR_HEADER, "x")]))
+                .identify_for_tests(&headers(&[(MONITOR_HEADER, "x")]))
                 .is_err()
         );
-        assert!(directory(true).identify(&HeaderMap::new()).is_err());
+        assert!(
+            directory(true)
+                .identify_for_tests(&HeaderMap::new())
+                .is_err()
+        );
     }
 
     #[test]
@@ -205,11 +266,11 @@ mod tests {
         let long = http::HeaderValue::from_str(&"m".repeat(200)).unwrap();
         let mut too_long = HeaderMap::new();
         too_long.insert(MONITOR_HEADER, long);
-        let err = dir.identify(&too_long).unwrap_err();
+        let err = dir.identify_for_tests(&too_long).unwrap_err();
         assert_eq!(err.code, Code::Unauthenticated);
         assert!(err.message.contains("invalid"), "{err:?}");
         let err = dir
-            .identify(&headers(&[(MONITOR_HEADER, "a b")]))
+            .identify_for_tests(&headers(&[(MONITOR_HEADER, "a b")]))
             .unwrap_err();
         assert_eq!(err.code, Code::Unauthenticated);
     }

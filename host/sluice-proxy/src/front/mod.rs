@@ -169,12 +169,25 @@ async fn serve_connection(
     _slot: ConnectionSlot,
 ) {
     match tls {
-        None => serve_h2(ctx, tcp, shutdown).await,
+        None => serve_h2(ctx, tcp, shutdown, None).await,
         Some(acceptor) => {
             let handshake =
                 tokio::time::timeout(ctx.config.pool.connect_timeout, acceptor.accept(tcp)).await;
             match handshake {
-                Ok(Ok(stream)) => serve_h2(ctx, stream, shutdown).await,
+                Ok(Ok(stream)) => {
+                    let certified = match stream.get_ref().1.peer_certificates() {
+                        // No client CA configured: no certificates asked for.
+                        None => None,
+                        Some(chain) => match certified_monitor(chain) {
+                            Ok(name) => Some(name),
+                            Err(problem) => {
+                                tracing::info!(%problem, "monitor certificate refused");
+                                return;
+                            }
+                        },
+                    };
+                    serve_h2(ctx, stream, shutdown, certified).await;
+                }
                 Ok(Err(error)) => tracing::info!(%error, "TLS handshake with monitor failed"),
                 Err(_) => tracing::info!("TLS handshake with monitor timed out"),
             }
@@ -182,8 +195,22 @@ async fn serve_connection(
     }
 }
 
-async fn serve_h2<T>(ctx: Arc<Context>, io: T, mut shutdown: watch::Receiver<bool>)
-where
+/// The monitor a verified client certificate chain names, checked like any monitor id.
+fn certified_monitor(chain: &[rustls::pki_types::CertificateDer<'_>]) -> Result<Arc<str>, String> {
+    let leaf = chain.first().ok_or("an empty certificate chain")?;
+    let name = crate::tls::monitor_of_certificate(leaf)
+        .ok_or("the certificate names no monitor (no DNS name, no common name)")?;
+    sluice_config::check_monitor_id(&name)
+        .map_err(|problem| format!("the certificate's name {name:?} {problem}"))?;
+    Ok(Arc::from(name))
+}
+
+async fn serve_h2<T>(
+    ctx: Arc<Context>,
+    io: T,
+    mut shutdown: watch::Receiver<bool>,
+    certified: Option<Arc<str>>,
+) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (io, flusher) = crate::coalesce::coalesced(io);
@@ -257,10 +284,11 @@ where
                 accepted = true;
                 let guard = activity.stream_opened();
                 let ctx = Arc::clone(&ctx);
+                let certified = certified.clone();
                 // Boxed: the task cell then holds a pointer, so spawning and finishing the
                 // task copy a few bytes instead of the whole call future (several KiB).
                 tokio::spawn(Box::pin(async move {
-                    crate::forward::serve(ctx, request, respond).await;
+                    crate::forward::serve(ctx, request, respond, certified).await;
                     drop(guard);
                 }));
             }
