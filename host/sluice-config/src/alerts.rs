@@ -56,7 +56,7 @@ pub struct WebhookConfig {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// Time allowed for one delivery attempt (connect, TLS, request and response). Default 5 s.
-    #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+    #[serde(default = "default_webhook_timeout", with = "crate::duration")]
     pub timeout: Duration,
 }
 
@@ -83,10 +83,10 @@ pub struct AlertRetryConfig {
     /// Attempts per notification and webhook, the first included. Default 6.
     pub attempts: u32,
     /// Pause after the first failed attempt. Default 1 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub initial_backoff: Duration,
     /// Longest pause between two attempts. Default 60 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub max_backoff: Duration,
 }
 
@@ -107,7 +107,7 @@ pub struct BreakerOpenRule {
     /// Raise this alert at all. Default true.
     pub enabled: bool,
     /// How long the breaker must stay open before the alert fires. Default `0s` (at once).
-    #[serde(rename = "for", with = "humantime_serde")]
+    #[serde(rename = "for", with = "crate::duration")]
     pub hold_for: Duration,
     /// Which breakers are watched. Default `["endpoint", "monitor"]`.
     pub scopes: Vec<BreakerScope>,
@@ -130,7 +130,7 @@ pub struct EndpointUnhealthyRule {
     /// Raise this alert at all. Default true.
     pub enabled: bool,
     /// How long the endpoint must stay unhealthy before the alert fires. Default 5 min.
-    #[serde(rename = "for", with = "humantime_serde")]
+    #[serde(rename = "for", with = "crate::duration")]
     pub hold_for: Duration,
 }
 
@@ -152,7 +152,7 @@ pub struct ThresholdRule {
     /// The condition holds while the value is below this, in (0, 1]. Default 0.5.
     pub below: f64,
     /// How long the value must stay below before the alert fires. Default 10 min.
-    #[serde(rename = "for", with = "humantime_serde")]
+    #[serde(rename = "for", with = "crate::duration")]
     pub hold_for: Duration,
 }
 

@@ -19,13 +19,13 @@ pub struct ScalingConfig {
     /// Run the scaler loop. Default true.
     pub enabled: bool,
     /// Time between scaler runs. Default 10 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub period: Duration,
     /// Least time between two changes of a group when the second one grows it. Default 60 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub up_cooldown: Duration,
     /// Least time between two changes of a group when the second one shrinks it. Default 5 min.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub down_cooldown: Duration,
 }
 
@@ -48,13 +48,13 @@ pub struct AnalyticsConfig {
     /// Run the analytics loop. Default true.
     pub enabled: bool,
     /// Time between analytics runs. Default 5 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub period: Duration,
     /// Samples (one a second) per metric window given to the anomaly policy. Default 120.
     pub window_samples: usize,
     /// The same insight (kind, metric, severity) is not reported again within this time; it is
     /// counted on the existing one instead. Default 5 min.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub repeat_after: Duration,
     /// Share of the global connection cap in use above which the pool counts as near
     /// exhaustion (critical). Default 0.9.
@@ -101,7 +101,7 @@ pub struct StoreConfig {
     /// directory.
     pub path: PathBuf,
     /// How long rows are kept. Default 7 days.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub retention: Duration,
 }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 mod alerts;
 mod analytics;
+mod duration;
 mod env;
 mod plugins;
 mod resilience;
@@ -27,6 +28,7 @@ pub use alerts::{
     WebhookConfig,
 };
 pub use analytics::{AnalyticsConfig, ScalingConfig, StoreConfig};
+pub use duration::MAX_DURATION;
 pub use env::expand_env;
 pub use plugins::{AdminConfig, AdminTls, PluginsConfig, SlotConfig, SlotKind};
 pub use resilience::{
@@ -135,12 +137,12 @@ pub struct PoolConfig {
     /// Global cap on upstream connections over all endpoints and classes. Default 40.
     pub max_connections: usize,
     /// Time allowed for TCP connect, TLS and the HTTP/2 handshake. Default 5 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub connect_timeout: Duration,
     /// New streams that may wait for a free slot, per class. Default 1024.
     pub queue_capacity: usize,
     /// How long a new stream may wait for a slot before `RESOURCE_EXHAUSTED`. Default 5 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub queue_timeout: Duration,
     /// HTTP/2 receive window of each stream, in bytes: the most a stream buffers on each side
     /// before flow control holds its sender back (upstream, a connection with few streams
@@ -155,22 +157,22 @@ pub struct PoolConfig {
     pub stream_window_budget_bytes: Option<u32>,
     /// An idle-or-busy upstream connection is PINGed this often; `0s` turns keepalive off.
     /// Default 10 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub keepalive_interval: Duration,
     /// A PING not answered within this closes the connection (a black hole is detected within
     /// `keepalive_interval + keepalive_timeout`). Default 5 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub keepalive_timeout: Duration,
     /// First pause before reconnecting to an endpoint that refused a connection; each further
     /// refusal doubles it (with jitter) up to `reconnect_backoff_max`. Default 100 ms.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub reconnect_backoff: Duration,
     /// Longest reconnect pause. Default 10 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub reconnect_backoff_max: Duration,
     /// How long a draining connection (GOAWAY, scale-down, endpoint drain) keeps its streams
     /// that cannot be resumed before it is closed. Default 30 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub max_drain_time: Duration,
 }
 
@@ -348,7 +350,7 @@ pub struct ClassConfig {
     pub lag_policy: LagPolicy,
     /// With `lag_policy = "disconnect"`: how long a monitor may refuse data before it is cut off
     /// with `RESOURCE_EXHAUSTED "lagging"`. Default 2 s.
-    #[serde(default = "default_lag_timeout", with = "humantime_serde")]
+    #[serde(default = "default_lag_timeout", with = "crate::duration")]
     pub lag_timeout: Duration,
 }
 
@@ -493,7 +495,7 @@ pub struct MonitorConfig {
     #[serde(default)]
     pub prefer_region: Option<String>,
     /// Avoid connections whose measured latency is above this while others are below it.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::duration")]
     pub max_latency: Option<Duration>,
     /// How much the monitor suffers from latency, 0..=1, as routers see it. Default: derived
     /// from the class and the measured message rate (see `wit/types.wit`, `traffic-profile`).
@@ -532,7 +534,7 @@ pub struct MethodConfig {
     #[serde(default = "default_resume_attempts")]
     pub resume_attempts: u32,
     /// Time one resume may take, waiting for an endpoint included. Default 10 s.
-    #[serde(default = "default_resume_timeout", with = "humantime_serde")]
+    #[serde(default = "default_resume_timeout", with = "crate::duration")]
     pub resume_timeout: Duration,
     /// Also resume when the upstream ends the stream with `UNAVAILABLE`. Default true.
     #[serde(default = "default_true")]

@@ -128,7 +128,7 @@ pub struct SlotConfig {
     pub shadow: Option<PathBuf>,
     /// Per-call deadline, enforced by epoch interruption (rounded up to the 0.5 ms tick).
     /// Default 1 ms for the router, 5 ms for the resumer, 50 ms for the scaler and anomaly slots.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub deadline: Option<Duration>,
     /// Linear memory a plugin instance may grow to, in bytes. Default 64 MiB (interpreters for
     /// Python and JavaScript need tens of MiB).
@@ -142,7 +142,7 @@ pub struct SlotConfig {
     pub failure_rate: Option<f64>,
     /// The sliding window `failure_rate` is measured over (kept in ten buckets of a tenth
     /// each). Default 10 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub failure_window: Option<Duration>,
     /// Calls the window must hold before `failure_rate` is judged. Default 20.
     pub failure_min_calls: Option<u32>,

@@ -88,7 +88,7 @@ pub struct BreakersConfig {
     pub failures: FailureKinds,
     /// A stream whose first response message has not arrived after this long counts as a
     /// failure when `failures.no_first_message` is on. Default 10 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub first_message_timeout: Duration,
 }
 
@@ -159,20 +159,20 @@ pub struct BreakerTable {
     /// Consecutive successful probes in half-open that close it.
     pub success_threshold: Option<u32>,
     /// How long it stays open the first time; repeated trips double it (with jitter).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub open_duration: Option<Duration>,
     /// The longest open period repeated trips grow to. Default 8x `open_duration`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub max_open_duration: Option<Duration>,
     /// Sliding window over which failure and slow-call rates are measured. Default 60 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub window: Option<Duration>,
     /// Calls the window must hold before a rate can trip the breaker.
     pub minimum_volume: Option<u32>,
     /// Failure share of the window (0..=1) that trips the breaker.
     pub failure_rate: Option<f64>,
     /// A call slower than this (time to the first response message) is slow. Default 5 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub slow_call_duration: Option<Duration>,
     /// Slow share of the window (0..=1) that trips the breaker. Default 0.8.
     pub slow_call_rate: Option<f64>,
@@ -274,10 +274,10 @@ pub struct HealthConfig {
     /// Service name sent in the check (empty: the server as a whole).
     pub service: String,
     /// Time between checks. Default 2 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub interval: Duration,
     /// A check not answered within this fails. Default 1 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub timeout: Duration,
     /// Consecutive failed checks that make an endpoint unhealthy. Default 2.
     pub unhealthy_threshold: u32,

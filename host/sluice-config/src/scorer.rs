@@ -22,10 +22,10 @@ pub struct ScorerConfig {
     pub sessions: usize,
     /// Longest a scoring call may take, waiting for a session included; a slower one is an
     /// error and the router decides without the model. Default 2 ms.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub deadline: Duration,
     /// How often the model files are checked for changes. Default 1 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub reload_interval: Duration,
     /// A candidate model run in shadow: it scores the recorded decisions beside the active
     /// model (agreement on the best row, and each model's error against the observed outcome)
@@ -61,7 +61,7 @@ pub struct LearningConfig {
     pub max_records_per_second: u32,
     /// How long a stream's outcome is watched: its errors and throughput count until then (or
     /// until it ends, if sooner). Default 60 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub observe_for: Duration,
 }
 

@@ -33,11 +33,11 @@ pub struct ServerConfig {
     /// Maximum concurrent streams one monitor connection may open. Default 1024.
     pub max_concurrent_streams: u32,
     /// How long a shutdown waits for open streams before cutting them. Default 10 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub shutdown_grace: Duration,
     /// A monitor connection with no open stream for this long is closed (GOAWAY). This also
     /// sheds peers that connect and never send a complete request. Default 5 min.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub idle_timeout: Duration,
     /// Monitor connections open at once, over every peer. One more is answered with GOAWAY
     /// right after the HTTP/2 handshake, and the calls it sent get `RESOURCE_EXHAUSTED`.
@@ -54,7 +54,7 @@ pub struct ServerConfig {
     /// Time a call has, from its HEADERS, to deliver its first complete request message (or to
     /// end its request stream). A call that sends nothing for this long ends with
     /// `DEADLINE_EXCEEDED`; it never counts against an endpoint. Default 10 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub request_timeout: Duration,
     /// Request bytes Sluice may hold, over all calls, while it reads whole request messages
     /// before admission (shared and resumable methods). A call that would go over gets
