@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 
 pub use sluice_feed::pb;
 
+pub mod abuse;
 pub mod admin;
 pub mod fault;
 pub mod measure;

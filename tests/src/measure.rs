@@ -1,4 +1,4 @@
-//! Helpers of the bench programs: percentiles, medians, milliseconds, the process's CPU time, and
+//! Helpers of the bench programs: percentiles, medians, milliseconds, a process's CPU time, and
 //! the options `cargo xtask bench` passes. The one place where a bench program of this crate
 //! finds a statistic: a bench must not define its own median or percentile. They measure; they
 //! assert nothing.
@@ -33,7 +33,17 @@ pub fn ms(d: Duration) -> f64 {
 
 /// The process's CPU time so far (utime + stime of every thread), from `/proc/self/stat`.
 pub fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_in("/proc/self/stat")
+}
+
+/// Another process's CPU time so far (utime + stime of every thread), from `/proc/PID/stat`.
+pub fn pid_cpu(pid: u32) -> Option<Duration> {
+    cpu_in(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime from a `/proc/.../stat` file.
+fn cpu_in(path: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which may hold spaces): state is field 3, utime 14,
     // stime 15.
     let rest = stat.get(stat.rfind(')')? + 1..)?;

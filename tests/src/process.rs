@@ -237,6 +237,11 @@ impl SluiceProcess {
         }
     }
 
+    /// Its process id (for reading `/proc/PID/...`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills it with SIGKILL and reaps it.
     pub fn kill(mut self) {
         let _ = self.child.kill();
