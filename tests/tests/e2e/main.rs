@@ -6,6 +6,7 @@
 //! `cargo test -p sluice-tests --test e2e <module>::`, e.g. `cargo test -p sluice-tests --test e2e
 //! sharing::`.
 
+mod abuse;
 mod admin;
 mod alerts;
 mod backpressure;
