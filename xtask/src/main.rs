@@ -64,6 +64,9 @@ Commands:
   bench observability [--quick]
                           /metrics and /ws latency and size at 1,000 streams, and the CPU cost
                           of dashboards and scrapes (A/B alternated).
+  bench abuse [--quick]   Each hostile client of the abuse suite against `sluice run`: a
+                          legitimate monitor's message rate as a ratio to the window before,
+                          Sluice's peak RSS and CPU. Raw results go to target/bench/abuse.json.
   bench scorer [--quick]  One ONNX scorer call: p50/p99/p999 for 5 and 20 features, 1 and 16
                           rows, one and two callers.
   bench routing [--rounds N] [--seconds N] [--model FILE] [--quick]

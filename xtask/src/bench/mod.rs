@@ -6,8 +6,8 @@
 //!   [`proxy_configs`] (Sluice's and Envoy's configs) and [`targets`] (Sluice's targets and
 //!   their verdicts);
 //! - [`policy`], [`failover`], [`scorer`], [`routing`] (and `cargo xtask train-router`), and
-//!   `scaling` and `observability` through [`program::quick_only`]: bench programs of other
-//!   crates, built and run by [`program`];
+//!   `scaling`, `observability` and `abuse` through [`program::quick_only`]: bench programs of
+//!   other crates, built and run by [`program`];
 //! - [`measure`]: every statistic the benches above compute (medians, spreads, per-message CPU,
 //!   shares).
 //!
@@ -35,6 +35,7 @@ const USAGE: &str =
        cargo xtask bench failover [--trials N] [--streams N]
        cargo xtask bench scaling [--quick]
        cargo xtask bench observability [--quick]
+       cargo xtask bench abuse [--quick]
        cargo xtask bench scorer [--quick]
        cargo xtask bench routing [--rounds N] [--seconds N] [--model FILE] [--quick]";
 
@@ -46,11 +47,12 @@ pub fn bench(args: &[String]) -> Result<()> {
         Some("failover") => failover::run(&args[1..]),
         Some("scaling") => program::quick_only("scaling", &args[1..]),
         Some("observability") => program::quick_only("observability", &args[1..]),
+        Some("abuse") => program::quick_only("abuse", &args[1..]),
         Some("scorer") => scorer::run(&args[1..]),
         Some("routing") => routing::run(&args[1..]),
         Some(other) => {
             bail!(
-                "unknown benchmark {other:?}; available: proxy, policy, failover, scaling, observability, scorer, routing\n{USAGE}"
+                "unknown benchmark {other:?}; available: proxy, policy, failover, scaling, observability, abuse, scorer, routing\n{USAGE}"
             )
         }
         None => bail!("{USAGE}"),

@@ -1,5 +1,5 @@
 //! Bench programs of other crates (`cargo bench --package P --bench B`, release profile): how
-//! they are run, and the two benches whose only option is `--quick`.
+//! they are run, and the benches whose only option is `--quick`.
 //!
 //! It owns the arguments every bench program receives (`--plugins`, `--json`). It must not
 //! read, summarize or judge what a program measures: the program prints its own tables and
@@ -28,12 +28,13 @@ pub(super) fn run(package: &str, bench: &str, passed: &[String]) -> Result<()> {
     util::run(&mut command)
 }
 
-/// `cargo xtask bench scaling` and `cargo xtask bench observability`: build the plugins, then
-/// run the bench program of that name in `sluice-tests` (release profile), which prints its
-/// figures and writes `<target>/bench/<name>.json`. `scaling`: the loops' CPU cost at 5,000
-/// streams, the scaler's accuracy against an on-demand baseline, the store's growth.
-/// `observability`: `/metrics` and `/ws` latency and size at 1,000 streams, and the CPU cost of
-/// dashboards and scrapes.
+/// `cargo xtask bench scaling`, `observability` and `abuse`: build the plugins, then run the
+/// bench program of that name in `sluice-tests` (release profile), which prints its figures and
+/// writes `<target>/bench/<name>.json`. `scaling`: the loops' CPU cost at 5,000 streams, the
+/// scaler's accuracy against an on-demand baseline, the store's growth. `observability`:
+/// `/metrics` and `/ws` latency and size at 1,000 streams, and the CPU cost of dashboards and
+/// scrapes. `abuse`: what each hostile client of the abuse suite costs a legitimate monitor,
+/// and Sluice's peak memory and CPU under it.
 pub(super) fn quick_only(bench: &str, args: &[String]) -> Result<()> {
     let mut passed = Vec::new();
     for arg in args {
