@@ -140,8 +140,10 @@ fn parse_slot(text: &str) -> Result<SlotKind, String> {
 }
 
 fn init_logging(format: LogFormat) {
+    // `h2` warns once per connection it sends away for a rapid-reset flood: a hostile client
+    // must not be able to flood the log, so its own lines start at `error` unless asked for.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -313,3 +313,40 @@ async fn subscribers_with_different_credentials_never_share() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_message_left_unfinished_on_a_resumable_method_times_out() {
+    let upstream = feed("up").await;
+    let mut config = touchy(&upstream);
+    config.methods.push(sluice_config::MethodConfig {
+        resume: sluice_config::ResumeMode::ReplayAll,
+        ..sluice_config::MethodConfig::new("/sluice.feed.v1.Feed/Chat")
+    });
+    let proxy = sluice(config).await;
+    let SilentCall {
+        response,
+        _body: mut body,
+        _connection,
+    } = silent_call(proxy.addr(), "/sluice.feed.v1.Feed/Chat", &[]).await;
+    // A prefix declaring 1,000 bytes, then ten of them: the rest never comes.
+    let mut start = vec![0u8];
+    start.extend_from_slice(&1000u32.to_be_bytes());
+    start.extend_from_slice(&[1u8; 10]);
+    body.send_data(Bytes::from(start), false)
+        .expect("part of a message");
+    let call = SilentCall {
+        response,
+        _body: body,
+        _connection,
+    };
+    let code = bounded(
+        Duration::from_secs(5),
+        "the call ends",
+        grpc_status_of(call),
+    )
+    .await;
+    assert_eq!(code.as_deref(), Some("4"), "DEADLINE_EXCEEDED");
+    assert_eq!(proxy.snapshot().stats.request_buffered_bytes, 0);
+    assert_eq!(proxy.endpoints()[0].breaker.state, BreakerState::Closed);
+    proxy.shutdown().await;
+}

@@ -81,9 +81,9 @@ impl BoundedRequest {
         }
     }
 
-    /// Adds a chunk of the request and takes the next complete message, if any; call
-    /// [`BoundedRequest::next_message`] for the others before pushing again. Fails when the
-    /// bytes held would go over the budget.
+    /// Adds a chunk of the request; take its complete messages with
+    /// [`BoundedRequest::next_message`] before pushing again. Fails when the bytes held would
+    /// go over the budget.
     pub(crate) fn push(&mut self, chunk: Bytes) -> Result<(), Status> {
         self.splitter.push(chunk);
         self.settle()
@@ -95,6 +95,11 @@ impl BoundedRequest {
         // Giving back never fails.
         let _ = self.settle();
         Ok(message)
+    }
+
+    /// Bytes held that are not yet part of a message handed out.
+    pub(crate) fn buffered(&self) -> usize {
+        self.held
     }
 
     /// Checks that no partial message is left over.

@@ -169,6 +169,7 @@ pub(super) async fn serve(
         request_splitter: BoundedRequest::new(ctx, setup.max_message_bytes),
         request_ended: false,
         request_in: false,
+        partial: false,
         request_due: Box::pin(tokio::time::sleep(ctx.config.server.request_timeout)),
         dedup: Dedup::new(options.dedup_window),
         last_response: None,
@@ -203,6 +204,9 @@ struct ResumableCall<'a> {
     /// Whether a whole request message arrived (or the request ended); until then the
     /// first-message timer does not run, and the request has `server.request_timeout`.
     request_in: bool,
+    /// Whether part of a request message is held: it too must be whole within
+    /// `server.request_timeout` of its first bytes.
+    partial: bool,
     request_due: Pin<Box<tokio::time::Sleep>>,
     dedup: Dedup,
     /// The payload of the last response message delivered, for the resumer.
@@ -312,8 +316,7 @@ impl ResumableCall<'_> {
             () = poll_fn(|cx| self.downstream.poll_reset(cx)) => Turn::MonitorGone,
             status = &mut self.must_end => Turn::MustEnd(status),
             _ = attempt.draining.wait_for(|d| *d) => Turn::Draining,
-            // A call whose upstream already answered is not silent, even before it sends.
-            () = &mut self.request_due, if !self.request_in && self.downstream.stream.is_none() => Turn::RequestDue,
+            () = &mut self.request_due, if self.awaiting_request() => Turn::RequestDue,
             () = &mut attempt.first_due, if !attempt.first_checked && self.request_in => Turn::FirstMessageDue,
             // More of the monitor's request only once the last has gone out.
             chunk = self.body.data(), if !self.request_ended && attempt.outbox.is_empty() => Turn::Request(chunk),
@@ -364,6 +367,7 @@ impl ResumableCall<'_> {
                 .add(|s| &s.bytes_to_upstream_total, message.len() as u64);
             attempt.queue([message], false);
         }
+        self.track_partial();
         let _ = self.body.flow_control().release_capacity(len);
         ControlFlow::Continue(())
     }
@@ -487,6 +491,30 @@ impl ResumableCall<'_> {
     fn rejected(&self, what: &str, error: FrameError) -> Status {
         self.ctx.stats.incr(|s| &s.oversized_messages_total);
         Status::resource_exhausted(format!("{what} rejected: {error}"))
+    }
+
+    /// Whether the monitor owes a request message within `server.request_timeout`: its first
+    /// one, unless the upstream already answered (a protocol where the server speaks first),
+    /// or the rest of one it started, which Sluice is holding.
+    fn awaiting_request(&self) -> bool {
+        self.first_request_awaited() || self.partial
+    }
+
+    fn first_request_awaited(&self) -> bool {
+        !self.request_in && self.downstream.stream.is_none()
+    }
+
+    /// Notes whether part of a message is held now; the first bytes of one start its timer
+    /// (unless the first request's timer already runs).
+    fn track_partial(&mut self) {
+        let partial = self.request_splitter.buffered() > 0;
+        if partial && !self.partial && !self.first_request_awaited() {
+            let timeout = self.ctx.config.server.request_timeout;
+            self.request_due
+                .as_mut()
+                .reset(tokio::time::Instant::now() + timeout);
+        }
+        self.partial = partial;
     }
 
     /// The monitor's request is in: the upstream owes its first message from now.

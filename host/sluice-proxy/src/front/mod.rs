@@ -124,15 +124,22 @@ where
     let Ok(Ok(mut connection)) = tokio::time::timeout(limit, handshake).await else {
         return;
     };
-    connection.graceful_shutdown();
+    // The calls the peer sends first get the refusal as their status; the GOAWAY that follows
+    // the first answer stops the rest. A peer that sends none is sent away once the time is up.
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIME, async {
-        for _ in 0..MAX_REFUSED_CALLS {
+        for answered in 0..MAX_REFUSED_CALLS {
             let Some(Ok((_request, mut respond))) = connection.accept().await else {
                 return;
             };
             let _ = respond.send_response(status.to_response(), true);
+            if answered == 0 {
+                connection.graceful_shutdown();
+            }
         }
-        connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+    })
+    .await;
+    connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIME, async {
         while let Some(Ok(_)) = connection.accept().await {}
     })
     .await;
