@@ -339,13 +339,23 @@ pub struct RawOutcome {
     pub elapsed: Duration,
 }
 
-/// Makes one gRPC call with a bare HTTP/2 client (no client-side deadline enforcement), sending
-/// `extra` headers and one empty message.
-pub async fn raw_grpc_call(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> RawOutcome {
-    let started = tokio::time::Instant::now();
+/// A gRPC call opened with a bare HTTP/2 client: its HEADERS are sent, its body is the caller's
+/// to send (or to withhold).
+pub struct RawCall {
+    /// The response, once the server answers.
+    pub response: h2::client::ResponseFuture,
+    /// The request body.
+    pub body: h2::SendStream<bytes::Bytes>,
+    /// Drives the connection; dropping the call leaves it to end with the connection.
+    pub connection: tokio::task::JoinHandle<()>,
+}
+
+/// Opens a call on `path` with `extra` headers on a connection of its own, without sending any
+/// of its body.
+pub async fn open_raw_call(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> RawCall {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (send_request, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(async move {
+    let connection = tokio::spawn(async move {
         let _ = connection.await;
     });
     let mut send_request = send_request.ready().await.expect("ready");
@@ -357,9 +367,25 @@ pub async fn raw_grpc_call(addr: SocketAddr, path: &str, extra: &[(&str, &str)])
     for (name, value) in extra {
         request = request.header(*name, *value);
     }
-    let (response, mut body) = send_request
+    let (response, body) = send_request
         .send_request(request.body(()).expect("request"), false)
         .expect("send");
+    RawCall {
+        response,
+        body,
+        connection,
+    }
+}
+
+/// Makes one gRPC call with a bare HTTP/2 client (no client-side deadline enforcement), sending
+/// `extra` headers and one empty message.
+pub async fn raw_grpc_call(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> RawOutcome {
+    let started = tokio::time::Instant::now();
+    let RawCall {
+        response,
+        mut body,
+        connection: _,
+    } = open_raw_call(addr, path, extra).await;
     body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
         .expect("send body");
     let response = response.await.expect("response");

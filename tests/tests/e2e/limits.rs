@@ -12,41 +12,14 @@ use sluice_config::{BreakerScope, Config, MonitorConfig, TrafficClass};
 use sluice_contract::breaker::BreakerState;
 use sluice_tests::*;
 
-/// A call that sends its HEADERS and then nothing, held open until dropped.
-struct SilentCall {
-    response: h2::client::ResponseFuture,
-    _body: h2::SendStream<Bytes>,
-    _connection: tokio::task::JoinHandle<()>,
-}
-
-/// Opens a call on `path` with `extra` headers and no body.
-async fn silent_call(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> SilentCall {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (send_request, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    let connection = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut send_request = send_request.ready().await.expect("ready");
-    let mut request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
-    for (name, value) in extra {
-        request = request.header(*name, *value);
-    }
-    let (response, body) = send_request
-        .send_request(request.body(()).expect("request"), false)
-        .expect("send");
-    SilentCall {
-        response,
-        _body: body,
-        _connection: connection,
-    }
+/// A call that sends its HEADERS and then nothing (unless the test sends it), held open until
+/// dropped.
+async fn silent_call(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> RawCall {
+    open_raw_call(addr, path, extra).await
 }
 
 /// The `grpc-status` a call ended with (trailers-only headers or trailers).
-async fn grpc_status_of(call: SilentCall) -> Option<String> {
+async fn grpc_status_of(call: RawCall) -> Option<String> {
     let response = call.response.await.ok()?;
     let status = |map: &http::HeaderMap| {
         map.get("grpc-status")
@@ -256,10 +229,10 @@ async fn a_huge_declared_request_on_a_shared_method_is_refused_at_once() {
     config.methods.push(shared_subscribe(64));
     let proxy = sluice(config).await;
     let call = silent_call(proxy.addr(), SUBSCRIBE, &[]).await;
-    let SilentCall {
+    let RawCall {
         response,
-        _body: mut body,
-        _connection,
+        mut body,
+        connection,
     } = call;
     // A gRPC prefix declaring 16 MiB, then a trickle.
     let mut prefix = vec![0u8];
@@ -267,10 +240,10 @@ async fn a_huge_declared_request_on_a_shared_method_is_refused_at_once() {
     body.send_data(Bytes::from(prefix), false).expect("prefix");
     body.send_data(Bytes::from(vec![7u8; 1024]), false)
         .expect("some bytes");
-    let call = SilentCall {
+    let call = RawCall {
         response,
-        _body: body,
-        _connection,
+        body,
+        connection,
     };
     let code = bounded(Duration::from_secs(5), "refusal", grpc_status_of(call)).await;
     assert_eq!(code.as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
@@ -323,10 +296,10 @@ async fn a_request_message_left_unfinished_on_a_resumable_method_times_out() {
         ..sluice_config::MethodConfig::new("/sluice.feed.v1.Feed/Chat")
     });
     let proxy = sluice(config).await;
-    let SilentCall {
+    let RawCall {
         response,
-        _body: mut body,
-        _connection,
+        mut body,
+        connection,
     } = silent_call(proxy.addr(), "/sluice.feed.v1.Feed/Chat", &[]).await;
     // A prefix declaring 1,000 bytes, then ten of them: the rest never comes.
     let mut start = vec![0u8];
@@ -334,10 +307,10 @@ async fn a_request_message_left_unfinished_on_a_resumable_method_times_out() {
     start.extend_from_slice(&[1u8; 10]);
     body.send_data(Bytes::from(start), false)
         .expect("part of a message");
-    let call = SilentCall {
+    let call = RawCall {
         response,
-        _body: body,
-        _connection,
+        body,
+        connection,
     };
     let code = bounded(
         Duration::from_secs(5),

@@ -36,6 +36,9 @@ const REFUSAL_WRITE_TIME: Duration = Duration::from_secs(1);
 /// Calls a refused connection may bring before its GOAWAY takes effect; each is answered with
 /// the refusal's status.
 const MAX_REFUSED_CALLS: usize = 16;
+/// How long a refused connection's first call is waited for: a client sends it right after the
+/// handshake; a connection that brings none is sent away after this.
+const REFUSAL_FIRST_CALL_WAIT: Duration = Duration::from_millis(200);
 
 /// Accepts monitor connections until `shutdown` flips to `true`.
 pub(crate) async fn accept_loop(
@@ -125,19 +128,21 @@ where
         return;
     };
     // The calls the peer sends first get the refusal as their status; the GOAWAY that follows
-    // the first answer stops the rest. A peer that sends none is sent away once the time is up.
-    let _ = tokio::time::timeout(REFUSAL_WRITE_TIME, async {
-        for answered in 0..MAX_REFUSED_CALLS {
-            let Some(Ok((_request, mut respond))) = connection.accept().await else {
-                return;
-            };
-            let _ = respond.send_response(status.to_response(), true);
-            if answered == 0 {
-                connection.graceful_shutdown();
+    // the first answer stops the rest. A peer that sends none is sent away once the wait is up.
+    let first = tokio::time::timeout(REFUSAL_FIRST_CALL_WAIT, connection.accept()).await;
+    if let Ok(Some(Ok((_request, mut respond)))) = first {
+        let _ = respond.send_response(status.to_response(), true);
+        connection.graceful_shutdown();
+        let _ = tokio::time::timeout(REFUSAL_WRITE_TIME, async {
+            for _ in 1..MAX_REFUSED_CALLS {
+                let Some(Ok((_request, mut respond))) = connection.accept().await else {
+                    return;
+                };
+                let _ = respond.send_response(status.to_response(), true);
             }
-        }
-    })
-    .await;
+        })
+        .await;
+    }
     connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIME, async {
         while let Some(Ok(_)) = connection.accept().await {}
