@@ -548,6 +548,15 @@ pub struct MethodConfig {
     /// Default 1 MiB.
     #[serde(default = "default_replay_buffer")]
     pub replay_buffer_bytes: usize,
+    /// Open the upstream stream only once the monitor's request has begun (a whole message, the
+    /// request's end, or a stream window's worth of it) rather than as soon as the call is
+    /// admitted: calls that never send, or are refused before they do, then never reach the
+    /// provider. For unary and server-streaming methods, whose servers cannot answer before
+    /// the request anyway; not for bidi methods whose clients wait for the response headers
+    /// before sending (tonic's generated clients do). Not with `share`, which always reads
+    /// the request first. Default false.
+    #[serde(default)]
+    pub open_on_request: bool,
 }
 
 fn default_share_buffer() -> usize {
@@ -606,6 +615,7 @@ impl MethodConfig {
             resume_on_unavailable: true,
             dedup_window: 0,
             replay_buffer_bytes: default_replay_buffer(),
+            open_on_request: false,
         }
     }
 
@@ -905,6 +915,13 @@ impl Config {
                         "{:?} must look like /package.Service/Method or /package.Service/*",
                         method.path
                     ),
+                ));
+            }
+            if method.open_on_request && method.share {
+                return Err(invalid(
+                    key("open_on_request"),
+                    "cannot be combined with share = true (shared calls always read their \
+                     request first)",
                 ));
             }
             if method.resume.resumes() {

@@ -359,6 +359,10 @@ fn resume_and_rate_limits_are_checked() {
         "{MINIMAL}\n[[methods]]\npath = \"/a.B/C\"\nshare = true\nresume = \"replay-last\"\n"
     ));
     assert!(shared.contains("`methods[0].resume`"), "{shared}");
+    let first = error_of(&format!(
+        "{MINIMAL}\n[[methods]]\npath = \"/a.B/C\"\nshare = true\nopen_on_request = true\n"
+    ));
+    assert!(first.contains("`methods[0].open_on_request`"), "{first}");
     let mode = error_of(&format!(
         "{MINIMAL}\n[[methods]]\npath = \"/a.B/C\"\nresume = \"sometimes\"\n"
     ));

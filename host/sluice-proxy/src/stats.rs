@@ -102,6 +102,8 @@ stats! {
     request_buffer_refused_total,
     /// Request bytes held now while whole request messages are read before admission.
     request_buffered_bytes,
+    /// Upstream streams of calls that ended early, kept until they were old enough to reset.
+    upstream_resets_deferred_total,
 }
 
 /// Which gauge a [`GaugeGuard`] holds up.

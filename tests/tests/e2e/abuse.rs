@@ -138,7 +138,6 @@ async fn calls_that_never_send_a_body_end_with_deadline_exceeded() {
 // the other monitors' streams on that connection and opens the endpoint's breaker. The fix is to
 // open the upstream stream once the request has begun (first whole message or its end); until
 // then this attack is not contained and the test says so instead of passing.
-#[ignore = "known open: a burst of calls reset at once trips the provider's rapid-reset defence"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_declared_messages_buffer_at_most_a_window_and_are_refused() {
     let siege = Siege::of(Attack::HugeMessages).await;
@@ -231,7 +230,6 @@ async fn ten_thousand_monitor_ids_share_one_breaker() {
 // the other monitors' streams on that connection and opens the endpoint's breaker. The fix is to
 // open the upstream stream once the request has begun (first whole message or its end); until
 // then this attack is not contained and the test says so instead of passing.
-#[ignore = "known open: a burst of calls reset at once trips the provider's rapid-reset defence"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn impersonating_a_monitor_with_tiny_deadlines_leaves_its_breaker_closed() {
     let siege = Siege::of(Attack::Impersonation).await;

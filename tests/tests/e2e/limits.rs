@@ -2,7 +2,9 @@
 //! in-process Sluice: silent calls end with `DEADLINE_EXCEEDED` and never count against an
 //! endpoint; a caller's own tiny deadline never counts against the monitor it claims to be;
 //! streams per monitor, connections per peer and header bytes are capped with a clear answer;
-//! requests held whole are bounded; shared streams are keyed by the subscribers' credentials.
+//! requests held whole are bounded; shared streams are keyed by the subscribers' credentials;
+//! the provider hears of a call only once its request has begun, unless its method says the
+//! server speaks first.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,7 +22,12 @@ async fn silent_call(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> Ra
 
 /// The `grpc-status` a call ended with (trailers-only headers or trailers).
 async fn grpc_status_of(call: RawCall) -> Option<String> {
-    let response = call.response.await.ok()?;
+    status_of_response(call.response).await
+}
+
+/// The `grpc-status` a call ended with, from its response.
+async fn status_of_response(response: h2::client::ResponseFuture) -> Option<String> {
+    let response = response.await.ok()?;
     let status = |map: &http::HeaderMap| {
         map.get("grpc-status")
             .and_then(|v| v.to_str().ok())
@@ -38,6 +45,22 @@ async fn grpc_status_of(call: RawCall) -> Option<String> {
         .ok()
         .flatten()
         .and_then(|t| status(&t))
+}
+
+/// Waits (up to 10 s) for `calls` to end, and checks each ended with `DEADLINE_EXCEEDED`.
+async fn all_end_with_deadline_exceeded(calls: Vec<RawCall>) {
+    let codes = bounded(Duration::from_secs(10), "silent calls end", async {
+        let mut codes = Vec::new();
+        for call in calls {
+            codes.push(grpc_status_of(call).await);
+        }
+        codes
+    })
+    .await;
+    assert!(
+        codes.iter().all(|c| c.as_deref() == Some("4")),
+        "every silent call ends with DEADLINE_EXCEEDED: {codes:?}"
+    );
 }
 
 fn breaker_state(
@@ -74,18 +97,7 @@ async fn silent_calls_time_out_without_opening_the_endpoints_breaker() {
         calls.push(silent_call(proxy.addr(), SUBSCRIBE, &[("x-sluice-monitor", "quiet")]).await);
     }
     // Held past the first-message timeout, until the request timeout ends them.
-    let codes = bounded(Duration::from_secs(10), "silent calls end", async {
-        let mut codes = Vec::new();
-        for call in calls {
-            codes.push(grpc_status_of(call).await);
-        }
-        codes
-    })
-    .await;
-    assert!(
-        codes.iter().all(|c| c.as_deref() == Some("4")),
-        "every silent call ends with DEADLINE_EXCEEDED: {codes:?}"
-    );
+    all_end_with_deadline_exceeded(calls).await;
     let stats = proxy.snapshot().stats;
     assert_eq!(stats.request_timeouts_total, 12);
     let endpoint = &proxy.endpoints()[0];
@@ -296,22 +308,14 @@ async fn a_request_message_left_unfinished_on_a_resumable_method_times_out() {
         ..sluice_config::MethodConfig::new("/sluice.feed.v1.Feed/Chat")
     });
     let proxy = sluice(config).await;
-    let RawCall {
-        response,
-        mut body,
-        connection,
-    } = silent_call(proxy.addr(), "/sluice.feed.v1.Feed/Chat", &[]).await;
+    let mut call = silent_call(proxy.addr(), "/sluice.feed.v1.Feed/Chat", &[]).await;
     // A prefix declaring 1,000 bytes, then ten of them: the rest never comes.
     let mut start = vec![0u8];
     start.extend_from_slice(&1000u32.to_be_bytes());
     start.extend_from_slice(&[1u8; 10]);
-    body.send_data(Bytes::from(start), false)
+    call.body
+        .send_data(Bytes::from(start), false)
         .expect("part of a message");
-    let call = RawCall {
-        response,
-        body,
-        connection,
-    };
     let code = bounded(
         Duration::from_secs(5),
         "the call ends",
@@ -320,6 +324,163 @@ async fn a_request_message_left_unfinished_on_a_resumable_method_times_out() {
     .await;
     assert_eq!(code.as_deref(), Some("4"), "DEADLINE_EXCEEDED");
     assert_eq!(proxy.snapshot().stats.request_buffered_bytes, 0);
+    assert_eq!(proxy.endpoints()[0].breaker.state, BreakerState::Closed);
+    proxy.shutdown().await;
+}
+
+const CHAT: &str = "/sluice.feed.v1.Feed/Chat";
+const ECHO: &str = "/sluice.feed.v1.Feed/Echo";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_hears_of_a_call_only_once_its_request_begins_when_asked() {
+    let upstream = feed("up").await;
+    let mut config = touchy(&upstream);
+    for path in [ECHO, SUBSCRIBE] {
+        config.methods.push(sluice_config::MethodConfig {
+            open_on_request: true,
+            ..sluice_config::MethodConfig::new(path)
+        });
+    }
+    config.methods.push(sluice_config::MethodConfig {
+        resume: sluice_config::ResumeMode::ReplayLast,
+        open_on_request: true,
+        ..sluice_config::MethodConfig::new(CHAT)
+    });
+    let proxy = sluice(config).await;
+    // Silent calls on the plain relay (unary and server-streaming) and on a resumable one.
+    let mut silent = Vec::new();
+    for path in [ECHO, SUBSCRIBE, CHAT, ECHO, SUBSCRIBE, CHAT] {
+        silent.push(silent_call(proxy.addr(), path, &[("x-sluice-monitor", "quiet")]).await);
+    }
+    // One call sends its (empty) message late, well within the request timeout.
+    let mut late = silent_call(proxy.addr(), ECHO, &[("x-sluice-monitor", "late")]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        upstream.stats.snapshot().calls_total,
+        0,
+        "no call has sent anything yet"
+    );
+    late.body
+        .send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("the request");
+    let code = bounded(
+        Duration::from_secs(5),
+        "the late call",
+        grpc_status_of(late),
+    )
+    .await;
+    assert_eq!(code.as_deref(), Some("0"), "the late call is served");
+    all_end_with_deadline_exceeded(silent).await;
+    assert_eq!(
+        upstream.stats.snapshot().calls_total,
+        1,
+        "only the call that sent its request reached the provider"
+    );
+    assert_eq!(proxy.snapshot().stats.request_buffered_bytes, 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_bidi_call_gets_its_headers_before_it_sends() {
+    for resume in [
+        sluice_config::ResumeMode::None,
+        sluice_config::ResumeMode::ReplayLast,
+    ] {
+        let upstream = feed("up").await;
+        let mut config = touchy(&upstream);
+        config.methods.push(sluice_config::MethodConfig {
+            resume,
+            ..sluice_config::MethodConfig::new(CHAT)
+        });
+        let proxy = sluice(config).await;
+        let call = silent_call(proxy.addr(), CHAT, &[("x-sluice-monitor", "bidi")]).await;
+        // The feed answers Chat's headers before any message, and clients (tonic's among
+        // them) wait for those before they send: they reach the monitor, which has sent
+        // nothing, and the request timeout no longer applies once they have.
+        let response = bounded(Duration::from_secs(5), "response headers", call.response)
+            .await
+            .expect("headers");
+        assert_eq!(response.status(), http::StatusCode::OK, "{resume:?}");
+        assert!(
+            response.headers().get("grpc-status").is_none(),
+            "{resume:?}: the stream is open, not ended: {:?}",
+            response.headers()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(upstream.stats.snapshot().calls_total, 1, "{resume:?}");
+        assert_eq!(
+            proxy.snapshot().stats.request_timeouts_total,
+            0,
+            "{resume:?}: past the request timeout, the call is still open"
+        );
+        proxy.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_calls_ending_at_once_keeps_the_upstream_connection() {
+    let upstream = feed("up").await;
+    let proxy = sluice(touchy(&upstream)).await;
+    let mut legit =
+        open_subscription(proxy.addr(), "legit", subscribe("legit", 50.0, 8, 1_000)).await;
+    bounded(Duration::from_secs(5), "first message", legit.message())
+        .await
+        .expect("the legitimate stream starts");
+    // 400 calls on one connection, each with a 1 ms deadline and a full request: Sluice opens
+    // each upstream stream, and the call is over a millisecond later.
+    let tcp = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    let (send_request, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    let connection = tokio::spawn(connection);
+    let mut responses = Vec::new();
+    for _ in 0..400 {
+        let mut send_request = send_request.clone().ready().await.expect("ready");
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}{ECHO}", proxy.addr()))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-sluice-monitor", "hasty")
+            .header("grpc-timeout", "1m")
+            .body(())
+            .expect("request");
+        let (response, mut body) = send_request.send_request(request, false).expect("send");
+        body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .expect("body");
+        responses.push(response);
+    }
+    let mut codes = std::collections::BTreeMap::<Option<String>, usize>::new();
+    for response in responses {
+        let code = bounded(
+            Duration::from_secs(5),
+            "answer",
+            status_of_response(response),
+        )
+        .await;
+        *codes.entry(code).or_default() += 1;
+    }
+    connection.abort();
+    // Each call ended on its deadline (in Sluice, or upstream where it ran out first) or in
+    // time; none lost its upstream connection.
+    let in_time_or_deadline = ["0", "1", "4"].map(|code| Some(code.to_owned()));
+    assert!(
+        codes.keys().all(|code| in_time_or_deadline.contains(code)),
+        "{codes:?}"
+    );
+    // The provider never sent Sluice's connection away: the legitimate stream goes on.
+    for _ in 0..10 {
+        bounded(Duration::from_secs(5), "message", legit.message())
+            .await
+            .expect("the legitimate stream is unharmed")
+            .expect("a message");
+    }
+    let stats = proxy.snapshot().stats;
+    assert_eq!(stats.upstream_failures_total, 0, "{stats:?}");
+    assert!(
+        stats.upstream_resets_deferred_total > 0,
+        "some calls ended before their upstream stream was old enough to reset: {stats:?}"
+    );
     assert_eq!(proxy.endpoints()[0].breaker.state, BreakerState::Closed);
     proxy.shutdown().await;
 }

@@ -1,28 +1,30 @@
 //! The plain relay: one monitor call on one upstream stream, bytes moved in both directions
 //! under flow control, from the monitor's HEADERS to the upstream's trailers.
 //!
-//! It relays DATA frames without splitting messages (it only scans their lengths against the
-//! size limit). It must not use the other relays (`share`, `resumable`): what they all need is
-//! in `upstream`.
+//! On `open_on_request` methods the upstream stream is opened only once the request has begun
+//! ([`RequestStart`]). It relays DATA frames without splitting messages (it only
+//! scans their lengths against the size limit). It must not use the other relays (`share`,
+//! `resumable`): what they all need is in `upstream`.
 
 use std::future::poll_fn;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use h2::client::ResponseFuture;
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream, SendStream};
+use h2::{RecvStream, SendStream};
 use http::Request;
 use tokio::sync::Notify;
 
 use super::pump::{self, Ending, OnFull, PumpError};
-use super::request::request_timed_out;
+use super::request::{RequestStart, StartError, request_timed_out};
 use super::upstream::{
-    CallSetup, End, OpenStream, cut_off_lagging, monitor_blamed, must_end, open_upstream,
+    CallSetup, End, OpenStream, cut_off_lagging, let_go, monitor_blamed, must_end, open_upstream,
     record_final_status, reply, response_head, upstream_failure,
 };
 use crate::Context;
 use crate::grpc::{self, Code, MessageScanner, Status};
-use crate::pool::FailureKind;
+use crate::pool::{FailureKind, Lease};
 
 /// A timer that has not started yet: it is reset to its real deadline when it starts.
 const NOT_YET: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
@@ -34,22 +36,41 @@ pub(super) async fn serve(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) -> End {
-    let (parts, body) = request.into_parts();
+    let (parts, mut body) = request.into_parts();
     let Some(path) = parts.uri.path_and_query().cloned() else {
         let status = Status::new(Code::Unimplemented, "request has no path");
         reply(&mut respond, &status);
         return End::Failed(status);
     };
+    let request_due = tokio::time::Instant::now() + ctx.config.server.request_timeout;
+    let mut scanner = MessageScanner::new(setup.max_message_bytes);
+    // On `open_on_request` methods the provider sees the call only once its request began.
+    let start = if !setup.open_on_request || body.is_end_stream() {
+        None
+    } else {
+        match read_start(
+            ctx,
+            &setup,
+            &mut body,
+            &mut scanner,
+            &mut respond,
+            request_due,
+        )
+        .await
+        {
+            Ok(start) => Some(start),
+            Err(end) => return log_end(ctx, end),
+        }
+    };
+    let request_in = RequestStart::complete(&scanner, &body);
+    let headers_end = body.is_end_stream() && start.is_none();
     let headers = grpc::headers::request_headers(&parts.headers, 4);
     let opened = tokio::select! {
         // Boxed: opening is short, and keeping its state out of the call's future keeps every
         // long-lived stream's task small.
-        opened = Box::pin(open_upstream(ctx, &setup.profile, &path, &headers, body.is_end_stream(), setup.deadline, None)) => opened,
+        opened = Box::pin(open_upstream(ctx, &setup.profile, &path, &headers, headers_end, setup.deadline, None)) => opened,
         status = must_end(ctx, setup.deadline) => Err(status),
-        _ = poll_fn(|cx| respond.poll_reset(cx)) => {
-            ctx.stats.incr(|s| &s.cancelled_total);
-            return End::Cancelled;
-        }
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return log_end(ctx, End::Cancelled),
     };
     let open = match opened {
         Ok(open) => open,
@@ -61,7 +82,36 @@ pub(super) async fn serve(
     };
     // Long-lived streams must not keep their request headers alive.
     drop((parts, path, headers));
-    let end = relay(ctx, &setup, body, respond, open).await;
+    let request = MonitorSide {
+        body,
+        start,
+        scanner,
+        arrived: request_in,
+        due: request_due,
+    };
+    let OpenStream {
+        lease,
+        response,
+        mut send,
+        opened,
+    } = open;
+    let upstream = Upstream {
+        lease: &lease,
+        response,
+        send: &mut send,
+    };
+    let end = relay(ctx, &setup, request, respond, upstream).await;
+    // A stream that ended has nothing to reset; one cut short is reset, but not too young.
+    if matches!(end, End::Completed(_)) {
+        drop((send, lease));
+    } else {
+        let_go(ctx, opened, move || drop((send, lease)));
+    }
+    log_end(ctx, end)
+}
+
+/// Logs how a call ended, counting cancellations.
+fn log_end(ctx: &Context, end: End) -> End {
     match &end {
         End::Completed(_) => {}
         End::Cancelled => {
@@ -74,20 +124,90 @@ pub(super) async fn serve(
     end
 }
 
+/// Reads the start of the request ([`RequestStart`]) before the upstream stream is opened,
+/// answering the monitor when the call ends meanwhile.
+async fn read_start(
+    ctx: &Arc<Context>,
+    setup: &CallSetup,
+    body: &mut RecvStream,
+    scanner: &mut MessageScanner,
+    respond: &mut SendResponse<Bytes>,
+    request_due: tokio::time::Instant,
+) -> Result<RequestStart, End> {
+    let read = tokio::select! {
+        read = RequestStart::read(ctx, body, scanner) => read,
+        () = tokio::time::sleep_until(request_due) => {
+            let status = request_timed_out(ctx, ctx.config.server.request_timeout);
+            reply(respond, &status);
+            return Err(End::Failed(status));
+        }
+        status = must_end(ctx, setup.deadline) => {
+            reply(respond, &status);
+            return Err(End::Failed(status));
+        }
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return Err(End::Cancelled),
+    };
+    read.map_err(|error| {
+        let end = match error {
+            StartError::Cancelled => return End::Cancelled,
+            // Other calls filled the budget: not this monitor's fault.
+            StartError::Refused(status) => End::Failed(status),
+            StartError::Frame(error) => {
+                ctx.stats.incr(|s| &s.oversized_messages_total);
+                End::MonitorFault(Status::resource_exhausted(format!(
+                    "request rejected: {error}"
+                )))
+            }
+        };
+        if let End::Failed(status) | End::MonitorFault(status) = &end {
+            reply(respond, status);
+        }
+        end
+    })
+}
+
+/// The upstream side of a call being relayed. The call's serving task owns the stream's send
+/// half and lease, so that whatever ends the relay, it decides when the stream goes.
+struct Upstream<'a> {
+    lease: &'a Lease,
+    response: ResponseFuture,
+    send: &'a mut SendStream<Bytes>,
+}
+
+/// The monitor's side of a call being relayed.
+struct MonitorSide {
+    body: RecvStream,
+    /// What was read before the upstream stream was opened; sent on first.
+    start: Option<RequestStart>,
+    /// Fed with every request byte so far.
+    scanner: MessageScanner,
+    /// Whether a whole request message (or the request's end) is in already.
+    arrived: bool,
+    /// When the request must be in (`server.request_timeout` from the call's HEADERS).
+    due: tokio::time::Instant,
+}
+
 /// Relays an opened call: the request side and the response side until the upstream's final
 /// status, the monitor leaving, the deadline or a broken rule ends it.
 async fn relay(
     ctx: &Arc<Context>,
     setup: &CallSetup,
-    body: RecvStream,
+    request: MonitorSide,
     mut respond: SendResponse<Bytes>,
-    open: OpenStream,
+    upstream: Upstream<'_>,
 ) -> End {
-    let OpenStream {
+    let MonitorSide {
+        body,
+        start,
+        scanner,
+        arrived,
+        due,
+    } = request;
+    let Upstream {
         lease,
         response,
         send,
-    } = open;
+    } = upstream;
     let sent_at = std::time::Instant::now();
     // Set once the monitor's first request message has gone upstream whole (or its request
     // ended). Until then a silent call is the monitor's doing, bounded by `request_timeout`;
@@ -98,15 +218,21 @@ async fn relay(
             request_arrived.notify_one();
         }
     };
-    let mut request_in = body.is_end_stream();
+    let mut request_in = arrived;
     let request_pump = async {
-        if body.is_end_stream() {
+        if body.is_end_stream() && start.is_none() {
             // The whole request went out with the HEADERS frame.
-            drop(send);
             return Ok(());
         }
-        let scanner = MessageScanner::new(setup.max_message_bytes);
-        forward_request(body, send, scanner, Arc::clone(ctx), &on_request_data).await
+        forward_request(
+            start,
+            body,
+            send,
+            scanner,
+            Arc::clone(ctx),
+            &on_request_data,
+        )
+        .await
     };
     tokio::pin!(request_pump);
     let mut request_done = false;
@@ -114,7 +240,7 @@ async fn relay(
     tokio::pin!(must_end);
     tokio::pin!(response);
     let request_timeout = ctx.config.server.request_timeout;
-    let request_due = tokio::time::sleep(request_timeout);
+    let request_due = tokio::time::sleep_until(due);
     tokio::pin!(request_due);
     // Servers may hold their response headers back until the first message: the timer covers
     // both phases, from the moment the request is in.
@@ -183,9 +309,9 @@ async fn relay(
     let (parts, mut upstream_body) = response.into_parts();
     let end_of_stream = upstream_body.is_end_stream();
     // A trailers-only answer: its status is in these headers.
-    let blamed = end_of_stream && monitor_blamed(&lease, &parts.headers);
+    let blamed = end_of_stream && monitor_blamed(lease, &parts.headers);
     if end_of_stream {
-        record_final_status(&lease, &parts.headers);
+        record_final_status(lease, &parts.headers);
     }
     let head = response_head(parts.status, &parts.headers);
     drop(parts);
@@ -263,9 +389,9 @@ async fn relay(
     };
     match result {
         Ok(Ending::Trailers(trailers)) => {
-            record_final_status(&lease, &trailers);
+            record_final_status(lease, &trailers);
             let _ = downstream.send_trailers(grpc::headers::response_headers(&trailers));
-            End::Completed(monitor_blamed(&lease, &trailers))
+            End::Completed(monitor_blamed(lease, &trailers))
         }
         Ok(Ending::Closed) => {
             lease.finished();
@@ -293,19 +419,38 @@ async fn relay(
     }
 }
 
-/// Forwards the request body to the upstream and ends it the way the monitor ended it;
-/// `on_data` hears of each chunk handed on and the messages it completed.
+/// Forwards the request to the upstream, what was read before it opened first, and ends it the
+/// way the monitor ended it; `on_data` hears of each chunk handed on and the messages it
+/// completed.
 async fn forward_request(
+    start: Option<RequestStart>,
     mut body: RecvStream,
-    mut upstream: SendStream<Bytes>,
+    upstream: &mut SendStream<Bytes>,
     mut scanner: MessageScanner,
     ctx: Arc<Context>,
     on_data: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(), PumpError> {
     let counter = &ctx.stats.bytes_to_upstream_total;
+    if let Some(mut start) = start {
+        // The start's messages were counted as it was read: the request is in if they matter.
+        let ended = body.is_end_stream();
+        let chunks = start.take_chunks();
+        let count = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let len = chunk.len();
+            let last = ended && i + 1 == count;
+            pump::send_all(upstream, chunk, OnFull::Wait, last).await?;
+            counter.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+            on_data(len as u64, 0);
+            let _ = body.flow_control().release_capacity(len);
+        }
+        if ended {
+            return Ok(());
+        }
+    }
     let result = pump::pump(
         &mut body,
-        &mut upstream,
+        upstream,
         &mut scanner,
         OnFull::Wait,
         counter,
@@ -318,11 +463,9 @@ async fn forward_request(
             .send_trailers(grpc::headers::request_headers(&trailers, 0))
             .map_err(PumpError::Sink),
         Ok(Ending::Closed) => Ok(()),
-        Err(error) => {
-            // The monitor went away or sent garbage: the upstream must not wait for more.
-            upstream.send_reset(Reason::CANCEL);
-            Err(error)
-        }
+        // The monitor went away or sent garbage: the call ends, and with it the upstream
+        // stream (see `let_go`).
+        Err(error) => Err(error),
     }
 }
 

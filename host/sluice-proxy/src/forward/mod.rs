@@ -150,6 +150,7 @@ fn admit(
             .unwrap_or(ctx.config.server.max_message_bytes),
         on_full,
         first_message_timeout: ctx.config.breakers.first_message_timeout,
+        open_on_request: method.is_some_and(|m| m.open_on_request),
         monitor: Arc::new(MonitorPermit::new(permit, call)),
     };
     Ok((setup, relay))

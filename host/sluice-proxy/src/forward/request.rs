@@ -6,6 +6,12 @@
 //! window ([`request_message_limit`]), so what one call holds is bounded by what its window lets
 //! the monitor send; over every call, [`RequestBudget`] (`server.max_buffered_request_bytes`)
 //! bounds the total. A call past either bound is refused with `RESOURCE_EXHAUSTED`, never queued.
+//! A plain call's request is not split, but its start is held the same way: [`RequestStart`]
+//! reads it before the upstream stream is opened, so that a call which never sends, or is
+//! refused before it does, never costs the provider a stream (and Sluice never resets streams
+//! the provider has barely seen, which its rapid-reset defence would hold against every other
+//! call on the connection).
+//!
 //! This module only bounds; what a request means is the relays' business.
 
 use std::sync::Arc;
@@ -13,9 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
+use h2::RecvStream;
 
 use crate::Context;
-use crate::grpc::{Code, FrameError, MessageSplitter, Status};
+use crate::grpc::{Code, FrameError, MessageScanner, MessageSplitter, Status};
 use crate::stats::Stats;
 
 /// Request bytes held over every call, against `server.max_buffered_request_bytes`.
@@ -66,9 +73,8 @@ pub(crate) fn request_message_limit(ctx: &Context, max_message_bytes: usize) -> 
 /// A monitor's request messages being read, with the bytes held counted against the budget.
 pub(crate) struct BoundedRequest {
     splitter: MessageSplitter,
-    ctx: Arc<Context>,
-    /// Bytes of this call currently taken from the budget.
-    held: usize,
+    /// What the splitter holds, taken from the budget.
+    holding: Holding,
 }
 
 impl BoundedRequest {
@@ -76,8 +82,7 @@ impl BoundedRequest {
     pub(crate) fn new(ctx: &Arc<Context>, max_message_bytes: usize) -> Self {
         Self {
             splitter: MessageSplitter::new(request_message_limit(ctx, max_message_bytes)),
-            ctx: Arc::clone(ctx),
-            held: 0,
+            holding: Holding::new(ctx),
         }
     }
 
@@ -99,7 +104,7 @@ impl BoundedRequest {
 
     /// Bytes held that are not yet part of a message handed out.
     pub(crate) fn buffered(&self) -> usize {
-        self.held
+        self.holding.bytes
     }
 
     /// Checks that no partial message is left over.
@@ -110,35 +115,131 @@ impl BoundedRequest {
     /// Brings the bytes taken from the budget in line with what the splitter holds.
     fn settle(&mut self) -> Result<(), Status> {
         let now = self.splitter.buffered();
-        let stats: &Stats = &self.ctx.stats;
-        if now > self.held {
-            if !self.ctx.request_budget.take(now - self.held) {
-                stats.incr(|s| &s.request_buffer_refused_total);
-                return Err(Status::resource_exhausted(format!(
-                    "sluice holds {} bytes of unfinished requests, its limit \
-                     (server.max_buffered_request_bytes)",
-                    self.ctx.request_budget.limit
-                )));
-            }
-            stats.add(|s| &s.request_buffered_bytes, (now - self.held) as u64);
-        } else if now < self.held {
-            self.ctx.request_budget.give_back(self.held - now);
-            stats
-                .request_buffered_bytes
-                .fetch_sub((self.held - now) as u64, Relaxed);
+        let held = self.holding.bytes;
+        if now > held {
+            self.holding.grow(now - held)
+        } else {
+            self.holding.shrink(held - now);
+            Ok(())
         }
-        self.held = now;
-        Ok(())
     }
 }
 
-impl Drop for BoundedRequest {
-    fn drop(&mut self) {
-        self.ctx.request_budget.give_back(self.held);
+/// Request bytes one call holds, taken from the budget and shown in
+/// `sluice_request_buffered_bytes`; all given back when dropped.
+struct Holding {
+    ctx: Arc<Context>,
+    bytes: usize,
+}
+
+impl Holding {
+    fn new(ctx: &Arc<Context>) -> Self {
+        Self {
+            ctx: Arc::clone(ctx),
+            bytes: 0,
+        }
+    }
+
+    /// Takes `bytes` more from the budget; refused (and counted) when they do not fit.
+    fn grow(&mut self, bytes: usize) -> Result<(), Status> {
+        let stats: &Stats = &self.ctx.stats;
+        if !self.ctx.request_budget.take(bytes) {
+            stats.incr(|s| &s.request_buffer_refused_total);
+            return Err(Status::resource_exhausted(format!(
+                "sluice holds {} bytes of unfinished requests, its limit \
+                 (server.max_buffered_request_bytes)",
+                self.ctx.request_budget.limit
+            )));
+        }
+        stats.add(|s| &s.request_buffered_bytes, bytes as u64);
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Gives `bytes` back.
+    fn shrink(&mut self, bytes: usize) {
+        self.ctx.request_budget.give_back(bytes);
         self.ctx
             .stats
             .request_buffered_bytes
-            .fetch_sub(self.held as u64, Relaxed);
+            .fetch_sub(bytes as u64, Relaxed);
+        self.bytes -= bytes;
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.shrink(self.bytes);
+    }
+}
+
+/// How reading the start of a request failed.
+#[derive(Debug)]
+pub(crate) enum StartError {
+    /// The monitor reset its stream, or its connection died.
+    Cancelled,
+    /// Holding more would go over `server.max_buffered_request_bytes`.
+    Refused(Status),
+    /// The request broke the framing rules or the size limit: the monitor's fault.
+    Frame(FrameError),
+}
+
+/// The start of a plain call's request, read before the upstream stream is opened: whole once a
+/// message is complete, the request ended, or a stream window's worth is held (the monitor
+/// cannot send more until Sluice gives window back, which it does only as the bytes go on).
+pub(crate) struct RequestStart {
+    /// The chunks read, in order; their window has not been given back.
+    chunks: Vec<Bytes>,
+    /// The bytes of `chunks`, taken from the budget until this is dropped.
+    holding: Holding,
+}
+
+impl RequestStart {
+    /// Reads `body` until its request has begun, feeding `scanner` (which the relay goes on
+    /// with). Bytes held are counted against the budget; nothing is given back to the monitor.
+    pub(crate) async fn read(
+        ctx: &Arc<Context>,
+        body: &mut RecvStream,
+        scanner: &mut MessageScanner,
+    ) -> Result<Self, StartError> {
+        let window = ctx.config.pool.stream_window_bytes as usize;
+        let mut start = Self {
+            chunks: Vec::new(),
+            holding: Holding::new(ctx),
+        };
+        while scanner.completed() == 0 && !body.is_end_stream() && start.holding.bytes < window {
+            let chunk = match body.data().await {
+                // Ended (trailers, if any, are the relay's to forward).
+                None => break,
+                Some(Err(_)) => return Err(StartError::Cancelled),
+                Some(Ok(chunk)) => chunk,
+            };
+            scanner.feed(&chunk).map_err(StartError::Frame)?;
+            if body.is_end_stream() {
+                scanner.finish().map_err(StartError::Frame)?;
+            }
+            start.hold(chunk)?;
+        }
+        Ok(start)
+    }
+
+    /// Whether a whole message is in (or the request ended): from then on the upstream owes
+    /// the answer.
+    pub(crate) fn complete(scanner: &MessageScanner, body: &RecvStream) -> bool {
+        scanner.completed() > 0 || body.is_end_stream()
+    }
+
+    /// The chunks held, in order, to be sent before anything else of the request.
+    pub(crate) fn take_chunks(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.chunks)
+    }
+
+    fn hold(&mut self, chunk: Bytes) -> Result<(), StartError> {
+        self.holding
+            .grow(chunk.len())
+            .map_err(StartError::Refused)?;
+        self.chunks.push(chunk);
+        Ok(())
     }
 }
 

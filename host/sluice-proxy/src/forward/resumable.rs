@@ -14,7 +14,8 @@
 //! downstream stream. An optional dedup window drops response messages seen shortly before the
 //! switch. When attempts or time run out, the monitor gets `UNAVAILABLE` with the reason.
 //!
-//! A [`ResumableCall`] runs the call: it opens the first attempt, relays on it turn by turn,
+//! A [`ResumableCall`] runs the call: it reads the monitor's first request message first on
+//! `open_on_request` methods, opens the first attempt, relays on it turn by turn,
 //! resumes on a new attempt when one breaks, and finishes the call. One attempt's upstream
 //! stream is `attempt`'s, what a resume replays is `replay`'s, and opening the next attempt is
 //! `reopen`'s. Like the other relays, this one uses `upstream` and `pump` but never `call` or
@@ -219,10 +220,24 @@ struct ResumableCall<'a> {
 impl ResumableCall<'_> {
     /// Runs the call to its end: the first attempt, then relay and resume until it finishes.
     async fn run(mut self) -> End {
+        // On `open_on_request` methods the provider sees the call only once its first request
+        // message is whole (or the request ended).
+        let (first, ended) = if self.setup.open_on_request {
+            match self.read_start().await {
+                ControlFlow::Continue(start) => start,
+                ControlFlow::Break(stop) => return self.answer(stop),
+            }
+        } else {
+            (Vec::new(), false)
+        };
         let mut attempt = match self.open().await {
             ControlFlow::Continue(attempt) => attempt,
             ControlFlow::Break(end) => return end,
         };
+        if ended || !first.is_empty() {
+            self.request_arrived(&mut attempt);
+            attempt.queue(first, ended);
+        }
         loop {
             let broken = match self.relay(&mut attempt).await {
                 ControlFlow::Continue(broken) => broken,
@@ -232,6 +247,38 @@ impl ResumableCall<'_> {
                 ControlFlow::Continue(next) => next,
                 ControlFlow::Break(end) => return end,
             };
+        }
+    }
+
+    /// Reads the monitor's request until a message is whole or the request ended: those
+    /// messages, and whether it ended.
+    async fn read_start(&mut self) -> ControlFlow<Stop, (Vec<Bytes>, bool)> {
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                () = poll_fn(|cx| self.downstream.poll_reset(cx)) => return ControlFlow::Break(Stop::Cancelled),
+                status = &mut self.must_end => return ControlFlow::Break(Stop::Fail(status)),
+                () = &mut self.request_due => {
+                    let timeout = self.ctx.config.server.request_timeout;
+                    return ControlFlow::Break(Stop::Fail(request_timed_out(self.ctx, timeout)));
+                }
+                chunk = self.body.data() => chunk,
+            };
+            let ended = chunk.is_none();
+            let messages = self.take_request(chunk)?;
+            if ended || !messages.is_empty() {
+                return ControlFlow::Continue((messages, ended));
+            }
+        }
+    }
+
+    /// Ends the call as `stop` says, answering the monitor (no upstream stream is left).
+    fn answer(&mut self, stop: Stop) -> End {
+        match stop {
+            Stop::Ended(end) => end,
+            Stop::Cancelled => End::Cancelled,
+            Stop::Fail(status) => self.downstream.fail(status),
+            Stop::Fault(status) => self.downstream.fault(status),
         }
     }
 
@@ -332,6 +379,21 @@ impl ResumableCall<'_> {
         attempt: &mut Attempt,
         chunk: Option<Result<Bytes, h2::Error>>,
     ) -> ControlFlow<Stop> {
+        let ended = chunk.is_none();
+        let messages = self.take_request(chunk)?;
+        if ended || !messages.is_empty() {
+            self.request_arrived(attempt);
+        }
+        attempt.queue(messages, ended);
+        ControlFlow::Continue(())
+    }
+
+    /// Takes in more of the monitor's request, or its end, returning the messages it
+    /// completed, each kept for replay.
+    fn take_request(
+        &mut self,
+        chunk: Option<Result<Bytes, h2::Error>>,
+    ) -> ControlFlow<Stop, Vec<Bytes>> {
         let chunk = match chunk {
             None => {
                 self.request_ended = true;
@@ -340,9 +402,7 @@ impl ResumableCall<'_> {
                         "request rejected: {error}"
                     ))));
                 }
-                self.request_arrived(attempt);
-                attempt.queue([], true);
-                return ControlFlow::Continue(());
+                return ControlFlow::Continue(Vec::new());
             }
             // The monitor reset its stream.
             Some(Err(_)) => return ControlFlow::Break(Stop::Cancelled),
@@ -350,8 +410,10 @@ impl ResumableCall<'_> {
         };
         let len = chunk.len();
         if let Err(status) = self.request_splitter.push(chunk) {
-            return ControlFlow::Break(Stop::Fault(status));
+            // A full budget is what every call holds: not this monitor's fault.
+            return ControlFlow::Break(Stop::Fail(status));
         }
+        let mut messages = Vec::new();
         loop {
             let message = match self.request_splitter.next_message() {
                 Ok(Some(message)) => message,
@@ -360,16 +422,15 @@ impl ResumableCall<'_> {
                     return ControlFlow::Break(Stop::Fault(self.rejected("request", error)));
                 }
             };
-            self.request_arrived(attempt);
             self.replay.record(&message);
             self.ctx
                 .stats
                 .add(|s| &s.bytes_to_upstream_total, message.len() as u64);
-            attempt.queue([message], false);
+            messages.push(message);
         }
         self.track_partial();
         let _ = self.body.flow_control().release_capacity(len);
-        ControlFlow::Continue(())
+        ControlFlow::Continue(messages)
     }
 
     /// The attempt's response headers: the monitor gets the first attempt's; a trailers-only
@@ -547,7 +608,7 @@ impl ResumableCall<'_> {
             }
             None => ctx.stats.incr(|s| &s.migrations_total),
         }
-        attempt.abandon();
+        attempt.abandon(self.ctx);
         if self.replay.overflowed {
             ctx.stats.incr(|s| &s.resume_failures_total);
             return ControlFlow::Break(self.downstream.fail(Status::unavailable(format!(
@@ -595,20 +656,9 @@ impl ResumableCall<'_> {
     /// Ends the call as `stop` says. The upstream stream is let go before the monitor hears
     /// the end, so that its slot is free by then.
     fn finish(&mut self, attempt: Attempt, stop: Stop) -> End {
-        match stop {
-            Stop::Ended(end) => end,
-            Stop::Cancelled => {
-                attempt.abandon();
-                End::Cancelled
-            }
-            Stop::Fail(status) => {
-                attempt.abandon();
-                self.downstream.fail(status)
-            }
-            Stop::Fault(status) => {
-                attempt.abandon();
-                self.downstream.fault(status)
-            }
+        if !matches!(stop, Stop::Ended(_)) {
+            attempt.abandon(self.ctx);
         }
+        self.answer(stop)
     }
 }

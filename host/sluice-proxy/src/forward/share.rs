@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use bytes::Bytes;
-use h2::RecvStream;
 use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use parking_lot::Mutex;
 use sluice_config::MethodConfig;
@@ -32,12 +32,12 @@ use tokio::sync::{Notify, broadcast, watch};
 use super::pump::{self, OnFull, PumpError};
 use super::request::{BoundedRequest, request_timed_out};
 use super::upstream::{
-    CallSetup, End, cut_off_lagging, must_end, open_upstream, record_final_status, response_head,
-    upstream_failure,
+    CallSetup, End, cut_off_lagging, let_go, must_end, open_upstream, record_final_status,
+    response_head, upstream_failure,
 };
 use crate::Context;
 use crate::grpc::{self, Code, MessageSplitter, Status};
-use crate::pool::FailureKind;
+use crate::pool::{FailureKind, Lease};
 use crate::route::MonitorProfile;
 use crate::stats::GaugeGuard;
 
@@ -211,38 +211,41 @@ impl ShareRegistry {
 }
 
 /// Reads the request of a server-streaming call: exactly one message, then end of stream.
-/// The bytes it holds meanwhile are bounded ([`BoundedRequest`]); every error is the monitor's.
+/// The bytes it holds meanwhile are bounded ([`BoundedRequest`]); every error but a full
+/// budget (which other calls filled) is the monitor's.
 async fn read_request(
     ctx: &Arc<Context>,
     body: &mut RecvStream,
     max_message_bytes: usize,
-) -> Result<Bytes, Status> {
+) -> Result<Bytes, End> {
+    let fault = |code, message: String| End::MonitorFault(Status::new(code, message));
     let mut splitter = BoundedRequest::new(ctx, max_message_bytes);
     let mut request = None;
     while let Some(chunk) = body.data().await {
-        let chunk = chunk
-            .map_err(|e| Status::new(Code::Cancelled, format!("request stream failed: {e}")))?;
+        let Ok(chunk) = chunk else {
+            return Err(End::Cancelled);
+        };
         let _ = body.flow_control().release_capacity(chunk.len());
-        splitter.push(chunk)?;
+        splitter.push(chunk).map_err(End::Failed)?;
         while let Some(message) = splitter
             .next_message()
-            .map_err(|e| Status::resource_exhausted(format!("request rejected: {e}")))?
+            .map_err(|e| fault(Code::ResourceExhausted, format!("request rejected: {e}")))?
         {
             if request.replace(message).is_some() {
-                return Err(Status::new(
+                return Err(fault(
                     Code::InvalidArgument,
-                    "shared methods take exactly one request message (server streaming)",
+                    "shared methods take exactly one request message (server streaming)".into(),
                 ));
             }
         }
     }
     splitter
         .finish()
-        .map_err(|e| Status::new(Code::InvalidArgument, format!("request rejected: {e}")))?;
+        .map_err(|e| fault(Code::InvalidArgument, format!("request rejected: {e}")))?;
     request.ok_or_else(|| {
-        Status::new(
+        fault(
             Code::InvalidArgument,
-            "shared methods need a request message",
+            "shared methods need a request message".into(),
         )
     })
 }
@@ -258,7 +261,7 @@ pub(super) async fn serve(
     let (parts, mut body) = request.into_parts();
     let request_timeout = ctx.config.server.request_timeout;
     let read = tokio::select! {
-        read = read_request(&ctx, &mut body, setup.max_message_bytes) => read.map_err(End::MonitorFault),
+        read = read_request(&ctx, &mut body, setup.max_message_bytes) => read,
         status = must_end(&ctx, setup.deadline) => Err(End::Failed(status)),
         () = tokio::time::sleep(request_timeout) => {
             Err(End::Failed(request_timed_out(&ctx, request_timeout)))
@@ -266,9 +269,6 @@ pub(super) async fn serve(
     };
     let request_bytes = match read {
         Ok(bytes) => bytes,
-        Err(End::Failed(status) | End::MonitorFault(status)) if status.code == Code::Cancelled => {
-            return End::Cancelled;
-        }
         Err(end) => {
             if let End::Failed(status) | End::MonitorFault(status) = &end {
                 let _ = respond.send_response(status.to_response(), true);
@@ -433,15 +433,29 @@ async fn run_upstream(
     max_message_bytes: usize,
 ) {
     let _gauge = ctx.stats.hold(|s| &s.shared_upstreams_active);
+    let mut kept = None;
     let result = tokio::select! {
-        result = feed_subscribers(&ctx, &stream, &profile, &path, &headers, request, max_message_bytes) => result,
-        _ = stream.cancel.notified() => {
-            tracing::debug!("shared upstream stream cancelled: no subscribers left");
-            ctx.shares.retire(&stream);
-            return;
-        }
+        result = feed_subscribers(&ctx, &stream, &profile, &path, &headers, request, max_message_bytes, &mut kept) => Some(result),
+        _ = stream.cancel.notified() => None,
     };
     ctx.shares.retire(&stream);
+    // A stream that ended has nothing to reset; one given up on is reset, but not too young.
+    if let Some(Kept {
+        lease,
+        send,
+        opened,
+    }) = kept
+    {
+        if matches!(result, Some(Ok(_))) {
+            drop((send, lease));
+        } else {
+            let_go(&ctx, opened, move || drop((send, lease)));
+        }
+    }
+    let Some(result) = result else {
+        tracing::debug!("shared upstream stream cancelled: no subscribers left");
+        return;
+    };
     let trailers = match result {
         Ok(trailers) => trailers,
         Err(status) => {
@@ -458,6 +472,16 @@ async fn run_upstream(
     let _ = stream.events.send(Event::End(Arc::new(trailers)));
 }
 
+/// The shared upstream stream's send half and lease, owned by [`run_upstream`] rather than by
+/// the future feeding subscribers, so that however that ends, the stream goes through
+/// [`let_go`].
+struct Kept {
+    lease: Lease,
+    send: SendStream<Bytes>,
+    opened: std::time::Instant,
+}
+
+#[allow(clippy::too_many_arguments)] // One call site; the arguments are the stream's set-up.
 async fn feed_subscribers(
     ctx: &Arc<Context>,
     stream: &SharedStream,
@@ -466,15 +490,21 @@ async fn feed_subscribers(
     headers: &HeaderMap,
     request: Bytes,
     max_message_bytes: usize,
+    kept: &mut Option<Kept>,
 ) -> Result<HeaderMap, Status> {
     let open = Box::pin(open_upstream(
         ctx, profile, path, headers, false, None, None,
     ))
     .await?;
-    let lease = open.lease;
-    let mut send = open.send;
+    let response = open.response;
+    let Kept { lease, send, .. } = kept.insert(Kept {
+        lease: open.lease,
+        send: open.send,
+        opened: open.opened,
+    });
+    let lease = &*lease;
     let sent_at = std::time::Instant::now();
-    pump::send_all(&mut send, request, OnFull::Wait, true)
+    pump::send_all(send, request, OnFull::Wait, true)
         .await
         .map_err(|e| Status::unavailable(format!("sending the request upstream failed: {e}")))?;
     // Breakers hear how the shared stream went, as for any other upstream stream.
@@ -487,7 +517,7 @@ async fn feed_subscribers(
     let first_due = tokio::time::sleep(ctx.config.breakers.first_message_timeout);
     tokio::pin!(first_due);
     let mut first_checked = false;
-    let mut response = open.response;
+    let mut response = response;
     let response = tokio::select! {
         answer = &mut response => answer,
         () = &mut first_due => {
@@ -500,7 +530,7 @@ async fn feed_subscribers(
     lease.observe_response(sent_at.elapsed());
     let (parts, mut body) = response.into_parts();
     if body.is_end_stream() {
-        record_final_status(&lease, &parts.headers);
+        record_final_status(lease, &parts.headers);
         let ended = response_head(parts.status, &parts.headers);
         stream.head.send_replace(Some(Head::Ended(ended)));
         return Ok(HeaderMap::new());
@@ -550,7 +580,7 @@ async fn feed_subscribers(
     let trailers = body.trailers().await.map_err(broke)?;
     match &trailers {
         Some(trailers) => {
-            record_final_status(&lease, trailers);
+            record_final_status(lease, trailers);
         }
         None => lease.finished(),
     }

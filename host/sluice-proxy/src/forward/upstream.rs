@@ -3,10 +3,13 @@
 //! ends and what the monitor's breaker makes of that, and the status answers and final-status
 //! bookkeeping every relay gives.
 //!
+//! It also decides when an upstream stream a call gave up on may be reset ([`let_go`]).
+//!
 //! This module opens upstream streams and words statuses; it never relays a byte of a call's
 //! messages (the relays do) and must not use any of the relays.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -25,6 +28,30 @@ use crate::route::MonitorProfile;
 /// slot being reserved and the stream being opened, e.g. on GOAWAY).
 const OPEN_ATTEMPTS: usize = 3;
 
+/// The youngest an upstream stream may be when Sluice resets it. A provider's HTTP/2 server
+/// counts streams reset before its application took them up (h2's limit is 20) and sends the
+/// whole connection away past that, breaking every other call on it; a burst of calls that end
+/// within a millisecond of opening (tiny deadlines, refused requests, monitors cancelling at
+/// once) would trip it. A stream this old has long been taken up.
+pub(super) const MIN_RESET_AGE: Duration = Duration::from_millis(100);
+
+/// Lets go of an upstream stream a call has finished with: `release` drops its last handles
+/// (h2 then resets it, unless it had ended) and its lease. A stream younger than
+/// [`MIN_RESET_AGE`] is kept, slot and all, until it is that old; the monitor has its answer
+/// already, so only the provider sees the difference.
+pub(super) fn let_go(ctx: &Context, opened: Instant, release: impl FnOnce() + Send + 'static) {
+    let left = MIN_RESET_AGE.saturating_sub(opened.elapsed());
+    if left.is_zero() {
+        release();
+        return;
+    }
+    ctx.stats.incr(|s| &s.upstream_resets_deferred_total);
+    tokio::spawn(async move {
+        tokio::time::sleep(left).await;
+        release();
+    });
+}
+
 /// What admission decided about a call.
 pub(super) struct CallSetup {
     pub profile: MonitorProfile,
@@ -36,6 +63,8 @@ pub(super) struct CallSetup {
     pub monitor: Arc<MonitorPermit>,
     /// How long the first response message may take before the stream counts as failed.
     pub first_message_timeout: std::time::Duration,
+    /// The method's `open_on_request`: open the upstream stream only once the request began.
+    pub open_on_request: bool,
 }
 
 /// The monitor breaker's leave for one call. The breaker counts only what the monitor caused:
@@ -195,6 +224,8 @@ pub(super) struct OpenStream {
     pub lease: Lease,
     pub response: h2::client::ResponseFuture,
     pub send: SendStream<Bytes>,
+    /// When it was opened, for [`let_go`].
+    pub opened: Instant,
 }
 
 /// Reserves a slot and opens the upstream stream, retrying on connections that closed under us.
@@ -258,6 +289,7 @@ pub(super) async fn open_upstream(
                     lease,
                     response,
                     send,
+                    opened: Instant::now(),
                 });
             }
             Err(error) => {

@@ -15,8 +15,9 @@ use http::{HeaderMap, Response};
 use tokio::sync::watch;
 
 use super::ResumeOptions;
+use crate::Context;
 use crate::forward::pump::{PumpError, poll_window};
-use crate::forward::upstream::{CallSetup, OpenStream, status_failure};
+use crate::forward::upstream::{CallSetup, OpenStream, let_go, status_failure};
 use crate::grpc::MessageSplitter;
 use crate::pool::{FailureKind, Lease};
 
@@ -125,11 +126,16 @@ impl Attempt {
         }
     }
 
-    /// Stops using this upstream stream: h2 resets it (CANCEL) once every handle is gone.
-    pub(super) fn abandon(mut self) {
-        if let Some(send) = self.send.as_mut() {
-            send.send_reset(h2::Reason::CANCEL);
-        }
+    /// Stops using this upstream stream: it is reset (CANCEL), though not before it is old
+    /// enough ([`let_go`]).
+    pub(super) fn abandon(self, ctx: &Context) {
+        let opened = self.sent_at;
+        let mut attempt = self;
+        let_go(ctx, opened, move || {
+            if let Some(send) = attempt.send.as_mut() {
+                send.send_reset(h2::Reason::CANCEL);
+            }
+        });
     }
 }
 
