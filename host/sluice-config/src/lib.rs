@@ -548,6 +548,15 @@ pub struct MethodConfig {
     /// Default 1 MiB.
     #[serde(default = "default_replay_buffer")]
     pub replay_buffer_bytes: usize,
+    /// Hold this method's streams to their first response message: one that has not arrived
+    /// this long after the request is in counts as a failure, and one later than
+    /// `slow_call_duration` as slow. Unset (the default): a stream only has to start its
+    /// response (headers or a message) within `breakers.first_message_timeout`, and is judged
+    /// slow on that, so a subscription that stays quiet after its headers is never a failure.
+    /// Set it for methods whose server answers at once (unary, or streams that must speak
+    /// first). Must be > 0.
+    #[serde(default, with = "crate::duration")]
+    pub first_message_timeout: Option<Duration>,
     /// Open the upstream stream only once the monitor's request has begun (a whole message, the
     /// request's end, or a stream window's worth of it) rather than as soon as the call is
     /// admitted: calls that never send, or are refused before they do, then never reach the
@@ -616,6 +625,7 @@ impl MethodConfig {
             dedup_window: 0,
             replay_buffer_bytes: default_replay_buffer(),
             open_on_request: false,
+            first_message_timeout: None,
         }
     }
 
@@ -940,6 +950,12 @@ impl Config {
             }
             if method.max_message_bytes == Some(0) {
                 return Err(invalid(key("max_message_bytes"), "must be greater than 0"));
+            }
+            if method.first_message_timeout.is_some_and(|t| t.is_zero()) {
+                return Err(invalid(
+                    key("first_message_timeout"),
+                    "must be greater than 0 (leave it unset to judge only the response's start)",
+                ));
             }
             if method.share && method.share_buffer_messages == 0 {
                 return Err(invalid(key("share_buffer_messages"), "must be at least 1"));

@@ -86,8 +86,11 @@ pub struct BreakersConfig {
     pub monitor: BreakerTable,
     /// What counts as a failure.
     pub failures: FailureKinds,
-    /// A stream whose first response message has not arrived after this long counts as a
-    /// failure when `failures.no_first_message` is on. Default 10 s.
+    /// A stream whose response has not started (no headers, no message) this long after the
+    /// monitor's request is in counts as a failure when `failures.no_first_message` is on. A
+    /// stream whose headers came is judged no further: a quiet stream is not a dead one. A
+    /// method's `first_message_timeout` holds its streams to their first message instead.
+    /// Default 10 s.
     #[serde(with = "crate::duration")]
     pub first_message_timeout: Duration,
 }
@@ -132,7 +135,8 @@ pub struct FailureKinds {
     pub unavailable: bool,
     /// The upstream answered `DEADLINE_EXCEEDED`. Default on.
     pub deadline_exceeded: bool,
-    /// No first response message within `first_message_timeout`. Default on.
+    /// No response start (or, for methods that ask, no first response message) within the
+    /// first-message timeout. Default on.
     pub no_first_message: bool,
 }
 

@@ -363,6 +363,21 @@ fn resume_and_rate_limits_are_checked() {
         "{MINIMAL}\n[[methods]]\npath = \"/a.B/C\"\nshare = true\nopen_on_request = true\n"
     ));
     assert!(first.contains("`methods[0].open_on_request`"), "{first}");
+    let zero = error_of(&format!(
+        "{MINIMAL}\n[[methods]]\npath = \"/a.B/C\"\nfirst_message_timeout = \"0s\"\n"
+    ));
+    assert!(
+        zero.contains("`methods[0].first_message_timeout`"),
+        "{zero}"
+    );
+    let strict = parse(&format!(
+        "{MINIMAL}\n[[methods]]\npath = \"/a.B/C\"\nfirst_message_timeout = \"2s\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        strict.methods[0].first_message_timeout,
+        Some(Duration::from_secs(2))
+    );
     let mode = error_of(&format!(
         "{MINIMAL}\n[[methods]]\npath = \"/a.B/C\"\nresume = \"sometimes\"\n"
     ));

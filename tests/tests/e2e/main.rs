@@ -23,6 +23,7 @@ mod plugin_reload;
 mod plugins;
 mod pool;
 mod python_client;
+mod quiet;
 mod resilience;
 mod scaling;
 mod scorer;

@@ -243,16 +243,17 @@ async fn relay(
     let request_due = tokio::time::sleep_until(due);
     tokio::pin!(request_due);
     // Servers may hold their response headers back until the first message: the timer covers
-    // both phases, from the moment the request is in.
+    // both phases, from the moment the request is in, unless the response started and the
+    // method only asks for that.
     let first_message_due = tokio::time::sleep(if request_in {
-        setup.first_message_timeout
+        setup.first_message.timeout
     } else {
         NOT_YET
     });
     tokio::pin!(first_message_due);
     let mut first_message_checked = false;
     let arm_first_message = |due: std::pin::Pin<&mut tokio::time::Sleep>| {
-        due.reset(tokio::time::Instant::now() + setup.first_message_timeout);
+        due.reset(tokio::time::Instant::now() + setup.first_message.timeout);
     };
 
     // Phase 1: until the upstream answers with headers.
@@ -312,6 +313,10 @@ async fn relay(
     let blamed = end_of_stream && monitor_blamed(lease, &parts.headers);
     if end_of_stream {
         record_final_status(lease, &parts.headers);
+    } else if !setup.first_message.strict {
+        // The response started: however long the first message takes, the stream works.
+        lease.response_started(sent_at.elapsed());
+        first_message_checked = true;
     }
     let head = response_head(parts.status, &parts.headers);
     drop(parts);

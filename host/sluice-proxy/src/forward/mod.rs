@@ -149,7 +149,7 @@ fn admit(
             .and_then(|m| m.max_message_bytes)
             .unwrap_or(ctx.config.server.max_message_bytes),
         on_full,
-        first_message_timeout: ctx.config.breakers.first_message_timeout,
+        first_message: upstream::FirstMessage::for_method(&ctx.config, method),
         open_on_request: method.is_some_and(|m| m.open_on_request),
         monitor: Arc::new(MonitorPermit::new(permit, call)),
     };

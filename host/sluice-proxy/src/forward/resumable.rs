@@ -473,6 +473,9 @@ impl ResumableCall<'_> {
                 Err(_) => return ControlFlow::Break(Stop::Cancelled),
             }
         }
+        if !self.setup.first_message.strict {
+            attempt.response_started();
+        }
         // A resumed stream's headers are not the monitor's business: it already has the first
         // upstream's.
         attempt.phase = Phase::Body(upstream_body);
@@ -585,7 +588,7 @@ impl ResumableCall<'_> {
             attempt
                 .first_due
                 .as_mut()
-                .reset(tokio::time::Instant::now() + self.setup.first_message_timeout);
+                .reset(tokio::time::Instant::now() + self.setup.first_message.timeout);
         }
     }
 

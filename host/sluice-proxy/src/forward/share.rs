@@ -32,8 +32,8 @@ use tokio::sync::{Notify, broadcast, watch};
 use super::pump::{self, OnFull, PumpError};
 use super::request::{BoundedRequest, request_timed_out};
 use super::upstream::{
-    CallSetup, End, cut_off_lagging, let_go, must_end, open_upstream, record_final_status,
-    response_head, upstream_failure,
+    CallSetup, End, FirstMessage, cut_off_lagging, let_go, must_end, open_upstream,
+    record_final_status, response_head, upstream_failure,
 };
 use crate::Context;
 use crate::grpc::{self, Code, MessageSplitter, Status};
@@ -513,8 +513,10 @@ async fn feed_subscribers(
         ctx.stats.incr(|s| &s.upstream_failures_total);
         upstream_failure(&e)
     };
-    // No first message within the timeout counts against the breakers once.
-    let first_due = tokio::time::sleep(ctx.config.breakers.first_message_timeout);
+    // No start of the response (or first message, when the method asks) within the timeout
+    // counts against the breakers once.
+    let rule = FirstMessage::for_method(&ctx.config, ctx.config.method(path.path()));
+    let first_due = tokio::time::sleep(rule.timeout);
     tokio::pin!(first_due);
     let mut first_checked = false;
     let mut response = response;
@@ -534,6 +536,11 @@ async fn feed_subscribers(
         let ended = response_head(parts.status, &parts.headers);
         stream.head.send_replace(Some(Head::Ended(ended)));
         return Ok(HeaderMap::new());
+    }
+    if !rule.strict {
+        // The response started: however long the first message takes, the stream works.
+        lease.response_started(sent_at.elapsed());
+        first_checked = true;
     }
     stream.head.send_replace(Some(Head::Headers(
         parts.status,

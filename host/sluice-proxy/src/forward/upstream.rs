@@ -52,6 +52,38 @@ pub(super) fn let_go(ctx: &Context, opened: Instant, release: impl FnOnce() + Se
     });
 }
 
+/// How an upstream stream's start is judged by the breakers: within `timeout` of the
+/// monitor's request being in, its response must start (headers or a message), or, when
+/// `strict` (the method sets `first_message_timeout`), its first message must arrive. A
+/// stream that started is not judged on how long its messages take: a quiet subscription is
+/// not a dead one.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FirstMessage {
+    /// Time the upstream has once the request is in.
+    pub timeout: Duration,
+    /// Whether the first message, rather than the response's start, must come in time.
+    pub strict: bool,
+}
+
+impl FirstMessage {
+    /// The rule for calls of `method`.
+    pub(super) fn for_method(
+        config: &sluice_config::Config,
+        method: Option<&sluice_config::MethodConfig>,
+    ) -> Self {
+        match method.and_then(|m| m.first_message_timeout) {
+            Some(timeout) => Self {
+                timeout,
+                strict: true,
+            },
+            None => Self {
+                timeout: config.breakers.first_message_timeout,
+                strict: false,
+            },
+        }
+    }
+}
+
 /// What admission decided about a call.
 pub(super) struct CallSetup {
     pub profile: MonitorProfile,
@@ -61,8 +93,8 @@ pub(super) struct CallSetup {
     pub on_full: OnFull,
     /// The monitor breaker's leave for this call.
     pub monitor: Arc<MonitorPermit>,
-    /// How long the first response message may take before the stream counts as failed.
-    pub first_message_timeout: std::time::Duration,
+    /// How the upstream stream's start is judged.
+    pub first_message: FirstMessage,
     /// The method's `open_on_request`: open the upstream stream only once the request began.
     pub open_on_request: bool,
 }

@@ -257,7 +257,18 @@ impl Lease {
         }
     }
 
-    /// The first response message arrived `after` the request was sent: the stream works.
+    /// The response started (headers without the end of the stream) `after` the request was
+    /// sent: for the breakers the stream works, slow or not, however long its first message
+    /// then takes.
+    pub fn response_started(&self, after: Duration) {
+        for permit in self.permits.lock().iter_mut() {
+            let slow = after > permit.breaker().slow_call_duration();
+            permit.record(Outcome::Success { slow });
+        }
+    }
+
+    /// The first response message arrived `after` the request was sent: the stream works
+    /// (unless [`Lease::response_started`] said so already).
     pub fn first_message(&self, after: Duration) {
         if let Some(observation) = &self.observation {
             observation.first_message(after);

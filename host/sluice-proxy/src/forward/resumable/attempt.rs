@@ -63,7 +63,7 @@ impl Attempt {
             sent_at: Instant::now(),
             first_seen: false,
             first_checked: false,
-            first_due: Box::pin(tokio::time::sleep(setup.first_message_timeout)),
+            first_due: Box::pin(tokio::time::sleep(setup.first_message.timeout)),
         }
     }
 
@@ -115,6 +115,13 @@ impl Attempt {
             self.first_seen = true;
             self.lease.first_message(self.sent_at.elapsed());
         }
+    }
+
+    /// The response started (headers, not the end): for a method that asks no more, the stream
+    /// works, and the first-message timer is done.
+    pub(super) fn response_started(&mut self) {
+        self.first_checked = true;
+        self.lease.response_started(self.sent_at.elapsed());
     }
 
     /// The first-message timer went off: a stream still without a response message counts as
