@@ -451,6 +451,35 @@ async fn default_scaler_and_anomaly_plugins_agree_with_the_built_ins() {
         assert_eq!(plugin.stats.calls.load(Relaxed), 1);
         assert_eq!(plugin.stats.failures.load(Relaxed), 0);
     }
+    // One event in a flat series (a reconnect after a quiet spell) is at most a warning, for
+    // both; a latency moving 5% off a flat line is nothing.
+    let flat = |name: &str, level: f64, last: f64| {
+        let mut samples = vec![level; 30];
+        samples.push(last);
+        sluice_policy::types::MetricWindow {
+            name: name.to_owned(),
+            interval_ms: 1000,
+            samples,
+        }
+    };
+    let windows = [
+        flat("upstream.connections_opened_per_min", 0.0, 1.0),
+        flat("upstream.latency_ms", 20.0, 21.0),
+    ];
+    let from_plugin = policies.detect(&windows);
+    let from_builtin = sluice_policy::builtin::ZScore::default().detect(&windows);
+    for insights in [&from_plugin, &from_builtin] {
+        assert_eq!(insights.len(), 1, "{insights:?}");
+        assert_eq!(
+            insights[0].metric.as_deref(),
+            Some("upstream.connections_opened_per_min")
+        );
+        assert_eq!(
+            insights[0].severity,
+            sluice_policy::types::Severity::Warning,
+            "{insights:?}"
+        );
+    }
     let _ = TrafficClass::Event;
 }
 

@@ -1,5 +1,11 @@
 //! The built-in anomaly detector: a z-score of each metric's latest sample against the window
 //! before it, after a warm-up of 10 samples. Over 3 is a warning, over 4 critical.
+//!
+//! The spread a sample is measured against is never below a floor: an absolute one (0.3, so one
+//! event in a series that was flat at zero scores 3.3, a warning, not a critical insight) and a
+//! relative one (10% of the mean, so a flat latency that moves by a few percent is no news). A
+//! flat series has no spread of its own, and without the floor any change would be an infinite
+//! z-score.
 
 use crate::types::{Insight, InsightKind, MetricWindow, Severity};
 
@@ -13,6 +19,10 @@ pub struct ZScore {
     pub warning: f64,
     /// |z| above which a sample is critical.
     pub critical: f64,
+    /// The least spread a sample is measured against, in the metric's unit.
+    pub min_deviation: f64,
+    /// The least spread as a share of the mean's magnitude.
+    pub min_relative_deviation: f64,
 }
 
 impl Default for ZScore {
@@ -20,14 +30,16 @@ impl Default for ZScore {
         Self {
             warning: 3.0,
             critical: 4.0,
+            min_deviation: 0.3,
+            min_relative_deviation: 0.1,
         }
     }
 }
 
 impl ZScore {
-    /// The z-score of the last sample against the others; `None` during warm-up. A flat history
-    /// gives 0 when the last sample equals it and an infinite score when it departs from it.
-    pub fn score(samples: &[f64]) -> Option<f64> {
+    /// The z-score of the last sample against the others, their spread floored (see the
+    /// module's docs); `None` during warm-up.
+    pub fn score(&self, samples: &[f64]) -> Option<f64> {
         let (&last, history) = samples.split_last()?;
         if history.len() < WARM_UP || !last.is_finite() {
             return None;
@@ -35,8 +47,13 @@ impl ZScore {
         let n = history.len() as f64;
         let mean = history.iter().sum::<f64>() / n;
         let variance = history.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
-        let deviation = variance.sqrt();
+        let floor = self
+            .min_deviation
+            .max(self.min_relative_deviation * mean.abs());
+        let deviation = variance.sqrt().max(floor);
         if deviation == 0.0 {
+            // Only with both floors at 0: a flat history nothing departs from, or departs from
+            // without measure.
             return Some(if last == mean { 0.0 } else { f64::INFINITY });
         }
         Some((last - mean) / deviation)
@@ -47,7 +64,7 @@ impl ZScore {
         windows
             .iter()
             .filter_map(|window| {
-                let z = Self::score(&window.samples)?;
+                let z = self.score(&window.samples)?;
                 let severity = if z.abs() > self.critical {
                     Severity::Critical
                 } else if z.abs() > self.warning {
@@ -95,7 +112,7 @@ mod tests {
         let mut samples: Vec<f64> = (0..20).map(|i| 10.0 + f64::from(i % 3)).collect();
         samples.push(11.0);
         assert!(detector.detect(&[window(samples.clone())]).is_empty());
-        samples.push(13.8);
+        samples.push(14.9);
         let _ = samples.remove(20);
         let insights = detector.detect(&[window(samples.clone())]);
         assert_eq!(insights.len(), 1);
@@ -110,5 +127,25 @@ mod tests {
         let insights = detector.detect(&[window(samples)]);
         assert_eq!(insights[0].severity, Severity::Critical);
         assert_eq!(insights[0].kind, InsightKind::Anomaly);
+    }
+
+    #[test]
+    fn one_event_in_a_flat_series_is_at_most_a_warning() {
+        let detector = ZScore::default();
+        let flat = |last: f64| {
+            let mut samples = vec![0.0; 30];
+            samples.push(last);
+            detector.detect(&[window(samples)])
+        };
+        let one = flat(1.0);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].severity, Severity::Warning, "z={}", one[0].score);
+        assert!(one[0].score.is_finite());
+        // A burst is still news.
+        assert_eq!(flat(5.0)[0].severity, Severity::Critical);
+        // A flat latency moving by 5% is not.
+        let mut latency = vec![20.0; 30];
+        latency.push(21.0);
+        assert!(detector.detect(&[window(latency)]).is_empty());
     }
 }

@@ -7,10 +7,13 @@
 //! `critical_z` (default 4) critical. Non-finite samples are skipped; a non-finite latest sample
 //! yields nothing.
 //!
-//! A flat history (standard deviation 0) yields nothing while the latest sample equals it, and a
-//! critical insight as soon as it differs: no deviation can be measured against it, so any
-//! change is unprecedented. Its `z` is then [`FLAT_Z`] (1e9, with the sign of the change), a
-//! finite stand-in for infinity; measured z-scores are capped to the same range.
+//! The spread a sample is measured against is never below a floor: `min_deviation` (default 0.3,
+//! in the metric's unit) and `min_relative_deviation` (default 0.1, a share of the mean's
+//! magnitude). So one event in a series flat at zero scores 3.3, a warning and not a critical
+//! insight, and a flat latency moving by a few percent is no news; without the floor a flat
+//! history has no spread, and any change would be an infinite z-score. With both floors set to
+//! 0, a flat history departed from scores [`FLAT_Z`] (1e9, with the sign of the change), a finite
+//! stand-in for infinity; measured z-scores are capped to the same range.
 //!
 //! Insight: kind `anomaly`, title `Spike in <metric>` or `Drop in <metric>`, `metric` the
 //! window's name, `value` the latest sample, `score` `|z|` (larger is more unusual, as the
@@ -60,6 +63,8 @@ struct Settings {
     warning_z: f64,
     critical_z: f64,
     min_samples: usize,
+    min_deviation: f64,
+    min_relative_deviation: f64,
 }
 
 impl Settings {
@@ -68,6 +73,8 @@ impl Settings {
             warning_z: 3.0,
             critical_z: 4.0,
             min_samples: 10,
+            min_deviation: 0.3,
+            min_relative_deviation: 0.1,
         };
         for key in config::keys() {
             let Some(text) = config::get(&key) else {
@@ -81,6 +88,14 @@ impl Settings {
                 }
                 ("critical_z", Some(v)) if v > 0.0 => {
                     settings.critical_z = v;
+                    true
+                }
+                ("min_deviation", Some(v)) if v >= 0.0 && v.is_finite() => {
+                    settings.min_deviation = v;
+                    true
+                }
+                ("min_relative_deviation", Some(v)) if v >= 0.0 && v.is_finite() => {
+                    settings.min_relative_deviation = v;
                     true
                 }
                 // Two samples of history at least, for a standard deviation.
@@ -149,15 +164,22 @@ fn examine(window: &MetricWindow, settings: &Settings) -> Option<Insight> {
         return None;
     }
     let deviation = last - mean;
-    let flat = stddev.is_nan() || stddev <= 0.0;
-    let z = if flat {
+    let measured = if stddev.is_nan() { 0.0 } else { stddev };
+    let floor = settings
+        .min_deviation
+        .max(settings.min_relative_deviation * libm::fabs(mean));
+    let spread = measured.max(floor);
+    // The spread used is the floor, not one the history shows.
+    let floored = measured < floor;
+    let z = if spread <= 0.0 {
         if deviation == 0.0 {
             return None;
         }
         FLAT_Z.copysign(deviation)
     } else {
-        (deviation / stddev).clamp(-FLAT_Z, FLAT_Z)
+        (deviation / spread).clamp(-FLAT_Z, FLAT_Z)
     };
+    let flat = measured <= 0.0;
     let score = z.abs();
     let severity = if score > settings.critical_z {
         Severity::Critical
@@ -181,12 +203,23 @@ fn examine(window: &MetricWindow, settings: &Settings) -> Option<Insight> {
         push_u64(&mut description, count as u64);
         description.push_str(" samples flat at ");
         push_short(&mut description, mean);
-        description.push_str(" (no variation to measure against)");
+        if spread > 0.0 {
+            description.push_str(" (measured against the least spread, ");
+            push_short(&mut description, spread);
+            description.push_str("): z = ");
+            push_fixed(&mut description, z, 1);
+        } else {
+            description.push_str(" (no variation to measure against)");
+        }
     } else {
         description.push_str(" vs a mean of ");
         push_short(&mut description, mean);
         description.push_str(" (stddev ");
         push_short(&mut description, stddev);
+        if floored {
+            description.push_str(", below the least spread ");
+            push_short(&mut description, spread);
+        }
         description.push_str(") over the previous ");
         push_u64(&mut description, count as u64);
         description.push_str(" samples: z = ");
