@@ -165,7 +165,8 @@ pub struct BreakerTable {
     /// How long it stays open the first time; repeated trips double it (with jitter).
     #[serde(with = "crate::duration")]
     pub open_duration: Option<Duration>,
-    /// The longest open period repeated trips grow to. Default 8x `open_duration`.
+    /// The longest open period repeated trips grow to. Default: the scope's (connection and
+    /// endpoint 4 minutes, monitor 2 minutes), or 8x `open_duration` when that is set.
     #[serde(with = "crate::duration")]
     pub max_open_duration: Option<Duration>,
     /// Sliding window over which failure and slow-call rates are measured. Default 60 s.
@@ -194,9 +195,10 @@ impl BreakerTable {
             failure_threshold: self.failure_threshold.unwrap_or(defaults.failure_threshold),
             success_threshold,
             open_duration,
-            max_open_duration: self
-                .max_open_duration
-                .unwrap_or(open_duration.saturating_mul(8)),
+            max_open_duration: self.max_open_duration.unwrap_or(match self.open_duration {
+                Some(open) => open.saturating_mul(8),
+                None => defaults.max_open_duration,
+            }),
             window: self.window.unwrap_or(defaults.window),
             minimum_volume: self.minimum_volume.unwrap_or(defaults.minimum_volume),
             failure_rate: self.failure_rate.unwrap_or(defaults.failure_rate),
@@ -252,13 +254,15 @@ impl BreakerSettings {
         half_open_probes: 3,
     };
 
-    /// Monitor defaults: 10 failures, 5 successes, 60 s, volume 20, 30%.
+    /// Monitor defaults: 10 failures, 5 successes, 60 s, volume 20, 30%. Open at most 2
+    /// minutes (the spec's time to recover): however often a monitor tripped, it is let back
+    /// in that soon.
     pub const MONITOR: BreakerSettings = BreakerSettings {
         enabled: true,
         failure_threshold: 10,
         success_threshold: 5,
         open_duration: Duration::from_secs(60),
-        max_open_duration: Duration::from_secs(480),
+        max_open_duration: Duration::from_secs(120),
         window: Duration::from_secs(60),
         minimum_volume: 20,
         failure_rate: 0.3,

@@ -289,7 +289,19 @@ fn breaker_scopes_resolve_against_their_own_defaults() {
     assert_eq!(monitor.failure_threshold, 3);
     assert_eq!(monitor.success_threshold, 5, "monitor default kept");
     assert_eq!(monitor.open_duration, Duration::from_secs(60));
+    assert_eq!(
+        monitor.max_open_duration,
+        Duration::from_secs(120),
+        "a monitor is let back in within 2 minutes"
+    );
     assert_eq!(monitor.failure_rate, 0.3);
+    assert_eq!(
+        config
+            .breakers
+            .settings(BreakerScope::Connection)
+            .max_open_duration,
+        Duration::from_secs(240)
+    );
     let endpoint = config.breakers.settings(BreakerScope::Endpoint);
     assert_eq!(endpoint.open_duration, Duration::from_secs(2));
     assert_eq!(
