@@ -106,6 +106,31 @@ pub struct RouteDecision {
     pub scored: Option<Box<ScoredBatch>>,
 }
 
+/// How sure a router can be of a pick: how clearly it beat the runner-up, times how likely the
+/// chosen connection is to carry the stream at all.
+///
+/// `won` and `lost` are the winner's and the runner-up's costs (lower is better, at least 0);
+/// `None` when the winner had no rival at its priority. A tie is a coin flip (0.5), a rival
+/// twice as costly gives 0.75, no rival 1. A winner failing a share of its streams makes any
+/// pick a guess among bad options: the confidence is scaled by `1 - error_rate`, so a pool whose
+/// every connection fails half its streams reads below 0.5 and the low-confidence alert can
+/// say so. Busy connections alone never lower it: load is not uncertainty.
+pub fn confidence(won: f64, lost: Option<f64>, error_rate: f64) -> f32 {
+    let separation = match lost {
+        None => 1.0,
+        Some(lost) if lost > 0.0 && won.is_finite() => {
+            (0.5 + 0.5 * (1.0 - won.max(0.0) / lost)).clamp(0.5, 1.0)
+        }
+        Some(_) => 0.5,
+    };
+    let works = if error_rate.is_finite() {
+        1.0 - error_rate.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    (separation * works) as f32
+}
+
 /// A placement policy.
 pub trait Router: Send + Sync + 'static {
     /// A short name for logs and metrics.

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use sluice_contract::route::{Candidate, RouteDecision};
+use sluice_contract::route::{Candidate, RouteDecision, confidence};
 
 /// Latency assumed for a connection that has no sample yet (milliseconds).
 const DEFAULT_LATENCY_MS: f64 = 1.0;
@@ -39,7 +39,11 @@ impl PeakEwmaP2c {
         if let [only] = tier[..] {
             return Some(RouteDecision {
                 index: only,
-                confidence: 1.0,
+                confidence: confidence(
+                    Self::cost(&candidates[only]),
+                    None,
+                    candidates[only].error_rate,
+                ),
                 reason: Cow::Borrowed("p2c peak-ewma: only candidate at the best priority"),
                 alternatives: Vec::new(),
                 scored: None,
@@ -62,14 +66,9 @@ impl PeakEwmaP2c {
         } else {
             (second, first, cost_b, cost_a)
         };
-        let confidence = if lost > 0.0 {
-            (0.5 + 0.5 * (1.0 - won / lost)).clamp(0.5, 1.0) as f32
-        } else {
-            0.5
-        };
         Some(RouteDecision {
             index: winner,
-            confidence,
+            confidence: confidence(won, Some(lost), candidates[winner].error_rate),
             reason: Cow::Owned(format!(
                 "p2c peak-ewma: conn {} (cost {won:.2}) over conn {} (cost {lost:.2})",
                 candidates[winner].connection_id, candidates[loser].connection_id
@@ -111,6 +110,21 @@ mod tests {
             assert_eq!(decision.index, 1);
             assert_eq!(decision.alternatives, vec![0]);
         }
+    }
+
+    #[test]
+    fn confidence_drops_below_half_only_when_every_pick_is_a_guess() {
+        let tied = [candidate(1, 1, 5, 0), candidate(2, 1, 5, 0)];
+        assert_eq!(PeakEwmaP2c::pick(&tied).unwrap().confidence, 0.5);
+        let only = [candidate(1, 90, 500, 0)];
+        assert_eq!(PeakEwmaP2c::pick(&only).unwrap().confidence, 1.0);
+        // Both connections fail 60% of their streams.
+        let failing = [1, 2].map(|id| Candidate {
+            error_rate: 0.6,
+            ..candidate(id, 1, 5, 0)
+        });
+        let decision = PeakEwmaP2c::pick(&failing).unwrap();
+        assert!(decision.confidence < 0.5, "{decision:?}");
     }
 
     #[test]

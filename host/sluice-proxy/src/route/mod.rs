@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 
+use sluice_contract::route::confidence;
 pub(crate) use sluice_contract::route::{
     Candidate, MonitorProfile, RouteDecision, RouteRequest, Router,
 };
@@ -35,11 +36,14 @@ impl LeastLoaded {
                 .then(a.active_streams.cmp(&b.active_streams))
                 .then(a.connection_id.cmp(&b.connection_id))
         })?;
-        let confidence = if candidates.len() == 1 {
-            1.0
-        } else {
-            (1.0 - best.fill_ratio()) as f32
-        };
+        // The runner-up at the same priority, if any: how clearly the winner's fill beat it.
+        let rival = candidates
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| *i != index && c.priority == best.priority)
+            .map(|(_, c)| c.fill_ratio())
+            .min_by(f64::total_cmp);
+        let confidence = confidence(best.fill_ratio(), rival, best.error_rate);
         Some(RouteDecision {
             index,
             confidence,
@@ -97,5 +101,24 @@ mod tests {
         let candidates = [candidate(1, 40, 100, 0), candidate(2, 1, 2, 0)];
         assert_eq!(LeastLoaded::pick(&candidates).unwrap().index, 0);
         assert!(LeastLoaded::pick(&[]).is_none());
+    }
+
+    #[test]
+    fn confidence_is_uncertainty_not_load() {
+        // Busy but clearly the least loaded: sure of it.
+        let busy = [candidate(1, 80, 100, 0), candidate(2, 99, 100, 1)];
+        assert_eq!(LeastLoaded::pick(&busy).unwrap().confidence, 1.0);
+        // A tie is a coin flip; a rival twice as full gives 0.75.
+        let tied = [candidate(1, 5, 10, 0), candidate(2, 5, 10, 0)];
+        assert_eq!(LeastLoaded::pick(&tied).unwrap().confidence, 0.5);
+        let clear = [candidate(1, 2, 10, 0), candidate(2, 4, 10, 0)];
+        assert_eq!(LeastLoaded::pick(&clear).unwrap().confidence, 0.75);
+        // Every connection failing 60% of its streams: whatever is picked is a guess.
+        let failing = [1, 2].map(|id| Candidate {
+            error_rate: 0.6,
+            ..candidate(id, 1, 10, 0)
+        });
+        let decision = LeastLoaded::pick(&failing).unwrap();
+        assert!(decision.confidence < 0.5, "{decision:?}");
     }
 }

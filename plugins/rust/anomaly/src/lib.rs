@@ -250,3 +250,50 @@ fn examine(window: &MetricWindow, settings: &Settings) -> Option<Insight> {
         score,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            warning_z: 3.0,
+            critical_z: 4.0,
+            min_samples: 10,
+            min_deviation: 0.3,
+            min_relative_deviation: 0.1,
+        }
+    }
+
+    fn flat(level: f64, last: f64) -> MetricWindow {
+        let mut samples = alloc::vec![level; 30];
+        samples.push(last);
+        MetricWindow {
+            name: String::from("upstream.connections_opened_per_min"),
+            interval_ms: 1000,
+            samples,
+        }
+    }
+
+    #[test]
+    fn one_event_in_a_flat_series_is_at_most_a_warning() {
+        let one = examine(&flat(0.0, 1.0), &settings()).expect("an insight");
+        assert!(matches!(one.severity, Severity::Warning));
+        assert!(
+            one.description.contains("least spread"),
+            "{}",
+            one.description
+        );
+        let burst = examine(&flat(0.0, 5.0), &settings()).expect("an insight");
+        assert!(matches!(burst.severity, Severity::Critical));
+        assert!(examine(&flat(20.0, 21.0), &settings()).is_none());
+        // With no floor, a flat series departed from is unprecedented.
+        let bare = Settings {
+            min_deviation: 0.0,
+            min_relative_deviation: 0.0,
+            ..settings()
+        };
+        let unfloored = examine(&flat(0.0, 1.0), &bare).expect("an insight");
+        assert_eq!(unfloored.score, FLAT_Z);
+    }
+}

@@ -280,13 +280,22 @@ fn decide(
         insert(&mut top, ranked);
     }
     let best = top[0]?;
-    let confidence = match top[1] {
+    let separation = match top[1] {
         None => 1.0,
         Some(second) if second.tier != best.tier || second.priority != best.priority => 1.0,
         Some(second) => (0.5 + (best.score - second.score)).clamp(0.0, 1.0),
     };
     let alternatives = top[1..].iter().flatten().map(|r| r.index).collect();
     let chosen = &candidates[best.index as usize];
+    // A pick is only as sure as the chosen connection carries streams: one failing a share of
+    // them makes the pick a guess among bad options, and the host's low-confidence alert can
+    // say so. Busy connections alone never lower it.
+    let works = if chosen.error_rate.is_finite() {
+        1.0 - chosen.error_rate.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let confidence = separation * works;
     let skipped = if none_pass {
         0
     } else {
@@ -681,6 +690,17 @@ mod tests {
             "{}",
             decision.reasoning
         );
+    }
+
+    #[test]
+    fn confidence_drops_below_half_only_when_every_pick_is_a_guess() {
+        // Busy (70% full) but clearly better: sure of it.
+        let busy = [candidate(1, 0, 7, 1.0, 0.0), candidate(2, 1, 7, 400.0, 0.0)];
+        assert!(choose(&busy, false).confidence > 0.5);
+        // Every connection failing 60% of its streams: whatever is picked is a guess.
+        let failing = [candidate(1, 0, 1, 5.0, 0.6), candidate(2, 1, 1, 5.0, 0.6)];
+        let decision = choose(&failing, false);
+        assert!(decision.confidence < 0.5, "{}", decision.confidence);
     }
 
     #[test]
