@@ -381,6 +381,64 @@ async fn the_provider_hears_of_a_call_only_once_its_request_begins_when_asked() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_read_before_opening_reaches_the_provider_whole() {
+    use prost::Message as _;
+    const COLLECT: &str = "/sluice.feed.v1.Feed/Collect";
+    let upstream = feed("up").await;
+    let mut config = touchy(&upstream);
+    config.methods.push(sluice_config::MethodConfig {
+        open_on_request: true,
+        ..sluice_config::MethodConfig::new(COLLECT)
+    });
+    let proxy = sluice(config).await;
+    let message = |n: u8| {
+        let body = sluice_tests::pb::EchoRequest {
+            payload: vec![n; 10].into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&body);
+        framed
+    };
+    let mut call = silent_call(proxy.addr(), COLLECT, &[("x-sluice-monitor", "collector")]).await;
+    // Half of the first message: not a start yet.
+    let first = message(1);
+    let (head, rest) = first.split_at(7);
+    call.body
+        .send_data(Bytes::copy_from_slice(head), false)
+        .expect("part of a message");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(upstream.stats.snapshot().calls_total, 0, "half a message");
+    // The rest of it and a second message; then a third, and the end.
+    let mut more = rest.to_vec();
+    more.extend_from_slice(&message(2));
+    call.body
+        .send_data(Bytes::from(more), false)
+        .expect("more of the request");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    call.body
+        .send_data(Bytes::from(message(3)), true)
+        .expect("the end of the request");
+    let response = bounded(Duration::from_secs(5), "the reply", call.response)
+        .await
+        .expect("a response");
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = bounded(Duration::from_secs(5), "reply data", body.data()).await {
+        let chunk = chunk.expect("reply bytes");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    assert!(bytes.len() >= 5, "{bytes:?}");
+    let reply = sluice_tests::pb::CollectReply::decode(&bytes[5..]).expect("a CollectReply");
+    assert_eq!((reply.messages, reply.bytes), (3, 30), "{reply:?}");
+    assert_eq!(proxy.snapshot().stats.request_buffered_bytes, 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_default_a_bidi_call_gets_its_headers_before_it_sends() {
     for resume in [
         sluice_config::ResumeMode::None,

@@ -438,19 +438,14 @@ async fn forward_request(
     let counter = &ctx.stats.bytes_to_upstream_total;
     if let Some(mut start) = start {
         // The start's messages were counted as it was read: the request is in if they matter.
-        let ended = body.is_end_stream();
-        let chunks = start.take_chunks();
-        let count = chunks.len();
-        for (i, chunk) in chunks.into_iter().enumerate() {
+        // However the request ended (with the last chunk, with trailers, or with nothing
+        // more), the pump below sees that end and passes it on.
+        for chunk in start.take_chunks() {
             let len = chunk.len();
-            let last = ended && i + 1 == count;
-            pump::send_all(upstream, chunk, OnFull::Wait, last).await?;
+            pump::send_all(upstream, chunk, OnFull::Wait, false).await?;
             counter.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
             on_data(len as u64, 0);
             let _ = body.flow_control().release_capacity(len);
-        }
-        if ended {
-            return Ok(());
         }
     }
     let result = pump::pump(
