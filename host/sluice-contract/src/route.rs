@@ -106,15 +106,16 @@ pub struct RouteDecision {
     pub scored: Option<Box<ScoredBatch>>,
 }
 
-/// How sure a router can be of a pick: how clearly it beat the runner-up, times how likely the
-/// chosen connection is to carry the stream at all.
+/// How sure a router can be of a pick: how clearly it beat the runner-up, capped by how likely
+/// the chosen connection is to carry the stream at all.
 ///
 /// `won` and `lost` are the winner's and the runner-up's costs (lower is better, at least 0);
 /// `None` when the winner had no rival at its priority. A tie is a coin flip (0.5), a rival
 /// twice as costly gives 0.75, no rival 1. A winner failing a share of its streams makes any
-/// pick a guess among bad options: the confidence is scaled by `1 - error_rate`, so a pool whose
-/// every connection fails half its streams reads below 0.5 and the low-confidence alert can
-/// say so. Busy connections alone never lower it: load is not uncertainty.
+/// pick a guess among bad options: the confidence is at most `1 - error_rate`, so a pool whose
+/// every connection fails more than half its streams reads below 0.5 and the low-confidence
+/// alert can say so, while a tie among healthy connections stays at 0.5. Busy connections alone
+/// never lower it: load is not uncertainty.
 pub fn confidence(won: f64, lost: Option<f64>, error_rate: f64) -> f32 {
     let separation = match lost {
         None => 1.0,
@@ -128,7 +129,7 @@ pub fn confidence(won: f64, lost: Option<f64>, error_rate: f64) -> f32 {
     } else {
         0.0
     };
-    (separation * works) as f32
+    separation.min(works) as f32
 }
 
 /// A placement policy.

@@ -102,7 +102,7 @@ stats! {
     request_buffer_refused_total,
     /// Request bytes held now while whole request messages are read before admission.
     request_buffered_bytes,
-    /// Upstream streams of calls that ended early, kept until they were old enough to reset.
+    /// Calls ended early within 100 ms of opening, their upstream stream kept until then.
     upstream_resets_deferred_total,
 }
 

@@ -1,7 +1,8 @@
 //! Quiet streams are not dead ones: subscriptions whose first event comes long after their
 //! headers (a narrow filter on a Geyser stream) leave their endpoint's breakers closed, its
 //! health `healthy` and new streams on it, while a method that asks to be held to its first
-//! message (`[[methods]] first_message_timeout`) still is.
+//! message (`[[methods]] first_message_timeout`) still is, and a stream that breaks after its
+//! headers still counts as the failure it is.
 //!
 //! The breakers' timers are shortened (a 300 ms first-message timeout, 200 ms slow calls) so
 //! that a first event after 1.5 s is as late, for them, as one after 15 s with the defaults.
@@ -34,6 +35,15 @@ fn sharp(primary: &FeedHandle, secondary: &FeedHandle) -> Config {
         table.minimum_volume = Some(5);
     }
     config
+}
+
+/// Checks that the primary's endpoint breaker opened at some point.
+fn assert_primary_breaker_opened(proxy: &sluice_proxy::ProxyHandle) {
+    let opened = proxy
+        .breaker_events(0)
+        .into_iter()
+        .any(|e| e.to == BreakerState::Open && &*e.name == "primary");
+    assert!(opened, "events: {:?}", proxy.breaker_events(0));
 }
 
 /// Opens ten quiet subscriptions and waits (up to 10 s) for each one's first event; returns
@@ -130,10 +140,40 @@ async fn a_method_held_to_its_first_message_counts_late_ones() {
     // The streams are served all the same; the breaker hears of every late first event.
     let served = ten_quiet_subscriptions(proxy.addr()).await;
     assert_eq!(served.len(), 10);
-    let opened = proxy
-        .breaker_events(0)
-        .into_iter()
-        .any(|e| e.to == BreakerState::Open && &*e.name == "primary");
-    assert!(opened, "events: {:?}", proxy.breaker_events(0));
+    assert_primary_breaker_opened(&proxy);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_breaks_after_its_headers_still_counts_against_its_endpoint() {
+    let primary = feed("primary").await;
+    let secondary = feed("secondary").await;
+    let faulty = sluice_tests::fault::FaultProxy::start(primary.addr)
+        .await
+        .expect("fault proxy");
+    let mut config = sharp(&primary, &secondary);
+    config.endpoints[0].url = faulty.url();
+    // The breaks come well before the first-message deadline, and only a run of failures (not
+    // a rate of one in two) may trip the breaker.
+    config.breakers.first_message_timeout = Duration::from_secs(10);
+    config.breakers.endpoint.failure_rate = Some(0.6);
+    config.breakers.endpoint.failure_threshold = Some(5);
+    let proxy = sluice(config).await;
+    let mut client = client(proxy.addr()).await;
+    for i in 0..5 {
+        let mut request = as_monitor(subscribe(&format!("doomed-{i}"), 100.0, 8, 1), "quiet");
+        request
+            .metadata_mut()
+            .insert("x-feed-delay-ms", "60000".parse().expect("ascii"));
+        // Headers come at once; then the connection is reset under the quiet stream.
+        let mut stream = bounded(Duration::from_secs(5), "headers", client.subscribe(request))
+            .await
+            .expect("subscribe")
+            .into_inner();
+        faulty.reset_all();
+        let ended = bounded(Duration::from_secs(5), "the break", stream.message()).await;
+        assert!(ended.is_err(), "stream {i} broke: {ended:?}");
+    }
+    assert_primary_breaker_opened(&proxy);
     proxy.shutdown().await;
 }

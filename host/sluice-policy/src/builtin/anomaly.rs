@@ -1,11 +1,12 @@
 //! The built-in anomaly detector: a z-score of each metric's latest sample against the window
 //! before it, after a warm-up of 10 samples. Over 3 is a warning, over 4 critical.
 //!
-//! The spread a sample is measured against is never below a floor: an absolute one (0.3, so one
-//! event in a series that was flat at zero scores 3.3, a warning, not a critical insight) and a
-//! relative one (10% of the mean, so a flat latency that moves by a few percent is no news). A
-//! flat series has no spread of its own, and without the floor any change would be an infinite
-//! z-score.
+//! The spread a sample is measured against is never below a floor: an absolute one (0.3 for
+//! counts, rates and times, so one event in a series that was flat at zero scores 3.3, a
+//! warning, not a critical insight; 0.01 for shares, the 0..=1 metrics named `*_rate`,
+//! `*ratio`, `*utilization` and `*usage`) and a relative one (5% of the mean, so a flat latency
+//! that moves by a few percent is no news). A flat series has no spread of its own, and without
+//! the floor any change would be an infinite z-score.
 
 use crate::types::{Insight, InsightKind, MetricWindow, Severity};
 
@@ -19,8 +20,11 @@ pub struct ZScore {
     pub warning: f64,
     /// |z| above which a sample is critical.
     pub critical: f64,
-    /// The least spread a sample is measured against, in the metric's unit.
+    /// The least spread a sample is measured against, in the metric's unit (counts, rates,
+    /// times).
     pub min_deviation: f64,
+    /// The least spread for shares (0..=1 metrics, see [`is_share`]).
+    pub min_share_deviation: f64,
     /// The least spread as a share of the mean's magnitude.
     pub min_relative_deviation: f64,
 }
@@ -31,15 +35,24 @@ impl Default for ZScore {
             warning: 3.0,
             critical: 4.0,
             min_deviation: 0.3,
-            min_relative_deviation: 0.1,
+            min_share_deviation: 0.01,
+            min_relative_deviation: 0.05,
         }
     }
 }
 
+/// Whether metric `name` is a share (0..=1) by Sluice's naming: `*_rate`, `*ratio`,
+/// `*utilization` or `*usage`.
+pub fn is_share(name: &str) -> bool {
+    ["_rate", "ratio", "utilization", "usage"]
+        .iter()
+        .any(|suffix| name.ends_with(suffix))
+}
+
 impl ZScore {
-    /// The z-score of the last sample against the others, their spread floored (see the
-    /// module's docs); `None` during warm-up.
-    pub fn score(&self, samples: &[f64]) -> Option<f64> {
+    /// The z-score of the last sample of metric `name` against the others, their spread
+    /// floored (see the module's docs); `None` during warm-up.
+    pub fn score(&self, name: &str, samples: &[f64]) -> Option<f64> {
         let (&last, history) = samples.split_last()?;
         if history.len() < WARM_UP || !last.is_finite() {
             return None;
@@ -47,9 +60,12 @@ impl ZScore {
         let n = history.len() as f64;
         let mean = history.iter().sum::<f64>() / n;
         let variance = history.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
-        let floor = self
-            .min_deviation
-            .max(self.min_relative_deviation * mean.abs());
+        let absolute = if is_share(name) {
+            self.min_share_deviation
+        } else {
+            self.min_deviation
+        };
+        let floor = absolute.max(self.min_relative_deviation * mean.abs());
         let deviation = variance.sqrt().max(floor);
         if deviation == 0.0 {
             // Only with both floors at 0: a flat history nothing departs from, or departs from
@@ -64,7 +80,7 @@ impl ZScore {
         windows
             .iter()
             .filter_map(|window| {
-                let z = self.score(&window.samples)?;
+                let z = self.score(&window.name, &window.samples)?;
                 let severity = if z.abs() > self.critical {
                     Severity::Critical
                 } else if z.abs() > self.warning {
@@ -112,7 +128,7 @@ mod tests {
         let mut samples: Vec<f64> = (0..20).map(|i| 10.0 + f64::from(i % 3)).collect();
         samples.push(11.0);
         assert!(detector.detect(&[window(samples.clone())]).is_empty());
-        samples.push(14.9);
+        samples.push(13.8);
         let _ = samples.remove(20);
         let insights = detector.detect(&[window(samples.clone())]);
         assert_eq!(insights.len(), 1);
@@ -147,5 +163,23 @@ mod tests {
         let mut latency = vec![20.0; 30];
         latency.push(21.0);
         assert!(detector.detect(&[window(latency)]).is_empty());
+        // Shares keep their own scale: an error rate from a flat 0 to 5% is critical, a steady
+        // count dropping by 30% too.
+        let share = |last: f64| {
+            let mut samples = vec![0.0; 30];
+            samples.push(last);
+            detector.detect(&[MetricWindow {
+                name: "upstream.error_rate".to_owned(),
+                ..window(samples)
+            }])
+        };
+        assert_eq!(share(0.05)[0].severity, Severity::Critical);
+        assert!(share(0.02).is_empty());
+        let mut streams = vec![10_000.0; 30];
+        streams.push(7_000.0);
+        assert_eq!(
+            detector.detect(&[window(streams)])[0].severity,
+            Severity::Critical
+        );
     }
 }

@@ -101,7 +101,8 @@ pub(super) async fn serve(
         send: &mut send,
     };
     let end = relay(ctx, &setup, request, respond, upstream).await;
-    // A stream that ended has nothing to reset; one cut short is reset, but not too young.
+    // A completed call had its upstream's answer, so the provider took the stream up: letting
+    // it go now is safe. One cut short is let go, but not too young.
     if matches!(end, End::Completed(_)) {
         drop((send, lease));
     } else {
@@ -314,9 +315,9 @@ async fn relay(
     if end_of_stream {
         record_final_status(lease, &parts.headers);
     } else if !setup.first_message.strict {
-        // The response started: however long the first message takes, the stream works.
+        // The response started: however long its first message then takes, the stream is not
+        // failed for it (it still is if it breaks before the deadline).
         lease.response_started(sent_at.elapsed());
-        first_message_checked = true;
     }
     let head = response_head(parts.status, &parts.headers);
     drop(parts);
@@ -358,8 +359,11 @@ async fn relay(
                 result = &mut response_pump => break Ok(result),
                 () = &mut first_message_due, if !first_message_checked && request_in => {
                     first_message_checked = true;
-                    if !first_seen.load(std::sync::atomic::Ordering::Relaxed) {
+                    if first_seen.load(std::sync::atomic::Ordering::Relaxed) {
+                    } else if setup.first_message.strict {
                         lease.failed(FailureKind::NoFirstMessage);
+                    } else {
+                        lease.quiet_but_working();
                     }
                 }
                 () = request_arrived.notified(), if !request_in => {

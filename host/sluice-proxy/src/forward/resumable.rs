@@ -474,7 +474,7 @@ impl ResumableCall<'_> {
             }
         }
         if !self.setup.first_message.strict {
-            attempt.response_started();
+            attempt.lease.response_started(attempt.sent_at.elapsed());
         }
         // A resumed stream's headers are not the monitor's business: it already has the first
         // upstream's.

@@ -439,7 +439,8 @@ async fn run_upstream(
         _ = stream.cancel.notified() => None,
     };
     ctx.shares.retire(&stream);
-    // A stream that ended has nothing to reset; one given up on is reset, but not too young.
+    // A stream that ended was taken up by the provider: letting it go now is safe. One given up
+    // on is let go, but not too young.
     if let Some(Kept {
         lease,
         send,
@@ -538,9 +539,9 @@ async fn feed_subscribers(
         return Ok(HeaderMap::new());
     }
     if !rule.strict {
-        // The response started: however long the first message takes, the stream works.
+        // The response started: however long its first message then takes, the stream is not
+        // failed for it (it still is if it breaks before the deadline).
         lease.response_started(sent_at.elapsed());
-        first_checked = true;
     }
     stream.head.send_replace(Some(Head::Headers(
         parts.status,
@@ -554,7 +555,11 @@ async fn feed_subscribers(
                 next = body.data() => next,
                 () = &mut first_due => {
                     first_checked = true;
-                    lease.failed(FailureKind::NoFirstMessage);
+                    if rule.strict {
+                        lease.failed(FailureKind::NoFirstMessage);
+                    } else {
+                        lease.quiet_but_working();
+                    }
                     body.data().await
                 }
             }

@@ -175,6 +175,9 @@ pub(crate) struct Lease {
     failure_kinds: FailureKinds,
     /// Set once the stream counted a failure: one stream is one failure, however it ends.
     failure_counted: AtomicBool,
+    /// When the response started (headers without the end), in microseconds after the
+    /// request; 0 until then. The breakers judge a stream's speed on it.
+    started_after_us: AtomicU64,
     _upstream_active: GaugeGuard,
     /// The learning loop's watch on this stream, when the decision is being recorded.
     pub(super) observation: Option<Arc<crate::route::Observation>>,
@@ -210,6 +213,7 @@ impl Lease {
             permits: Mutex::new(permits),
             failure_kinds,
             failure_counted: AtomicBool::new(false),
+            started_after_us: AtomicU64::new(0),
             _upstream_active: stats.hold(|s| &s.upstream_streams_active),
             observation: None,
             alternatives: Vec::new(),
@@ -258,21 +262,39 @@ impl Lease {
     }
 
     /// The response started (headers without the end of the stream) `after` the request was
-    /// sent: for the breakers the stream works, slow or not, however long its first message
-    /// then takes.
+    /// sent. Nothing is recorded yet (the stream may still fail before it delivers); from now
+    /// on the stream's speed is judged on this start, not on its first message.
     pub fn response_started(&self, after: Duration) {
-        for permit in self.permits.lock().iter_mut() {
-            let slow = after > permit.breaker().slow_call_duration();
-            permit.record(Outcome::Success { slow });
+        let micros = u64::try_from(after.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.started_after_us.store(micros, Relaxed);
+    }
+
+    /// The stream's response started and it is still open at the first-message deadline,
+    /// without a message: a quiet stream, and a working one. Counts as a success, slow only if
+    /// its start was.
+    pub fn quiet_but_working(&self) {
+        if let Some(started) = self.started_after() {
+            self.record_success(started);
         }
     }
 
     /// The first response message arrived `after` the request was sent: the stream works
-    /// (unless [`Lease::response_started`] said so already).
+    /// (slow as its start was, when [`Lease::response_started`] noted one).
     pub fn first_message(&self, after: Duration) {
         if let Some(observation) = &self.observation {
             observation.first_message(after);
         }
+        self.record_success(self.started_after().unwrap_or(after));
+    }
+
+    fn started_after(&self) -> Option<Duration> {
+        match self.started_after_us.load(Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
+
+    fn record_success(&self, after: Duration) {
         for permit in self.permits.lock().iter_mut() {
             let slow = after > permit.breaker().slow_call_duration();
             permit.record(Outcome::Success { slow });

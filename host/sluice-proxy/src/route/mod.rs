@@ -105,11 +105,18 @@ mod tests {
 
     #[test]
     fn confidence_is_uncertainty_not_load() {
-        // Busy but clearly the least loaded: sure of it.
+        // Busy: alone at its priority it is sure, beside a fuller rival surer than a coin flip.
         let busy = [candidate(1, 80, 100, 0), candidate(2, 99, 100, 1)];
         assert_eq!(LeastLoaded::pick(&busy).unwrap().confidence, 1.0);
-        // A tie is a coin flip; a rival twice as full gives 0.75.
+        let busy = [candidate(1, 80, 100, 0), candidate(2, 99, 100, 0)];
+        assert!(LeastLoaded::pick(&busy).unwrap().confidence > 0.5);
+        // A tie is a coin flip, with a few errors too; a rival twice as full gives 0.75.
         let tied = [candidate(1, 5, 10, 0), candidate(2, 5, 10, 0)];
+        assert_eq!(LeastLoaded::pick(&tied).unwrap().confidence, 0.5);
+        let tied = tied.map(|c| Candidate {
+            error_rate: 0.01,
+            ..c
+        });
         assert_eq!(LeastLoaded::pick(&tied).unwrap().confidence, 0.5);
         let clear = [candidate(1, 2, 10, 0), candidate(2, 4, 10, 0)];
         assert_eq!(LeastLoaded::pick(&clear).unwrap().confidence, 0.75);

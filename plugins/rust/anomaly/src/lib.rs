@@ -8,9 +8,11 @@
 //! yields nothing.
 //!
 //! The spread a sample is measured against is never below a floor: `min_deviation` (default 0.3,
-//! in the metric's unit) and `min_relative_deviation` (default 0.1, a share of the mean's
-//! magnitude). So one event in a series flat at zero scores 3.3, a warning and not a critical
-//! insight, and a flat latency moving by a few percent is no news; without the floor a flat
+//! in the metric's unit, for counts, rates and times), `min_share_deviation` (default 0.01, for
+//! shares: the 0..=1 metrics named `*_rate`, `*ratio`, `*utilization` and `*usage`) and
+//! `min_relative_deviation` (default 0.05, a share of the mean's magnitude). So one event in a
+//! series flat at zero scores 3.3, a warning and not a critical insight, an error rate going from
+//! a flat 0 to 5% is critical, and a flat latency moving by a few percent is no news; without the floor a flat
 //! history has no spread, and any change would be an infinite z-score. With both floors set to
 //! 0, a flat history departed from scores [`FLAT_Z`] (1e9, with the sign of the change), a finite
 //! stand-in for infinity; measured z-scores are capped to the same range.
@@ -64,6 +66,7 @@ struct Settings {
     critical_z: f64,
     min_samples: usize,
     min_deviation: f64,
+    min_share_deviation: f64,
     min_relative_deviation: f64,
 }
 
@@ -74,7 +77,8 @@ impl Settings {
             critical_z: 4.0,
             min_samples: 10,
             min_deviation: 0.3,
-            min_relative_deviation: 0.1,
+            min_share_deviation: 0.01,
+            min_relative_deviation: 0.05,
         };
         for key in config::keys() {
             let Some(text) = config::get(&key) else {
@@ -92,6 +96,10 @@ impl Settings {
                 }
                 ("min_deviation", Some(v)) if v >= 0.0 && v.is_finite() => {
                     settings.min_deviation = v;
+                    true
+                }
+                ("min_share_deviation", Some(v)) if v >= 0.0 && v.is_finite() => {
+                    settings.min_share_deviation = v;
                     true
                 }
                 ("min_relative_deviation", Some(v)) if v >= 0.0 && v.is_finite() => {
@@ -154,6 +162,14 @@ fn stats(samples: &[f64]) -> (f64, f64, usize) {
     (mean, stddev, count)
 }
 
+/// Whether metric `name` is a share (0..=1) by Sluice's naming: `*_rate`, `*ratio`,
+/// `*utilization` or `*usage`.
+fn is_share(name: &str) -> bool {
+    ["_rate", "ratio", "utilization", "usage"]
+        .iter()
+        .any(|suffix| name.ends_with(suffix))
+}
+
 fn examine(window: &MetricWindow, settings: &Settings) -> Option<Insight> {
     let (&last, history) = window.samples.split_last()?;
     if window.samples.len() < settings.min_samples || !last.is_finite() {
@@ -165,9 +181,12 @@ fn examine(window: &MetricWindow, settings: &Settings) -> Option<Insight> {
     }
     let deviation = last - mean;
     let measured = if stddev.is_nan() { 0.0 } else { stddev };
-    let floor = settings
-        .min_deviation
-        .max(settings.min_relative_deviation * libm::fabs(mean));
+    let absolute = if is_share(&window.name) {
+        settings.min_share_deviation
+    } else {
+        settings.min_deviation
+    };
+    let floor = absolute.max(settings.min_relative_deviation * libm::fabs(mean));
     let spread = measured.max(floor);
     // The spread used is the floor, not one the history shows.
     let floored = measured < floor;
@@ -261,7 +280,8 @@ mod tests {
             critical_z: 4.0,
             min_samples: 10,
             min_deviation: 0.3,
-            min_relative_deviation: 0.1,
+            min_share_deviation: 0.01,
+            min_relative_deviation: 0.05,
         }
     }
 
@@ -290,10 +310,18 @@ mod tests {
         // With no floor, a flat series departed from is unprecedented.
         let bare = Settings {
             min_deviation: 0.0,
+            min_share_deviation: 0.0,
             min_relative_deviation: 0.0,
             ..settings()
         };
         let unfloored = examine(&flat(0.0, 1.0), &bare).expect("an insight");
         assert_eq!(unfloored.score, FLAT_Z);
+        // Shares keep their own scale.
+        let errors = MetricWindow {
+            name: String::from("upstream.error_rate"),
+            ..flat(0.0, 0.05)
+        };
+        let share = examine(&errors, &settings()).expect("an insight");
+        assert!(matches!(share.severity, Severity::Critical));
     }
 }

@@ -287,15 +287,15 @@ fn decide(
     };
     let alternatives = top[1..].iter().flatten().map(|r| r.index).collect();
     let chosen = &candidates[best.index as usize];
-    // A pick is only as sure as the chosen connection carries streams: one failing a share of
-    // them makes the pick a guess among bad options, and the host's low-confidence alert can
-    // say so. Busy connections alone never lower it.
+    // A pick is no surer than the chosen connection carries streams: one failing most of them
+    // makes the pick a guess among bad options, and the host's low-confidence alert can say
+    // so. Busy connections alone never lower it.
     let works = if chosen.error_rate.is_finite() {
         1.0 - chosen.error_rate.clamp(0.0, 1.0)
     } else {
         0.0
     };
-    let confidence = separation * works;
+    let confidence = separation.min(works);
     let skipped = if none_pass {
         0
     } else {

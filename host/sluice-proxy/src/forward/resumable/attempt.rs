@@ -44,6 +44,8 @@ pub(super) struct Attempt {
     pub(super) sent_at: Instant,
     first_seen: bool,
     pub(super) first_checked: bool,
+    /// Whether the method holds the stream to its first message (not only its start).
+    strict: bool,
     pub(super) first_due: Pin<Box<tokio::time::Sleep>>,
     pub(super) draining: watch::Receiver<bool>,
 }
@@ -63,6 +65,7 @@ impl Attempt {
             sent_at: Instant::now(),
             first_seen: false,
             first_checked: false,
+            strict: setup.first_message.strict,
             first_due: Box::pin(tokio::time::sleep(setup.first_message.timeout)),
         }
     }
@@ -117,18 +120,18 @@ impl Attempt {
         }
     }
 
-    /// The response started (headers, not the end): for a method that asks no more, the stream
-    /// works, and the first-message timer is done.
-    pub(super) fn response_started(&mut self) {
-        self.first_checked = true;
-        self.lease.response_started(self.sent_at.elapsed());
-    }
-
     /// The first-message timer went off: a stream still without a response message counts as
-    /// failed (once).
+    /// failed (once), unless its response started and its method asks no more (a quiet
+    /// stream: a working one).
     pub(super) fn first_message_due(&mut self) {
         self.first_checked = true;
-        if !self.first_seen {
+        if self.first_seen {
+            return;
+        }
+        let started = !matches!(self.phase, Phase::Head(_));
+        if started && !self.strict {
+            self.lease.quiet_but_working();
+        } else {
             self.lease.failed(FailureKind::NoFirstMessage);
         }
     }
@@ -136,12 +139,22 @@ impl Attempt {
     /// Stops using this upstream stream: it is reset (CANCEL), though not before it is old
     /// enough ([`let_go`]).
     pub(super) fn abandon(self, ctx: &Context) {
-        let opened = self.sent_at;
-        let mut attempt = self;
-        let_go(ctx, opened, move || {
-            if let Some(send) = attempt.send.as_mut() {
+        let Attempt {
+            lease,
+            mut send,
+            phase,
+            sent_at,
+            ..
+        } = self;
+        // Only what keeps the stream open is kept: the send half, or the response side when
+        // the send half is gone. A response side kept would buffer what the upstream sends
+        // without giving the connection's window back.
+        let phase = send.is_none().then_some(phase);
+        let_go(ctx, sent_at, move || {
+            if let Some(send) = send.as_mut() {
                 send.send_reset(h2::Reason::CANCEL);
             }
+            drop((phase, lease));
         });
     }
 }
