@@ -234,10 +234,7 @@ impl ResumableCall<'_> {
             ControlFlow::Continue(attempt) => attempt,
             ControlFlow::Break(end) => return end,
         };
-        if ended || !first.is_empty() {
-            self.request_arrived(&mut attempt);
-            attempt.queue(first, ended);
-        }
+        self.hand_on(&mut attempt, first, ended);
         loop {
             let broken = match self.relay(&mut attempt).await {
                 ControlFlow::Continue(broken) => broken,
@@ -381,11 +378,17 @@ impl ResumableCall<'_> {
     ) -> ControlFlow<Stop> {
         let ended = chunk.is_none();
         let messages = self.take_request(chunk)?;
+        self.hand_on(attempt, messages, ended);
+        ControlFlow::Continue(())
+    }
+
+    /// Queues whole request messages (and the request's end) on `attempt`; the first of them
+    /// starts the first-message timer.
+    fn hand_on(&mut self, attempt: &mut Attempt, messages: Vec<Bytes>, ended: bool) {
         if ended || !messages.is_empty() {
             self.request_arrived(attempt);
         }
         attempt.queue(messages, ended);
-        ControlFlow::Continue(())
     }
 
     /// Takes in more of the monitor's request, or its end, returning the messages it

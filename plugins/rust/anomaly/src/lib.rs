@@ -60,7 +60,7 @@ impl Guest for Detector {
 
 export!(Detector);
 
-/// Thresholds, from the config with the defaults above.
+/// Thresholds and floors: the config over [`Settings::default`].
 struct Settings {
     warning_z: f64,
     critical_z: f64,
@@ -70,16 +70,22 @@ struct Settings {
     min_relative_deviation: f64,
 }
 
-impl Settings {
-    fn load() -> Self {
-        let mut settings = Settings {
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
             warning_z: 3.0,
             critical_z: 4.0,
             min_samples: 10,
             min_deviation: 0.3,
             min_share_deviation: 0.01,
             min_relative_deviation: 0.05,
-        };
+        }
+    }
+}
+
+impl Settings {
+    fn load() -> Self {
+        let mut settings = Settings::default();
         for key in config::keys() {
             let Some(text) = config::get(&key) else {
                 continue;
@@ -275,14 +281,7 @@ mod tests {
     use super::*;
 
     fn settings() -> Settings {
-        Settings {
-            warning_z: 3.0,
-            critical_z: 4.0,
-            min_samples: 10,
-            min_deviation: 0.3,
-            min_share_deviation: 0.01,
-            min_relative_deviation: 0.05,
-        }
+        Settings::default()
     }
 
     fn flat(level: f64, last: f64) -> MetricWindow {
