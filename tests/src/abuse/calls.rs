@@ -221,12 +221,15 @@ const DECLARED: [u32; 2] = [120 * 1024, 16 * 1024 * 1024];
 /// What the huge-message calls send each [`TRICKLE_EVERY`], as flow control lets them.
 const TRICKLE_CHUNK: usize = 16 * 1024;
 /// See [`TRICKLE_CHUNK`].
-const TRICKLE_EVERY: Duration = Duration::from_millis(50);
+const TRICKLE_EVERY: Duration = Duration::from_millis(10);
 
 /// For each size of [`DECLARED`] (the smaller first), `calls` calls as `huge` over two
 /// connections, alternating over `paths`, each declaring one request message of that size (its
 /// 5-byte prefix) and then sending it [`TRICKLE_CHUNK`] bytes every [`TRICKLE_EVERY`] as far as
-/// flow control lets it, but never its last byte, until the call ends or `hold` passes.
+/// flow control lets it, but never its last byte, until the call ends or `hold` passes. The
+/// sizes go one after the other, each once the calls of the one before have ended: the small
+/// ones together hold more than the server's budget whatever the large ones' refusals do to
+/// the breaker the unconfigured monitors share.
 /// `attempts` is the calls; `bytes_sent` the request bytes the server let through; `peak` the
 /// most one call got through.
 pub(super) async fn huge_messages(
@@ -239,35 +242,33 @@ pub(super) async fn huge_messages(
     let until = started + hold;
     let senders = connect_all(addr, 2).await;
     let mut observed = Observed::default();
-    let mut running = Vec::with_capacity(calls * DECLARED.len());
-    for (i, declared) in DECLARED
-        .into_iter()
-        .flat_map(|declared| std::iter::repeat_n(declared, calls))
-        .enumerate()
-    {
-        observed.attempts += 1;
-        let call = Call {
-            path: paths[i % paths.len()],
-            monitor: "huge",
-            extra: &[],
-        };
-        match start(&senders, i, addr, call).await {
-            Ok((response, body)) => running.push(tokio::spawn(async move {
-                let answer = tokio::spawn(ending(response, until));
-                let granted = trickle(body, declared, until, &answer).await;
-                let ending = answer
-                    .await
-                    .unwrap_or_else(|_| ("panicked".to_owned(), None));
-                (ending, granted)
-            })),
-            Err(error) => count(&mut observed, (error, None)),
+    for declared in DECLARED {
+        let mut running = Vec::with_capacity(calls);
+        for i in 0..calls {
+            observed.attempts += 1;
+            let call = Call {
+                path: paths[i % paths.len()],
+                monitor: "huge",
+                extra: &[],
+            };
+            match start(&senders, i, addr, call).await {
+                Ok((response, body)) => running.push(tokio::spawn(async move {
+                    let answer = tokio::spawn(ending(response, until));
+                    let granted = trickle(body, declared, until, &answer).await;
+                    let ending = answer
+                        .await
+                        .unwrap_or_else(|_| ("panicked".to_owned(), None));
+                    (ending, granted)
+                })),
+                Err(error) => count(&mut observed, (error, None)),
+            }
         }
-    }
-    for call in running {
-        if let Ok((ending, granted)) = call.await {
-            observed.bytes_sent += granted;
-            observed.peak = observed.peak.max(granted);
-            count(&mut observed, ending);
+        for call in running {
+            if let Ok((ending, granted)) = call.await {
+                observed.bytes_sent += granted;
+                observed.peak = observed.peak.max(granted);
+                count(&mut observed, ending);
+            }
         }
     }
     observed.elapsed = started.elapsed();
