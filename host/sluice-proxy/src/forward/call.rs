@@ -23,7 +23,7 @@ use super::upstream::{
     record_final_status, reply, response_head, upstream_failure,
 };
 use crate::Context;
-use crate::grpc::{self, Code, MessageScanner, Status};
+use crate::grpc::{self, Code, FrameError, MessageScanner, Status};
 use crate::pool::{FailureKind, Lease};
 
 /// A timer that has not started yet: it is reset to its real deadline when it starts.
@@ -153,12 +153,7 @@ async fn read_start(
             StartError::Cancelled => return End::Cancelled,
             // Other calls filled the budget: not this monitor's fault.
             StartError::Refused(status) => End::Failed(status),
-            StartError::Frame(error) => {
-                ctx.stats.incr(|s| &s.oversized_messages_total);
-                End::MonitorFault(Status::resource_exhausted(format!(
-                    "request rejected: {error}"
-                )))
-            }
+            StartError::Frame(error) => rejected_request(ctx, &error),
         };
         if let End::Failed(status) | End::MonitorFault(status) = &end {
             reply(respond, status);
@@ -481,11 +476,14 @@ fn request_side_failure(ctx: &Context, result: Result<(), PumpError>) -> Option<
         Err(PumpError::Source(_)) => Some(End::Cancelled),
         // The upstream stopped reading; its response (or reset) tells the monitor why.
         Err(PumpError::Sink(_) | PumpError::Lagging(_)) => None,
-        Err(PumpError::Frame(error)) => {
-            ctx.stats.incr(|s| &s.oversized_messages_total);
-            Some(End::MonitorFault(Status::resource_exhausted(format!(
-                "request rejected: {error}"
-            ))))
-        }
+        Err(PumpError::Frame(error)) => Some(rejected_request(ctx, &error)),
     }
+}
+
+/// A request that broke the framing rules or the size limit: counted, and the monitor's fault.
+fn rejected_request(ctx: &Context, error: &FrameError) -> End {
+    ctx.stats.incr(|s| &s.oversized_messages_total);
+    End::MonitorFault(Status::resource_exhausted(format!(
+        "request rejected: {error}"
+    )))
 }
