@@ -44,8 +44,9 @@ Commands:
                           with the default Rust policies loaded from target/demo-plugins
                           (watched: drop a .wasm there to swap it in). Args go to `sluice demo`,
                           e.g. --duration 30s --listen 127.0.0.1:50051 --report-every 2s.
-  test                    setup test, plugins, cargo fmt --check, cargo clippy -D warnings,
-                          cargo test --workspace (with SLUICE_PYTHON, SLUICE_PY_STUBS,
+  test                    setup test, plugins, cargo fmt --check, a build of every target
+                          with Clippy's lints denied (clippy-driver as the workspace's
+                          rustc wrapper), cargo test --workspace (with SLUICE_PYTHON, SLUICE_PY_STUBS,
                           SLUICE_PLUGINS, SLUICE_CHROMIUM, SLUICE_ORT_LIB,
                           SLUICE_REQUIRE_ALL=1).
   bench proxy [--rounds N] [--duration 5s] [--quick]

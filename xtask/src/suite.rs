@@ -1,13 +1,14 @@
-//! `cargo xtask test`: the whole suite. Set-up, plugins, `cargo fmt --check`, `cargo clippy -D
-//! warnings`, then `cargo test --workspace` with every `SLUICE_*` variable set (and
-//! `SLUICE_REQUIRE_ALL=1`, so that no test skips) and the plugins' native unit tests; a summary
-//! of step times at the end.
+//! `cargo xtask test`: the whole suite. Set-up, plugins, `cargo fmt --check`, a build of every
+//! target with Clippy's lints denied (what `cargo clippy --all-targets -- -D warnings` checks),
+//! then `cargo test --workspace` with every `SLUICE_*` variable set (and `SLUICE_REQUIRE_ALL=1`,
+//! so that no test skips) and the plugins' native unit tests; a summary of step times at the end.
 //!
 //! It owns the order of the steps and the environment the tests see. It must not install
 //! anything itself (that is [`crate::setup`], [`crate::browser`] and [`crate::plugins`]) nor
 //! retry or skip a failed step: the first failure ends the run.
 
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -18,7 +19,7 @@ use crate::{browser, plugins};
 
 /// One step of the suite, as the summary shows it.
 struct Step {
-    /// `setup`, `plugins`, `fmt`, `clippy` or `test`.
+    /// `setup`, `plugins`, `fmt`, `build` or `test`.
     name: &'static str,
     /// Wall time the step took.
     took: Duration,
@@ -26,7 +27,8 @@ struct Step {
     ok: bool,
 }
 
-/// setup test, plugins, fmt, clippy, test: stops at the first failure and prints step durations.
+/// setup test, plugins, fmt, build (with Clippy's lints), test: stops at the first failure and
+/// prints step durations.
 pub fn run() -> Result<ExitCode> {
     let mut steps: Vec<Step> = Vec::new();
     let result = run_steps(&mut steps);
@@ -88,20 +90,13 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
                 .current_dir(util::repo_root().join("plugins").join("rust")),
         )
     })?;
-    timed(steps, "clippy", || {
-        util::run(cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))
-    })?;
-    timed(steps, "test", || {
+    // Clippy's lints come with the build the tests use, instead of a check build of their own:
+    // on 2 cores that saves the two minutes a second pass over every dependency takes.
+    let linted = Linted::find()?;
+    timed(steps, "build", || {
         // Resilience and history tests run the feed server and Sluice as real processes (to
         // SIGKILL them).
-        util::run(cargo().args([
+        util::run(linted.apply(cargo().args([
             "build",
             "-p",
             "sluice-feed",
@@ -111,9 +106,14 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
             "sluice",
             "--bin",
             "sluice",
-        ]))?;
+        ])))?;
+        // Every target, benches included, as `cargo clippy --all-targets` would see them.
+        util::run(linted.apply(cargo().args(["test", "--workspace", "--all-targets", "--no-run"])))
+    })?;
+    timed(steps, "test", || {
         let mut command = cargo();
-        command
+        linted
+            .apply(&mut command)
             .args(["test", "--workspace"])
             .env("SLUICE_PYTHON", &installed.python)
             .env("SLUICE_PY_STUBS", &installed.stubs)
@@ -153,4 +153,39 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
                 .env("CARGO_TARGET_DIR", target_dir),
         )
     })
+}
+
+/// Clippy's driver as the workspace's rustc wrapper, with its lints denied (`-D warnings`), as
+/// `cargo clippy` runs it: it compiles as rustc does and lints on the way, so one build serves
+/// both. Every cargo command of the suite goes through [`Linted::apply`]: a build without it
+/// would not match the linted one's fingerprints and rebuild the workspace.
+struct Linted {
+    /// `clippy-driver` of the toolchain running the suite.
+    driver: PathBuf,
+}
+
+impl Linted {
+    /// The driver beside the cargo that runs `cargo xtask` (the toolchain's own folder).
+    fn find() -> Result<Self> {
+        let cargo =
+            std::env::var_os("CARGO").context("CARGO is not set: run `cargo xtask test`")?;
+        let driver = Path::new(&cargo).with_file_name("clippy-driver");
+        anyhow::ensure!(
+            driver.is_file(),
+            "{} not found: install Clippy (`rustup component add clippy`)",
+            driver.display()
+        );
+        Ok(Self { driver })
+    }
+
+    /// `command` with the wrapper set.
+    fn apply<'c>(&self, command: &'c mut Command) -> &'c mut Command {
+        command
+            .env("RUSTC_WORKSPACE_WRAPPER", &self.driver)
+            // Clippy's driver reads its arguments from here, split on this marker.
+            .env(
+                "CLIPPY_ARGS",
+                "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
+            )
+    }
 }

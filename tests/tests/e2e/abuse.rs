@@ -1,13 +1,13 @@
-//! Hostile clients against a real `sluice run` process in front of a real feed process: one
-//! test per attack (`sluice_tests::abuse`), made while a legitimate monitor streams through the
+//! Hostile clients against a real `sluice run` process in front of a real feed process: every
+//! attack of `sluice_tests::abuse`, each made while a legitimate monitor streams through the
 //! same Sluice.
 //!
-//! Every test asserts that the legitimate monitor saw no error and kept at least 90% of the
+//! Every attack's checks assert that the legitimate monitor saw no error and kept at least 90% of the
 //! messages it got over a window of the same length just before the attack, that no endpoint
 //! breaker and no configured monitor's breaker opened, and that Sluice's peak RSS stayed under
 //! [`PEAK_RSS_LIMIT_KB`]; and, where a defence shows, that it acted (refusals counted in
 //! `/metrics`, GOAWAYs, statuses). The attacks run one at a time, so that one attack's load
-//! never counts against another's victim.
+//! never counts against another's victim: [`every_attack_is_contained`] makes them all.
 
 use std::time::Duration;
 
@@ -23,22 +23,17 @@ const KEPT_SHARE: f64 = 0.9;
 /// Sluice's peak RSS allowed over an attack, in KiB (200 MiB).
 const PEAK_RSS_LIMIT_KB: u64 = 200 * 1024;
 
-/// One attack at a time (the tests of this module run in parallel otherwise).
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// An attack made, and what was read around it.
 struct Siege {
     stage: Stage,
     round: Round,
     /// `/metrics` before and after the attack.
     metrics: (String, String),
-    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Siege {
     /// Starts a stage, makes `attack` on it and checks that nobody else noticed.
     async fn of(attack: Attack) -> Self {
-        let turn = ONE_AT_A_TIME.lock().await;
         let stage = Stage::start().await;
         let before = stage.metrics().await;
         let round = stage.round(Some(attack), WINDOW).await;
@@ -61,7 +56,6 @@ impl Siege {
             stage,
             round,
             metrics: (before, after),
-            _turn: turn,
         };
         siege.assert_nobody_else_noticed().await;
         siege
@@ -98,9 +92,49 @@ impl Siege {
     }
 }
 
+/// Every attack in turn, each on a stage of its own, with the checks common to all
+/// ([`Siege::of`]) and those of its own defence. One test, so that the attacks run one at a
+/// time while the rest of the suite runs beside them: as tests of their own they would queue for
+/// a lock, and hold every test thread while they wait. A failed attack does not stop the
+/// others; the test fails at the end naming each (their panics are printed above).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_headers_are_sent_away_once_idle() {
-    let siege = Siege::of(Attack::SlowHeaders).await;
+async fn every_attack_is_contained() {
+    let mut failed = Vec::new();
+    for attack in Attack::ALL {
+        let made = tokio::spawn(async move {
+            let siege = Siege::of(attack).await;
+            check(attack, &siege).await;
+        });
+        if made.await.is_err() {
+            failed.push(attack.name());
+        }
+    }
+    assert!(failed.is_empty(), "attacks not contained: {failed:?}");
+}
+
+/// The checks of `attack`'s own defence.
+async fn check(attack: Attack, siege: &Siege) {
+    match attack {
+        Attack::SlowHeaders => slow_headers_are_sent_away_once_idle(siege),
+        Attack::SilentBodies => calls_that_never_send_a_body_end_with_deadline_exceeded(siege),
+        Attack::HugeMessages => {
+            huge_declared_messages_buffer_at_most_a_window_and_are_refused(siege)
+        }
+        Attack::StreamFlood => ten_thousand_streams_of_one_monitor_stop_at_its_stream_limit(siege),
+        Attack::ConnectionFlood => connections_past_the_per_peer_cap_are_sent_away(siege),
+        Attack::HeaderFlood => header_lists_over_the_limit_are_refused(siege),
+        Attack::MonitorIdFlood => ten_thousand_monitor_ids_share_one_breaker(siege).await,
+        Attack::Impersonation => {
+            impersonating_a_monitor_with_tiny_deadlines_leaves_its_breaker_closed(siege)
+        }
+        Attack::ContinuationFlood => continuation_floods_get_the_connection_sent_away(siege),
+        Attack::RapidReset => rapid_resets_get_the_connection_sent_away(siege),
+        Attack::PingFlood => ping_floods_harm_no_one(siege),
+        Attack::SettingsFlood => settings_floods_harm_no_one(siege),
+    }
+}
+
+fn slow_headers_are_sent_away_once_idle(siege: &Siege) {
     let observed = &siege.round.observed;
     // Half the connections trickle a HEADERS frame after the handshake: a connection whose
     // call never opens is idle, and sent away. (The other half trickle the preface itself,
@@ -114,9 +148,7 @@ async fn slow_headers_are_sent_away_once_idle() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_that_never_send_a_body_end_with_deadline_exceeded() {
-    let siege = Siege::of(Attack::SilentBodies).await;
+fn calls_that_never_send_a_body_end_with_deadline_exceeded(siege: &Siege) {
     let observed = &siege.round.observed;
     assert_eq!(
         observed.outcome("DeadlineExceeded"),
@@ -131,16 +163,7 @@ async fn calls_that_never_send_a_body_end_with_deadline_exceeded() {
     assert!(siege.counted("sluice_request_timeouts_total") >= observed.attempts as f64);
 }
 
-// Known open: Sluice opens a call's upstream stream before the monitor's request has arrived,
-// so a call that ends within milliseconds (its own tiny deadline, a refused message) resets a
-// stream the provider has not accepted yet; a burst of those trips the provider's own
-// rapid-reset defence (GOAWAY ENHANCE_YOUR_CALM on Sluice's upstream connection), which breaks
-// the other monitors' streams on that connection and opens the endpoint's breaker. The fix is to
-// open the upstream stream once the request has begun (first whole message or its end); until
-// then this attack is not contained and the test says so instead of passing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn huge_declared_messages_buffer_at_most_a_window_and_are_refused() {
-    let siege = Siege::of(Attack::HugeMessages).await;
+fn huge_declared_messages_buffer_at_most_a_window_and_are_refused(siege: &Siege) {
     let observed = &siege.round.observed;
     // Each call is refused (too large, over the budget, no message in time), or turned away
     // by the breaker the unconfigured monitors share once those refusals opened it.
@@ -167,9 +190,7 @@ async fn huge_declared_messages_buffer_at_most_a_window_and_are_refused() {
     assert!(siege.counted("sluice_request_timeouts_total") >= timed_out as f64);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_streams_of_one_monitor_stop_at_its_stream_limit() {
-    let siege = Siege::of(Attack::StreamFlood).await;
+fn ten_thousand_streams_of_one_monitor_stop_at_its_stream_limit(siege: &Siege) {
     let observed = &siege.round.observed;
     let (open, refused) = (
         observed.outcome("open"),
@@ -184,9 +205,7 @@ async fn ten_thousand_streams_of_one_monitor_stop_at_its_stream_limit() {
     assert!(siege.counted("sluice_monitor_streams_refused_total") >= refused as f64);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_past_the_per_peer_cap_are_sent_away() {
-    let siege = Siege::of(Attack::ConnectionFlood).await;
+fn connections_past_the_per_peer_cap_are_sent_away(siege: &Siege) {
     let observed = &siege.round.observed;
     // The legitimate monitor's connection counts against the same peer's cap. Past the cap a
     // connection gets GOAWAY right after the handshake, or, while many refusals are being
@@ -200,17 +219,13 @@ async fn connections_past_the_per_peer_cap_are_sent_away() {
     assert!(siege.counted("sluice_monitor_connections_refused_total") >= past_cap as f64);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn header_lists_over_the_limit_are_refused() {
-    let siege = Siege::of(Attack::HeaderFlood).await;
+fn header_lists_over_the_limit_are_refused(siege: &Siege) {
     let observed = &siege.round.observed;
     assert!(observed.attempts > 0, "{observed:#?}");
     assert_eq!(observed.answered, 0, "{observed:#?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_monitor_ids_share_one_breaker() {
-    let siege = Siege::of(Attack::MonitorIdFlood).await;
+async fn ten_thousand_monitor_ids_share_one_breaker(siege: &Siege) {
     let observed = &siege.round.observed;
     let breakers = siege.stage.monitor_breakers().await;
     assert!(
@@ -223,16 +238,7 @@ async fn ten_thousand_monitor_ids_share_one_breaker() {
     assert!(failed <= 3, "{observed:#?}");
 }
 
-// Known open: Sluice opens a call's upstream stream before the monitor's request has arrived,
-// so a call that ends within milliseconds (its own tiny deadline, a refused message) resets a
-// stream the provider has not accepted yet; a burst of those trips the provider's own
-// rapid-reset defence (GOAWAY ENHANCE_YOUR_CALM on Sluice's upstream connection), which breaks
-// the other monitors' streams on that connection and opens the endpoint's breaker. The fix is to
-// open the upstream stream once the request has begun (first whole message or its end); until
-// then this attack is not contained and the test says so instead of passing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn impersonating_a_monitor_with_tiny_deadlines_leaves_its_breaker_closed() {
-    let siege = Siege::of(Attack::Impersonation).await;
+fn impersonating_a_monitor_with_tiny_deadlines_leaves_its_breaker_closed(siege: &Siege) {
     let observed = &siege.round.observed;
     // Every call ends on its own deadline: Sluice's DEADLINE_EXCEEDED, or the upstream's
     // CANCELLED when the deadline Sluice passed on runs out there first.
@@ -243,9 +249,7 @@ async fn impersonating_a_monitor_with_tiny_deadlines_leaves_its_breaker_closed()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn continuation_floods_get_the_connection_sent_away() {
-    let siege = Siege::of(Attack::ContinuationFlood).await;
+fn continuation_floods_get_the_connection_sent_away(siege: &Siege) {
     let observed = &siege.round.observed;
     // The connection open when the attack stopped may not have been sent away yet.
     let connections = observed.outcome("connections");
@@ -253,9 +257,7 @@ async fn continuation_floods_get_the_connection_sent_away() {
     assert!(observed.goaway_total() >= connections - 1, "{observed:#?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rapid_resets_get_the_connection_sent_away() {
-    let siege = Siege::of(Attack::RapidReset).await;
+fn rapid_resets_get_the_connection_sent_away(siege: &Siege) {
     let observed = &siege.round.observed;
     assert!(
         observed.goaways.contains_key(&wire::ENHANCE_YOUR_CALM),
@@ -263,14 +265,10 @@ async fn rapid_resets_get_the_connection_sent_away() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ping_floods_harm_no_one() {
-    let siege = Siege::of(Attack::PingFlood).await;
+fn ping_floods_harm_no_one(siege: &Siege) {
     assert!(siege.round.observed.attempts > 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn settings_floods_harm_no_one() {
-    let siege = Siege::of(Attack::SettingsFlood).await;
+fn settings_floods_harm_no_one(siege: &Siege) {
     assert!(siege.round.observed.attempts > 0);
 }

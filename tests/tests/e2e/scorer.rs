@@ -74,10 +74,24 @@ fn config(model: &Path, library: &Path) -> ScorerConfig {
         model: Some(model.to_owned()),
         library: Some(library.to_owned()),
         reload_interval: Duration::from_millis(50),
-        // Generous: debug builds on a busy machine; the bench measures the real latency.
-        deadline: Duration::from_millis(250),
+        deadline: SCORING_DEADLINE,
         ..ScorerConfig::default()
     }
+}
+
+/// The scorer's deadline, and the router plugin's around it. Generous: debug builds on a busy
+/// machine (the abuse test's attacks run beside these tests); the bench measures the real
+/// latency. With the router's 1 ms default, a loaded machine makes every call late, the router
+/// slot's breaker falls back to the built-in policy, and nothing is scored.
+const SCORING_DEADLINE: Duration = Duration::from_millis(250);
+
+/// The plugins with the shipped router (`router.wasm` from `built`), which asks the scorer
+/// whenever it has two candidates, given [`SCORING_DEADLINE`] per call.
+fn shipped_router(built: &Path) -> sluice_config::PluginsConfig {
+    let mut plugins = plugins_config();
+    plugins.router.file = Some(built.join("router.wasm"));
+    plugins.router.deadline = Some(SCORING_DEADLINE);
+    plugins
 }
 
 /// Replaces `path` with `bytes` at once (write then rename), so a reload never reads half a file.
@@ -276,9 +290,7 @@ async fn hot_reloading_the_model_under_flowing_streams_loses_nothing() {
     let first = scorer.status().model.expect("loaded");
     let watch = scorer.watch();
 
-    // The default router plugin, which asks the scorer whenever it has two candidates.
-    let mut plugins = plugins_config();
-    plugins.router.file = Some(built.join("router.wasm"));
+    let plugins = shipped_router(&built);
     let feeds = [feed("a").await, feed("b").await];
     let mut config = config_for(&[&feeds[0], &feeds[1]]);
     config.classes.event.min_connections = 2;
@@ -463,12 +475,12 @@ async fn recorded_outcomes_train_a_model_that_runs_in_shadow_and_is_promoted() {
     config.learning.observe_for = Duration::from_secs(1);
     config.learning.max_records_per_second = 1000;
     config.store.path = dir.path().join("sluice.db");
-    let mut plugins = plugins_config();
-    plugins.router.file = Some(built.join("router.wasm"));
+    let mut plugins = shipped_router(&built);
     plugins.router.config.insert("explore".into(), "0.5".into());
     let (proxy, policies) = routed_with(&scorer, plugins, config.clone(), 2).await;
     let analytics =
-        sluice_analytics::Analytics::open(Arc::new(config), proxy.view(), policies).unwrap();
+        sluice_analytics::Analytics::open(Arc::new(config), proxy.view(), Arc::clone(&policies))
+            .unwrap();
 
     assert_eq!(short_streams(proxy.addr(), "a", 96).await, 96);
     // Ended streams are finished observations: the next learning run stores them.
@@ -481,7 +493,16 @@ async fn recorded_outcomes_train_a_model_that_runs_in_shadow_and_is_promoted() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(recorded.len() >= 80, "{} outcomes recorded", recorded.len());
+    assert!(
+        recorded.len() >= 80,
+        "{} outcomes recorded; scorer {:?}; router plugin {:?}",
+        recorded.len(),
+        scorer.status(),
+        policies
+            .slot(sluice_config::SlotKind::Router)
+            .active()
+            .map(|plugin| format!("{:?}", plugin.stats))
+    );
     let endpoints: std::collections::BTreeSet<&str> =
         recorded.iter().map(|r| r.endpoint.as_str()).collect();
     assert_eq!(endpoints.len(), 2, "both endpoints explored: {endpoints:?}");
@@ -576,8 +597,7 @@ async fn the_shipped_model_loads_and_steers_the_router_off_a_slow_failing_endpoi
     let scorer = OnnxScorer::open(&config(shipped, &library));
     let info = scorer.status().model.expect("the shipped model loads");
     assert_eq!(info.features, ROUTER_FEATURES as usize);
-    let mut plugins = plugins_config();
-    plugins.router.file = Some(built.join("router.wasm"));
+    let plugins = shipped_router(&built);
     let for_plugins: Arc<dyn Scorer> = Arc::clone(&scorer) as Arc<dyn Scorer>;
     let policies =
         tokio::task::spawn_blocking(move || Policies::with_scorer(&plugins, for_plugins))
