@@ -95,18 +95,12 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
     let linted = Linted::find()?;
     timed(steps, "build", || {
         // Resilience and history tests run the feed server and Sluice as real processes (to
-        // SIGKILL them).
-        util::run(linted.apply(cargo().args([
-            "build",
-            "-p",
-            "sluice-feed",
-            "--bin",
-            "sluice-feed",
-            "-p",
-            "sluice",
-            "--bin",
-            "sluice",
-        ])))?;
+        // SIGKILL them). Each is built on its own, exactly as the tests' `process::binary` asks
+        // for it: built together, their dependencies' features would be unified differently,
+        // and the tests would build every such dependency again.
+        for name in ["sluice-feed", "sluice"] {
+            util::run(linted.apply(cargo().args(["build", "-p", name, "--bin", name])))?;
+        }
         // Every target, benches included, as `cargo clippy --all-targets` would see them.
         util::run(linted.apply(cargo().args(["test", "--workspace", "--all-targets", "--no-run"])))
     })?;

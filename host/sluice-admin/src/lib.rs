@@ -246,6 +246,7 @@ fn router(state: AdminState, guard: Arc<Guard>, max_upload_bytes: usize) -> Rout
         .route("/api/v1/plugins/{slot}/{action}", post(plugins::act))
         .route("/api/v1/endpoints", get(resilience::endpoints))
         .route("/api/v1/endpoints/{id}/drain", post(resilience::drain))
+        .route("/api/v1/endpoints/{id}/enable", post(resilience::enable))
         .route("/api/v1/breakers", get(resilience::breakers))
         .route("/api/v1/breakers/events", get(resilience::events))
         .route(

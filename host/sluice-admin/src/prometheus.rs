@@ -276,7 +276,25 @@ fn endpoints(state: &AdminState, pool: &overview::PoolRead, out: &mut Exposition
         }
     }
     type Read = fn(&overview::EndpointCard) -> Option<f64>;
-    let families: [(&str, &str, Read); 3] = [
+    let families: [(&str, &str, Read); 5] = [
+        (
+            "sluice_endpoint_misconfigured",
+            "1 while the endpoint's provider refused its credentials and it waits to be re-enabled.",
+            |c| Some(flag(c.endpoint.health.standing.misconfigured.is_some())),
+        ),
+        (
+            "sluice_endpoint_pushback_seconds",
+            "How much longer the endpoint's provider asked for no new streams (quota pushback).",
+            |c| {
+                let ms = c
+                    .endpoint
+                    .health
+                    .standing
+                    .pushback_remaining_ms
+                    .unwrap_or(0);
+                Some(ms as f64 / 1e3)
+            },
+        ),
         (
             "sluice_endpoint_connections",
             "Upstream connections to the endpoint.",

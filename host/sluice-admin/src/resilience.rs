@@ -1,6 +1,6 @@
 //! `/api/v1/endpoints` and `/api/v1/breakers`: endpoint health, circuit breakers and their
 //! events, and the operator actions on them (force a breaker open, disable it, release it;
-//! drain an endpoint).
+//! drain an endpoint, re-enable one its provider's answers took out).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -28,6 +28,19 @@ pub async fn drain(
     Ok(Json(
         json!({ "endpoint": id, "draining_connections": drained }),
     ))
+}
+
+/// `POST /api/v1/endpoints/{id}/enable`: clears what the provider's answers marked on the
+/// endpoint (misconfigured, quota pushback), so that it takes new streams again.
+pub async fn enable(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let cleared = state
+        .proxy
+        .enable_endpoint(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no endpoint {id:?}")))?;
+    Ok(Json(json!({ "endpoint": id, "cleared": cleared })))
 }
 
 /// `GET /api/v1/breakers`

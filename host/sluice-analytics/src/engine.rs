@@ -274,14 +274,17 @@ impl Analytics {
                 rules.breaker(b.scope, &b.name, open)
             })
             .collect();
-        observations.extend(self.proxy.endpoints().iter().map(|e| {
-            let unhealthy = e.health.health == Health::Unhealthy;
-            rules.endpoint(
+        for e in self.proxy.endpoints() {
+            let misconfigured = e.health.standing.misconfigured.as_deref();
+            // A misconfigured endpoint is unhealthy too; its own rule says why, once.
+            let unhealthy = e.health.health == Health::Unhealthy && misconfigured.is_none();
+            observations.push(rules.endpoint(
                 &e.id,
                 unhealthy,
                 e.health.reason.as_deref().unwrap_or("healthy"),
-            )
-        }));
+            ));
+            observations.push(rules.endpoint_misconfigured(&e.id, misconfigured));
+        }
         let period_ms = i64::try_from(self.config.analytics.period.as_millis()).unwrap_or(i64::MAX);
         let confidences: Vec<f64> = self
             .policies

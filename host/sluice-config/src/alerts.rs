@@ -25,6 +25,9 @@ pub struct AlertsConfig {
     pub breaker_open: BreakerOpenRule,
     /// An upstream endpoint is unhealthy (health checks or outlier detection).
     pub endpoint_unhealthy: EndpointUnhealthyRule,
+    /// An endpoint's provider refused Sluice's credentials: it takes no new streams until an
+    /// operator re-enables it.
+    pub endpoint_misconfigured: EndpointMisconfiguredRule,
     /// The router's mean confidence in its decisions is low.
     pub low_router_confidence: ThresholdRule,
     /// The pool holds many more connections than its streams need: connections needed for the
@@ -40,6 +43,7 @@ impl Default for AlertsConfig {
             retry: AlertRetryConfig::default(),
             breaker_open: BreakerOpenRule::default(),
             endpoint_unhealthy: EndpointUnhealthyRule::default(),
+            endpoint_misconfigured: EndpointMisconfiguredRule::default(),
             low_router_confidence: ThresholdRule::default(),
             efficiency: ThresholdRule::default(),
         }
@@ -139,6 +143,28 @@ impl Default for EndpointUnhealthyRule {
         Self {
             enabled: true,
             hold_for: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[alerts.endpoint_misconfigured]`: an endpoint's provider refused Sluice's credentials
+/// (`UNAUTHENTICATED`, `PERMISSION_DENIED` by default). Nothing recovers that by itself, so it
+/// fires at once by default.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EndpointMisconfiguredRule {
+    /// Raise this alert at all. Default true.
+    pub enabled: bool,
+    /// How long the endpoint must stay misconfigured before the alert fires. Default 0 s.
+    #[serde(rename = "for", with = "crate::duration")]
+    pub hold_for: Duration,
+}
+
+impl Default for EndpointMisconfiguredRule {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            hold_for: Duration::ZERO,
         }
     }
 }

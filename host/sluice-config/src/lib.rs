@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 mod alerts;
 mod analytics;
+mod answers;
 mod duration;
 mod env;
 mod plugins;
@@ -24,10 +25,11 @@ mod scorer;
 mod server;
 
 pub use alerts::{
-    AlertRetryConfig, AlertsConfig, BreakerOpenRule, EndpointUnhealthyRule, ThresholdRule,
-    WebhookConfig,
+    AlertRetryConfig, AlertsConfig, BreakerOpenRule, EndpointMisconfiguredRule,
+    EndpointUnhealthyRule, ThresholdRule, WebhookConfig,
 };
 pub use analytics::{AnalyticsConfig, ScalingConfig, StoreConfig};
+pub use answers::{Answer, AnswersConfig, CODE_NAMES, code_of};
 pub use duration::MAX_DURATION;
 pub use env::expand_env;
 pub use plugins::{AdminConfig, AdminTls, PluginsConfig, SlotConfig, SlotKind};
@@ -430,6 +432,10 @@ pub struct EndpointConfig {
     /// Cap on stream creation towards this endpoint (new streams and resumes). Unset: no cap.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// What the provider's final statuses mean for this endpoint (quota pushback, wrong
+    /// credentials, failure).
+    #[serde(default)]
+    pub answers: AnswersConfig,
 }
 
 fn default_region() -> String {
@@ -449,6 +455,7 @@ impl EndpointConfig {
             tls_server_name: None,
             metadata: BTreeMap::new(),
             rate_limit: None,
+            answers: AnswersConfig::default(),
         }
     }
 
@@ -877,6 +884,7 @@ impl Config {
                     return Err(invalid(key("rate_limit.burst"), "must be at least 1"));
                 }
             }
+            endpoint.answers.validate(&key("answers"))?;
         }
         Ok(())
     }
@@ -1114,7 +1122,7 @@ impl ConfigError {
     }
 }
 
-fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         path: None,
         key: key.into(),

@@ -460,6 +460,8 @@ fn every_table_default_equals_the_parse_of_an_empty_table() {
     assert_default_is_empty_table::<AlertRetryConfig>();
     assert_default_is_empty_table::<BreakerOpenRule>();
     assert_default_is_empty_table::<EndpointUnhealthyRule>();
+    assert_default_is_empty_table::<EndpointMisconfiguredRule>();
+    assert_default_is_empty_table::<AnswersConfig>();
     assert_default_is_empty_table::<ThresholdRule>();
     assert_default_is_empty_table::<ScorerConfig>();
     assert_default_is_empty_table::<LearningConfig>();

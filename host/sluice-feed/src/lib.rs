@@ -118,6 +118,20 @@ pub struct FeedConfig {
     pub disconnect_after: Option<u64>,
     /// Name reported in the `x-feed-name` response header and in logs.
     pub name: String,
+    /// Answer every Feed call with this status from the start (see [`FeedHandle::refuse`]).
+    pub refuse: Option<Refusal>,
+}
+
+/// A status the server answers every Feed call with, before anything else, as a provider does
+/// when an account's quota is spent (`RESOURCE_EXHAUSTED`) or its credentials are revoked
+/// (`UNAUTHENTICATED`, `PERMISSION_DENIED`). Health checks are answered as usual. Each refused
+/// call counts in [`FeedStats::calls_refused`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status code.
+    pub code: tonic::Code,
+    /// Sent as `grpc-retry-pushback-ms` with the status, when set (negative: do not retry).
+    pub pushback_ms: Option<i64>,
 }
 
 impl Default for FeedConfig {
@@ -127,6 +141,7 @@ impl Default for FeedConfig {
             error_rate: 0.0,
             disconnect_after: None,
             name: "feed".to_owned(),
+            refuse: None,
         }
     }
 }
@@ -234,9 +249,16 @@ pub struct FeedHandle {
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     sockets: Arc<incoming::Sockets>,
     health: HealthReporter,
+    refusal: watch::Sender<Option<Refusal>>,
 }
 
 impl FeedHandle {
+    /// From now on, answers every new Feed call with `refusal` (`None`: serves them again).
+    /// Calls already running go on.
+    pub fn refuse(&self, refusal: Option<Refusal>) {
+        self.refusal.send_replace(refusal);
+    }
+
     /// Stops gracefully, giving calls [`DEFAULT_SHUTDOWN_GRACE`] to finish; see
     /// [`FeedHandle::shutdown_with_grace`].
     pub async fn shutdown(self) -> Result<(), FeedError> {
@@ -365,8 +387,9 @@ pub async fn spawn(
 
     let stats = Arc::new(FeedStats::default());
     let (drain_tx, drain_rx) = watch::channel(false);
+    let (refusal_tx, refusal_rx) = watch::channel(config.refuse);
     let name = config.name.clone();
-    let feed = service::FeedService::new(config, stats.clone(), drain_rx);
+    let feed = service::FeedService::new(config, stats.clone(), drain_rx, refusal_rx);
     let grpc = pb::feed_server::FeedServer::new(feed)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -406,5 +429,6 @@ pub async fn spawn(
         task: Some(task),
         sockets,
         health,
+        refusal: refusal_tx,
     })
 }

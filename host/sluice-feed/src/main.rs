@@ -33,6 +33,13 @@ struct Args {
     /// Name reported in the `x-feed-name` response header.
     #[arg(long, default_value = "feed")]
     name: String,
+    /// Answer every Feed call with this gRPC status code (8 RESOURCE_EXHAUSTED, 16
+    /// UNAUTHENTICATED, ...), as a provider whose quota is spent or whose credentials are revoked.
+    #[arg(long)]
+    refuse_code: Option<i32>,
+    /// `grpc-retry-pushback-ms` sent with --refuse-code.
+    #[arg(long, requires = "refuse_code")]
+    refuse_pushback_ms: Option<i64>,
     /// PEM certificate chain; serve TLS (needs --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -61,6 +68,10 @@ async fn main() -> anyhow::Result<()> {
         error_rate: args.error_rate,
         disconnect_after: args.disconnect_after,
         name: args.name,
+        refuse: args.refuse_code.map(|code| sluice_feed::Refusal {
+            code: tonic::Code::from_i32(code),
+            pushback_ms: args.refuse_pushback_ms,
+        }),
     };
     let handle = sluice_feed::spawn(args.listen, config, tls)
         .await

@@ -32,6 +32,8 @@ pub(crate) struct FeedService {
     fault_counter: AtomicU64,
     /// Becomes true when the server shuts down gracefully; Subscribe streams then end.
     drain: watch::Receiver<bool>,
+    /// The status every call gets now, if the server refuses them ([`crate::Refusal`]).
+    refusal: watch::Receiver<Option<crate::Refusal>>,
 }
 
 /// What the request metadata asked for.
@@ -46,12 +48,14 @@ impl FeedService {
         config: FeedConfig,
         stats: Arc<FeedStats>,
         drain: watch::Receiver<bool>,
+        refusal: watch::Receiver<Option<crate::Refusal>>,
     ) -> Self {
         FeedService {
             config,
             stats,
             fault_counter: AtomicU64::new(0),
             drain,
+            refusal,
         }
     }
 
@@ -65,6 +69,17 @@ impl FeedService {
         let ascii = ascii_metadata(metadata);
         self.stats.set_last_metadata(ascii.clone());
 
+        let refusal = *self.refusal.borrow();
+        if let Some(refusal) = refusal {
+            self.stats.calls_refused.fetch_add(1, Ordering::Relaxed);
+            let mut status = Status::new(refusal.code, "refused by the server (injected)");
+            if let Some(Ok(value)) = refusal.pushback_ms.map(|ms| ms.to_string().parse()) {
+                status
+                    .metadata_mut()
+                    .insert("grpc-retry-pushback-ms", value);
+            }
+            return Err(status);
+        }
         if let Some(status) = injected_failure(metadata)? {
             self.stats
                 .calls_failed_injected

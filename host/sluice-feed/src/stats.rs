@@ -15,6 +15,8 @@ pub struct FeedStats {
     pub calls_total: AtomicU64,
     /// Calls failed on purpose (`x-feed-fail-code` or `error_rate`).
     pub calls_failed_injected: AtomicU64,
+    /// Calls answered with the server's [`crate::Refusal`].
+    pub calls_refused: AtomicU64,
     /// Subscribe streams currently sending (a gauge).
     pub subscribe_active: AtomicU64,
     /// Subscribe streams started since start.
@@ -43,6 +45,7 @@ pub struct FeedStatsSnapshot {
     pub connections_open: u64,
     pub calls_total: u64,
     pub calls_failed_injected: u64,
+    pub calls_refused: u64,
     pub subscribe_active: u64,
     pub subscribe_started: u64,
     pub subscribe_cancelled: u64,
@@ -61,6 +64,7 @@ impl FeedStats {
             connections_open: get(&self.connections_open),
             calls_total: get(&self.calls_total),
             calls_failed_injected: get(&self.calls_failed_injected),
+            calls_refused: get(&self.calls_refused),
             subscribe_active: get(&self.subscribe_active),
             subscribe_started: get(&self.subscribe_started),
             subscribe_cancelled: get(&self.subscribe_cancelled),

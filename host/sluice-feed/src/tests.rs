@@ -277,6 +277,36 @@ async fn error_rate_fails_an_exact_fraction_of_calls() {
 }
 
 #[tokio::test]
+async fn a_refusing_server_answers_every_call_with_its_status_and_counts_them() {
+    let feed = start(FeedConfig::default()).await;
+    let mut client = client(feed.addr).await;
+    client.echo(EchoRequest::default()).await.unwrap();
+    feed.refuse(Some(crate::Refusal {
+        code: Code::ResourceExhausted,
+        pushback_ms: Some(750),
+    }));
+    let status = client.echo(EchoRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(
+        status.metadata().get("grpc-retry-pushback-ms").unwrap(),
+        "750"
+    );
+    let status = client.subscribe(subscribe(5, 0, 0.0, 0)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    feed.refuse(Some(crate::Refusal {
+        code: Code::Unauthenticated,
+        pushback_ms: None,
+    }));
+    let status = client.echo(EchoRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.metadata().get("grpc-retry-pushback-ms").is_none());
+    feed.refuse(None);
+    client.echo(EchoRequest::default()).await.unwrap();
+    let stats = feed.stats.snapshot();
+    assert_eq!((stats.calls_total, stats.calls_refused), (5, 3));
+}
+
+#[tokio::test]
 async fn disconnect_after_ends_streams_with_unavailable() {
     let feed = start(FeedConfig {
         disconnect_after: Some(3),

@@ -377,4 +377,17 @@ impl ProxyView {
         self.ctx.pool.endpoint(endpoint)?;
         Some(self.ctx.pool.drain_endpoint(endpoint))
     }
+
+    /// Clears what the provider's answers marked on `endpoint` (misconfigured, quota
+    /// pushback), so that it takes new streams again: the operator fixed the credentials, or
+    /// knows the quota is back. Returns whether a mark was cleared, or `None` for an unknown
+    /// endpoint.
+    pub fn enable_endpoint(&self, endpoint: &str) -> Option<bool> {
+        let endpoint = self.ctx.pool.endpoint(endpoint)?;
+        let cleared = endpoint.health.standing.reenable();
+        if cleared {
+            tracing::info!(endpoint = %endpoint.id, "endpoint re-enabled by an operator");
+        }
+        Some(cleared)
+    }
 }

@@ -9,6 +9,7 @@
 mod abuse;
 mod admin;
 mod alerts;
+mod answers;
 mod backpressure;
 mod cli;
 mod dashboard;

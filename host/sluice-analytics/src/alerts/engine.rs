@@ -34,6 +34,10 @@ impl AlertRules {
             AlertRule::EndpointUnhealthy => {
                 (c.endpoint_unhealthy.enabled, c.endpoint_unhealthy.hold_for)
             }
+            AlertRule::EndpointMisconfigured => (
+                c.endpoint_misconfigured.enabled,
+                c.endpoint_misconfigured.hold_for,
+            ),
             AlertRule::LowRouterConfidence => (
                 c.low_router_confidence.enabled,
                 c.low_router_confidence.hold_for,
@@ -73,6 +77,24 @@ impl AlertRules {
             active: unhealthy,
             value: if unhealthy { 1.0 } else { 0.0 },
             detail,
+        }
+    }
+
+    /// Whether endpoint `id`'s provider refused Sluice's credentials (`why`, the answer that
+    /// showed it). Subject `endpoint:{id}`; active until the endpoint is re-enabled.
+    pub fn endpoint_misconfigured(&self, id: &str, why: Option<&str>) -> Observation {
+        Observation {
+            rule: AlertRule::EndpointMisconfigured,
+            subject: format!("endpoint:{id}"),
+            active: why.is_some(),
+            value: if why.is_some() { 1.0 } else { 0.0 },
+            detail: match why {
+                Some(why) => format!(
+                    "endpoint {id} refused Sluice's credentials ({why}); it takes no new streams \
+                     until re-enabled"
+                ),
+                None => format!("endpoint {id} accepts Sluice's credentials"),
+            },
         }
     }
 

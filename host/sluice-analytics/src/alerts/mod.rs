@@ -31,6 +31,8 @@ pub enum AlertRule {
     BreakerOpen,
     /// An upstream endpoint is unhealthy.
     EndpointUnhealthy,
+    /// An endpoint's provider refused Sluice's credentials.
+    EndpointMisconfigured,
     /// The router's mean decision confidence is below the threshold.
     LowRouterConfidence,
     /// Connections needed for the streams / connections held is below the threshold.
@@ -39,9 +41,10 @@ pub enum AlertRule {
 
 impl AlertRule {
     /// Every rule.
-    pub const ALL: [AlertRule; 4] = [
+    pub const ALL: [AlertRule; 5] = [
         AlertRule::BreakerOpen,
         AlertRule::EndpointUnhealthy,
+        AlertRule::EndpointMisconfigured,
         AlertRule::LowRouterConfidence,
         AlertRule::Efficiency,
     ];
@@ -51,16 +54,19 @@ impl AlertRule {
         match self {
             AlertRule::BreakerOpen => "breaker_open",
             AlertRule::EndpointUnhealthy => "endpoint_unhealthy",
+            AlertRule::EndpointMisconfigured => "endpoint_misconfigured",
             AlertRule::LowRouterConfidence => "low_router_confidence",
             AlertRule::Efficiency => "efficiency",
         }
     }
 
-    /// How urgent an incident of this rule is: critical for open breakers and unhealthy
-    /// endpoints, a warning otherwise.
+    /// How urgent an incident of this rule is: critical for open breakers and unhealthy or
+    /// misconfigured endpoints, a warning otherwise.
     pub fn severity(self) -> Severity {
         match self {
-            AlertRule::BreakerOpen | AlertRule::EndpointUnhealthy => Severity::Critical,
+            AlertRule::BreakerOpen
+            | AlertRule::EndpointUnhealthy
+            | AlertRule::EndpointMisconfigured => Severity::Critical,
             AlertRule::LowRouterConfidence | AlertRule::Efficiency => Severity::Warning,
         }
     }
@@ -70,6 +76,7 @@ impl AlertRule {
         match self {
             AlertRule::BreakerOpen => "Circuit breaker open",
             AlertRule::EndpointUnhealthy => "Endpoint unhealthy",
+            AlertRule::EndpointMisconfigured => "Endpoint misconfigured",
             AlertRule::LowRouterConfidence => "Low router confidence",
             AlertRule::Efficiency => "Low connection efficiency",
         }

@@ -16,11 +16,12 @@ use h2::{RecvStream, SendStream};
 use http::Request;
 use tokio::sync::Notify;
 
+use super::answers::record_final_status;
 use super::pump::{self, Ending, OnFull, PumpError};
 use super::request::{RequestStart, StartError, request_timed_out};
 use super::upstream::{
     CallSetup, End, OpenStream, cut_off_lagging, let_go, monitor_blamed, must_end, open_upstream,
-    record_final_status, reply, response_head, upstream_failure,
+    reply, response_head, upstream_failure,
 };
 use crate::Context;
 use crate::grpc::{self, Code, FrameError, MessageScanner, Status};
@@ -308,7 +309,7 @@ async fn relay(
     // A trailers-only answer: its status is in these headers.
     let blamed = end_of_stream && monitor_blamed(lease, &parts.headers);
     if end_of_stream {
-        record_final_status(lease, &parts.headers);
+        record_final_status(lease, &parts.headers, &setup.monitor.name());
     } else if !setup.first_message.strict {
         // The response started: however long its first message then takes, the stream is not
         // failed for it (it still is if it breaks before the deadline).
@@ -393,7 +394,7 @@ async fn relay(
     };
     match result {
         Ok(Ending::Trailers(trailers)) => {
-            record_final_status(lease, &trailers);
+            record_final_status(lease, &trailers, &setup.monitor.name());
             let _ = downstream.send_trailers(grpc::headers::response_headers(&trailers));
             End::Completed(monitor_blamed(lease, &trailers))
         }

@@ -10,9 +10,10 @@
 //! - `resumable`: whole messages, and a stream that outlives the upstream streams carrying it.
 //!
 //! The three stand side by side and never use one another: what they share (the call's setup,
-//! opening an upstream stream, status answers, final-status bookkeeping) is in `upstream`, and
-//! moving DATA under flow control is `pump`'s.
+//! opening an upstream stream, status answers) is in `upstream`, reading an upstream's final
+//! status for its endpoint is `answers`', and moving DATA under flow control is `pump`'s.
 
+mod answers;
 mod call;
 mod pump;
 mod request;

@@ -39,11 +39,12 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response};
 use sluice_config::{MethodConfig, ResumeMode};
 
+use super::answers::record_final_status;
 use super::pump::{PumpError, send_all};
 use super::request::{BoundedRequest, request_timed_out};
 use super::upstream::{
-    CallSetup, End, cut_off_lagging, monitor_blamed, must_end, open_upstream, record_final_status,
-    reply, response_head, upstream_failure,
+    CallSetup, End, cut_off_lagging, monitor_blamed, must_end, open_upstream, reply, response_head,
+    upstream_failure,
 };
 use crate::Context;
 use crate::grpc::{self, Code, FrameError, PREFIX_LEN, Status};
@@ -305,6 +306,7 @@ impl ResumableCall<'_> {
                 Turn::Draining => Some(Broken {
                     failure: None,
                     drained: true,
+                    avoid_endpoint: false,
                     reason: "its connection is draining".to_owned(),
                 }),
                 Turn::FirstMessageDue => {
@@ -334,6 +336,7 @@ impl ResumableCall<'_> {
                     // in a loop.
                     failure: (!was_not_processed(&error)).then_some(FailureKind::Reset),
                     drained: false,
+                    avoid_endpoint: false,
                     reason: upstream_failure(&error).message,
                 }),
                 Turn::Upstream(Ok(UpstreamEvent::Head(response))) => {
@@ -447,11 +450,16 @@ impl ResumableCall<'_> {
         let (parts, upstream_body) = response.into_parts();
         if upstream_body.is_end_stream() {
             // Trailers-only: the status is in these headers.
-            if let Some(broken) = resumable_status(&self.options, &parts.headers) {
+            if let Some(broken) = resumable_status(
+                &self.options,
+                &attempt.lease,
+                &parts.headers,
+                &self.setup.monitor.name(),
+            ) {
                 return ControlFlow::Continue(Some(broken));
             }
             let blamed = monitor_blamed(&attempt.lease, &parts.headers);
-            record_final_status(&attempt.lease, &parts.headers);
+            record_final_status(&attempt.lease, &parts.headers, &self.setup.monitor.name());
             match self.downstream.stream.as_mut() {
                 Some(stream) => {
                     let mut trailers = grpc::headers::response_headers(&parts.headers);
@@ -538,7 +546,12 @@ impl ResumableCall<'_> {
         trailers: Option<HeaderMap>,
     ) -> ControlFlow<Stop, Broken> {
         let trailers = trailers.unwrap_or_default();
-        if let Some(broken) = resumable_status(&self.options, &trailers) {
+        if let Some(broken) = resumable_status(
+            &self.options,
+            &attempt.lease,
+            &trailers,
+            &self.setup.monitor.name(),
+        ) {
             return ControlFlow::Continue(broken);
         }
         if let Err(error) = attempt.splitter.finish() {
@@ -547,7 +560,7 @@ impl ResumableCall<'_> {
             return ControlFlow::Break(Stop::Ended(self.downstream.fail(status)));
         }
         let blamed = monitor_blamed(&attempt.lease, &trailers);
-        record_final_status(&attempt.lease, &trailers);
+        record_final_status(&attempt.lease, &trailers, &self.setup.monitor.name());
         if let Some(stream) = self.downstream.stream.as_mut() {
             let _ = stream.send_trailers(grpc::headers::response_headers(&trailers));
         }
@@ -605,6 +618,9 @@ impl ResumableCall<'_> {
         let retry = Resume {
             broken: attempt.lease.connection().id,
             alternatives: attempt.lease.alternatives().to_vec(),
+            avoid_endpoint: broken
+                .avoid_endpoint
+                .then(|| Arc::clone(&attempt.lease.connection().endpoint.id)),
         };
         let ctx = self.ctx;
         match broken.failure {

@@ -29,11 +29,12 @@ use parking_lot::Mutex;
 use sluice_config::MethodConfig;
 use tokio::sync::{Notify, broadcast, watch};
 
+use super::answers::{SHARED_WITNESS, record_final_status};
 use super::pump::{self, OnFull, PumpError};
 use super::request::{BoundedRequest, request_timed_out};
 use super::upstream::{
-    CallSetup, End, FirstMessage, cut_off_lagging, let_go, must_end, open_upstream,
-    record_final_status, response_head, upstream_failure,
+    CallSetup, End, FirstMessage, cut_off_lagging, let_go, must_end, open_upstream, response_head,
+    upstream_failure,
 };
 use crate::Context;
 use crate::grpc::{self, Code, MessageSplitter, Status};
@@ -533,7 +534,7 @@ async fn feed_subscribers(
     lease.observe_response(sent_at.elapsed());
     let (parts, mut body) = response.into_parts();
     if body.is_end_stream() {
-        record_final_status(lease, &parts.headers);
+        record_final_status(lease, &parts.headers, &Arc::from(SHARED_WITNESS));
         let ended = response_head(parts.status, &parts.headers);
         stream.head.send_replace(Some(Head::Ended(ended)));
         return Ok(HeaderMap::new());
@@ -592,7 +593,7 @@ async fn feed_subscribers(
     let trailers = body.trailers().await.map_err(broke)?;
     match &trailers {
         Some(trailers) => {
-            record_final_status(lease, trailers);
+            record_final_status(lease, trailers, &Arc::from(SHARED_WITNESS));
         }
         None => lease.finished(),
     }

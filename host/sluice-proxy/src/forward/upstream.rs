@@ -21,7 +21,7 @@ use super::pump::OnFull;
 use crate::Context;
 use crate::breaker::{Outcome, Permit};
 use crate::grpc::{self, Code, Status};
-use crate::pool::{FailureKind, Lease, MonitorCall, Resume};
+use crate::pool::{Lease, MonitorCall, Resume};
 use crate::route::MonitorProfile;
 
 /// Attempts to open an upstream stream before giving up (a connection can close between the
@@ -114,6 +114,12 @@ pub(super) struct MonitorPermit {
 }
 
 impl MonitorPermit {
+    /// The monitor as its breaker knows it: a configured monitor's id, or the name every
+    /// unconfigured monitor shares.
+    pub(super) fn name(&self) -> Arc<str> {
+        Arc::clone(self.permit.lock().breaker().name())
+    }
+
     /// Holds the monitor breaker's `permit` and the count of the monitor's open calls.
     pub(super) fn new(permit: Permit, call: MonitorCall) -> Self {
         Self {
@@ -225,15 +231,6 @@ pub(super) fn upstream_failure(error: &h2::Error) -> Status {
     Status::unavailable(format!("upstream connection lost: {error}"))
 }
 
-/// The breaker failure a final upstream status stands for, if any.
-pub(super) fn status_failure(headers: &HeaderMap) -> Option<FailureKind> {
-    match headers.get("grpc-status").map(http::HeaderValue::as_bytes) {
-        Some(b"14") => Some(FailureKind::Unavailable),
-        Some(b"4") => Some(FailureKind::DeadlineExceeded),
-        _ => None,
-    }
-}
-
 /// The response head a monitor gets for an upstream's: its status, and its headers without the
 /// hop-by-hop ones.
 pub(super) fn response_head(status: StatusCode, headers: &HeaderMap) -> Response<()> {
@@ -241,14 +238,6 @@ pub(super) fn response_head(status: StatusCode, headers: &HeaderMap) -> Response
     *head.status_mut() = status;
     *head.headers_mut() = grpc::headers::response_headers(headers);
     head
-}
-
-/// Reports a stream's final upstream status to its lease.
-pub(super) fn record_final_status(lease: &Lease, headers: &HeaderMap) {
-    match status_failure(headers) {
-        Some(kind) => lease.failed(kind),
-        None => lease.finished(),
-    }
 }
 
 /// An upstream stream that has been opened.

@@ -1,7 +1,8 @@
 //! Endpoint health: active `grpc.health.v1` checks and passive outlier detection.
 //!
 //! An endpoint is
-//! - **unhealthy** when its active checks failed `unhealthy_threshold` times in a row, or its
+//! - **unhealthy** when its provider said so in its answers (quota pushback, wrong credentials:
+//!   [`standing`]), its active checks failed `unhealthy_threshold` times in a row, or its
 //!   endpoint breaker is open (passive detection: the breaker counts failed connects and
 //!   streams);
 //! - **degraded** when its breaker is half-open or more than `degraded_error_rate` of its recent
@@ -16,6 +17,7 @@
 //! knows nothing of the pool, routing or forwarding.
 
 pub(crate) mod check;
+pub(crate) mod standing;
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -24,6 +26,7 @@ use sluice_config::HealthConfig;
 pub(crate) use sluice_contract::health::Health;
 
 use crate::breaker::{Breaker, BreakerState};
+use standing::{Standing, StandingSnapshot};
 
 /// Smallest number of recent streams before an error rate can degrade an endpoint.
 const DEGRADE_MIN_CALLS: u32 = 5;
@@ -45,6 +48,8 @@ struct ActiveState {
 pub(crate) struct EndpointHealth {
     config: HealthConfig,
     active: Mutex<ActiveState>,
+    /// What the provider's answers said.
+    pub(crate) standing: Standing,
 }
 
 /// A point-in-time view of an endpoint's health.
@@ -58,6 +63,9 @@ pub struct HealthSnapshot {
     pub active_checks: bool,
     /// The last active check's error, if it failed.
     pub last_check_error: Option<String>,
+    /// What the provider's answers said (pushback, wrong credentials).
+    #[serde(flatten)]
+    pub standing: StandingSnapshot,
 }
 
 impl EndpointHealth {
@@ -66,6 +74,7 @@ impl EndpointHealth {
         Self {
             config: config.clone(),
             active: Mutex::new(ActiveState::default()),
+            standing: Standing::default(),
         }
     }
 
@@ -87,10 +96,14 @@ impl EndpointHealth {
             reason,
             active_checks: self.config.active,
             last_check_error: self.active.lock().last_error.clone(),
+            standing: self.standing.snapshot(std::time::Instant::now()),
         }
     }
 
     fn assess(&self, breaker: &Breaker) -> (Health, Option<String>) {
+        if let Some(refusal) = self.standing.refusal(std::time::Instant::now()) {
+            return (Health::Unhealthy, Some(refusal));
+        }
         {
             let active = self.active.lock();
             if active.unhealthy {

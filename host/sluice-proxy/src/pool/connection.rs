@@ -151,6 +151,8 @@ pub(crate) enum FailureKind {
     DeadlineExceeded,
     /// No first response message within `breakers.first_message_timeout`.
     NoFirstMessage,
+    /// Another status the endpoint's `[endpoints.answers]` table calls a failure.
+    Answered,
 }
 
 impl FailureKind {
@@ -160,6 +162,8 @@ impl FailureKind {
             FailureKind::Unavailable => kinds.unavailable,
             FailureKind::DeadlineExceeded => kinds.deadline_exceeded,
             FailureKind::NoFirstMessage => kinds.no_first_message,
+            // Configured per endpoint on purpose: always counted.
+            FailureKind::Answered => true,
         }
     }
 }

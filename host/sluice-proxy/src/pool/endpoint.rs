@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue};
 use parking_lot::Mutex;
-use sluice_config::{Config, EndpointConfig};
+use sluice_config::{AnswersConfig, Config, EndpointConfig};
 
 use super::PoolError;
 use super::connector::{Connector, Http2Settings};
@@ -44,6 +44,8 @@ pub(crate) struct Endpoint {
     pub health: EndpointHealth,
     /// Cap on stream creation, when configured.
     pub rate_limit: Option<TokenBucket>,
+    /// What its provider's final statuses mean (`[endpoints.answers]`).
+    pub answers: AnswersConfig,
     connector: Connector,
     backoff: Mutex<Backoff>,
     backoff_base: Duration,
@@ -100,6 +102,7 @@ impl Endpoint {
             ),
             health: EndpointHealth::new(&whole.health),
             rate_limit: config.rate_limit.as_ref().map(TokenBucket::new),
+            answers: config.answers.clone(),
             id,
             region: Arc::from(config.region.as_str()),
             priority: config.priority,
@@ -192,6 +195,16 @@ pub(super) struct EndpointView {
 /// breaker, and of those only the best priority (traffic spills to lower priorities when higher
 /// ones lose health, and comes back when they recover). One view per endpoint, in order.
 pub(super) fn views(endpoints: &[Arc<Endpoint>], now: Instant) -> Vec<EndpointView> {
+    views_avoiding(endpoints, now, None)
+}
+
+/// [`views`] for a stream that must not go to the endpoint `avoid` (its answer there said to
+/// take no new streams): that one counts as unusable, so the stream spills as it would.
+pub(super) fn views_avoiding(
+    endpoints: &[Arc<Endpoint>],
+    now: Instant,
+    avoid: Option<&str>,
+) -> Vec<EndpointView> {
     let verdicts: Vec<(bool, Health)> = endpoints
         .iter()
         .map(|e| {
@@ -199,7 +212,10 @@ pub(super) fn views(endpoints: &[Arc<Endpoint>], now: Instant) -> Vec<EndpointVi
             // An endpoint that just refused a connection and has none left cannot take a
             // stream before its back-off ends: the next priority can.
             let unreachable = e.backing_off(now) && e.connection_count() == 0;
-            let usable = health != Health::Unhealthy && !unreachable && e.breaker.permits(now);
+            let usable = health != Health::Unhealthy
+                && !unreachable
+                && avoid != Some(&*e.id)
+                && e.breaker.permits(now);
             (usable, health)
         })
         .collect();
@@ -331,6 +347,27 @@ mod tests {
             selected(&views(&endpoints, Instant::now())),
             [false, false, true],
             "traffic spills to the next priority"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_its_provider_pushed_back_or_refused_spills_to_the_next_priority() {
+        let endpoints = test_endpoints(&[(0, "a"), (1, "a")]);
+        let standing = &endpoints[0].health.standing;
+        standing.push_back(Duration::from_secs(60), "RESOURCE_EXHAUSTED: quota".into());
+        let pushed = views(&endpoints, Instant::now());
+        assert_eq!(selected(&pushed), [false, true]);
+        assert_eq!(pushed[0].health, Health::Unhealthy);
+        // Its breaker blames it for nothing.
+        assert_eq!(pushed[0].breaker, BreakerState::Closed);
+        assert!(standing.reenable());
+        assert_eq!(selected(&views(&endpoints, Instant::now())), [true, false]);
+        standing.misconfigure("UNAUTHENTICATED: revoked".into());
+        assert_eq!(selected(&views(&endpoints, Instant::now())), [false, true]);
+        let reason = unavailable_reason(&endpoints[..1]);
+        assert!(
+            reason.contains("e0: misconfigured until re-enabled (UNAUTHENTICATED: revoked)"),
+            "{reason}"
         );
     }
 

@@ -43,6 +43,7 @@ use sluice_config::{
 use tokio::sync::{Notify, watch};
 
 pub use crate::health::HealthSnapshot;
+pub use crate::health::standing::StandingSnapshot;
 pub use life::Resized;
 pub use snapshot::{ConnectionSnapshot, EndpointSnapshot, GroupLoad, GroupSnapshot};
 

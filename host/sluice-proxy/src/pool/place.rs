@@ -32,6 +32,9 @@ pub(crate) struct Resume {
     /// The alternatives its placement listed (connection ids, best first): tried before the
     /// router is asked again.
     pub alternatives: Vec<u64>,
+    /// An endpoint whose answer told this stream to go elsewhere (quota pushback, refused
+    /// credentials), before enough monitors saw it for a mark: not used for it.
+    pub avoid_endpoint: Option<Arc<str>>,
 }
 
 /// A monitor's soft placement preferences.
@@ -180,7 +183,8 @@ impl Pool {
         method: &str,
         resume: Option<&Resume>,
     ) -> Step {
-        let views = endpoint::views(&self.endpoints, Instant::now());
+        let avoid_endpoint = resume.and_then(|r| r.avoid_endpoint.as_deref());
+        let views = endpoint::views_avoiding(&self.endpoints, Instant::now(), avoid_endpoint);
         if !views.iter().any(|v| v.selected) {
             return Step::Unavailable(endpoint::unavailable_reason(&self.endpoints));
         }

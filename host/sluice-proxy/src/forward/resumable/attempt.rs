@@ -16,10 +16,12 @@ use tokio::sync::watch;
 
 use super::ResumeOptions;
 use crate::Context;
+use crate::forward::answers::{answer_of, describe, record_final_status};
 use crate::forward::pump::{PumpError, poll_window};
-use crate::forward::upstream::{CallSetup, OpenStream, let_go, status_failure};
+use crate::forward::upstream::{CallSetup, OpenStream, let_go};
 use crate::grpc::MessageSplitter;
 use crate::pool::{FailureKind, Lease};
+use sluice_config::Answer;
 
 /// Where the current upstream stream's response is.
 pub(super) enum Phase {
@@ -193,6 +195,8 @@ pub(super) struct Broken {
     pub(super) failure: Option<FailureKind>,
     /// Its connection is draining: the stream moves, and the move starts a fresh budget.
     pub(super) drained: bool,
+    /// The endpoint's answer said to go elsewhere: the resume does not use that endpoint.
+    pub(super) avoid_endpoint: bool,
     pub(super) reason: String,
 }
 
@@ -201,20 +205,37 @@ pub(super) fn was_not_processed(error: &h2::Error) -> bool {
     error.reason() == Some(h2::Reason::REFUSED_STREAM) || (error.is_go_away() && error.is_remote())
 }
 
-/// A final status that means "try elsewhere" for this method.
-pub(super) fn resumable_status(options: &ResumeOptions, headers: &HeaderMap) -> Option<Broken> {
-    let unavailable = status_failure(headers) == Some(FailureKind::Unavailable);
-    (unavailable && options.on_unavailable).then(|| Broken {
-        failure: Some(FailureKind::Unavailable),
-        drained: false,
-        reason: format!(
-            "upstream answered UNAVAILABLE: {}",
-            headers
-                .get("grpc-message")
-                .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
-                .unwrap_or_default()
-        ),
-    })
+/// A final status on `lease` that means "try elsewhere" for this method: `UNAVAILABLE` when the
+/// method resumes on it, and any answer that keeps new streams off the endpoint (quota
+/// pushback, wrong credentials), witnessed for `monitor` (the mark is set once enough monitors
+/// got it). Blames nobody for those.
+pub(super) fn resumable_status(
+    options: &ResumeOptions,
+    lease: &Lease,
+    headers: &HeaderMap,
+    monitor: &std::sync::Arc<str>,
+) -> Option<Broken> {
+    match answer_of(lease, headers)? {
+        (_, Answer::Pushback | Answer::Misconfigured) => {
+            let answered = record_final_status(lease, headers, monitor);
+            Some(Broken {
+                failure: None,
+                drained: false,
+                avoid_endpoint: true,
+                reason: format!(
+                    "upstream answered {}; its endpoint takes no new streams for now",
+                    answered.status
+                ),
+            })
+        }
+        (14, _) if options.on_unavailable => Some(Broken {
+            failure: Some(FailureKind::Unavailable),
+            drained: false,
+            avoid_endpoint: false,
+            reason: format!("upstream answered {}", describe(14, headers)),
+        }),
+        _ => None,
+    }
 }
 
 /// Waits for flow-control window for the upstream's queued request bytes.
