@@ -6,7 +6,6 @@
 //! `cargo test -p sluice-tests --test e2e <module>::`, e.g. `cargo test -p sluice-tests --test e2e
 //! sharing::`.
 
-mod abuse;
 mod admin;
 mod alerts;
 mod answers;
@@ -19,6 +18,7 @@ mod faults;
 mod lifecycle;
 mod limits;
 mod observability;
+mod outage;
 mod passthrough;
 mod plugin_reload;
 mod plugins;

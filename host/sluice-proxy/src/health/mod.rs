@@ -149,6 +149,15 @@ impl EndpointHealth {
         (Health::Healthy, None)
     }
 
+    /// Whether nothing but `breaker`'s open period keeps the endpoint out: its provider's
+    /// answers and its active checks have nothing against it, and no operator forced the
+    /// breaker open.
+    pub(crate) fn only_breaker_open(&self, breaker: &Breaker) -> bool {
+        self.standing.refusal(std::time::Instant::now()).is_none()
+            && !self.active.lock().unhealthy
+            && breaker.state() == BreakerState::Open
+    }
+
     /// Records one active check. Returns the new verdict of the checks when it changed:
     /// `Some(false)` when they make the endpoint unhealthy, `Some(true)` when they pass again
     /// (`healthy_threshold` in a row) after any failure - the endpoint was seen down and is

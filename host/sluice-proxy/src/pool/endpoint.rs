@@ -54,6 +54,8 @@ pub(crate) struct Endpoint {
     pub(super) connections: AtomicUsize,
     /// Its position in the pool's endpoint list.
     pub(super) index: usize,
+    /// When a stream last probed it while every endpoint was out ([`probe_outage`]).
+    outage_probe: Mutex<Option<Instant>>,
 }
 
 /// Reconnect back-off after refused connections.
@@ -119,6 +121,7 @@ impl Endpoint {
             backoff_max: whole.pool.reconnect_backoff_max,
             connections: AtomicUsize::new(0),
             index,
+            outage_probe: Mutex::new(None),
         })
     }
 
@@ -235,6 +238,34 @@ pub(super) fn views_avoiding(
             breaker: e.breaker.state(),
         })
         .collect()
+}
+
+/// How often, at most, each endpoint gets a probe while every endpoint is out.
+pub(super) const OUTAGE_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Every endpoint is out. Those kept out by nothing but their breaker's open period (and the
+/// reconnect back-off that came with the outage) let probes through now, each at most once per
+/// [`OUTAGE_PROBE_EVERY`]: sitting out open periods that double with each trip would keep every
+/// monitor down for minutes after the provider is back, and with nowhere else to go, a probe
+/// costs the monitors nothing. Returns whether any endpoint was opened to probes.
+pub(super) fn probe_outage(endpoints: &[Arc<Endpoint>], now: Instant) -> bool {
+    let mut probing = false;
+    for endpoint in endpoints {
+        if !endpoint.health.only_breaker_open(&endpoint.breaker) {
+            continue;
+        }
+        let mut last = endpoint.outage_probe.lock();
+        if last.is_some_and(|at| now.saturating_duration_since(at) < OUTAGE_PROBE_EVERY) {
+            continue;
+        }
+        *last = Some(now);
+        endpoint.backoff.lock().retry_after = None;
+        endpoint
+            .breaker
+            .probe_now("every endpoint is out: probing whether the provider is back");
+        probing = true;
+    }
+    probing
 }
 
 /// Endpoints to try for a new connection: the selected (usable, best priority) ones of
@@ -369,6 +400,30 @@ mod tests {
             reason.contains("e0: misconfigured until re-enabled (UNAUTHENTICATED: revoked)"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn when_every_endpoint_is_out_those_only_their_breaker_keeps_out_are_probed_once_a_second() {
+        let endpoints = test_endpoints(&[(0, "a"), (0, "a"), (1, "a")]);
+        for endpoint in &endpoints {
+            endpoint.breaker.trip_now("test");
+            endpoint.connect_failed();
+        }
+        // Checks failing, or an operator's mark, keep an endpoint out for a reason of its own.
+        endpoints[1]
+            .health
+            .standing
+            .misconfigure("UNAUTHENTICATED: revoked".into());
+        let now = Instant::now();
+        assert_eq!(selected(&views(&endpoints, now)), [false, false, false]);
+        assert!(probe_outage(&endpoints, now));
+        let probing = views(&endpoints, Instant::now());
+        assert_eq!(selected(&probing), [true, false, false]);
+        assert_eq!(probing[0].breaker, BreakerState::HalfOpen);
+        // Once a second at most: a probe that failed opens the breaker again until then.
+        endpoints[0].breaker.trip_now("the probe failed");
+        assert!(!probe_outage(&endpoints, now + Duration::from_millis(500)));
+        assert!(probe_outage(&endpoints, now + OUTAGE_PROBE_EVERY));
     }
 
     #[test]

@@ -184,7 +184,12 @@ impl Pool {
         resume: Option<&Resume>,
     ) -> Step {
         let avoid_endpoint = resume.and_then(|r| r.avoid_endpoint.as_deref());
-        let views = endpoint::views_avoiding(&self.endpoints, Instant::now(), avoid_endpoint);
+        let mut views = endpoint::views_avoiding(&self.endpoints, Instant::now(), avoid_endpoint);
+        if !views.iter().any(|v| v.selected)
+            && endpoint::probe_outage(&self.endpoints, Instant::now())
+        {
+            views = endpoint::views_avoiding(&self.endpoints, Instant::now(), avoid_endpoint);
+        }
         if !views.iter().any(|v| v.selected) {
             return Step::Unavailable(endpoint::unavailable_reason(&self.endpoints));
         }

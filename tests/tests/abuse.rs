@@ -2,12 +2,13 @@
 //! attack of `sluice_tests::abuse`, each made while a legitimate monitor streams through the
 //! same Sluice.
 //!
-//! Every attack's checks assert that the legitimate monitor saw no error and kept at least 90% of the
-//! messages it got over a window of the same length just before the attack, that no endpoint
-//! breaker and no configured monitor's breaker opened, and that Sluice's peak RSS stayed under
-//! [`PEAK_RSS_LIMIT_KB`]; and, where a defence shows, that it acted (refusals counted in
-//! `/metrics`, GOAWAYs, statuses). The attacks run one at a time, so that one attack's load
-//! never counts against another's victim: [`every_attack_is_contained`] makes them all.
+//! Every attack's checks assert that the legitimate monitor saw no error and kept at least 90%
+//! of the messages it got over a window of the same length just before the attack, that no
+//! endpoint breaker and no configured monitor's breaker opened, and that Sluice's peak RSS
+//! stayed under [`PEAK_RSS_LIMIT_KB`]; and, where a defence shows, that it acted (refusals
+//! counted in `/metrics`, GOAWAYs, statuses). The attacks run one at a time, so that one attack's load
+//! never counts against another's victim: [`every_attack_is_contained`] makes them all, in a
+//! test binary of its own so that no other test's load counts either.
 
 use std::time::Duration;
 
@@ -93,10 +94,10 @@ impl Siege {
 }
 
 /// Every attack in turn, each on a stage of its own, with the checks common to all
-/// ([`Siege::of`]) and those of its own defence. One test, so that the attacks run one at a
-/// time while the rest of the suite runs beside them: as tests of their own they would queue for
-/// a lock, and hold every test thread while they wait. A failed attack does not stop the
-/// others; the test fails at the end naming each (their panics are printed above).
+/// ([`Siege::of`]) and those of its own defence. One test in a binary of its own, so that the
+/// attacks run one at a time and nothing else runs beside them (cargo runs test binaries one
+/// after the other). A failed attack does not stop the others; the test fails at the end naming
+/// each (their panics are printed above).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attack_is_contained() {
     let mut failed = Vec::new();
