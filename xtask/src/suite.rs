@@ -98,8 +98,11 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
         // SIGKILL them). Each is built on its own, exactly as the tests' `process::binary` asks
         // for it: built together, their dependencies' features would be unified differently,
         // and the tests would build every such dependency again.
-        for name in ["sluice-feed", "sluice"] {
-            util::run(linted.apply(cargo().args(["build", "-p", name, "--bin", name])))?;
+        // `--bins`: the same dependencies, and every binary linted as built for use (as
+        // `cargo clippy --all-targets` does; `cargo test` builds a binary of a package without
+        // integration tests only in test mode). xtask too (it runs as a binary of its own).
+        for name in ["sluice-feed", "sluice", "xtask"] {
+            util::run(linted.apply(cargo().args(["build", "-p", name, "--bins"])))?;
         }
         // Every target, benches included, as `cargo clippy --all-targets` would see them.
         util::run(linted.apply(cargo().args(["test", "--workspace", "--all-targets", "--no-run"])))

@@ -90,15 +90,19 @@ fn assert_nobody_blamed(proxy: &ProxyHandle) {
 async fn a_quota_pushback_moves_new_streams_away_for_as_long_as_the_server_asked() {
     let primary = feed("primary").await;
     let secondary = feed("secondary").await;
-    let proxy = sluice(primary_and_secondary(&primary, &secondary)).await;
+    let mut config = primary_and_secondary(&primary, &secondary);
+    // What a pushback without grpc-retry-pushback-ms would mean here: far longer than the
+    // server's 4 s.
+    config.endpoints[0].answers.pushback = Duration::from_secs(60);
+    let proxy = sluice(config).await;
     let mut c = client(proxy.addr()).await;
     assert_eq!(echo(&mut c, "a").await, Ok("primary".to_owned()));
 
-    // The quota is spent: every call gets RESOURCE_EXHAUSTED, asking for 2 s (not the 10 s
+    // The quota is spent: every call gets RESOURCE_EXHAUSTED, asking for 4 s (not the configured 60 s
     // default) before the next.
     primary.refuse(Some(Refusal {
         code: Code::ResourceExhausted,
-        pushback_ms: Some(2000),
+        pushback_ms: Some(4000),
     }));
     let refused_at = Instant::now();
     // Resumable streams placed on the primary continue on the secondary, whole: the first two
@@ -150,17 +154,17 @@ async fn a_quota_pushback_moves_new_streams_away_for_as_long_as_the_server_asked
     }
     assert_eq!(primary.stats.snapshot().calls_total, calls);
 
-    // Once the 2 s are over the primary takes new streams again, well before the default.
+    // Once the 4 s are over the primary takes new streams again, long before 60 s.
     primary.refuse(None);
-    let back = eventually_async(Duration::from_secs(8), || {
+    let back = eventually_async(Duration::from_secs(20), || {
         let mut c = c.clone();
         async move { echo(&mut c, "a").await == Ok("primary".to_owned()) }
     })
     .await;
     let took = refused_at.elapsed();
-    assert!(back, "the primary took no stream again within 8 s");
+    assert!(back, "the primary took no stream again within 20 s");
     assert!(
-        took >= Duration::from_millis(1900),
+        took >= Duration::from_millis(3900),
         "back after {took:?}, before the pushback ended"
     );
     assert_eq!(
@@ -261,4 +265,42 @@ async fn revoked_credentials_mark_the_endpoint_misconfigured_alert_and_stop_retr
         "the alert did not resolve"
     );
     bounded(LIMIT, "loops stop", loops.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_resumable_stream_moves_only_once_the_endpoint_is_marked() {
+    let primary = feed("primary").await;
+    let secondary = feed("secondary").await;
+    let proxy = sluice(primary_and_secondary(&primary, &secondary)).await;
+    let mut c = client(proxy.addr()).await;
+    primary.refuse(Some(Refusal {
+        code: Code::PermissionDenied,
+        pushback_ms: None,
+    }));
+    // One monitor's refusal may be about what it asked: it gets the answer, and its stream
+    // is not carried from endpoint to endpoint (to witness against each).
+    let refused = c
+        .subscribe(as_monitor(subscribe("r0", 200.0, 8, 5), "a"))
+        .await
+        .map(|_| ());
+    assert_eq!(refused.map_err(|s| s.code()), Err(Code::PermissionDenied));
+    assert_eq!(secondary.stats.snapshot().subscribe_started, 0);
+    assert_eq!(
+        endpoint_of(&proxy, "primary").health.health,
+        Health::Healthy
+    );
+    // A second monitor's refusal marks the endpoint: that stream moves, whole.
+    let mut moved = subscribe_on(&mut c, subscribe("r1", 200.0, 8, 5), "b").await;
+    let mut seqs = Vec::new();
+    while let Some(event) = bounded(LIMIT, "moved stream", moved.message())
+        .await
+        .expect("no error")
+    {
+        seqs.push(event.seq);
+    }
+    assert_eq!(seqs, [0, 1, 2, 3, 4]);
+    assert_eq!(primary.stats.snapshot().calls_refused, 2);
+    let marked = endpoint_of(&proxy, "primary");
+    assert!(marked.health.standing.misconfigured.is_some(), "{marked:?}");
+    assert_nobody_blamed(&proxy);
 }

@@ -104,6 +104,11 @@ impl Standing {
         marked
     }
 
+    /// Whether the endpoint is marked misconfigured.
+    pub(crate) fn is_misconfigured(&self) -> bool {
+        self.state.lock().misconfigured.is_some()
+    }
+
     /// Why the endpoint takes no new streams now, if the provider's answers say so.
     pub(crate) fn refusal(&self, now: Instant) -> Option<String> {
         let state = self.state.lock();

@@ -184,10 +184,16 @@ impl Pool {
         resume: Option<&Resume>,
     ) -> Step {
         let avoid_endpoint = resume.and_then(|r| r.avoid_endpoint.as_deref());
-        let mut views = endpoint::views_avoiding(&self.endpoints, Instant::now(), avoid_endpoint);
-        if !views.iter().any(|v| v.selected)
-            && endpoint::probe_outage(&self.endpoints, Instant::now())
-        {
+        let now = Instant::now();
+        let mut views = endpoint::views_avoiding(&self.endpoints, now, avoid_endpoint);
+        // An outage is every endpoint out for everyone: one stream told to avoid an endpoint
+        // that serves the others does not make one.
+        let outage = !views.iter().any(|v| v.selected)
+            && (avoid_endpoint.is_none()
+                || !endpoint::views(&self.endpoints, now)
+                    .iter()
+                    .any(|v| v.selected));
+        if outage && endpoint::probe_outage(&self.endpoints, now) {
             views = endpoint::views_avoiding(&self.endpoints, Instant::now(), avoid_endpoint);
         }
         if !views.iter().any(|v| v.selected) {

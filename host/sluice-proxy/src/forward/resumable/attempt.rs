@@ -205,10 +205,14 @@ pub(super) fn was_not_processed(error: &h2::Error) -> bool {
     error.reason() == Some(h2::Reason::REFUSED_STREAM) || (error.is_go_away() && error.is_remote())
 }
 
-/// A final status on `lease` that means "try elsewhere" for this method: `UNAVAILABLE` when the
-/// method resumes on it, and any answer that keeps new streams off the endpoint (quota
-/// pushback, wrong credentials), witnessed for `monitor` (the mark is set once enough monitors
-/// got it). Blames nobody for those.
+/// A final status on `lease` that means "try elsewhere" for this method, witnessed for
+/// `monitor` when it is one that marks endpoints; blames nobody for those:
+/// - `UNAVAILABLE`, when the endpoint's table calls it a failure and the method resumes on it;
+/// - quota pushback, at once: the mark it may set ends by itself;
+/// - refused credentials, only once the endpoint is marked misconfigured. Before that, one
+///   monitor's request may have drawn the refusal for what it asked: resumed from endpoint to
+///   endpoint, it would witness against each, and two such monitors would take the whole pool
+///   out until an operator steps in. The monitor gets the answer instead.
 pub(super) fn resumable_status(
     options: &ResumeOptions,
     lease: &Lease,
@@ -216,8 +220,17 @@ pub(super) fn resumable_status(
     monitor: &std::sync::Arc<str>,
 ) -> Option<Broken> {
     match answer_of(lease, headers)? {
-        (_, Answer::Pushback | Answer::Misconfigured) => {
+        (_, answer @ (Answer::Pushback | Answer::Misconfigured)) => {
             let answered = record_final_status(lease, headers, monitor);
+            let marked = lease
+                .connection()
+                .endpoint
+                .health
+                .standing
+                .is_misconfigured();
+            if answer == Answer::Misconfigured && !marked {
+                return None;
+            }
             Some(Broken {
                 failure: None,
                 drained: false,
@@ -228,7 +241,7 @@ pub(super) fn resumable_status(
                 ),
             })
         }
-        (14, _) if options.on_unavailable => Some(Broken {
+        (14, Answer::Failure) if options.on_unavailable => Some(Broken {
             failure: Some(FailureKind::Unavailable),
             drained: false,
             avoid_endpoint: false,
