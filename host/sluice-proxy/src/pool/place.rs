@@ -33,7 +33,8 @@ pub(crate) struct Resume {
     /// router is asked again.
     pub alternatives: Vec<u64>,
     /// An endpoint whose answer told this stream to go elsewhere (quota pushback, refused
-    /// credentials), before enough monitors saw it for a mark: not used for it.
+    /// credentials): not used for it, whether or not enough monitors saw such answers for the
+    /// endpoint to be marked for everyone.
     pub avoid_endpoint: Option<Arc<str>>,
 }
 
