@@ -80,22 +80,34 @@ async fn a_router_renamed_into_the_demo_folder_takes_over_while_monitors_stream(
 
     // The next stream is placed by it. It comes as `rt-0`, of the realtime class, whose group
     // has a free slot (six monitors, four streams a connection): a stream that opens a new
-    // connection is not a router's decision.
-    let mut probe = client(demo.addr).await;
-    let mut stream = bounded(
-        Duration::from_secs(10),
-        "probe subscription",
-        probe.subscribe(as_monitor(subscribe("probe", 1000.0, 8, 1), "rt-0")),
-    )
-    .await
-    .expect("probe opens")
-    .into_inner();
-    while bounded(Duration::from_secs(10), "probe message", stream.message())
+    // connection is not a router's decision. The demo keeps the router's 1 ms deadline, which
+    // a call can overrun on a loaded 2-core machine (the decision then names the router and
+    // its timeout, and the built-in policy decides): up to five streams, until one is the
+    // router's own answer.
+    let mut decisions = serde_json::Value::Null;
+    for _ in 0..5 {
+        let mut probe = client(demo.addr).await;
+        let mut stream = bounded(
+            Duration::from_secs(10),
+            "probe subscription",
+            probe.subscribe(as_monitor(subscribe("probe", 1000.0, 8, 1), "rt-0")),
+        )
         .await
-        .expect("probe succeeds")
-        .is_some()
-    {}
-    let decisions = get(admin, "/api/v1/decisions?monitor=rt-0&limit=1").await;
+        .expect("probe opens")
+        .into_inner();
+        while bounded(Duration::from_secs(10), "probe message", stream.message())
+            .await
+            .expect("probe succeeds")
+            .is_some()
+        {}
+        decisions = get(admin, "/api/v1/decisions?monitor=rt-0&limit=1").await;
+        let reason = decisions["decisions"][0]["reason"]
+            .as_str()
+            .unwrap_or_default();
+        if !reason.ends_with("timeout]") {
+            break;
+        }
+    }
     let decision = &decisions["decisions"][0];
     assert_eq!(decision["reason"], "pick-first", "{decision}");
     let label = active_router(admin).await.expect("still active");
