@@ -50,8 +50,8 @@ use crate::Context;
 use crate::grpc::{self, Code, FrameError, PREFIX_LEN, Status};
 use crate::pool::{FailureKind, Resume};
 use attempt::{
-    Attempt, Broken, Phase, UpstreamEvent, next_event, poll_window_of, resumable_status,
-    was_not_processed,
+    Attempt, Broken, FinalStatus, Phase, UpstreamEvent, next_event, poll_window_of,
+    resumable_status, was_not_processed,
 };
 use reopen::{ResumeBudget, ResumeState, reopen};
 use replay::{Dedup, ReplayBuffer};
@@ -450,16 +450,16 @@ impl ResumableCall<'_> {
         let (parts, upstream_body) = response.into_parts();
         if upstream_body.is_end_stream() {
             // Trailers-only: the status is in these headers.
-            if let Some(broken) = resumable_status(
-                &self.options,
-                &attempt.lease,
-                &parts.headers,
-                &self.setup.monitor.name(),
-            ) {
-                return ControlFlow::Continue(Some(broken));
-            }
+            let monitor = self.setup.monitor.name();
+            let recorded =
+                match resumable_status(&self.options, &attempt.lease, &parts.headers, &monitor) {
+                    FinalStatus::Resume(broken) => return ControlFlow::Continue(Some(broken)),
+                    FinalStatus::End { recorded } => recorded,
+                };
             let blamed = monitor_blamed(&attempt.lease, &parts.headers);
-            record_final_status(&attempt.lease, &parts.headers, &self.setup.monitor.name());
+            if !recorded {
+                record_final_status(&attempt.lease, &parts.headers, &monitor);
+            }
             match self.downstream.stream.as_mut() {
                 Some(stream) => {
                     let mut trailers = grpc::headers::response_headers(&parts.headers);
@@ -546,21 +546,20 @@ impl ResumableCall<'_> {
         trailers: Option<HeaderMap>,
     ) -> ControlFlow<Stop, Broken> {
         let trailers = trailers.unwrap_or_default();
-        if let Some(broken) = resumable_status(
-            &self.options,
-            &attempt.lease,
-            &trailers,
-            &self.setup.monitor.name(),
-        ) {
-            return ControlFlow::Continue(broken);
-        }
+        let monitor = self.setup.monitor.name();
+        let recorded = match resumable_status(&self.options, &attempt.lease, &trailers, &monitor) {
+            FinalStatus::Resume(broken) => return ControlFlow::Continue(broken),
+            FinalStatus::End { recorded } => recorded,
+        };
         if let Err(error) = attempt.splitter.finish() {
             let status =
                 Status::internal(format!("upstream response ended inside a message: {error}"));
             return ControlFlow::Break(Stop::Ended(self.downstream.fail(status)));
         }
         let blamed = monitor_blamed(&attempt.lease, &trailers);
-        record_final_status(&attempt.lease, &trailers, &self.setup.monitor.name());
+        if !recorded {
+            record_final_status(&attempt.lease, &trailers, &monitor);
+        }
         if let Some(stream) = self.downstream.stream.as_mut() {
             let _ = stream.send_trailers(grpc::headers::response_headers(&trailers));
         }

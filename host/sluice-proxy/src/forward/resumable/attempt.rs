@@ -205,7 +205,16 @@ pub(super) fn was_not_processed(error: &h2::Error) -> bool {
     error.reason() == Some(h2::Reason::REFUSED_STREAM) || (error.is_go_away() && error.is_remote())
 }
 
-/// A final status on `lease` that means "try elsewhere" for this method, witnessed for
+/// What an attempt's final status calls for.
+pub(super) enum FinalStatus {
+    /// Try elsewhere.
+    Resume(Broken),
+    /// End the call with it; `recorded` when [`resumable_status`] has already recorded it on
+    /// the lease (and witnessed it), so that the caller does not again.
+    End { recorded: bool },
+}
+
+/// Whether a final status on `lease` means "try elsewhere" for this method, witnessed for
 /// `monitor` when it is one that marks endpoints; blames nobody for those:
 /// - `UNAVAILABLE`, when the endpoint's table calls it a failure and the method resumes on it;
 /// - quota pushback, at once: the mark it may set ends by itself;
@@ -218,8 +227,11 @@ pub(super) fn resumable_status(
     lease: &Lease,
     headers: &HeaderMap,
     monitor: &std::sync::Arc<str>,
-) -> Option<Broken> {
-    match answer_of(lease, headers)? {
+) -> FinalStatus {
+    let Some(answered) = answer_of(lease, headers) else {
+        return FinalStatus::End { recorded: false };
+    };
+    match answered {
         (_, answer @ (Answer::Pushback | Answer::Misconfigured)) => {
             let answered = record_final_status(lease, headers, monitor);
             let marked = lease
@@ -229,9 +241,9 @@ pub(super) fn resumable_status(
                 .standing
                 .is_misconfigured();
             if answer == Answer::Misconfigured && !marked {
-                return None;
+                return FinalStatus::End { recorded: true };
             }
-            Some(Broken {
+            FinalStatus::Resume(Broken {
                 failure: None,
                 drained: false,
                 avoid_endpoint: true,
@@ -241,13 +253,13 @@ pub(super) fn resumable_status(
                 ),
             })
         }
-        (14, Answer::Failure) if options.on_unavailable => Some(Broken {
+        (14, Answer::Failure) if options.on_unavailable => FinalStatus::Resume(Broken {
             failure: Some(FailureKind::Unavailable),
             drained: false,
             avoid_endpoint: false,
             reason: format!("upstream answered {}", describe(14, headers)),
         }),
-        _ => None,
+        _ => FinalStatus::End { recorded: false },
     }
 }
 
