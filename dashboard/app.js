@@ -130,6 +130,18 @@ function renderEfficiency(frame) {
     ] : empty("no connections held yet"));
 }
 
+// An endpoint's caps with the use against them; "at ..." names those reached now.
+function limitsText(l) {
+  const caps = [];
+  if (l.max_connections != null) caps.push(`${l.connections} / ${l.max_connections} conn.`);
+  if (l.max_streams != null) caps.push(`${l.streams} / ${l.max_streams} streams`);
+  if (l.max_streams_per_connection != null) caps.push(`${l.max_streams_per_connection} streams per conn.`);
+  if (l.connections_per_second != null) caps.push(`${fmt(l.connections_per_second, 1)} conn./s`);
+  if (l.streams_per_second != null) caps.push(`${fmt(l.streams_per_second, 1)} new streams/s`);
+  if (!caps.length) return "none";
+  return caps.join(" · ") + (l.reached.length ? ` (at ${l.reached.join(", ")})` : "");
+}
+
 function renderEndpoints(frame) {
   const cards = frame.endpoints.map((e) => {
     const health = e.health.health;
@@ -140,6 +152,7 @@ function renderEndpoints(frame) {
         el("dt", {}, "load"), el("dd", {}, `${e.streams} / ${e.capacity} streams on ${e.connections} conn.`),
         el("dt", {}, "latency"), el("dd", { "data-metric": "latency" }, e.latency_ms === null ? "–" : `${fmt(e.latency_ms, 1)} ms`),
         el("dt", {}, "breaker"), el("dd", {}, badge(e.breaker.state)),
+        el("dt", {}, "limits"), el("dd", { "data-metric": "limits", "data-reached": e.limits.reached.join(" ") }, limitsText(e.limits)),
       ),
       bar(e.capacity ? e.streams / e.capacity : 0),
       e.health.reason ? el("div", { class: "reason" }, e.health.reason) : null,

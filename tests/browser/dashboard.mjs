@@ -75,6 +75,7 @@ async function main() {
         streamsPerConnection: text('[data-metric="streams-per-connection"]'),
         endpointCards: Array.from(q("[data-endpoint]"), (c) => ({
           id: c.dataset.endpoint, health: c.dataset.health, latency: c.querySelector('[data-metric="latency"]').textContent,
+          limits: c.querySelector('[data-metric="limits"]').textContent,
         })),
         breakerRows: Array.from(q("#breakers tr[data-breaker]"), (r) => r.dataset.breaker),
         insights: q("#insights .insight").length,
@@ -94,7 +95,15 @@ async function main() {
     check(/uptime \d/.test(panels.uptime), "no uptime");
     check(/^\d+%$/.test(panels.efficiency), `connection efficiency ${panels.efficiency}`);
     check(Number(panels.streamsPerConnection) > 0, `streams per connection ${panels.streamsPerConnection}`);
-    const endpoints = (await api("/api/v1/endpoints")).endpoints.map((e) => e.id).sort();
+    const listed = (await api("/api/v1/endpoints")).endpoints;
+    const endpoints = listed.map((e) => e.id).sort();
+    // Each card shows the endpoint's caps with the use against them (the demo sets them).
+    for (const e of listed) {
+      const card = panels.endpointCards.find((c) => c.id === e.id);
+      const caps = [` / ${e.limits.max_connections} conn.`, ` / ${e.limits.max_streams} streams`];
+      check(e.limits.max_connections !== null && card && caps.every((cap) => card.limits.includes(cap)),
+        `endpoint ${e.id}'s card shows limits ${JSON.stringify(card?.limits)}, the API ${JSON.stringify(e.limits)}`);
+    }
     check(JSON.stringify(panels.endpointCards.map((c) => c.id).sort()) === JSON.stringify(endpoints),
       `endpoint cards ${JSON.stringify(panels.endpointCards)} vs API ${endpoints}`);
     check(panels.endpointCards.every((c) => c.health === "healthy"), "an endpoint starts unhealthy");

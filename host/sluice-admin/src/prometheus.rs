@@ -2,8 +2,8 @@
 //!
 //! Names follow Prometheus conventions: the `sluice_` prefix, counters end in `_total`, times
 //! are in seconds and shares are ratios. Labels are `endpoint`, `region`, `group`, `monitor`,
-//! `slot`, `scope` and `state`, with bounded cardinality: endpoints, groups and slots come
-//! from the config, and only configured monitors get their own `monitor` label (the others are
+//! `slot`, `scope`, `state` and `limit`, with bounded cardinality: endpoints, groups, slots and
+//! limits come from the config, and only configured monitors get their own `monitor` label (the others are
 //! summed under `monitor="_other"`). Connection breakers, whose names change with every
 //! reconnect, are left out.
 //!
@@ -22,6 +22,7 @@ use sluice_config::BreakerScope;
 use sluice_config::SlotKind;
 use sluice_contract::breaker::BreakerState;
 use sluice_contract::health::Health;
+use sluice_proxy::pool::LimitsSnapshot;
 
 use crate::AdminState;
 use crate::overview;
@@ -248,6 +249,54 @@ fn groups(loads: &[sluice_proxy::pool::GroupLoad], out: &mut Exposition) {
     }
 }
 
+/// Each endpoint's caps (`[endpoints.limits]`, `rate_limit`) and the use against the ones
+/// that are counts, labelled by the config key.
+fn endpoint_limits(cards: &[overview::EndpointCard], out: &mut Exposition) {
+    type Read = fn(&LimitsSnapshot) -> Vec<(&'static str, Option<f64>)>;
+    let families: [(&str, &str, Read); 2] = [
+        (
+            "sluice_endpoint_limit",
+            "The endpoint's configured cap, by config key (unset caps are not listed).",
+            |l| {
+                vec![
+                    ("max_connections", l.max_connections.map(f64::from)),
+                    ("max_streams", l.max_streams.map(f64::from)),
+                    (
+                        "max_streams_per_connection",
+                        l.max_streams_per_connection.map(f64::from),
+                    ),
+                    ("connections_per_second", l.connections_per_second),
+                    ("streams_per_second", l.streams_per_second),
+                ]
+            },
+        ),
+        (
+            "sluice_endpoint_limit_used",
+            "Use against the endpoint's count caps: connections (the health check's included) and open streams.",
+            |l| {
+                vec![
+                    ("max_connections", Some(l.connections as f64)),
+                    ("max_streams", Some(l.streams as f64)),
+                ]
+            },
+        ),
+    ];
+    for (name, help, read) in families {
+        out.family(name, help, Kind::Gauge);
+        for card in cards {
+            for (limit, value) in read(&card.endpoint.limits) {
+                if let Some(value) = value {
+                    out.sample(
+                        name,
+                        &[("endpoint", &card.endpoint.id), ("limit", limit)],
+                        value,
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn endpoints(state: &AdminState, pool: &overview::PoolRead, out: &mut Exposition) {
     let connections = state.proxy.connections();
     let cards = overview::endpoint_cards(&pool.endpoints, &connections);
@@ -319,6 +368,7 @@ fn endpoints(state: &AdminState, pool: &overview::PoolRead, out: &mut Exposition
             }
         }
     }
+    endpoint_limits(&cards, out);
     let name = "sluice_breaker_state";
     out.family(
         name,

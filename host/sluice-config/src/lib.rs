@@ -19,6 +19,7 @@ mod analytics;
 mod answers;
 mod duration;
 mod env;
+mod limits;
 mod plugins;
 mod resilience;
 mod scorer;
@@ -32,6 +33,7 @@ pub use analytics::{AnalyticsConfig, ScalingConfig, StoreConfig};
 pub use answers::{Answer, AnswersConfig, CODE_NAMES, code_of};
 pub use duration::MAX_DURATION;
 pub use env::expand_env;
+pub use limits::EndpointLimits;
 pub use plugins::{AdminConfig, AdminTls, PluginsConfig, SlotConfig, SlotKind};
 pub use resilience::{
     BreakerScope, BreakerSettings, BreakerTable, BreakersConfig, FailureKinds, HealthConfig,
@@ -432,6 +434,9 @@ pub struct EndpointConfig {
     /// Cap on stream creation towards this endpoint (new streams and resumes). Unset: no cap.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// The provider's per-account caps for this endpoint (`[endpoints.limits]`).
+    #[serde(default)]
+    pub limits: EndpointLimits,
     /// What the provider's final statuses mean for this endpoint (quota pushback, wrong
     /// credentials, failure).
     #[serde(default)]
@@ -455,6 +460,7 @@ impl EndpointConfig {
             tls_server_name: None,
             metadata: BTreeMap::new(),
             rate_limit: None,
+            limits: EndpointLimits::default(),
             answers: AnswersConfig::default(),
         }
     }
@@ -884,6 +890,9 @@ impl Config {
                     return Err(invalid(key("rate_limit.burst"), "must be at least 1"));
                 }
             }
+            endpoint
+                .limits
+                .validate(&key("limits"), self.health.active)?;
             endpoint.answers.validate(&key("answers"))?;
         }
         Ok(())

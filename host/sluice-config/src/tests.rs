@@ -408,6 +408,43 @@ fn resume_and_rate_limits_are_checked() {
 }
 
 #[test]
+fn endpoint_limits_parse_and_nonsense_is_refused_by_key() {
+    let config = parse(&format!(
+        "{MINIMAL}limits = {{ max_connections = 100, max_streams = 500, \
+         max_streams_per_connection = 5, connections_per_second = 10 }}\n"
+    ))
+    .unwrap();
+    let limits = config.endpoints[0].limits;
+    assert_eq!(limits.max_connections, Some(100));
+    assert_eq!(limits.max_streams, Some(500));
+    assert_eq!(limits.max_streams_per_connection, Some(5));
+    assert_eq!(limits.connections_per_second, Some(10.0));
+    assert!(!parse(MINIMAL).unwrap().endpoints[0].limits.any());
+
+    let zero = error_of(&format!("{MINIMAL}limits = {{ max_streams = 0 }}\n"));
+    assert!(zero.contains("`endpoints[0].limits.max_streams`"), "{zero}");
+    let rate = error_of(&format!(
+        "{MINIMAL}limits = {{ connections_per_second = -1 }}\n"
+    ));
+    assert!(
+        rate.contains("`endpoints[0].limits.connections_per_second`"),
+        "{rate}"
+    );
+    let typo = error_of(&format!("{MINIMAL}limits = {{ max_conections = 3 }}\n"));
+    assert!(typo.contains("max_conections"), "{typo}");
+    // The health check holds a connection of its own: one in all leaves streams none.
+    let one = error_of(&format!(
+        "{MINIMAL}limits = {{ max_connections = 1 }}\n\n[health]\nactive = true\n"
+    ));
+    assert!(
+        one.contains("`endpoints[0].limits.max_connections`"),
+        "{one}"
+    );
+    assert!(one.contains("health check"), "{one}");
+    assert!(parse(&format!("{MINIMAL}limits = {{ max_connections = 1 }}\n")).is_ok());
+}
+
+#[test]
 fn a_class_table_without_share_keeps_the_class_default() {
     let config = parse(&format!(
         "{MINIMAL}\n[classes.realtime]\nmin_connections = 2\n\n[classes.state]\nshare = 0.1\n"

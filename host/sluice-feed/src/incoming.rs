@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::FeedStats;
+use crate::{FeedStats, ProviderLimits};
 
 /// The listener and the live connections of one server, so that they can be closed from the
 /// handle.
@@ -104,6 +104,7 @@ pub(crate) struct CountingIncoming {
     listener: Arc<TcpListener>,
     stats: Arc<FeedStats>,
     sockets: Arc<Sockets>,
+    limits: ProviderLimits,
 }
 
 impl CountingIncoming {
@@ -111,11 +112,13 @@ impl CountingIncoming {
         listener: Arc<TcpListener>,
         stats: Arc<FeedStats>,
         sockets: Arc<Sockets>,
+        limits: ProviderLimits,
     ) -> Self {
         CountingIncoming {
             listener,
             stats,
             sockets,
+            limits,
         }
     }
 }
@@ -150,7 +153,19 @@ impl Stream for CountingIncoming {
                 this.stats
                     .connections_accepted
                     .fetch_add(1, Ordering::Relaxed);
-                this.stats.connections_open.fetch_add(1, Ordering::Relaxed);
+                let open = this.stats.connections_open.fetch_add(1, Ordering::Relaxed) + 1;
+                this.stats
+                    .connections_peak
+                    .fetch_max(open, Ordering::Relaxed);
+                if this.limits.too_many_connections(open) {
+                    // A provider over its account's cap drops the connection: so does this one,
+                    // and it counts the violation.
+                    this.stats
+                        .connection_violations
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, open, "connection over the connection limit closed");
+                    let _ = SockRef::from(&stream).shutdown(Shutdown::Both);
+                }
                 Poll::Ready(Some(Ok(CountedStream {
                     inner: stream,
                     id,

@@ -43,6 +43,7 @@
 
 mod incoming;
 mod metadata_echo;
+mod quota;
 mod service;
 mod stats;
 
@@ -61,6 +62,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+pub use quota::ProviderLimits;
 pub use stats::{FeedStats, FeedStatsSnapshot};
 
 /// Generated protobuf messages, client (`pb::feed_client::FeedClient`) and server
@@ -120,6 +122,8 @@ pub struct FeedConfig {
     pub name: String,
     /// Answer every Feed call with this status from the start (see [`FeedHandle::refuse`]).
     pub refuse: Option<Refusal>,
+    /// Connection and stream-creation limits enforced and counted as a provider's.
+    pub limits: ProviderLimits,
 }
 
 /// A status the server answers every Feed call with, before anything else, as a provider does
@@ -142,6 +146,7 @@ impl Default for FeedConfig {
             disconnect_after: None,
             name: "feed".to_owned(),
             refuse: None,
+            limits: ProviderLimits::default(),
         }
     }
 }
@@ -249,7 +254,7 @@ pub struct FeedHandle {
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     sockets: Arc<incoming::Sockets>,
     health: HealthReporter,
-    refusal: watch::Sender<Option<Refusal>>,
+    refusal: Arc<watch::Sender<Option<Refusal>>>,
 }
 
 impl FeedHandle {
@@ -257,6 +262,15 @@ impl FeedHandle {
     /// Calls already running go on.
     pub fn refuse(&self, refusal: Option<Refusal>) {
         self.refusal.send_replace(refusal);
+    }
+
+    /// [`FeedHandle::refuse`] as a function that outlives a borrow of the handle (for a task
+    /// that switches refusals while the handle is kept for shutdown).
+    pub fn refusal_switch(&self) -> impl Fn(Option<Refusal>) + Send + Sync + 'static {
+        let refusal = Arc::clone(&self.refusal);
+        move |wanted| {
+            refusal.send_replace(wanted);
+        }
     }
 
     /// Stops gracefully, giving calls [`DEFAULT_SHUTDOWN_GRACE`] to finish; see
@@ -389,6 +403,7 @@ pub async fn spawn(
     let (drain_tx, drain_rx) = watch::channel(false);
     let (refusal_tx, refusal_rx) = watch::channel(config.refuse);
     let name = config.name.clone();
+    let limits = config.limits;
     let feed = service::FeedService::new(config, stats.clone(), drain_rx, refusal_rx);
     let grpc = pb::feed_server::FeedServer::new(feed)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -404,7 +419,8 @@ pub async fn spawn(
 
     let listener = Arc::new(listener);
     let sockets = Arc::new(incoming::Sockets::new(listener.clone()));
-    let incoming = incoming::CountingIncoming::new(listener, stats.clone(), sockets.clone());
+    let incoming =
+        incoming::CountingIncoming::new(listener, stats.clone(), sockets.clone(), limits);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let result = router
@@ -429,6 +445,6 @@ pub async fn spawn(
         task: Some(task),
         sockets,
         health,
-        refusal: refusal_tx,
+        refusal: Arc::new(refusal_tx),
     })
 }

@@ -1,5 +1,6 @@
 //! The `sluice.feed.v1.Feed` service: its four methods and the faults injected into them.
 
+use crate::quota::StreamQuota;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +35,8 @@ pub(crate) struct FeedService {
     drain: watch::Receiver<bool>,
     /// The status every call gets now, if the server refuses them ([`crate::Refusal`]).
     refusal: watch::Receiver<Option<crate::Refusal>>,
+    /// The stream-creation rate of [`crate::ProviderLimits`], when set.
+    quota: Option<StreamQuota>,
 }
 
 /// What the request metadata asked for.
@@ -51,6 +54,7 @@ impl FeedService {
         refusal: watch::Receiver<Option<crate::Refusal>>,
     ) -> Self {
         FeedService {
+            quota: StreamQuota::new(&config.limits),
             config,
             stats,
             fault_counter: AtomicU64::new(0),
@@ -69,6 +73,15 @@ impl FeedService {
         let ascii = ascii_metadata(metadata);
         self.stats.set_last_metadata(ascii.clone());
 
+        if let Some(quota) = &self.quota
+            && !quota.admit()
+        {
+            self.stats.rate_violations.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("call over the stream-creation rate limit refused");
+            return Err(Status::resource_exhausted(
+                "stream creation rate limit exceeded (provider limit)",
+            ));
+        }
         let refusal = *self.refusal.borrow();
         if let Some(refusal) = refusal {
             self.stats.calls_refused.fetch_add(1, Ordering::Relaxed);
@@ -173,7 +186,10 @@ impl Feed for FeedService {
             done: false,
         };
         self.stats.subscribe_started.fetch_add(1, Ordering::Relaxed);
-        self.stats.subscribe_active.fetch_add(1, Ordering::Relaxed);
+        let active = self.stats.subscribe_active.fetch_add(1, Ordering::Relaxed) + 1;
+        self.stats
+            .subscribe_peak
+            .fetch_max(active, Ordering::Relaxed);
         Ok(Response::new(stream))
     }
 

@@ -11,6 +11,12 @@ pub struct FeedStats {
     pub connections_accepted: AtomicU64,
     /// TCP connections currently open.
     pub connections_open: AtomicU64,
+    /// The most TCP connections open at once.
+    pub connections_peak: AtomicU64,
+    /// Connections accepted over [`crate::ProviderLimits::max_connections`] (and closed).
+    pub connection_violations: AtomicU64,
+    /// Feed calls started over [`crate::ProviderLimits::streams_per_second`] (and refused).
+    pub rate_violations: AtomicU64,
     /// Calls received, of every method, including failed ones.
     pub calls_total: AtomicU64,
     /// Calls failed on purpose (`x-feed-fail-code` or `error_rate`).
@@ -19,6 +25,8 @@ pub struct FeedStats {
     pub calls_refused: AtomicU64,
     /// Subscribe streams currently sending (a gauge).
     pub subscribe_active: AtomicU64,
+    /// The most Subscribe streams sending at once.
+    pub subscribe_peak: AtomicU64,
     /// Subscribe streams started since start.
     pub subscribe_started: AtomicU64,
     /// Subscribe streams whose client went away (cancelled, reset, connection lost) before the
@@ -43,10 +51,14 @@ pub struct FeedStats {
 pub struct FeedStatsSnapshot {
     pub connections_accepted: u64,
     pub connections_open: u64,
+    pub connections_peak: u64,
+    pub connection_violations: u64,
+    pub rate_violations: u64,
     pub calls_total: u64,
     pub calls_failed_injected: u64,
     pub calls_refused: u64,
     pub subscribe_active: u64,
+    pub subscribe_peak: u64,
     pub subscribe_started: u64,
     pub subscribe_cancelled: u64,
     pub disconnects_injected: u64,
@@ -62,10 +74,14 @@ impl FeedStats {
         FeedStatsSnapshot {
             connections_accepted: get(&self.connections_accepted),
             connections_open: get(&self.connections_open),
+            connections_peak: get(&self.connections_peak),
+            connection_violations: get(&self.connection_violations),
+            rate_violations: get(&self.rate_violations),
             calls_total: get(&self.calls_total),
             calls_failed_injected: get(&self.calls_failed_injected),
             calls_refused: get(&self.calls_refused),
             subscribe_active: get(&self.subscribe_active),
+            subscribe_peak: get(&self.subscribe_peak),
             subscribe_started: get(&self.subscribe_started),
             subscribe_cancelled: get(&self.subscribe_cancelled),
             disconnects_injected: get(&self.disconnects_injected),

@@ -13,6 +13,7 @@ mod backpressure;
 mod cli;
 mod dashboard;
 mod demo;
+mod endpoint_limits;
 mod fault_proxy;
 mod faults;
 mod lifecycle;

@@ -111,9 +111,33 @@ impl UpstreamConnection {
         Ok([connection, endpoint])
     }
 
-    /// Takes a stream slot if the connection has one free under `capacity`.
+    /// Takes a stream slot if the connection has one free under `capacity` and its endpoint
+    /// one under its `max_streams`.
     pub(super) fn try_reserve(&self, capacity: u32) -> bool {
-        self.active_streams.try_add(capacity)
+        if !self.active_streams.try_add(capacity) {
+            return false;
+        }
+        if !self.endpoint.limits.try_open_stream() {
+            self.active_streams.remove();
+            return false;
+        }
+        true
+    }
+
+    /// The slot of the stream that opened the connection: taken whatever the peer's limit,
+    /// but only under the endpoint's `max_streams`.
+    pub(super) fn take_opener_slot(&self) -> bool {
+        if !self.endpoint.limits.try_open_stream() {
+            return false;
+        }
+        self.active_streams.add();
+        true
+    }
+
+    /// Gives a slot taken by [`Self::try_reserve`] or [`Self::take_opener_slot`] back.
+    pub(super) fn release_slot(&self) {
+        self.active_streams.remove();
+        self.endpoint.limits.close_stream();
     }
 
     pub(super) fn candidate(
@@ -190,9 +214,9 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    /// A lease on a slot already counted in `connection.active_streams`, if the connection's
-    /// and its endpoint's breakers let one more stream through; otherwise the slot is given
-    /// back. A lease counts its stream as started on its connection, group and pool.
+    /// A lease on a slot already taken on `connection` ([`UpstreamConnection::try_reserve`]),
+    /// if the connection's and its endpoint's breakers let one more stream through; otherwise
+    /// the slot is given back. A lease counts its stream as started on its connection, group and pool.
     pub(super) fn admit(
         connection: &Arc<UpstreamConnection>,
         group: &Arc<Group>,
@@ -203,7 +227,7 @@ impl Lease {
         let permits = match connection.admit_stream() {
             Ok(permits) => permits,
             Err(refused) => {
-                connection.active_streams.remove();
+                connection.release_slot();
                 return Err(refused);
             }
         };
@@ -351,7 +375,7 @@ impl Drop for Lease {
         if let Some(observation) = &self.observation {
             observation.ended();
         }
-        self.connection.active_streams.remove();
+        self.connection.release_slot();
         self.group.released.notify_waiters();
     }
 }

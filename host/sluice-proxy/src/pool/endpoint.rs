@@ -1,7 +1,7 @@
 //! One configured upstream endpoint: how to reach it, and what the pool knows about its state
-//! (breaker, health, reconnect back-off, stream-creation rate limit). Over all endpoints: which
-//! may take new streams now (health, breaker, priority spill-over) and in what order new
-//! connections try them.
+//! (breaker, health, reconnect back-off, stream-creation rate limit, its own caps). Over all
+//! endpoints: which may take new streams now (health, breaker, priority spill-over, caps
+//! reached) and in what order new connections try them.
 //!
 //! This module judges endpoints; it does not place streams or open connections (`place` and
 //! `life` act on its verdicts).
@@ -15,8 +15,11 @@ use http::{HeaderName, HeaderValue};
 use parking_lot::Mutex;
 use sluice_config::{AnswersConfig, Config, EndpointConfig};
 
+use tokio::sync::Notify;
+
 use super::PoolError;
 use super::connector::{Connector, Http2Settings};
+use super::limits::{LimitReached, Limits, LimitsSnapshot};
 use super::rate::TokenBucket;
 use sluice_config::BreakerScope;
 
@@ -44,6 +47,8 @@ pub(crate) struct Endpoint {
     pub health: EndpointHealth,
     /// Cap on stream creation, when configured.
     pub rate_limit: Option<TokenBucket>,
+    /// Its provider's caps (`[endpoints.limits]`) and the use against them.
+    pub(super) limits: Limits,
     /// What its provider's final statuses mean (`[endpoints.answers]`).
     pub answers: AnswersConfig,
     connector: Connector,
@@ -72,6 +77,7 @@ impl Endpoint {
         whole: &Config,
         settings: Http2Settings,
         events: &Arc<BreakerEvents>,
+        limits_released: &Arc<Notify>,
     ) -> Result<Self, PoolError> {
         let invalid = |problem: String| PoolError::Invalid {
             endpoint: config.id.clone(),
@@ -104,6 +110,11 @@ impl Endpoint {
             ),
             health: EndpointHealth::new(&whole.health),
             rate_limit: config.rate_limit.as_ref().map(TokenBucket::new),
+            limits: Limits::new(
+                config.limits,
+                whole.health.active,
+                Arc::clone(limits_released),
+            ),
             answers: config.answers.clone(),
             id,
             region: Arc::from(config.region.as_str()),
@@ -142,6 +153,35 @@ impl Endpoint {
     /// Connections to it now (including ones being opened).
     pub fn connection_count(&self) -> usize {
         self.connections.load(Relaxed)
+    }
+
+    /// Takes one connection under the endpoint's caps, or says which one refused; the count
+    /// is given back when the connection ends (or its opening fails).
+    pub(super) fn try_start_connection(&self) -> Result<(), LimitReached> {
+        self.limits.try_open_connection(&self.connections)
+    }
+
+    /// Whether the endpoint's caps let the pool open a connection to it now.
+    pub(super) fn may_open_connection(&self) -> bool {
+        self.limits.may_open_connection(self.connection_count())
+    }
+
+    /// Use against its caps.
+    pub(super) fn limits_snapshot(&self) -> LimitsSnapshot {
+        let rate = self.rate_limit.as_ref().map(TokenBucket::rate);
+        self.limits.snapshot(self.connection_count(), rate)
+    }
+
+    /// A refusal of [`Self::try_start_connection`], naming the endpoint and the cap.
+    pub(super) fn limit_refusal(&self, reached: LimitReached) -> String {
+        format!("{}: {}", self.id, self.limits.refusal(reached))
+    }
+
+    /// Its caps reached now, as a phrase naming them (none reached: `None`).
+    pub(super) fn limits_reached(&self) -> Option<String> {
+        self.limits
+            .reached_phrase(self.connection_count())
+            .map(|phrase| format!("endpoint {}: {phrase}", self.id))
     }
 
     /// Its health now.
@@ -208,6 +248,17 @@ pub(super) fn views_avoiding(
     now: Instant,
     avoid: Option<&str>,
 ) -> Vec<EndpointView> {
+    views_excluding(endpoints, now, |e| avoid == Some(&*e.id))
+}
+
+/// [`views`] with the endpoints `excluded` says counting as unusable (an answer said to avoid
+/// it, or its caps leave no room), so that placement spills past them as it would past a lost
+/// endpoint: to the same priority first, then the next.
+pub(super) fn views_excluding(
+    endpoints: &[Arc<Endpoint>],
+    now: Instant,
+    excluded: impl Fn(&Endpoint) -> bool,
+) -> Vec<EndpointView> {
     let verdicts: Vec<(bool, Health)> = endpoints
         .iter()
         .map(|e| {
@@ -217,7 +268,7 @@ pub(super) fn views_avoiding(
             let unreachable = e.backing_off(now) && e.connection_count() == 0;
             let usable = health != Health::Unhealthy
                 && !unreachable
-                && avoid != Some(&*e.id)
+                && !excluded(e)
                 && e.breaker.permits(now);
             (usable, health)
         })
@@ -269,8 +320,8 @@ pub(super) fn probe_outage(endpoints: &[Arc<Endpoint>], now: Instant) -> bool {
 }
 
 /// Endpoints to try for a new connection: the selected (usable, best priority) ones of
-/// `views`, those not backing off first, then the one with the fewest connections (spreading
-/// load).
+/// `views` whose caps allow one now, those not backing off first, then the one with the fewest
+/// connections (spreading load).
 pub(super) fn connect_order(
     endpoints: &[Arc<Endpoint>],
     views: &[EndpointView],
@@ -279,7 +330,7 @@ pub(super) fn connect_order(
     let mut order: Vec<(bool, usize, usize)> = endpoints
         .iter()
         .enumerate()
-        .filter(|(i, _)| views[*i].selected)
+        .filter(|(i, e)| views[*i].selected && e.may_open_connection())
         .map(|(i, e)| (e.backing_off(now), e.connection_count(), i))
         .collect();
     order.sort_unstable();
@@ -327,6 +378,7 @@ pub(super) fn test_endpoints(specs: &[(u32, &str)]) -> Vec<Arc<Endpoint>> {
         connection_window: 1 << 20,
     };
     let events = Arc::new(BreakerEvents::default());
+    let released = Arc::new(Notify::new());
     specs
         .iter()
         .enumerate()
@@ -334,7 +386,7 @@ pub(super) fn test_endpoints(specs: &[(u32, &str)]) -> Vec<Arc<Endpoint>> {
             let mut config = EndpointConfig::new(format!("e{i}"), "http://127.0.0.1:9");
             config.priority = priority;
             config.region = region.to_owned();
-            let endpoint = Endpoint::new(i, &config, &whole, settings, &events);
+            let endpoint = Endpoint::new(i, &config, &whole, settings, &events, &released);
             Arc::new(endpoint.unwrap_or_else(|e| panic!("test endpoint: {e}")))
         })
         .collect()

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::connector::Opened;
 use super::endpoint;
+use super::limits::LimitReached;
 use super::{Endpoint, Group, Lease, Pool, UpstreamConnection, checks, load};
 use crate::breaker::{Breaker, Outcome};
 use crate::grpc::Status;
@@ -47,19 +48,22 @@ fn wake_every_class(groups: &[Arc<Group>]) {
 }
 
 /// Counts a connection attempt against its endpoint (so concurrent openings spread over
-/// endpoints); the count stays only if the attempt succeeds.
+/// endpoints, and its caps hold while the attempt runs); the count stays only if the attempt
+/// succeeds.
 struct EndpointAttempt<'a> {
     endpoint: &'a Endpoint,
     succeeded: bool,
 }
 
 impl<'a> EndpointAttempt<'a> {
-    fn start(endpoint: &'a Endpoint) -> Self {
-        endpoint.connections.fetch_add(1, Relaxed);
-        Self {
+    /// Starts an attempt, if the endpoint's caps (`max_connections`, `connections_per_second`)
+    /// allow one now.
+    fn try_start(endpoint: &'a Endpoint) -> Result<Self, LimitReached> {
+        endpoint.try_start_connection()?;
+        Ok(Self {
             endpoint,
             succeeded: false,
-        }
+        })
     }
 
     /// Keeps the count: the connection now exists and its driver gives it back when it ends.
@@ -227,7 +231,16 @@ impl Pool {
             armed: true,
         };
         let mut errors = Vec::new();
+        let mut dialled = false;
         for endpoint in endpoints {
+            // Caps first: an endpoint at its caps is skipped without taking a breaker probe.
+            let attempt = match EndpointAttempt::try_start(&endpoint) {
+                Ok(attempt) => attempt,
+                Err(reached) => {
+                    errors.push(endpoint.limit_refusal(reached));
+                    continue;
+                }
+            };
             let mut permit = match endpoint.breaker.admit() {
                 Ok(permit) => permit,
                 Err(refused) => {
@@ -235,7 +248,7 @@ impl Pool {
                     continue;
                 }
             };
-            let attempt = EndpointAttempt::start(&endpoint);
+            dialled = true;
             match endpoint.connector().connect(self.connect_timeout).await {
                 Ok(opened) => {
                     attempt.succeeded();
@@ -258,6 +271,20 @@ impl Pool {
             }
         }
         drop(opening);
+        if !dialled {
+            // Nothing was tried: every endpoint was at its caps or refused by its breaker
+            // (concurrent openings took what this one was counting on). Not an outage: the
+            // stream looks again and waits for room.
+            return Err(Status::resource_exhausted(format!(
+                "no endpoint could take a new connection for class {} ({})",
+                group.class,
+                if errors.is_empty() {
+                    "every endpoint is at its limits".to_owned()
+                } else {
+                    errors.join("; ")
+                }
+            )));
+        }
         Err(Status::unavailable(format!(
             "no upstream endpoint reachable for class {} ({})",
             group.class,
@@ -288,7 +315,7 @@ impl Pool {
             send_request: opened.send_request,
             active_streams: opened.active_streams,
             streams_total: AtomicU64::new(0),
-            configured_max: group.max_streams,
+            configured_max: endpoint.limits.per_connection(group.max_streams),
             peer_max: opened.peer_max_streams,
             closed: AtomicBool::new(false),
             draining: watch::Sender::new(false),
@@ -308,7 +335,10 @@ impl Pool {
             Arc::clone(&self.open_connections),
             self.groups.clone(),
         ));
-        let lease = if take_slot {
+        // The opener's slot: taken even if the peer's limit turned out lower, because this
+        // stream was promised the connection it opened; but never past the endpoint's
+        // `max_streams` (a concurrent stream may have taken the last one: this one looks again).
+        let lease = (take_slot && connection.take_opener_slot()).then(|| {
             let decision = RouteDecision {
                 index: 0,
                 confidence: 1.0,
@@ -316,9 +346,6 @@ impl Pool {
                 alternatives: Vec::new(),
                 scored: None,
             };
-            // The opener's slot: taken even if the peer's limit turned out lower, because this
-            // stream was promised the connection it opened.
-            connection.active_streams.add();
             let leased = Lease::admit(
                 &connection,
                 group,
@@ -332,9 +359,8 @@ impl Pool {
                     tracing::debug!(connection = connection.id, %refused, "breaker refused the opener's slot");
                 })
                 .ok()
-        } else {
-            None
-        };
+        });
+        let lease = lease.flatten();
         let mut state = group.state.lock();
         state.opening -= 1;
         state.connections.push(connection);

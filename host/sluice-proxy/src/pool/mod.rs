@@ -16,14 +16,15 @@
 //! - `checks`: active health checks of the endpoints.
 //!
 //! Below them: one endpoint (`endpoint`), one connection and its leased slots (`connection`),
-//! dialling (`connector`), stream windows (`window`), load signals (`load`) and rate limits
-//! (`rate`).
+//! dialling (`connector`), stream windows (`window`), load signals (`load`), rate limits
+//! (`rate`) and an endpoint's own caps (`limits`).
 
 mod checks;
 mod connection;
 mod connector;
 mod endpoint;
 mod life;
+mod limits;
 mod load;
 mod monitors;
 mod place;
@@ -45,6 +46,7 @@ use tokio::sync::{Notify, watch};
 pub use crate::health::HealthSnapshot;
 pub use crate::health::standing::StandingSnapshot;
 pub use life::Resized;
+pub use limits::LimitsSnapshot;
 pub use snapshot::{ConnectionSnapshot, EndpointSnapshot, GroupLoad, GroupSnapshot};
 
 pub(crate) use connection::{FailureKind, Lease};
@@ -127,6 +129,9 @@ pub(crate) struct Pool {
     failure_kinds: FailureKinds,
     connection_breakers: BreakerSettings,
     breaker_events: Arc<BreakerEvents>,
+    /// Woken when a stream slot under an endpoint's `max_streams` frees up (streams of every
+    /// class may wait for it).
+    limits_released: Arc<Notify>,
     monitors: MonitorTable,
     preferences: HashMap<Arc<str>, MonitorPreferences>,
     /// Decisions being watched for the learning loop.
@@ -175,11 +180,15 @@ impl Pool {
             ),
         };
         let breaker_events = Arc::new(BreakerEvents::default());
+        let limits_released = Arc::new(Notify::new());
         let endpoints = config
             .endpoints
             .iter()
             .enumerate()
-            .map(|(i, e)| Endpoint::new(i, e, config, settings, &breaker_events).map(Arc::new))
+            .map(|(i, e)| {
+                Endpoint::new(i, e, config, settings, &breaker_events, &limits_released)
+                    .map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let preferences = config
             .monitors
@@ -217,6 +226,7 @@ impl Pool {
                 &breaker_events,
             ),
             breaker_events,
+            limits_released,
             preferences,
             outcomes: OutcomeLog::new(&config.learning),
             stop: watch::Sender::new(false),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::endpoint::{self, EndpointView};
 use super::{Endpoint, Group, Lease, Pool, UpstreamConnection};
-use crate::grpc::Status;
+use crate::grpc::{Code, Status};
 use crate::route::{Candidate, LeastLoaded, MonitorProfile, RouteDecision, RouteRequest};
 
 /// Longest pause of a waiting stream before it looks again (endpoints may have recovered).
@@ -95,9 +95,11 @@ impl Pool {
         let mut queued: Option<QueueSlot<'_>> = None;
         loop {
             let released = group.released.notified();
-            tokio::pin!(released);
+            let limits_released = self.limits_released.notified();
+            tokio::pin!(released, limits_released);
             // Register interest before looking, so a slot freed in between is not missed.
             released.as_mut().enable();
+            limits_released.as_mut().enable();
             let mut promise = None;
             match self.try_place(group, monitor, method, resume) {
                 Step::Leased(lease) => return Ok(lease),
@@ -109,6 +111,8 @@ impl Pool {
                     match Box::pin(self.open_connection(group, endpoints, true)).await {
                         Ok(Some(lease)) => return Ok(lease),
                         Ok(None) => continue,
+                        // Every endpoint was at its caps after all: look again, and wait.
+                        Err(status) if status.code == Code::ResourceExhausted => continue,
                         Err(status) => {
                             if !self.has_live_connections(group) {
                                 return Err(status);
@@ -127,9 +131,16 @@ impl Pool {
                 if group.waiting.fetch_add(1, Relaxed) >= self.queue_capacity {
                     group.waiting.fetch_sub(1, Relaxed);
                     self.stats.incr(|s| &s.queue_rejected_total);
+                    let full = match self.limits_reached() {
+                        Some(limits) => format!("endpoint limits reached ({limits})"),
+                        None => format!(
+                            "all {} connections of class {} are full",
+                            group.limit, group.class
+                        ),
+                    };
                     return Err(Status::resource_exhausted(format!(
-                        "all {} connections of class {} are full and the wait queue ({} streams) is full",
-                        group.limit, group.class, self.queue_capacity
+                        "{full} and the wait queue ({} streams) is full",
+                        self.queue_capacity,
                     )));
                 }
                 queued = Some(QueueSlot {
@@ -139,6 +150,7 @@ impl Pool {
             }
             let timed_out = tokio::select! {
                 _ = &mut released => false,
+                _ = &mut limits_released => false,
                 // Endpoints that refused a connection, or whose breaker was open, may be usable
                 // again when their back-off or open period ends.
                 _ = tokio::time::sleep(self.recheck_after()) => false,
@@ -147,22 +159,45 @@ impl Pool {
             drop(promise);
             if timed_out {
                 self.stats.incr(|s| &s.queue_timeouts_total);
+                let limits = self
+                    .limits_reached()
+                    .map(|limits| format!(" (endpoint limits reached: {limits})"))
+                    .unwrap_or_default();
                 return Err(Status::resource_exhausted(format!(
-                    "no stream slot freed in class {} within {:?}",
-                    group.class, self.queue_timeout
+                    "no stream slot freed in class {} within {:?}{limits}",
+                    group.class, self.queue_timeout,
                 )));
             }
         }
     }
 
-    /// How long a waiting stream sleeps before looking again without being woken.
+    /// The endpoint caps reached now, naming each endpoint and cap, for a monitor's
+    /// `RESOURCE_EXHAUSTED` (`None` when no cap is reached).
+    fn limits_reached(&self) -> Option<String> {
+        let reached: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter_map(|e| e.limits_reached())
+            .collect();
+        (!reached.is_empty()).then(|| reached.join("; "))
+    }
+
+    /// How long a waiting stream sleeps before looking again without being woken: until the
+    /// first reconnect back-off or connection-open token is due, at most [`RECHECK_AFTER`].
     fn recheck_after(&self) -> Duration {
         let now = Instant::now();
-        self.endpoints
+        let backoffs = self
+            .endpoints
             .iter()
             .filter_map(|e| e.retry_at())
             .filter(|at| *at > now)
-            .map(|at| at - now)
+            .map(|at| at - now);
+        let tokens = self
+            .endpoints
+            .iter()
+            .filter_map(|e| e.limits.connect_token_in());
+        backoffs
+            .chain(tokens)
             .min()
             .unwrap_or(RECHECK_AFTER)
             .clamp(Duration::from_millis(5), RECHECK_AFTER)
@@ -200,6 +235,7 @@ impl Pool {
         if !views.iter().any(|v| v.selected) {
             return Step::Unavailable(endpoint::unavailable_reason(&self.endpoints));
         }
+        let views = self.spill_past_caps(group, views, now, avoid_endpoint);
         let preferences = self.preferences.get(&monitor.id);
         let avoid = resume.map(|r| r.broken);
         if let Some(lease) =
@@ -270,6 +306,11 @@ impl Pool {
             return Step::AwaitOpening;
         }
         let order = endpoint::connect_order(&self.endpoints, &views, Instant::now());
+        if order.is_empty() {
+            // Every selected endpoint is at its caps (connections, connection-open rate): wait
+            // for a slot, a connection to close, or the next token.
+            return Step::Wait;
+        }
         // While every usable endpoint is backing off after refused connections, wait for their
         // back-off (or for slots on live connections) rather than reconnect in a loop.
         let all_backing_off = order.iter().all(|e| e.backing_off(now));
@@ -291,6 +332,44 @@ impl Pool {
             return Step::Open(order);
         }
         Step::Wait
+    }
+
+    /// `views` with the selected endpoints whose caps leave `group` no room counted out, as
+    /// long as that leaves another endpoint selected: a stream goes first to another endpoint
+    /// of the same priority, then to the next priority, and queues only when every usable
+    /// endpoint is at its caps. "No room" is the endpoint's `max_streams` reached, or no new
+    /// connection allowed there (`max_connections`, `connections_per_second`) and none of the
+    /// group's connections there with a free slot.
+    fn spill_past_caps(
+        &self,
+        group: &Group,
+        mut views: Vec<EndpointView>,
+        now: Instant,
+        avoid: Option<&str>,
+    ) -> Vec<EndpointView> {
+        let mut full = vec![false; self.endpoints.len()];
+        loop {
+            let selected: Vec<usize> = (0..views.len()).filter(|&i| views[i].selected).collect();
+            let at_caps = |i: usize| {
+                let endpoint = &self.endpoints[i];
+                endpoint.limits.streams_full()
+                    || (!endpoint.may_open_connection() && !group_has_room_on(group, i))
+            };
+            if selected.is_empty() || !selected.iter().all(|&i| at_caps(i)) {
+                return views;
+            }
+            for i in selected {
+                full[i] = true;
+            }
+            let spilled = endpoint::views_excluding(&self.endpoints, now, |e| {
+                full[e.index] || avoid == Some(&*e.id)
+            });
+            if !spilled.iter().any(|v| v.selected) {
+                // Every usable endpoint is at its caps: the stream waits in the class queue.
+                return views;
+            }
+            views = spilled;
+        }
     }
 
     /// A slot on the first of a broken stream's alternatives that can take it now; the lease
@@ -371,6 +450,16 @@ impl Pool {
     }
 }
 
+/// Whether one of `group`'s live connections to the endpoint at `index` has a free slot.
+fn group_has_room_on(group: &Group, index: usize) -> bool {
+    group
+        .state
+        .lock()
+        .connections
+        .iter()
+        .any(|c| !c.is_closed() && c.endpoint_index() == index && c.active_streams() < c.capacity())
+}
+
 /// The router's view of `open` connections (their endpoint's health and breaker from `views`).
 fn candidates_of<C: AsRef<UpstreamConnection>>(
     open: &[(C, u32)],
@@ -387,7 +476,7 @@ fn candidates_of<C: AsRef<UpstreamConnection>>(
 }
 
 /// Connections of `connections` that may take a stream now, with their capacity: open, on a
-/// selected endpoint, breaker permitting, with a free slot; narrowed to the monitor's preferred
+/// selected endpoint below its `max_streams`, breaker permitting, with a free slot; narrowed to the monitor's preferred
 /// region and latency when that leaves any.
 fn placeable<'a>(
     connections: &'a [Arc<UpstreamConnection>],
@@ -409,7 +498,8 @@ fn placeable<'a>(
             } else {
                 c.capacity()
             };
-            (c.active_streams() < capacity && c.breaker.permits(now)).then_some((c, capacity))
+            let room = c.active_streams() < capacity && !c.endpoint.limits.streams_full();
+            (room && c.breaker.permits(now)).then_some((c, capacity))
         })
         .collect();
     if let Some(preferences) = preferences {

@@ -40,12 +40,17 @@ struct BucketState {
 }
 
 impl BucketState {
-    /// Takes a token at `now`, or says how long until one is there.
-    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> Result<(), Duration> {
+    /// Tokens in the bucket at `now`: accrued at `rate` since the last refill, up to `burst`.
+    fn available(&self, now: Instant, rate: f64, burst: f64) -> f64 {
         let elapsed = now
             .saturating_duration_since(self.refilled_at)
             .as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        (self.tokens + elapsed * rate).min(burst)
+    }
+
+    /// Takes a token at `now`, or says how long until one is there.
+    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> Result<(), Duration> {
+        self.tokens = self.available(now, rate, burst);
         self.refilled_at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -53,6 +58,12 @@ impl BucketState {
         } else {
             Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
         }
+    }
+
+    /// How long until a token is there at `now`, without taking it.
+    fn ready_in(&self, now: Instant, rate: f64, burst: f64) -> Duration {
+        let tokens = self.available(now, rate, burst);
+        Duration::from_secs_f64((1.0 - tokens).max(0.0) / rate)
     }
 }
 
@@ -78,6 +89,28 @@ impl TokenBucket {
                 tokens: burst,
                 refilled_at: Instant::now(),
             }),
+        }
+    }
+
+    /// The sustained rate, per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Takes a token if one is at hand and nobody waits in line for one; otherwise says how
+    /// long until one is (a short pause while another caller holds the bucket).
+    pub fn try_take(&self) -> Result<(), Duration> {
+        match self.state.try_lock() {
+            Ok(mut state) => state.take(Instant::now(), self.rate, self.burst),
+            Err(_) => Err(Duration::from_millis(1)),
+        }
+    }
+
+    /// How long until a token is at hand (zero: one is now). Takes nothing.
+    pub fn ready_in(&self) -> Duration {
+        match self.state.try_lock() {
+            Ok(state) => state.ready_in(Instant::now(), self.rate, self.burst),
+            Err(_) => Duration::from_millis(1),
         }
     }
 

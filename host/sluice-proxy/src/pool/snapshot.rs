@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sluice_config::{BreakerScope, TrafficClass};
 
-use super::{Pool, UpstreamConnection};
+use super::{LimitsSnapshot, Pool, UpstreamConnection};
 use crate::breaker::{Breaker, BreakerSnapshot, BreakerState};
 use crate::health::HealthSnapshot;
 
@@ -109,6 +109,8 @@ pub struct EndpointSnapshot {
     pub breaker: BreakerSnapshot,
     /// Connections to it.
     pub connections: usize,
+    /// Use against its caps (`[endpoints.limits]`, `rate_limit`).
+    pub limits: LimitsSnapshot,
 }
 
 impl Pool {
@@ -184,6 +186,7 @@ impl Pool {
                 health: e.health.snapshot(&e.breaker),
                 breaker: e.breaker.snapshot(),
                 connections: e.connection_count(),
+                limits: e.limits_snapshot(),
             })
             .collect()
     }

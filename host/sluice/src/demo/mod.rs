@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sluice_config::{Config, EndpointConfig, MethodConfig, MonitorConfig, TrafficClass};
+use sluice_config::{
+    Config, EndpointConfig, EndpointLimits, MethodConfig, MonitorConfig, TrafficClass,
+};
 use sluice_feed::pb::SubscribeRequest;
 use sluice_feed::pb::feed_client::FeedClient;
 
@@ -100,6 +102,14 @@ fn demo_config(
         .iter()
         .map(|(id, addr)| EndpointConfig {
             metadata: [("x-token".to_owned(), format!("demo-token-{id}"))].into(),
+            // Each simulated provider account's caps, as a real provider states them; the
+            // dashboard's endpoint cards show the use against them.
+            limits: EndpointLimits {
+                max_connections: Some(12),
+                max_streams: Some(48),
+                max_streams_per_connection: None,
+                connections_per_second: Some(10.0),
+            },
             ..EndpointConfig::new(id.clone(), format!("http://{addr}"))
         })
         .collect();
