@@ -23,6 +23,7 @@ pub mod fault;
 pub mod measure;
 pub mod plugins;
 pub mod process;
+pub mod soak;
 pub mod starts;
 
 /// Largest message the test clients accept.

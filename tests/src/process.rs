@@ -5,11 +5,12 @@
 //! folder, built (or found up to date) once per test process with the `cargo` that runs the
 //! tests.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A `sluice-feed` child process. Dropping it kills it.
@@ -18,6 +19,8 @@ pub struct FeedProcess {
     /// Where it listens.
     pub addr: SocketAddr,
     name: String,
+    /// Its latest `sluice-feed stats` line (with `--stats-every`), by counter name.
+    stats: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 /// The workspace binary `name` (package of the same name), built on first use.
@@ -73,8 +76,12 @@ pub fn binary(name: &'static str) -> PathBuf {
 }
 
 /// Reads `child`'s stdout until a line starts with each prefix, in order; returns the rest of
-/// each such line.
-fn wait_for_lines(child: &mut Child, prefixes: &[&str]) -> Result<Vec<String>, String> {
+/// each such line. The lines after them are handed to `rest` as they come.
+fn wait_for_lines(
+    child: &mut Child,
+    prefixes: &[&str],
+    mut rest: impl FnMut(&str) + Send + 'static,
+) -> Result<Vec<String>, String> {
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut reader = BufReader::new(stdout);
     let mut found = Vec::new();
@@ -85,20 +92,33 @@ fn wait_for_lines(child: &mut Child, prefixes: &[&str]) -> Result<Vec<String>, S
                 Ok(0) | Err(_) => return Err(format!("stdout ended before {prefix:?}")),
                 Ok(_) => {}
             }
-            if let Some(rest) = line.trim().strip_prefix(prefix) {
-                found.push(rest.to_owned());
+            if let Some(found_rest) = line.trim().strip_prefix(prefix) {
+                found.push(found_rest.to_owned());
                 break;
             }
         }
     }
-    // Keep draining stdout so the child never blocks on a full pipe.
+    // Keep reading stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || {
-        let mut sink = String::new();
-        while reader.read_line(&mut sink).is_ok_and(|n| n > 0) {
-            sink.clear();
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            rest(line.trim());
+            line.clear();
         }
     });
     Ok(found)
+}
+
+/// The counters of a `sluice-feed stats name=value ...` line.
+fn parse_stats(line: &str) -> Option<BTreeMap<String, u64>> {
+    let fields = line.strip_prefix("sluice-feed stats ")?;
+    fields
+        .split_whitespace()
+        .map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 impl FeedProcess {
@@ -109,9 +129,14 @@ impl FeedProcess {
 
     /// Starts it on `addr` (e.g. the address of one that was killed, to restart it).
     pub fn start_on(name: &str, addr: SocketAddr) -> Self {
+        Self::start_with(name, addr, &[])
+    }
+
+    /// Starts it on `addr` with `extra` command-line options (e.g. `--max-connections 10`).
+    pub fn start_with(name: &str, addr: SocketAddr, extra: &[String]) -> Self {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match Self::try_start(name, addr) {
+            match Self::try_start(name, addr, extra) {
                 Ok(process) => return process,
                 // The port of a killed process may take a moment to be free.
                 Err(error) if Instant::now() < deadline => {
@@ -123,23 +148,33 @@ impl FeedProcess {
         }
     }
 
-    fn try_start(name: &str, addr: SocketAddr) -> Result<Self, String> {
+    fn try_start(name: &str, addr: SocketAddr, extra: &[String]) -> Result<Self, String> {
         let mut child = Command::new(binary("sluice-feed"))
             .args(["--listen", &addr.to_string(), "--name", name])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("spawn: {e}"))?;
-        let listening = wait_for_lines(&mut child, &["sluice-feed listening on "])
-            .ok()
-            .and_then(|lines| lines[0].parse::<SocketAddr>().ok());
+        let stats = Arc::new(Mutex::new(BTreeMap::new()));
+        let latest = Arc::clone(&stats);
+        let listening = wait_for_lines(&mut child, &["sluice-feed listening on "], move |line| {
+            if let Some(counters) = parse_stats(line) {
+                *latest
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = counters;
+            }
+        })
+        .ok()
+        .and_then(|lines| lines[0].parse::<SocketAddr>().ok());
         match listening {
             Some(addr) => Ok(Self {
                 child,
                 addr,
                 name: name.to_owned(),
+                stats,
             }),
             None => {
                 let _ = child.kill();
@@ -158,6 +193,31 @@ impl FeedProcess {
     /// Its name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its counters as of its latest `sluice-feed stats` line (empty without `--stats-every`).
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        self.stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops it with SIGTERM (a graceful stop: GOAWAY, Subscribe streams ended with
+    /// UNAVAILABLE), waits for it to exit, and returns its address and final counters.
+    pub fn terminate(mut self) -> (SocketAddr, BTreeMap<String, u64>) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill_now();
+        (self.addr, self.stats())
     }
 
     fn kill_now(&mut self) {
@@ -194,11 +254,15 @@ impl SluiceProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawning sluice");
-        let lines = wait_for_lines(&mut child, &["sluice listening on ", "admin API on "])
-            .unwrap_or_else(|error| {
-                let _ = child.kill();
-                panic!("sluice did not start: {error}")
-            });
+        let lines = wait_for_lines(
+            &mut child,
+            &["sluice listening on ", "admin API on "],
+            |_| {},
+        )
+        .unwrap_or_else(|error| {
+            let _ = child.kill();
+            panic!("sluice did not start: {error}")
+        });
         let addr = lines[0].parse().expect("sluice prints its address");
         Self {
             child,
@@ -220,11 +284,15 @@ impl SluiceProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawning sluice demo");
-        let lines = wait_for_lines(&mut child, &["sluice listening on ", "dashboard on "])
-            .unwrap_or_else(|error| {
-                let _ = child.kill();
-                panic!("sluice demo did not start: {error}")
-            });
+        let lines = wait_for_lines(
+            &mut child,
+            &["sluice listening on ", "dashboard on "],
+            |_| {},
+        )
+        .unwrap_or_else(|error| {
+            let _ = child.kill();
+            panic!("sluice demo did not start: {error}")
+        });
         let addr = lines[0]
             .split_whitespace()
             .next()

@@ -48,7 +48,7 @@ Commands:
                           with Clippy's lints denied (clippy-driver as the workspace's
                           rustc wrapper), cargo test --workspace (with SLUICE_PYTHON, SLUICE_PY_STUBS,
                           SLUICE_PLUGINS, SLUICE_CHROMIUM, SLUICE_ORT_LIB,
-                          SLUICE_REQUIRE_ALL=1).
+                          SLUICE_REQUIRE_ALL=1) and, beside it, the 2-minute soak test.
   bench proxy [--rounds N] [--duration 5s] [--quick]
                           Throughput, latency, CPU and memory of direct vs Sluice vs Envoy on
                           loopback (release build). --quick = 1 round of 2 s. Raw results go to
@@ -75,6 +75,13 @@ Commands:
                           shipped model unless --model) on a pool with one slow, failing
                           endpoint: time to first message p50/p99, errors, events/s, each as
                           a ratio to P2C; then the scorer and one whole decision, 16 candidates.
+  soak [--minutes N]      The spec's load test: 20 monitors (resumable, shared, quiet) over 3
+                          endpoint processes enforcing a provider's caps, for N minutes
+                          (default 30), under a fault schedule (SIGKILL and GOAWAY restarts,
+                          black hole, +200 ms, quota pushback, revoked credentials, a monitor
+                          that stops reading). Prints availability, stream creation, limit
+                          violations, loss, MTTR per fault, false positives and RSS against the
+                          spec's targets; raw figures go to target/bench/soak.json.
   train-router [--seconds N] [--out FILE]
                           Reproduce the shipped router model (plugins/models/router-v1.onnx):
                           record outcomes on the routing bench's pool with the router exploring,
@@ -130,6 +137,10 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
         }
         "bench" => {
             bench::bench(rest)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "soak" => {
+            bench::soak(rest)?;
             Ok(ExitCode::SUCCESS)
         }
         "train-router" => {

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the whole suite. Set-up, plugins, `cargo fmt --check`, a build of every
 //! target with Clippy's lints denied (what `cargo clippy --all-targets -- -D warnings` checks),
 //! then `cargo test --workspace` with every `SLUICE_*` variable set (and `SLUICE_REQUIRE_ALL=1`,
-//! so that no test skips) and the plugins' native unit tests; a summary of step times at the end.
+//! so that no test skips), the 2-minute soak test beside it, and the plugins' native unit
+//! tests; a summary of step times at the end.
 //!
 //! It owns the order of the steps and the environment the tests see. It must not install
 //! anything itself (that is [`crate::setup`], [`crate::browser`] and [`crate::plugins`]) nor
@@ -108,16 +109,22 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
         util::run(linted.apply(cargo().args(["test", "--workspace", "--all-targets", "--no-run"])))
     })?;
     timed(steps, "test", || {
+        let environment = [
+            ("SLUICE_PYTHON", installed.python.clone()),
+            ("SLUICE_PY_STUBS", installed.stubs.clone()),
+            ("SLUICE_PLUGINS", plugins_dir.clone()),
+            ("SLUICE_CHROMIUM", chromium.clone()),
+            ("SLUICE_ORT_LIB", installed.onnxruntime.clone()),
+            ("SLUICE_REQUIRE_ALL", PathBuf::from("1")),
+        ];
+        // The 2-minute soak mostly waits on its faults: it runs beside the rest of the suite
+        // (ignored there), with its output kept for the end.
+        let soak = Soak::start(&linted, &environment)?;
         let mut command = cargo();
         linted
             .apply(&mut command)
             .args(["test", "--workspace"])
-            .env("SLUICE_PYTHON", &installed.python)
-            .env("SLUICE_PY_STUBS", &installed.stubs)
-            .env("SLUICE_PLUGINS", &plugins_dir)
-            .env("SLUICE_CHROMIUM", &chromium)
-            .env("SLUICE_ORT_LIB", &installed.onnxruntime)
-            .env("SLUICE_REQUIRE_ALL", "1");
+            .envs(environment.iter().map(|(k, v)| (k, v)));
         println!(
             "(SLUICE_PYTHON={} SLUICE_PY_STUBS={} SLUICE_PLUGINS={} SLUICE_CHROMIUM={} SLUICE_ORT_LIB={} SLUICE_REQUIRE_ALL=1)",
             setup::display_rel(&installed.python),
@@ -126,7 +133,10 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
             chromium.display(),
             setup::display_rel(&installed.onnxruntime)
         );
-        util::run(&mut command)?;
+        let suite = util::run(&mut command);
+        let soaked = soak.finish();
+        suite?;
+        soaked?;
         // The plugins' decision logic is plain Rust: its unit tests run natively.
         let target_dir = util::target_dir()?.join("plugins-native");
         util::run(
@@ -150,6 +160,56 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
                 .env("CARGO_TARGET_DIR", target_dir),
         )
     })
+}
+
+/// The soak test (`tests/tests/soak.rs`, ignored by a plain `cargo test`), running beside the
+/// rest of the suite with its output in a file.
+struct Soak {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Soak {
+    fn start(linted: &Linted, environment: &[(&str, PathBuf)]) -> Result<Self> {
+        let log = util::target_dir()?.join("soak-test.log");
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut command = cargo();
+        linted
+            .apply(&mut command)
+            .args([
+                "test",
+                "-p",
+                "sluice-tests",
+                "--test",
+                "soak",
+                "--",
+                "--ignored",
+            ])
+            .envs(environment.iter().map(|(k, v)| (k, v)))
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        println!(
+            "$ {} > {} (beside the suite)",
+            util::display(&command),
+            log.display()
+        );
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", util::display(&command)))?;
+        Ok(Self { child, log })
+    }
+
+    /// Waits for it, prints its output and says whether it passed.
+    fn finish(mut self) -> Result<()> {
+        let status = self.child.wait().context("waiting for the soak test")?;
+        println!("\n--- soak test ({}) ---", self.log.display());
+        print!("{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        if !status.success() {
+            anyhow::bail!("the soak test failed ({status}); its output is above");
+        }
+        Ok(())
+    }
 }
 
 /// Clippy's driver as the workspace's rustc wrapper, with its lints denied (`-D warnings`), as

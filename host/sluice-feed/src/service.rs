@@ -130,6 +130,7 @@ impl FeedService {
 #[tonic::async_trait]
 impl Feed for FeedService {
     type SubscribeStream = SubscribeStream;
+    type WatchStream = SubscribeStream;
     type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatMessage, Status>> + Send>>;
 
     async fn subscribe(
@@ -191,6 +192,13 @@ impl Feed for FeedService {
             .subscribe_peak
             .fetch_max(active, Ordering::Relaxed);
         Ok(Response::new(stream))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.subscribe(request).await
     }
 
     async fn chat(

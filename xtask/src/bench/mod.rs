@@ -8,6 +8,7 @@
 //! - [`policy`], [`failover`], [`scorer`], [`routing`] (and `cargo xtask train-router`), and
 //!   `scaling`, `observability` and `abuse` through [`program::quick_only`]: bench programs of
 //!   other crates, built and run by [`program`];
+//! - [`soak`] (`cargo xtask soak`): the soak program of `sluice-tests`, through [`program`];
 //! - [`measure`]: every statistic the benches above compute (medians, spreads, per-message CPU,
 //!   shares).
 //!
@@ -57,6 +58,27 @@ pub fn bench(args: &[String]) -> Result<()> {
         }
         None => bail!("{USAGE}"),
     }
+}
+
+/// `cargo xtask soak [--minutes N]`: the soak program of `sluice-tests` (release profile), which
+/// prints its figures against the spec's targets and writes `<target>/bench/soak.json`.
+pub fn soak(args: &[String]) -> Result<()> {
+    let mut passed = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--minutes" => {
+                passed.push(arg.clone());
+                passed.push(positive("--minutes", it.next())?);
+            }
+            "-h" | "--help" => {
+                println!("usage: cargo xtask soak [--minutes N]");
+                return Ok(());
+            }
+            other => bail!("unknown option {other:?}\nusage: cargo xtask soak [--minutes N]"),
+        }
+    }
+    program::run("sluice-tests", "soak", &passed)
 }
 
 /// The value after the option `flag`, checked to be a positive whole number.
