@@ -54,7 +54,9 @@ pub enum Fault {
     #[default]
     Pass,
     /// Forward nothing, in either direction, on existing and new connections, while keeping
-    /// every socket open and still accepting: a peer that vanished without FIN or RST.
+    /// every socket open and still accepting: a peer that vanished without FIN or RST. A
+    /// connection accepted meanwhile reaches the upstream only once the fault is lifted (and
+    /// not at all if its client left), as one made into a dropped route never reaches it.
     ///
     /// The proxy stops reading, so the senders' socket buffers fill up and their writes
     /// eventually block, as with a real partition. Bytes already read are held, not dropped:
@@ -228,6 +230,25 @@ async fn serve(
     mut resets: watch::Receiver<u64>,
     _open: OpenGuard,
 ) {
+    // A connection made during a black hole goes nowhere, as a SYN into a dropped route does:
+    // the upstream hears of it only once the fault is lifted, and not at all if the client
+    // gave up meanwhile.
+    if *shared.fault.borrow() == Fault::BlackHole {
+        let mut fault = shared.fault.subscribe();
+        tokio::select! {
+            lifted = unblocked(&mut fault) => if lifted.is_none() { return },
+            _ = resets.changed() => {
+                abort(&client);
+                return;
+            }
+        }
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::ZERO, client.peek(&mut probe)).await
+        {
+            return;
+        }
+    }
     let connected = tokio::select! {
         connected = TcpStream::connect(shared.upstream) => connected,
         _ = resets.changed() => {

@@ -3,9 +3,9 @@
 //! Names follow Prometheus conventions: the `sluice_` prefix, counters end in `_total`, times
 //! are in seconds and shares are ratios. Labels are `endpoint`, `region`, `group`, `monitor`,
 //! `slot`, `scope`, `state` and `limit`, with bounded cardinality: endpoints, groups, slots and
-//! limits come from the config, and only configured monitors get their own `monitor` label (the others are
-//! summed under `monitor="_other"`). Connection breakers, whose names change with every
-//! reconnect, are left out.
+//! limits come from the config, and only configured monitors get their own `monitor` label (the
+//! others are summed under `monitor="_other"`). Connection breakers, whose names change with
+//! every reconnect, are left out.
 //!
 //! The numbers are read from the same snapshots as the JSON API at scrape time; this module
 //! keeps no registry. The format is a few lines of text per family, written here rather than

@@ -216,7 +216,8 @@ pub(crate) struct Lease {
 impl Lease {
     /// A lease on a slot already taken on `connection` ([`UpstreamConnection::try_reserve`]),
     /// if the connection's and its endpoint's breakers let one more stream through; otherwise
-    /// the slot is given back. A lease counts its stream as started on its connection, group and pool.
+    /// the slot is given back. A lease counts its stream as started on its connection, group
+    /// and pool.
     pub(super) fn admit(
         connection: &Arc<UpstreamConnection>,
         group: &Arc<Group>,

@@ -14,7 +14,6 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue};
 use parking_lot::Mutex;
 use sluice_config::{AnswersConfig, Config, EndpointConfig};
-
 use tokio::sync::Notify;
 
 use super::PoolError;

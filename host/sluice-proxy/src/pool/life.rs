@@ -231,7 +231,9 @@ impl Pool {
             armed: true,
         };
         let mut errors = Vec::new();
-        let mut dialled = false;
+        // Whether every endpoint was skipped for its caps alone (none refused by its breaker,
+        // none dialled).
+        let mut only_caps = !endpoints.is_empty();
         for endpoint in endpoints {
             // Caps first: an endpoint at its caps is skipped without taking a breaker probe.
             let attempt = match EndpointAttempt::try_start(&endpoint) {
@@ -241,6 +243,7 @@ impl Pool {
                     continue;
                 }
             };
+            only_caps = false;
             let mut permit = match endpoint.breaker.admit() {
                 Ok(permit) => permit,
                 Err(refused) => {
@@ -248,7 +251,6 @@ impl Pool {
                     continue;
                 }
             };
-            dialled = true;
             match endpoint.connector().connect(self.connect_timeout).await {
                 Ok(opened) => {
                     attempt.succeeded();
@@ -271,18 +273,13 @@ impl Pool {
             }
         }
         drop(opening);
-        if !dialled {
-            // Nothing was tried: every endpoint was at its caps or refused by its breaker
-            // (concurrent openings took what this one was counting on). Not an outage: the
-            // stream looks again and waits for room.
+        if only_caps {
+            // Every endpoint was at its caps (concurrent openings took what this one was
+            // counting on). Not an outage: the stream looks again and waits for room.
             return Err(Status::resource_exhausted(format!(
                 "no endpoint could take a new connection for class {} ({})",
                 group.class,
-                if errors.is_empty() {
-                    "every endpoint is at its limits".to_owned()
-                } else {
-                    errors.join("; ")
-                }
+                errors.join("; ")
             )));
         }
         Err(Status::unavailable(format!(

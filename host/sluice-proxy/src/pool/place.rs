@@ -476,8 +476,8 @@ fn candidates_of<C: AsRef<UpstreamConnection>>(
 }
 
 /// Connections of `connections` that may take a stream now, with their capacity: open, on a
-/// selected endpoint below its `max_streams`, breaker permitting, with a free slot; narrowed to the monitor's preferred
-/// region and latency when that leaves any.
+/// selected endpoint below its `max_streams`, breaker permitting, with a free slot; narrowed to
+/// the monitor's preferred region and latency when that leaves any.
 fn placeable<'a>(
     connections: &'a [Arc<UpstreamConnection>],
     views: &[EndpointView],
