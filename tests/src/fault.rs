@@ -232,7 +232,8 @@ async fn serve(
 ) {
     // A connection made during a black hole goes nowhere, as a SYN into a dropped route does:
     // the upstream hears of it only once the fault is lifted, and not at all if the client
-    // gave up meanwhile.
+    // gave up meanwhile. What the client sent meanwhile is held and sent first.
+    let mut held = Vec::new();
     if *shared.fault.borrow() == Fault::BlackHole {
         let mut fault = shared.fault.subscribe();
         tokio::select! {
@@ -242,11 +243,11 @@ async fn serve(
                 return;
             }
         }
-        let mut probe = [0u8; 1];
-        if let Ok(Ok(0) | Err(_)) =
-            tokio::time::timeout(Duration::ZERO, client.peek(&mut probe)).await
-        {
-            return;
+        // Readiness settles first, so that bytes and an EOF already in are seen.
+        let _ = tokio::time::timeout(Duration::from_millis(5), client.readable()).await;
+        match drain_ready(&client, &mut held) {
+            ClientState::Alive => {}
+            ClientState::Gone => return,
         }
     }
     let connected = tokio::select! {
@@ -260,6 +261,10 @@ async fn serve(
         abort(&client);
         return;
     };
+    if !held.is_empty() && upstream.write_all(&held).await.is_err() {
+        abort(&client);
+        return;
+    }
     // Small gRPC frames must not wait for Nagle's algorithm; failing to set it only costs
     // latency.
     let _ = client.set_nodelay(true);
@@ -285,6 +290,26 @@ async fn serve(
         Err(Abort::Reset | Abort::Io) => {
             abort(&client);
             abort(&upstream);
+        }
+    }
+}
+
+/// Whether a client is still there.
+enum ClientState {
+    Alive,
+    Gone,
+}
+
+/// Reads what `client` sent that is ready now into `held`, and says whether it is still
+/// there (no EOF, no error after it).
+fn drain_ready(client: &TcpStream, held: &mut Vec<u8>) -> ClientState {
+    let mut chunk = [0u8; CHUNK];
+    loop {
+        match client.try_read(&mut chunk) {
+            Ok(0) => return ClientState::Gone,
+            Ok(n) => held.extend_from_slice(&chunk[..n]),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return ClientState::Alive,
+            Err(_) => return ClientState::Gone,
         }
     }
 }

@@ -157,6 +157,56 @@ async fn black_hole_holds_bytes_but_keeps_sockets_open() {
 }
 
 #[tokio::test]
+async fn a_connection_made_during_a_black_hole_reaches_the_upstream_only_once_lifted() {
+    // An echo server that counts the connections it accepted.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let server = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            connections.spawn(async move {
+                let (mut read, mut write) = socket.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    let count = || accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let proxy = FaultProxy::start(upstream).await.unwrap();
+    proxy.set(Fault::BlackHole);
+    // One client gives up (it wrote first, as an HTTP/2 client writes its preface), one stays.
+    let mut gave_up = connect(&proxy).await;
+    gave_up.write_all(b"preface").await.unwrap();
+    drop(gave_up);
+    let mut stays = connect(&proxy).await;
+    stays.write_all(b"held").await.unwrap();
+    tokio::time::sleep(SILENCE).await;
+    assert_eq!(
+        count(),
+        0,
+        "the upstream heard of a connection made into the black hole"
+    );
+
+    proxy.set(Fault::Pass);
+    let mut back = [0; 4];
+    bounded("held bytes", stays.read_exact(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(&back, b"held");
+    tokio::time::sleep(SILENCE).await;
+    assert_eq!(
+        count(),
+        1,
+        "only the client that stayed reaches the upstream"
+    );
+    assert_eq!(round_trip(&mut stays, b"after").await, b"after");
+    server.abort();
+}
+
+#[tokio::test]
 async fn latency_delays_every_chunk_in_both_directions_in_order() {
     let (upstream, server) = echo_server().await;
     let proxy = FaultProxy::start(upstream).await.unwrap();
