@@ -67,7 +67,8 @@ pub struct SoakOptions {
 pub struct FeedCounters {
     /// Its name.
     pub name: String,
-    /// Counter name to value, each summed over every run of the process.
+    /// Counter name to value, each summed over every run of the process (gauges: the latest
+    /// run's).
     pub counters: BTreeMap<String, u64>,
     /// The most connections open at once in any run.
     pub connections_peak: u64,
@@ -76,10 +77,13 @@ pub struct FeedCounters {
 impl FeedCounters {
     fn add(&mut self, counters: &BTreeMap<String, u64>) {
         for (name, value) in counters {
-            if name == "connections_peak" {
-                self.connections_peak = self.connections_peak.max(*value);
-            } else {
-                *self.counters.entry(name.clone()).or_default() += value;
+            match name.as_str() {
+                "connections_peak" => self.connections_peak = self.connections_peak.max(*value),
+                // Gauges: the latest run's value, not a sum.
+                "connections_open" | "subscribe_active" => {
+                    self.counters.insert(name.clone(), *value);
+                }
+                _ => *self.counters.entry(name.clone()).or_default() += value,
             }
         }
     }
@@ -264,7 +268,7 @@ fn sluice_config(
 /// Runs the soak.
 pub async fn run(options: SoakOptions) -> SoakRun {
     let work = tempfile::tempdir().expect("soak work folder");
-    let (mut endpoints, controls) = Endpoints::start(work.path());
+    let (mut endpoints, controls) = tokio::task::block_in_place(|| Endpoints::start(work.path()));
     let proxy_e1 = FaultProxy::start(endpoints.addr("e1"))
         .await
         .expect("fault proxy starts");
@@ -324,7 +328,15 @@ pub async fn run(options: SoakOptions) -> SoakRun {
             fault.kind.name(),
             start.elapsed().as_secs_f64()
         );
-        let stopped_at = begin(fault.kind, &mut endpoints, &controls, &proxy_e1, &proxy);
+        let length_ms = fault.end_ms - fault.start_ms;
+        let stopped_at = begin(
+            fault.kind,
+            length_ms,
+            &mut endpoints,
+            &controls,
+            &proxy_e1,
+            &proxy,
+        );
         sleep_until(start, fault.end_ms).await;
         end(
             fault.kind,
@@ -333,7 +345,8 @@ pub async fn run(options: SoakOptions) -> SoakRun {
             &proxy_e1,
             &proxy,
             stopped_at,
-        );
+        )
+        .await;
     }
     sleep_until(
         start,
@@ -376,9 +389,10 @@ pub async fn run(options: SoakOptions) -> SoakRun {
     run
 }
 
-/// Starts `kind`; returns the address of a process it stopped.
+/// Starts `kind`, which lasts `length_ms`; returns the address of a process it stopped.
 fn begin(
     kind: FaultKind,
+    length_ms: u32,
     endpoints: &mut Endpoints,
     controls: &BTreeMap<&'static str, Control>,
     proxy_e1: &FaultProxy,
@@ -405,8 +419,9 @@ fn begin(
         }
         FaultKind::StoppedReader => {
             let addr = sluice.addr();
+            let hold = Duration::from_millis(u64::from(length_ms));
             tokio::spawn(async move {
-                let _ = monitors::stop_reading(addr, Duration::from_secs(3600)).await;
+                let _ = monitors::stop_reading(addr, hold).await;
             });
             None
         }
@@ -414,7 +429,7 @@ fn begin(
 }
 
 /// Ends `kind`: restarts what it stopped, lifts what it set.
-fn end(
+async fn end(
     kind: FaultKind,
     endpoints: &mut Endpoints,
     controls: &BTreeMap<&'static str, Control>,
@@ -432,11 +447,12 @@ fn end(
         FaultKind::Quota => controls["e2"].accept(),
         FaultKind::RevokedCredentials => {
             controls["e2"].accept();
-            // The operator fixed the credentials and re-enables the endpoint.
-            std::thread::sleep(Duration::from_millis(300));
+            // The operator fixed the credentials (the feed reads its control file every
+            // 100 ms) and re-enables the endpoint.
+            tokio::time::sleep(Duration::from_millis(300)).await;
             sluice.view().enable_endpoint("e2");
         }
-        // The laggard's task holds its stream until the soak ends; its window is over.
+        // The laggard lets its stream go by itself at the fault's end.
         FaultKind::StoppedReader => {}
     }
 }
