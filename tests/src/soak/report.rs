@@ -5,7 +5,8 @@
 //!
 //! Availability counts a monitor as down from an error until its stream is open again or a
 //! message arrives, and for any pause between messages longer than three periods and a second
-//! (so a quiet upstream is not down, and a stalled one is).
+//! (so a quiet upstream is not down, and a stalled one is). The same downtime, within each
+//! fault and 30 s after it, is charged to that fault.
 
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ use crate::measure::percentile;
 
 /// How long after a fault ends its effects may still show (left out of creation times).
 const SETTLE: Duration = Duration::from_secs(2);
+/// How long after a fault ends the downtime it caused is still counted as its own.
+const SETTLE_DOWN: Duration = Duration::from_secs(30);
 /// How long after a fault ends an insight about it is still not a false positive (the
 /// analytics loops look at minutes of history).
 const INSIGHT_SETTLE: Duration = Duration::from_secs(120);
@@ -47,6 +50,26 @@ pub struct Recovery {
     pub mttr: Option<Duration>,
     /// The monitor that took longest.
     pub slowest: String,
+    /// Time monitors were down from the fault's start to [`SETTLE_DOWN`] after its end, summed
+    /// over monitors, in seconds.
+    pub down_seconds: f64,
+    /// Monitors down at some point in that time.
+    pub monitors_down: usize,
+}
+
+/// A critical insight raised outside every fault's window.
+#[derive(Debug, Clone)]
+pub struct FalsePositive {
+    /// Its title.
+    pub title: String,
+    /// Seconds into the soak.
+    pub at_s: f64,
+    /// The value that triggered it.
+    pub value: f64,
+    /// How unusual it was (e.g. the z-score).
+    pub score: f64,
+    /// What it says.
+    pub description: String,
 }
 
 /// Every figure of one soak.
@@ -70,8 +93,8 @@ pub struct Figures {
     pub resumable_messages: u64,
     /// Per fault.
     pub recovery: Vec<Recovery>,
-    /// Critical insights raised outside fault windows (title, seconds into the soak).
-    pub false_positives: Vec<(String, f64)>,
+    /// Critical insights raised outside fault windows.
+    pub false_positives: Vec<FalsePositive>,
     /// Critical insights raised in all.
     pub critical_insights: usize,
     /// RSS in MiB at minute 1, minute 5, half-time and the end (when sampled).
@@ -113,7 +136,13 @@ impl Figures {
                 let at = u32::try_from(i.ts_ms - run.start_unix_ms).ok()?;
                 let covered =
                     at < window.0 || run.faults.iter().any(|f| f.covers(at, INSIGHT_SETTLE));
-                (!covered).then(|| (i.title.clone(), f64::from(at) / 1e3))
+                (!covered).then(|| FalsePositive {
+                    title: i.title.clone(),
+                    at_s: f64::from(at) / 1e3,
+                    value: i.value,
+                    score: i.score,
+                    description: i.description.clone(),
+                })
             })
             .collect();
         let sampled = |at: Duration| {
@@ -149,7 +178,18 @@ impl Figures {
             recovery: run
                 .faults
                 .iter()
-                .map(|fault| recovery(fault.kind.name(), fault.end_ms, &run.monitors))
+                .map(|fault| {
+                    let mut recovery = recovery(fault.kind.name(), fault.end_ms, &run.monitors);
+                    let span = (fault.start_ms, fault.end_ms.saturating_add(ms(SETTLE_DOWN)));
+                    for (spec, log) in &run.monitors {
+                        let down = union_within(down_intervals(spec, log, window), span);
+                        if down > 0 {
+                            recovery.monitors_down += 1;
+                            recovery.down_seconds += f64::from(down) / 1e3;
+                        }
+                    }
+                    recovery
+                })
                 .collect(),
             false_positives,
             critical_insights: run
@@ -282,14 +322,16 @@ impl Figures {
         println!("\nfaults:");
         for (fault, recovery) in run.faults.iter().zip(&self.recovery) {
             println!(
-                "  {:>6.1}-{:>6.1} s  {:<28} MTTR {} (slowest {})",
+                "  {:>6.1}-{:>6.1} s  {:<28} MTTR {} (slowest {}); down {:.1} monitor-s over {} monitors",
                 f64::from(fault.start_ms) / 1e3,
                 f64::from(fault.end_ms) / 1e3,
                 recovery.fault,
                 recovery
                     .mttr
                     .map_or("never".to_owned(), |m| format!("{:.2} s", m.as_secs_f64())),
-                recovery.slowest
+                recovery.slowest,
+                recovery.down_seconds,
+                recovery.monitors_down
             );
         }
         println!(
@@ -317,8 +359,11 @@ impl Figures {
             self.critical_insights,
             self.false_positives.len()
         );
-        for (title, at) in &self.false_positives {
-            println!("  false positive at {at:.0} s: {title}");
+        for fp in &self.false_positives {
+            println!(
+                "  false positive at {:.0} s: {} (value {:.3}, score {:.1}): {}",
+                fp.at_s, fp.title, fp.value, fp.score, fp.description
+            );
         }
         if !run.open_breakers.is_empty() {
             println!(
@@ -354,6 +399,8 @@ impl Figures {
                 let mut fault = f.to_json();
                 fault["mttr_ms"] = json!(r.mttr.map(|m| m.as_millis() as u64));
                 fault["slowest_monitor"] = json!(r.slowest);
+                fault["down_monitor_seconds"] = json!(r.down_seconds);
+                fault["monitors_down"] = json!(r.monitors_down);
                 fault
             }).collect::<Vec<_>>(),
             "monitors": self.availability.iter().map(|a| json!({
@@ -367,7 +414,10 @@ impl Figures {
             "resumes": run.sluice.stats.resumes_total,
             "resume_failures": run.sluice.stats.resume_failures_total,
             "critical_insights": self.critical_insights,
-            "false_positives": self.false_positives.iter().map(|(t, at)| json!({"title": t, "at_s": at})).collect::<Vec<_>>(),
+            "false_positives": self.false_positives.iter().map(|fp| json!({
+                "title": fp.title, "at_s": fp.at_s, "value": fp.value, "score": fp.score,
+                "description": fp.description,
+            })).collect::<Vec<_>>(),
             "rss_mib": { "minute_1": self.rss_mib[0], "minute_5": self.rss_mib[1], "half": self.rss_mib[2], "end": self.rss_mib[3] },
             "open_breakers": run.open_breakers,
             "feeds": run.feeds.iter().map(|f| json!({"name": f.name, "counters": f.counters, "connections_peak": f.connections_peak})).collect::<Vec<_>>(),
@@ -380,9 +430,16 @@ impl Figures {
 
 /// Share of `window` (ms) that `spec` was delivering, or quiet because its upstream was.
 fn availability(spec: &MonitorSpec, log: &MonitorLog, window: (u32, u32)) -> f64 {
+    let total = f64::from(window.1.saturating_sub(window.0)).max(1.0);
+    1.0 - f64::from(union_within(down_intervals(spec, log, window), window)) / total
+}
+
+/// When `spec` was down within `window` (ms): pauses between messages (and at the window's
+/// edges) longer than its allowance, and from each error until its stream was open again or a
+/// message arrived. The intervals may overlap.
+fn down_intervals(spec: &MonitorSpec, log: &MonitorLog, window: (u32, u32)) -> Vec<(u32, u32)> {
     let allowance = ms(spec.allowance());
     let mut down: Vec<(u32, u32)> = Vec::new();
-    // Pauses between messages (and at the window's edges) longer than the allowance.
     let mut last = window.0;
     for &at in log
         .deliveries
@@ -397,7 +454,6 @@ fn availability(spec: &MonitorSpec, log: &MonitorLog, window: (u32, u32)) -> f64
     if window.1 > last.saturating_add(allowance) {
         down.push((last + allowance, window.1));
     }
-    // From each error until the stream is open again or a message arrives.
     for &(at, _) in &log.errors {
         let reopened = log.opens.iter().map(|(t, _)| *t).find(|t| *t >= at);
         let delivered = log.deliveries.iter().copied().find(|t| *t >= at);
@@ -408,8 +464,7 @@ fn availability(spec: &MonitorSpec, log: &MonitorLog, window: (u32, u32)) -> f64
             .unwrap_or(window.1);
         down.push((at, back));
     }
-    let total = f64::from(window.1.saturating_sub(window.0)).max(1.0);
-    1.0 - f64::from(union_within(down, window)) / total
+    down
 }
 
 /// Total length of the union of `intervals`, clipped to `window`.
@@ -456,6 +511,8 @@ fn recovery(fault: &'static str, end_ms: u32, monitors: &[(MonitorSpec, MonitorL
         fault,
         mttr: worst,
         slowest,
+        down_seconds: 0.0,
+        monitors_down: 0,
     }
 }
 
@@ -503,6 +560,10 @@ mod tests {
         };
         let share = availability(&spec(1.0), &stalled, (0, 100_000));
         assert!((share - 0.84).abs() < 1e-9, "{share}");
+        // A fault from 45 s to 50 s (and its settle time) is charged the stall within it.
+        let down = down_intervals(&spec(1.0), &stalled, (0, 100_000));
+        assert_eq!(union_within(down.clone(), (45_000, 50_000)), 5_000);
+        assert_eq!(union_within(down, (0, 44_000)), 0);
         // An error, the stream open again 500 ms later.
         let broken = MonitorLog {
             errors: vec![(50_200, "UNAVAILABLE".to_owned())],
