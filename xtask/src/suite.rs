@@ -185,6 +185,8 @@ impl Soak {
                 "soak",
                 "--",
                 "--ignored",
+                // Its figures print whether it passes or not.
+                "--nocapture",
             ])
             .envs(environment.iter().map(|(k, v)| (k, v)))
             .stdout(file.try_clone()?)
