@@ -164,16 +164,7 @@ impl Limits {
     /// Use against each cap; `held` is the pool's connection count.
     pub(super) fn snapshot(&self, held: usize, streams_per_second: Option<f64>) -> LimitsSnapshot {
         let connections = held + self.check_connections.load(Relaxed);
-        let mut reached = Vec::new();
-        if self.pool_connections.is_some_and(|cap| held >= cap) {
-            reached.push("max_connections");
-        }
-        if self.streams_full() {
-            reached.push("max_streams");
-        }
-        if self.connect_token_in().is_some() {
-            reached.push("connections_per_second");
-        }
+        let reached = self.reached(held).into_iter().map(|(key, _)| key).collect();
         LimitsSnapshot {
             connections,
             max_connections: self.config.max_connections,
@@ -202,22 +193,33 @@ impl Limits {
 
     /// The caps reached now, as a phrase for a monitor's `RESOURCE_EXHAUSTED` (none: `None`).
     pub(super) fn reached_phrase(&self, held: usize) -> Option<String> {
+        let reached: Vec<String> = self
+            .reached(held)
+            .into_iter()
+            .map(|(key, value)| format!("{key} {value} reached"))
+            .collect();
+        (!reached.is_empty()).then(|| reached.join(", "))
+    }
+
+    /// The caps reached now, `held` being the pool's connection count: each one's config key
+    /// and configured value.
+    fn reached(&self, held: usize) -> Vec<(&'static str, String)> {
         let mut reached = Vec::new();
         if let (Some(max), Some(cap)) = (self.config.max_connections, self.pool_connections)
             && held >= cap
         {
-            reached.push(format!("max_connections {max} reached"));
+            reached.push(("max_connections", max.to_string()));
         }
         if let Some(max) = self.config.max_streams
             && self.streams_full()
         {
-            reached.push(format!("max_streams {max} reached"));
+            reached.push(("max_streams", max.to_string()));
         }
         if let (Some(rate), Some(_)) = (self.config.connections_per_second, self.connect_token_in())
         {
-            reached.push(format!("connections_per_second {rate} reached"));
+            reached.push(("connections_per_second", rate.to_string()));
         }
-        (!reached.is_empty()).then(|| reached.join(", "))
+        reached
     }
 }
 
