@@ -167,6 +167,13 @@ pub struct PoolConfig {
     /// `keepalive_interval + keepalive_timeout`). Default 5 s.
     #[serde(with = "crate::duration")]
     pub keepalive_timeout: Duration,
+    /// A connection carrying streams that has heard nothing from its peer for this long, and
+    /// for four times its usual pauses, is asked with a PING whether the peer is still there.
+    /// Unanswered within ten round trips (at least 200 ms), its resumable streams move to
+    /// another endpoint; the connection closes only at `keepalive_timeout`. `0s` turns these
+    /// probes off (keepalive still runs). Default 250 ms.
+    #[serde(with = "crate::duration")]
+    pub probe_after_silence: Duration,
     /// First pause before reconnecting to an endpoint that refused a connection; each further
     /// refusal doubles it (with jitter) up to `reconnect_backoff_max`. Default 100 ms.
     #[serde(with = "crate::duration")]
@@ -207,6 +214,7 @@ impl Default for PoolConfig {
             stream_window_budget_bytes: None,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
+            probe_after_silence: Duration::from_millis(250),
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(10),
             max_drain_time: Duration::from_secs(30),

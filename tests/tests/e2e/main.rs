@@ -18,6 +18,7 @@ mod fault_proxy;
 mod faults;
 mod lifecycle;
 mod limits;
+mod liveness;
 mod observability;
 mod outage;
 mod passthrough;

@@ -290,6 +290,8 @@ async fn keepalive_detects_a_black_hole_and_streams_resume_elsewhere() {
     let mut config = primary_and_secondary(&hole.url(), &format!("http://{}", secondary.addr));
     config.pool.keepalive_interval = Duration::from_millis(200);
     config.pool.keepalive_timeout = Duration::from_millis(300);
+    // Keepalive alone: silence probes (see `liveness`) would find the black hole first.
+    config.pool.probe_after_silence = Duration::ZERO;
     // A new connection into the black hole never finishes its handshake.
     config.pool.connect_timeout = Duration::from_millis(500);
     let proxy = sluice(config).await;

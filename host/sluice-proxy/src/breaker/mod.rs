@@ -350,6 +350,42 @@ impl Breaker {
         }
     }
 
+    /// A passing health check of the endpoint this breaker guards. A half-open breaker with no
+    /// probe in flight counts it as a successful probe: placement prefers endpoints whose
+    /// breakers are closed, so with healthy endpoints elsewhere no stream may ever come to
+    /// probe this one, and it would stay half-open, taking no traffic, long after the endpoint
+    /// is back. A stream that fails there afterwards opens it again as any failure would.
+    pub fn check_passed(&self) {
+        self.check_passed_at(Instant::now());
+    }
+
+    /// [`Breaker::check_passed`] at a given time.
+    pub fn check_passed_at(&self, now: Instant) {
+        let mut inner = self.inner.lock();
+        self.advance(&mut inner, now);
+        if inner.state != BreakerState::HalfOpen || inner.probes_in_flight > 0 {
+            return;
+        }
+        self.half_open_success(
+            &mut inner,
+            now,
+            "successes in a row (health checks while no stream probed it)",
+        );
+    }
+
+    /// One more success while half-open; `success_threshold` in a row close the breaker, the
+    /// cause naming how many and `what` they were.
+    fn half_open_success(&self, inner: &mut Inner, now: Instant, what: &str) {
+        inner.consecutive_successes += 1;
+        if inner.consecutive_successes >= self.settings.success_threshold {
+            inner.consecutive_failures = 0;
+            inner.trips = 0;
+            inner.window.clear(now);
+            let cause = format!("{} {what}", inner.consecutive_successes);
+            self.transition(inner, BreakerState::Closed, cause);
+        }
+    }
+
     /// Opens a closed or half-open breaker at once, for a cause seen outside the calls it
     /// counts (the endpoint's active health checks started failing). Overrides and an open
     /// breaker are left as they are.
@@ -460,17 +496,7 @@ impl Breaker {
                 }
                 match outcome {
                     Outcome::Success { slow: false } => {
-                        inner.consecutive_successes += 1;
-                        if inner.consecutive_successes >= self.settings.success_threshold {
-                            inner.consecutive_failures = 0;
-                            inner.trips = 0;
-                            inner.window.clear(now);
-                            let cause = format!(
-                                "{} probes in a row succeeded",
-                                inner.consecutive_successes
-                            );
-                            self.transition(&mut inner, BreakerState::Closed, cause);
-                        }
+                        self.half_open_success(&mut inner, now, "probes in a row succeeded");
                     }
                     Outcome::Success { slow: true } => {
                         self.trip(&mut inner, now, "a half-open probe was slow".to_owned());

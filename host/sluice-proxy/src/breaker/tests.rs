@@ -91,6 +91,36 @@ fn half_open_after_the_open_period_then_closes_after_the_success_threshold() {
 }
 
 #[test]
+fn passing_health_checks_close_a_half_open_breaker_no_stream_probes() {
+    let (b, events) = breaker(BreakerSettings::CONNECTION);
+    let t = Instant::now();
+    for _ in 0..5 {
+        call(&b, FAIL, t);
+    }
+    // Checks that pass while it is open change nothing: the open period runs its course.
+    for _ in 0..3 {
+        b.check_passed_at(t + Duration::from_secs(1));
+    }
+    assert_eq!(b.snapshot_at(t).state, BreakerState::Open);
+    let after = t + Duration::from_secs(36);
+    // While a stream probes it, the stream's outcome decides, not the checks.
+    let probe = b.admit_at(after).expect("probe");
+    for _ in 0..3 {
+        b.check_passed_at(after);
+    }
+    assert_eq!(b.snapshot_at(after).state, BreakerState::HalfOpen);
+    drop(probe);
+    // No stream comes: success_threshold (3) passing checks close it.
+    b.check_passed_at(after);
+    b.check_passed_at(after);
+    assert_eq!(b.snapshot_at(after).state, BreakerState::HalfOpen);
+    b.check_passed_at(after);
+    assert_eq!(b.snapshot_at(after).state, BreakerState::Closed);
+    let closed = events.since(0).last().cloned().expect("an event");
+    assert!(closed.cause.contains("health checks"), "{}", closed.cause);
+}
+
+#[test]
 fn a_failed_probe_reopens_for_a_longer_period() {
     let settings = BreakerSettings::CONNECTION;
     let (b, _events) = breaker(settings);

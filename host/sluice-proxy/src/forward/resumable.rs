@@ -303,12 +303,21 @@ impl ResumableCall<'_> {
                     let timeout = self.ctx.config.server.request_timeout;
                     return ControlFlow::Break(Stop::Fail(request_timed_out(self.ctx, timeout)));
                 }
-                Turn::Draining => Some(Broken {
-                    failure: None,
-                    drained: true,
-                    avoid_endpoint: false,
-                    reason: "its connection is draining".to_owned(),
-                }),
+                Turn::Draining => {
+                    // A peer that stopped answering PINGs likely took its endpoint's other
+                    // connections with it: the stream moves to another endpoint.
+                    let unresponsive = attempt.lease.connection().is_unresponsive();
+                    Some(Broken {
+                        failure: None,
+                        drained: true,
+                        avoid_endpoint: unresponsive,
+                        reason: if unresponsive {
+                            "its connection stopped answering".to_owned()
+                        } else {
+                            "its connection is draining".to_owned()
+                        },
+                    })
+                }
                 Turn::FirstMessageDue => {
                     attempt.first_message_due();
                     None

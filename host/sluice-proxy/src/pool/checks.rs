@@ -63,6 +63,9 @@ pub(super) async fn run_active_checks(
             .map_err(|e| e.to_string()),
             Err(error) => Err(error),
         };
+        if result.is_ok() {
+            endpoint.breaker.check_passed();
+        }
         if let Err(error) = &result {
             // A fresh connection next time: the old one may be the problem. It is closed
             // before then, so the check never holds two.

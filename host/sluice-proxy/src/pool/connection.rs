@@ -39,6 +39,9 @@ pub(crate) struct UpstreamConnection {
     /// Set when the scaler retired the connection: its drain waits for the last stream however
     /// long it takes (scale-down must not cut streams that cannot move).
     pub(super) retired: AtomicBool,
+    /// Set when its peer did not answer a silence probe in time (see `liveness`): the
+    /// connection drains like a retired one, and resumed streams avoid its endpoint.
+    pub(super) unresponsive: AtomicBool,
     pub(super) opened_at: Instant,
     pub(super) load: load::ConnectionLoad,
 }
@@ -102,6 +105,20 @@ impl UpstreamConnection {
     pub(super) fn retire(&self, why: &str) {
         self.retired.store(true, Relaxed);
         self.start_draining(why);
+    }
+
+    /// Its peer stopped answering: drains it (without a deadline, so streams that cannot
+    /// move are cut only if keepalive gives up on the connection) and sends its resumable
+    /// streams to another endpoint.
+    pub(super) fn mark_unresponsive(&self, why: &str) {
+        self.unresponsive.store(true, Relaxed);
+        tracing::warn!(connection = self.id, endpoint = %self.endpoint.id, why, "upstream connection unresponsive");
+        self.retire(why);
+    }
+
+    /// Whether its peer stopped answering (its streams should move to another endpoint).
+    pub fn is_unresponsive(&self) -> bool {
+        self.unresponsive.load(Relaxed)
     }
 
     /// The leave of the connection's and its endpoint's breakers for one more stream.

@@ -16,6 +16,7 @@ use sluice_config::EndpointConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::liveness::{Heard, Liveness};
 use super::window::{StreamCount, StreamWindowSizing};
 use crate::coalesce::{CoalescedIo, Flusher, SEND_BUFFER_BYTES, YieldFirst, coalesced};
 use crate::tls::{self, TlsError};
@@ -89,6 +90,8 @@ pub(crate) struct Opened {
     pub ping_rtt: std::time::Duration,
     /// Sends keepalive PINGs (absent only if the h2 library already handed it out).
     pub ping_pong: Option<h2::PingPong>,
+    /// When the connection last heard from its peer.
+    pub liveness: Arc<Liveness>,
 }
 
 impl Connector {
@@ -155,7 +158,8 @@ impl Connector {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (io, flusher) = coalesced(io);
+        let liveness = Liveness::new();
+        let (io, flusher) = coalesced(Heard::new(io, Arc::clone(&liveness)));
         let (send_request, mut connection) = h2::client::Builder::new()
             .initial_window_size(self.settings.stream_window.floor)
             .initial_connection_window_size(self.settings.connection_window)
@@ -201,6 +205,7 @@ impl Connector {
             driver,
             ping_rtt: ping_sent.elapsed(),
             ping_pong,
+            liveness,
         })
     }
 }

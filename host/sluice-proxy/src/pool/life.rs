@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::connector::Opened;
 use super::endpoint;
 use super::limits::LimitReached;
+use super::liveness::{self, Keepalive, Liveness};
 use super::{Endpoint, Group, Lease, Pool, UpstreamConnection, checks, load};
 use crate::breaker::{Breaker, Outcome};
 use crate::grpc::Status;
@@ -91,13 +92,6 @@ pub struct Resized {
     pub drained: usize,
     /// Why connections could not be opened (the global cap, unreachable endpoints).
     pub errors: Vec<String>,
-}
-
-/// PING settings of upstream connections.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Keepalive {
-    pub(super) interval: Duration,
-    pub(super) timeout: Duration,
 }
 
 impl Pool {
@@ -317,6 +311,7 @@ impl Pool {
             closed: AtomicBool::new(false),
             draining: watch::Sender::new(false),
             retired: AtomicBool::new(false),
+            unresponsive: AtomicBool::new(false),
             opened_at: Instant::now(),
             load: load::ConnectionLoad::new(opened.ping_rtt),
         });
@@ -327,7 +322,11 @@ impl Pool {
             Arc::clone(&connection),
             opened.driver,
             opened.ping_pong,
-            self.keepalive,
+            Watcher {
+                keepalive: self.keepalive,
+                liveness: opened.liveness,
+                first_rtt: opened.ping_rtt,
+            },
             self.max_drain_time,
             Arc::clone(&self.open_connections),
             self.groups.clone(),
@@ -374,6 +373,28 @@ const GOAWAY_CHECK: Duration = Duration::from_millis(100);
 /// How often a draining connection is checked for its last stream.
 const DRAIN_CHECK: Duration = Duration::from_millis(50);
 
+/// What a connection's liveness watcher is given.
+struct Watcher {
+    keepalive: Option<Keepalive>,
+    liveness: Arc<Liveness>,
+    first_rtt: Duration,
+}
+
+/// The watcher's view of its connection: held weakly, like the supervisor's.
+struct WatchedConnection(std::sync::Weak<UpstreamConnection>);
+
+impl liveness::Watched for WatchedConnection {
+    fn carries_streams(&self) -> bool {
+        self.0.upgrade().is_some_and(|c| c.active_streams() > 0)
+    }
+
+    fn unresponsive(&self, why: &str) {
+        if let Some(connection) = self.0.upgrade() {
+            connection.mark_unresponsive(why);
+        }
+    }
+}
+
 /// Runs one connection until it ends: drives it, PINGs it, notices GOAWAY, and closes it once
 /// it is draining and its last stream ended (or `max_drain_time` passed). Then gives its counts
 /// back and wakes waiting streams.
@@ -384,7 +405,7 @@ async fn supervise(
     connection: Arc<UpstreamConnection>,
     driver: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), h2::Error>> + Send>>,
     ping_pong: Option<h2::PingPong>,
-    keepalive: Option<Keepalive>,
+    watcher: Watcher,
     max_drain_time: Duration,
     open_connections: Arc<AtomicUsize>,
     groups: [Arc<Group>; 3],
@@ -424,9 +445,19 @@ async fn supervise(
             tokio::time::sleep(DRAIN_CHECK).await;
         }
     };
+    let watched = WatchedConnection(weak.clone());
     let pinger = async {
-        match (keepalive, ping_pong) {
-            (Some(keepalive), Some(ping_pong)) => keep_alive(ping_pong, keepalive).await,
+        match (watcher.keepalive, ping_pong) {
+            (Some(keepalive), Some(ping_pong)) => {
+                liveness::watch(
+                    ping_pong,
+                    keepalive,
+                    watcher.liveness,
+                    watcher.first_rtt,
+                    watched,
+                )
+                .await
+            }
             _ => std::future::pending().await,
         }
     };
@@ -453,26 +484,4 @@ async fn supervise(
     open_connections.fetch_sub(1, Relaxed);
     groups[class.index()].held.fetch_sub(1, Relaxed);
     wake_every_class(&groups);
-}
-
-/// Why keepalive gave up on a connection.
-#[derive(Debug, thiserror::Error)]
-enum KeepaliveError {
-    #[error("no PING answer within {0:?}")]
-    Timeout(Duration),
-    #[error("PING failed: {0}")]
-    Failed(h2::Error),
-}
-
-/// PINGs every `interval`; returns when one is not answered within `timeout`. A black-holed
-/// connection (packets dropped, no RST or FIN) is detected within `interval + timeout`.
-async fn keep_alive(mut ping_pong: h2::PingPong, keepalive: Keepalive) -> KeepaliveError {
-    loop {
-        tokio::time::sleep(keepalive.interval).await;
-        match tokio::time::timeout(keepalive.timeout, ping_pong.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            Ok(Err(error)) => return KeepaliveError::Failed(error),
-            Err(_) => return KeepaliveError::Timeout(keepalive.timeout),
-        }
-    }
 }

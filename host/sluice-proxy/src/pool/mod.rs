@@ -16,8 +16,9 @@
 //! - `checks`: active health checks of the endpoints.
 //!
 //! Below them: one endpoint (`endpoint`), one connection and its leased slots (`connection`),
-//! dialling (`connector`), stream windows (`window`), load signals (`load`), rate limits
-//! (`rate`) and an endpoint's own caps (`limits`).
+//! dialling (`connector`), whether its peer is still there (`liveness`), stream windows
+//! (`window`), load signals (`load`), rate limits (`rate`) and an endpoint's own caps
+//! (`limits`).
 
 mod checks;
 mod connection;
@@ -25,6 +26,7 @@ mod connector;
 mod endpoint;
 mod life;
 mod limits;
+mod liveness;
 mod load;
 mod monitors;
 mod place;
@@ -61,7 +63,7 @@ use crate::tls::TlsError;
 use connection::UpstreamConnection;
 use connector::Http2Settings;
 use endpoint::Endpoint;
-use life::Keepalive;
+use liveness::Keepalive;
 use monitors::MonitorTable;
 use place::MonitorPreferences;
 use window::StreamWindowSizing;
@@ -216,6 +218,7 @@ impl Pool {
             keepalive: (!pool.keepalive_interval.is_zero()).then_some(Keepalive {
                 interval: pool.keepalive_interval,
                 timeout: pool.keepalive_timeout,
+                probe_after: pool.probe_after_silence,
             }),
             max_drain_time: pool.max_drain_time,
             failure_kinds: config.breakers.failures,

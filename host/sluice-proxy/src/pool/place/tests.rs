@@ -54,6 +54,7 @@ async fn connection(
         closed: AtomicBool::new(false),
         draining: watch::Sender::new(false),
         retired: AtomicBool::new(false),
+        unresponsive: AtomicBool::new(false),
         opened_at: Instant::now(),
         load: ConnectionLoad::new(latency),
     })
