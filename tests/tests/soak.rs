@@ -52,8 +52,5 @@ async fn two_minutes_of_faults_break_no_limit_lose_nothing_and_leave_no_monitor_
     for availability in &figures.availability {
         assert!(availability.messages > 0, "{availability:?}");
     }
-    assert!(
-        run.sluice.stats.resumes_total > 0,
-        "no fault made a stream resume"
-    );
+    assert!(run.sluice.resumes > 0, "no fault made a stream resume");
 }

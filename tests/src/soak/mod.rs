@@ -1,6 +1,6 @@
 //! The spec's load test made real (`cargo xtask soak`, and a 2-minute version in
-//! `cargo xtask test`): 20 monitors through an in-process Sluice over 3 endpoint processes, each
-//! enforcing a provider's caps and counting every violation, under a schedule of faults.
+//! `cargo xtask test`): 20 monitors through a `sluice run` process over 3 endpoint processes,
+//! each enforcing a provider's caps and counting every violation, under a schedule of faults.
 //!
 //! Set-up: `sluice-feed` processes `e0`, `e1` (behind the TCP fault proxy) and `e2`, all of
 //! priority 0, each capped at [`PROVIDER_CONNECTIONS`] connections and [`PROVIDER_RATE`] new
@@ -8,7 +8,10 @@
 //! operator keeps headroom for delivery jitter; the shipped router, scaler and anomaly plugins
 //! and the feed's `from_seq` resumer; active health checks; the analytics loops running.
 //! The monitors ([`monitors::the_twenty`]) stream for the whole run while [`faults::schedule`]
-//! breaks things, a probe opens a stream every second, and the process's RSS is sampled.
+//! breaks things, a probe opens a stream every second, and Sluice's RSS is sampled. Sluice
+//! runs as its own process, configured by a TOML file as a user's would be, so that its memory
+//! is its own and what the soak reads of it (insights, counters, breakers) comes through the
+//! admin API.
 //!
 //! This module runs the soak and hands back everything it recorded ([`SoakRun`]); the figures
 //! and their targets are [`report`]'s.
@@ -23,17 +26,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use sluice_analytics::Analytics;
 use sluice_analytics::records::Insight;
-use sluice_config::{
-    Config, EndpointLimits, MethodConfig, MonitorConfig, RateLimitConfig, ResumeMode, TrafficClass,
-};
-use sluice_proxy::ProxyHandle;
 use tokio::sync::watch;
 
+use crate::admin;
 use crate::fault::{Fault, FaultProxy};
-use crate::plugins::{plugins_config, sluice_with_policies};
-use crate::process::FeedProcess;
+use crate::process::{FeedProcess, SluiceProcess};
 use faults::{Control, FaultKind, Scheduled};
 use monitors::{MonitorLog, MonitorSpec, SharedLog, ms_since};
 
@@ -112,14 +110,26 @@ pub struct SoakRun {
     pub insights: Vec<Insight>,
     /// When the soak began, Unix ms (insights carry Unix times).
     pub start_unix_ms: i64,
-    /// The process's RSS (KiB) sampled once a second: (ms since start, KiB).
+    /// Sluice's RSS (KiB) sampled once a second: (ms since start, KiB).
     pub rss_kb: Vec<(u32, u64)>,
-    /// Sluice's counters at the end.
-    pub sluice: sluice_proxy::Snapshot,
+    /// Sluice's counters at the end (`GET /api/v1/stats`).
+    pub sluice: SluiceCounters,
     /// Endpoint and monitor breakers still open at the end.
     pub open_breakers: Vec<String>,
     /// Elapsed time of the whole run.
     pub elapsed: Duration,
+}
+
+/// The operator's token for the admin API (re-enabling an endpoint is a write).
+const ADMIN_TOKEN: &str = "soak-operator";
+
+/// What the soak reads of Sluice's counters at the end.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SluiceCounters {
+    /// Streams resumed on another upstream stream.
+    pub resumes: u64,
+    /// Resumes that failed (the monitor got an error).
+    pub resume_failures: u64,
 }
 
 /// The endpoint processes and their counters from runs that ended.
@@ -209,60 +219,102 @@ impl Endpoints {
     }
 }
 
-/// Sluice's config for the soak: the three endpoints with Sluice's share of the provider's
-/// caps, the two methods, the monitors, the plugins and the store.
-fn sluice_config(
+/// Sluice's config file for the soak: the three endpoints with Sluice's share of the
+/// provider's caps, the two methods, the monitors, the plugins and the store. Everything not
+/// named keeps its default, except the keepalive timeout: on loopback a PING that takes a
+/// second is lost, and the default 5 s suits providers across the internet.
+fn sluice_toml(
     urls: &[(&str, String)],
     monitors: &[MonitorSpec],
     options: &SoakOptions,
-    store: PathBuf,
-) -> Config {
-    let mut config = crate::config_for(&[]);
-    config.endpoints = urls
-        .iter()
-        .map(|(id, url)| sluice_config::EndpointConfig {
-            limits: EndpointLimits {
-                max_connections: Some(SLUICE_CONNECTIONS),
-                max_streams: None,
-                max_streams_per_connection: None,
-                connections_per_second: Some(5.0),
-            },
-            rate_limit: Some(RateLimitConfig {
-                streams_per_second: SLUICE_RATE,
-                burst: Some(SLUICE_BURST),
-                queue: 1024,
-            }),
-            ..crate::endpoint(id, url)
-        })
-        .collect();
-    config.health.active = true;
-    config.health.interval = Duration::from_millis(500);
-    config.methods = vec![
-        MethodConfig {
-            resume: ResumeMode::ReplayLast,
-            ..MethodConfig::new(monitors::RESUMABLE)
-        },
-        MethodConfig {
-            share: true,
-            ..MethodConfig::new(monitors::SHARED)
-        },
-    ];
-    config.monitors = monitors
-        .iter()
-        .map(|m| MonitorConfig::new(m.id.clone(), m.class))
-        .chain([
-            MonitorConfig::new("probe", TrafficClass::Event),
-            MonitorConfig::new("laggard", TrafficClass::Event),
-        ])
-        .collect();
-    config.plugins = plugins_config();
+    store: &std::path::Path,
+) -> String {
+    use std::fmt::Write as _;
     let dir = &options.plugins;
-    config.plugins.router.file = Some(dir.join("router.wasm"));
-    config.plugins.scaler.file = Some(dir.join("scaler.wasm"));
-    config.plugins.anomaly.file = Some(dir.join("anomaly.wasm"));
-    config.plugins.resumer.file = Some(dir.join("feed-resumer.wasm"));
-    config.store.path = store;
-    config
+    let mut toml = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "200ms"
+
+[admin]
+listen = "127.0.0.1:0"
+token = "{ADMIN_TOKEN}"
+
+[pool]
+keepalive_timeout = "1s"
+
+[health]
+active = true
+interval = "500ms"
+
+[store]
+path = "{store}"
+
+[plugins]
+cache_dir = "{cache}"
+
+[plugins.router]
+file = "{router}"
+
+[plugins.scaler]
+file = "{scaler}"
+
+[plugins.anomaly]
+file = "{anomaly}"
+
+[plugins.resumer]
+file = "{resumer}"
+
+[[methods]]
+path = "{resumable}"
+resume = "replay-last"
+
+[[methods]]
+path = "{shared}"
+share = true
+"#,
+        store = store.display(),
+        cache = crate::plugins::plugins_config()
+            .cache_dir
+            .unwrap_or_default()
+            .display(),
+        router = dir.join("router.wasm").display(),
+        scaler = dir.join("scaler.wasm").display(),
+        anomaly = dir.join("anomaly.wasm").display(),
+        resumer = dir.join("feed-resumer.wasm").display(),
+        resumable = monitors::RESUMABLE,
+        shared = monitors::SHARED,
+    );
+    for (id, url) in urls {
+        let _ = write!(
+            toml,
+            r#"
+[[endpoints]]
+id = "{id}"
+url = "{url}"
+
+[endpoints.limits]
+max_connections = {SLUICE_CONNECTIONS}
+connections_per_second = 5.0
+
+[endpoints.rate_limit]
+streams_per_second = {SLUICE_RATE:.1}
+burst = {SLUICE_BURST}
+queue = 1024
+"#
+        );
+    }
+    let ids = monitors
+        .iter()
+        .map(|m| (m.id.as_str(), m.class.to_string()))
+        .chain([
+            ("probe", "event".to_owned()),
+            ("laggard", "event".to_owned()),
+        ]);
+    for (id, class) in ids {
+        let _ = write!(toml, "\n[[monitors]]\nid = \"{id}\"\nclass = \"{class}\"\n");
+    }
+    toml
 }
 
 /// Runs the soak.
@@ -278,12 +330,15 @@ pub async fn run(options: SoakOptions) -> SoakRun {
         ("e2", format!("http://{}", endpoints.addr("e2"))),
     ];
     let specs = monitors::the_twenty();
-    let config = sluice_config(&urls, &specs, &options, work.path().join("sluice.db"));
-    let shared_config = Arc::new(config.clone());
-    let (proxy, policies) = sluice_with_policies(config).await;
-    let analytics =
-        Analytics::open(shared_config, proxy.view(), policies).expect("analytics engine opens");
-    let _loops = analytics.spawn();
+    let config = work.path().join("sluice.toml");
+    let toml = sluice_toml(&urls, &specs, &options, &work.path().join("sluice.db"));
+    std::fs::write(&config, toml).expect("writing Sluice's config");
+    let sluice = tokio::task::block_in_place(|| SluiceProcess::start(&config));
+    let admin: std::net::SocketAddr = sluice
+        .admin
+        .trim_start_matches("http://")
+        .parse()
+        .expect("sluice prints its admin address");
 
     let start = Instant::now();
     let start_unix_ms = unix_ms();
@@ -293,7 +348,7 @@ pub async fn run(options: SoakOptions) -> SoakRun {
     for (spec, log) in specs.iter().zip(&logs) {
         tasks.push(tokio::spawn(monitors::run(
             spec.clone(),
-            proxy.addr(),
+            sluice.addr,
             start,
             Arc::clone(log),
             stopped.clone(),
@@ -301,7 +356,7 @@ pub async fn run(options: SoakOptions) -> SoakRun {
     }
     let probe = SharedLog::default();
     tasks.push(tokio::spawn(monitors::probe_creation(
-        proxy.addr(),
+        sluice.addr,
         Duration::from_secs(1),
         start,
         Arc::clone(&probe),
@@ -309,13 +364,14 @@ pub async fn run(options: SoakOptions) -> SoakRun {
     )));
     let rss = Arc::new(Mutex::new(Vec::new()));
     tasks.push(tokio::spawn(sample_rss(
+        sluice.pid(),
         start,
         Arc::clone(&rss),
         stopped.clone(),
     )));
     let insights = Arc::new(Mutex::new(BTreeMap::new()));
     tasks.push(tokio::spawn(collect_insights(
-        Arc::clone(&analytics),
+        admin,
         Arc::clone(&insights),
         stopped.clone(),
     )));
@@ -335,7 +391,7 @@ pub async fn run(options: SoakOptions) -> SoakRun {
             &mut endpoints,
             &controls,
             &proxy_e1,
-            &proxy,
+            &sluice,
         );
         sleep_until(start, fault.end_ms).await;
         end(
@@ -343,7 +399,7 @@ pub async fn run(options: SoakOptions) -> SoakRun {
             &mut endpoints,
             &controls,
             &proxy_e1,
-            &proxy,
+            admin,
             stopped_at,
         )
         .await;
@@ -360,14 +416,8 @@ pub async fn run(options: SoakOptions) -> SoakRun {
     }
     // The live processes' counter lines come every 200 ms: let one more arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let open_breakers = proxy
-        .view()
-        .breakers()
-        .into_iter()
-        .filter(|b| b.scope != sluice_config::BreakerScope::Connection)
-        .filter(|b| b.state != sluice_contract::breaker::BreakerState::Closed)
-        .map(|b| format!("{} {} ({:?})", b.scope, b.name, b.state))
-        .collect();
+    let open_breakers = open_breakers(admin).await;
+    let counters = sluice_counters(admin).await;
     let run = SoakRun {
         options,
         warmup,
@@ -381,11 +431,11 @@ pub async fn run(options: SoakOptions) -> SoakRun {
         insights: insights.lock().values().cloned().collect(),
         start_unix_ms,
         rss_kb: rss.lock().clone(),
-        sluice: proxy.snapshot(),
+        sluice: counters,
         open_breakers,
         elapsed,
     };
-    shut_down(proxy).await;
+    tokio::task::block_in_place(|| sluice.kill());
     run
 }
 
@@ -396,7 +446,7 @@ fn begin(
     endpoints: &mut Endpoints,
     controls: &BTreeMap<&'static str, Control>,
     proxy_e1: &FaultProxy,
-    sluice: &ProxyHandle,
+    sluice: &SluiceProcess,
 ) -> Option<std::net::SocketAddr> {
     match kind {
         FaultKind::KillRestart => endpoints.stop("e0", false),
@@ -418,7 +468,7 @@ fn begin(
             None
         }
         FaultKind::StoppedReader => {
-            let addr = sluice.addr();
+            let addr = sluice.addr;
             let hold = Duration::from_millis(u64::from(length_ms));
             tokio::spawn(async move {
                 let _ = monitors::stop_reading(addr, hold).await;
@@ -434,7 +484,7 @@ async fn end(
     endpoints: &mut Endpoints,
     controls: &BTreeMap<&'static str, Control>,
     proxy_e1: &FaultProxy,
-    sluice: &ProxyHandle,
+    admin: std::net::SocketAddr,
     stopped: Option<std::net::SocketAddr>,
 ) {
     match kind {
@@ -450,7 +500,15 @@ async fn end(
             // The operator fixed the credentials (the feed reads its control file every
             // 100 ms) and re-enables the endpoint.
             tokio::time::sleep(Duration::from_millis(300)).await;
-            sluice.view().enable_endpoint("e2");
+            let answer = admin::request(
+                admin,
+                "POST",
+                "/api/v1/endpoints/e2/enable",
+                Some(ADMIN_TOKEN),
+                Vec::new(),
+            )
+            .await;
+            assert_eq!(answer.status, 200, "re-enabling e2: {}", answer.text);
         }
         // The laggard lets its stream go by itself at the fault's end.
         FaultKind::StoppedReader => {}
@@ -468,8 +526,9 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Samples this process's RSS once a second.
+/// Samples Sluice's RSS once a second.
 async fn sample_rss(
+    pid: u32,
     start: Instant,
     samples: Arc<Mutex<Vec<(u32, u64)>>>,
     mut stop: watch::Receiver<bool>,
@@ -480,15 +539,15 @@ async fn sample_rss(
             _ = ticks.tick() => {}
             _ = stop.changed() => return,
         }
-        if let Some(memory) = crate::abuse::stage::memory(std::process::id()) {
+        if let Some(memory) = crate::abuse::stage::memory(pid) {
             samples.lock().push((ms_since(start), memory.rss_kb));
         }
     }
 }
 
-/// Keeps every insight the analytics loops raise (their in-memory list holds the latest 256).
+/// Keeps every insight Sluice raises (`GET /api/v1/insights` lists the latest 256).
 async fn collect_insights(
-    analytics: Arc<Analytics>,
+    admin: std::net::SocketAddr,
     seen: Arc<Mutex<BTreeMap<(i64, String), Insight>>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -498,8 +557,18 @@ async fn collect_insights(
             _ = ticks.tick() => false,
             _ = stop.changed() => true,
         };
+        let answer = admin::request(
+            admin,
+            "GET",
+            "/api/v1/insights?limit=256",
+            Some(ADMIN_TOKEN),
+            Vec::new(),
+        )
+        .await;
+        let insights: Vec<Insight> = serde_json::from_value(answer.json["insights"].clone())
+            .unwrap_or_else(|error| panic!("GET /api/v1/insights: {error}: {}", answer.text));
         let mut seen = seen.lock();
-        for insight in analytics.insights(256) {
+        for insight in insights {
             seen.insert((insight.ts_ms, insight.title.clone()), insight);
         }
         if stopping {
@@ -508,6 +577,41 @@ async fn collect_insights(
     }
 }
 
-async fn shut_down(proxy: ProxyHandle) {
-    let _ = tokio::time::timeout(Duration::from_secs(10), proxy.shutdown()).await;
+/// Endpoint and monitor breakers not closed (`GET /api/v1/breakers`).
+async fn open_breakers(admin: std::net::SocketAddr) -> Vec<String> {
+    let answer = admin::request(
+        admin,
+        "GET",
+        "/api/v1/breakers",
+        Some(ADMIN_TOKEN),
+        Vec::new(),
+    )
+    .await;
+    let breakers = answer.json["breakers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    breakers
+        .iter()
+        .filter(|b| b["scope"] != "connection" && b["state"] != "closed")
+        .map(|b| {
+            let field = |name: &str| b[name].as_str().unwrap_or("?").to_owned();
+            format!("{} {} ({})", field("scope"), field("name"), field("state"))
+        })
+        .collect()
+}
+
+/// Sluice's resume counters (`GET /api/v1/stats`).
+async fn sluice_counters(admin: std::net::SocketAddr) -> SluiceCounters {
+    let answer = admin::request(admin, "GET", "/api/v1/stats", Some(ADMIN_TOKEN), Vec::new()).await;
+    let stats = &answer.json["stats"];
+    let counter = |name: &str| {
+        stats[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("GET /api/v1/stats has no {name}: {}", answer.text))
+    };
+    SluiceCounters {
+        resumes: counter("resumes_total"),
+        resume_failures: counter("resume_failures_total"),
+    }
 }

@@ -354,8 +354,8 @@ impl Figures {
         );
         println!(
             "Sluice: {} resumes, {} resume failures; critical insights {} ({} outside faults)",
-            run.sluice.stats.resumes_total,
-            run.sluice.stats.resume_failures_total,
+            run.sluice.resumes,
+            run.sluice.resume_failures,
             self.critical_insights,
             self.false_positives.len()
         );
@@ -373,7 +373,7 @@ impl Figures {
         }
         let mib = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} MiB"));
         println!(
-            "RSS (the soak process: Sluice and the monitors' clients): minute 1 {}, minute 5 {}, half-time {}, end {}",
+            "Sluice's RSS (its own process): minute 1 {}, minute 5 {}, half-time {}, end {}",
             mib(self.rss_mib[0]),
             mib(self.rss_mib[1]),
             mib(self.rss_mib[2]),
@@ -411,8 +411,8 @@ impl Figures {
             "violations": { "connections": self.connection_violations, "rate": self.rate_violations },
             "connections_peak": self.connections_peak,
             "resumable": { "lost": self.lost, "duplicated": self.duplicated, "messages": self.resumable_messages },
-            "resumes": run.sluice.stats.resumes_total,
-            "resume_failures": run.sluice.stats.resume_failures_total,
+            "resumes": run.sluice.resumes,
+            "resume_failures": run.sluice.resume_failures,
             "critical_insights": self.critical_insights,
             "false_positives": self.false_positives.iter().map(|fp| json!({
                 "title": fp.title, "at_s": fp.at_s, "value": fp.value, "score": fp.score,
