@@ -521,6 +521,7 @@ async fn main() {
         let request = RouteRequest {
             monitor: &monitor,
             method: SUBSCRIBE,
+            stream: 0,
             candidates: &candidates,
         };
         let router = loaded.router();

@@ -1202,6 +1202,7 @@ async fn part3(
             ts_ms: 0,
             monitor: "bench".to_owned(),
             method: SUBSCRIBE.to_owned(),
+            stream: None,
             policy: "builtin".to_owned(),
             fallback: false,
             connection_id: 7,

@@ -46,6 +46,8 @@ pub struct ListQuery {
     limit: usize,
     since: Option<i64>,
     monitor: Option<String>,
+    /// Only the decisions that placed this call (`GET /api/v1/decisions`).
+    stream: Option<u64>,
 }
 
 fn default_limit() -> usize {
@@ -180,14 +182,27 @@ pub async fn decisions(
 ) -> Result<Json<Value>, ApiError> {
     let Query(list) = query_string.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = list.limit.min(MAX_LIMIT);
-    let Some(since) = list.since else {
+    // A call's decisions are kept in memory only (the stored samples do not name calls).
+    let since = list.since.filter(|_| list.stream.is_none());
+    let Some(since) = since else {
         let router = state.policies.router();
-        let kept = match list.monitor.as_deref() {
-            Some(monitor) => router.recent_for(monitor, limit),
-            None => router.recent(limit),
+        // Searching for a call looks through every decision kept, then keeps `limit`.
+        let searched = if list.stream.is_some() {
+            usize::MAX
+        } else {
+            limit
         };
-        let decisions: Vec<DecisionSample> =
-            kept.into_iter().rev().map(DecisionSample::from).collect();
+        let kept = match list.monitor.as_deref() {
+            Some(monitor) => router.recent_for(monitor, searched),
+            None => router.recent(searched),
+        };
+        let decisions: Vec<DecisionSample> = kept
+            .into_iter()
+            .rev()
+            .filter(|d| list.stream.is_none_or(|stream| d.stream == stream))
+            .take(limit)
+            .map(DecisionSample::from)
+            .collect();
         return Ok(Json(json!({ "decisions": decisions })));
     };
     let engine = engine(&state)?;

@@ -160,6 +160,10 @@ pub struct DecisionSample {
     pub monitor: String,
     /// The method called.
     pub method: String,
+    /// The id of the call it placed (its `x-sluice-stream` header). Kept in memory only:
+    /// samples read back from the store have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<u64>,
     /// Who decided.
     pub policy: String,
     /// Whether the built-in policy answered because the plugin failed.
@@ -180,6 +184,7 @@ impl From<sluice_policy::RecordedDecision> for DecisionSample {
             ts_ms: unix_ms(decision.at),
             monitor: decision.monitor.to_string(),
             method: decision.method,
+            stream: (decision.stream != 0).then_some(decision.stream),
             policy: decision.policy.to_string(),
             fallback: decision.fallback,
             connection_id: decision.connection_id,

@@ -443,6 +443,7 @@ fn decision_row(row: &Row<'_>) -> rusqlite::Result<DecisionSample> {
         ts_ms: row.get(0)?,
         monitor: row.get(1)?,
         method: row.get(2)?,
+        stream: None,
         policy: row.get(3)?,
         fallback: row.get(4)?,
         // Stored bit for bit as i64 (SQLite integers are signed).
@@ -1240,6 +1241,7 @@ mod tests {
             ts_ms,
             monitor: monitor.to_string(),
             method: "/feed.Feed/Subscribe".to_string(),
+            stream: None,
             policy: "builtin".to_string(),
             fallback: false,
             connection_id: u64::MAX - 1,

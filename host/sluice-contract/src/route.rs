@@ -86,6 +86,9 @@ pub struct RouteRequest<'a> {
     pub monitor: &'a MonitorProfile,
     /// The method being called.
     pub method: &'a str,
+    /// The id of the monitor's call being placed (its `x-sluice-stream` header), which the
+    /// decision log files the decision under; 0 outside a call (benches, self-tests).
+    pub stream: u64,
     /// Connections with a free slot; never empty.
     pub candidates: &'a [Candidate],
 }

@@ -180,6 +180,7 @@ fn decisions(options: &Options, cache: &Path) -> serde_json::Value {
         let request = RouteRequest {
             monitor: &monitor,
             method: "/sluice.feed.v1.Feed/Subscribe",
+            stream: 0,
             candidates: &candidates,
         };
         let mut series: Vec<Series> = loaded

@@ -25,6 +25,8 @@ pub struct RecordedDecision {
     pub monitor: Arc<str>,
     /// The method called.
     pub method: String,
+    /// The id of the call it placed (its `x-sluice-stream` header); 0 outside a call.
+    pub stream: u64,
     /// Who decided: `name@vN` of the plugin, or `builtin`.
     pub policy: Arc<str>,
     /// Whether the built-in policy answered because the plugin failed.
@@ -115,6 +117,7 @@ mod tests {
             at: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
             monitor: Arc::from(monitor),
             method: "/m".to_owned(),
+            stream: at,
             policy: Arc::from("builtin"),
             fallback: false,
             connection_id,

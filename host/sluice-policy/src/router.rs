@@ -89,6 +89,7 @@ impl PolicyRouter {
             at: SystemTime::now(),
             monitor: Arc::clone(&request.monitor.id),
             method: request.method.to_owned(),
+            stream: request.stream,
             policy: Arc::clone(policy),
             fallback,
             connection_id: chosen.connection_id,

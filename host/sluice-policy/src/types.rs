@@ -329,6 +329,7 @@ mod tests {
         let ask = Ask {
             monitor: &monitor,
             method: "/pkg.S/M",
+            stream: 0,
             candidates: &many,
         };
         let mut question = route_request(&ask);
@@ -349,6 +350,7 @@ mod tests {
         let ask = Ask {
             monitor: &other,
             method: "/x.Y/Z",
+            stream: 0,
             candidates: &few,
         };
         fill_route_request(&mut question, &ask);

@@ -63,6 +63,8 @@ pub(crate) struct Context {
     pub resumer: Arc<dyn Resumer>,
     /// Flipped when the shutdown grace has run out: open calls end with `UNAVAILABLE`.
     pub terminate: watch::Sender<bool>,
+    /// The next monitor call's id (`x-sluice-stream`, the decision log's `stream`).
+    pub next_stream: std::sync::atomic::AtomicU64,
 }
 
 /// A proxy that could not start.
@@ -142,6 +144,7 @@ impl Proxy {
             shares: ShareRegistry::default(),
             resumer,
             terminate: watch::Sender::new(false),
+            next_stream: std::sync::atomic::AtomicU64::new(1),
         });
         Ok(Self { ctx, listener, tls })
     }

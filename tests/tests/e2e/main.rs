@@ -9,6 +9,7 @@
 mod admin;
 mod alerts;
 mod answers;
+mod attribution;
 mod backpressure;
 mod cli;
 mod dashboard;

@@ -352,11 +352,19 @@ async fn stats_connections_and_monitors_describe_the_pool() {
     // The router's decisions, per monitor, newest first, with their reasons. (The stranger's
     // first stream opened its group's connection; its second is placed by the router.)
     let mut client = client(running.proxy.addr()).await;
-    let mut second = client
+    let second = client
         .subscribe(as_monitor(subscribe("d", 50.0, 16, 0), "stranger"))
         .await
+        .unwrap();
+    let call: u64 = second
+        .metadata()
+        .get("x-sluice-stream")
         .unwrap()
-        .into_inner();
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut second = second.into_inner();
     bounded(Duration::from_secs(5), "first event", second.message())
         .await
         .unwrap()
@@ -381,6 +389,13 @@ async fn stats_connections_and_monitors_describe_the_pool() {
     );
     let one = get("/api/v1/decisions?monitor=known&limit=1").await;
     assert_eq!(one.json["decisions"].as_array().unwrap().len(), 1);
+    // A call's placement, found by the id its response headers gave it.
+    let by_call = format!("/api/v1/decisions?stream={call}");
+    let placed = request(addr, "GET", &by_call, Some(TOKEN), Vec::new()).await;
+    let placed = placed.json["decisions"].as_array().unwrap().clone();
+    assert_eq!(placed.len(), 1, "{placed:?}");
+    assert_eq!(placed[0]["monitor"], "stranger");
+    assert_eq!(placed[0]["stream"], call);
 
     // Stopping an endpoint's breaker by hand lowers the score and says why.
     let forced = request(

@@ -630,6 +630,7 @@ async fn the_shipped_model_loads_and_steers_the_router_off_a_slow_failing_endpoi
     let request = sluice_contract::route::RouteRequest {
         monitor: &monitor,
         method: SUBSCRIBE,
+        stream: 0,
         candidates: &candidates,
     };
     let decision = {

@@ -17,6 +17,7 @@ use http::Request;
 use tokio::sync::Notify;
 
 use super::answers::record_final_status;
+use super::attribution::Attribution;
 use super::pump::{self, Ending, OnFull, PumpError};
 use super::request::{RequestStart, StartError, request_timed_out};
 use super::upstream::{
@@ -69,7 +70,7 @@ pub(super) async fn serve(
     let opened = tokio::select! {
         // Boxed: opening is short, and keeping its state out of the call's future keeps every
         // long-lived stream's task small.
-        opened = Box::pin(open_upstream(ctx, &setup.profile, &path, &headers, headers_end, setup.deadline, None)) => opened,
+        opened = Box::pin(open_upstream(ctx, setup.caller(), &path, &headers, headers_end, setup.deadline, None)) => opened,
         status = must_end(ctx, setup.deadline) => Err(status),
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return log_end(ctx, End::Cancelled),
     };
@@ -315,8 +316,14 @@ async fn relay(
         // failed for it (it still is if it breaks before the deadline).
         lease.response_started(sent_at.elapsed());
     }
-    let head = response_head(parts.status, &parts.headers);
+    let mut head = response_head(parts.status, &parts.headers);
     drop(parts);
+    let attribution = Attribution::new(setup.stream, lease);
+    attribution.stamp_head(head.headers_mut());
+    if end_of_stream {
+        // Trailers-only: these headers are the trailers too.
+        attribution.stamp_trailers(head.headers_mut());
+    }
     let mut downstream = match respond.send_response(head, end_of_stream) {
         Ok(downstream) => downstream,
         Err(_) => return End::Cancelled,
@@ -383,11 +390,11 @@ async fn relay(
     let result = match outcome {
         Ok(result) => result,
         Err(End::Failed(status)) => {
-            let _ = downstream.send_trailers(status.to_trailers());
+            let _ = downstream.send_trailers(attribution.stamped_trailers(status.to_trailers()));
             return End::Failed(status);
         }
         Err(End::MonitorFault(status)) => {
-            let _ = downstream.send_trailers(status.to_trailers());
+            let _ = downstream.send_trailers(attribution.stamped_trailers(status.to_trailers()));
             return End::MonitorFault(status);
         }
         Err(end) => return end,
@@ -395,7 +402,9 @@ async fn relay(
     match result {
         Ok(Ending::Trailers(trailers)) => {
             record_final_status(lease, &trailers, &setup.monitor.name());
-            let _ = downstream.send_trailers(grpc::headers::response_headers(&trailers));
+            let _ = downstream.send_trailers(
+                attribution.stamped_trailers(grpc::headers::response_headers(&trailers)),
+            );
             End::Completed(monitor_blamed(lease, &trailers))
         }
         Ok(Ending::Closed) => {
@@ -405,20 +414,20 @@ async fn relay(
         Err(PumpError::Sink(_)) => End::Cancelled,
         Err(PumpError::Lagging(waited)) => {
             let status = cut_off_lagging(ctx, waited);
-            let _ = downstream.send_trailers(status.to_trailers());
+            let _ = downstream.send_trailers(attribution.stamped_trailers(status.to_trailers()));
             End::MonitorFault(status)
         }
         Err(PumpError::Frame(error)) => {
             ctx.stats.incr(|s| &s.oversized_messages_total);
             let status = Status::resource_exhausted(format!("upstream response rejected: {error}"));
-            let _ = downstream.send_trailers(status.to_trailers());
+            let _ = downstream.send_trailers(attribution.stamped_trailers(status.to_trailers()));
             End::Failed(status)
         }
         Err(PumpError::Source(error)) => {
             lease.failed(FailureKind::Reset);
             ctx.stats.incr(|s| &s.upstream_failures_total);
             let status = upstream_failure(&error);
-            let _ = downstream.send_trailers(status.to_trailers());
+            let _ = downstream.send_trailers(attribution.stamped_trailers(status.to_trailers()));
             End::Failed(status)
         }
     }

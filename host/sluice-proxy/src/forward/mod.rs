@@ -11,9 +11,11 @@
 //!
 //! The three stand side by side and never use one another: what they share (the call's setup,
 //! opening an upstream stream, status answers) is in `upstream`, reading an upstream's final
-//! status for its endpoint is `answers`', and moving DATA under flow control is `pump`'s.
+//! status for its endpoint is `answers`', telling the monitor who served it is
+//! `attribution`'s, and moving DATA under flow control is `pump`'s.
 
 mod answers;
+mod attribution;
 mod call;
 mod pump;
 mod request;
@@ -66,6 +68,7 @@ pub(crate) async fn serve(
     let monitor = Arc::clone(&setup.monitor);
     let span = tracing::debug_span!(
         "stream",
+        id = setup.stream,
         monitor = %setup.profile.id,
         class = %setup.profile.class,
         method = %setup.path,
@@ -143,6 +146,9 @@ fn admit(
         _ => Relay::Plain,
     };
     let setup = CallSetup {
+        stream: ctx
+            .next_stream
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         profile,
         path: Arc::from(path),
         deadline,

@@ -40,6 +40,7 @@ use http::{HeaderMap, Request, Response};
 use sluice_config::{MethodConfig, ResumeMode};
 
 use super::answers::record_final_status;
+use super::attribution::Attribution;
 use super::pump::{PumpError, send_all};
 use super::request::{BoundedRequest, request_timed_out};
 use super::upstream::{
@@ -112,6 +113,8 @@ struct Downstream {
     respond: SendResponse<Bytes>,
     /// Set once the response headers went out.
     stream: Option<SendStream<Bytes>>,
+    /// Who served the call, once an upstream stream was opened.
+    attribution: Option<Attribution>,
 }
 
 impl Downstream {
@@ -138,10 +141,35 @@ impl Downstream {
     fn answer(&mut self, status: &Status) {
         match self.stream.as_mut() {
             Some(stream) => {
-                let _ = stream.send_trailers(status.to_trailers());
+                let mut trailers = status.to_trailers();
+                if let Some(attribution) = &self.attribution {
+                    attribution.stamp_trailers(&mut trailers);
+                }
+                let _ = stream.send_trailers(trailers);
             }
             None => reply(&mut self.respond, status),
         }
+    }
+
+    /// `trailers` with who served the call.
+    fn stamped(&self, mut trailers: HeaderMap) -> HeaderMap {
+        if let Some(attribution) = &self.attribution {
+            attribution.stamp_trailers(&mut trailers);
+        }
+        trailers
+    }
+
+    /// The response head for an upstream's, with who serves the call; `ended` when it is a
+    /// trailers-only answer.
+    fn head(&self, status: http::StatusCode, headers: &HeaderMap, ended: bool) -> Response<()> {
+        let mut head = response_head(status, headers);
+        if let Some(attribution) = &self.attribution {
+            attribution.stamp_head(head.headers_mut());
+            if ended {
+                attribution.stamp_trailers(head.headers_mut());
+            }
+        }
+        head
     }
 }
 
@@ -157,6 +185,7 @@ pub(super) async fn serve(
     let mut downstream = Downstream {
         respond,
         stream: None,
+        attribution: None,
     };
     let Some(path) = parts.uri.path_and_query().cloned() else {
         return downstream.fail(Status::new(Code::Unimplemented, "request has no path"));
@@ -283,12 +312,16 @@ impl ResumableCall<'_> {
     /// Opens the first upstream stream.
     async fn open(&mut self) -> ControlFlow<End, Attempt> {
         let opened = tokio::select! {
-            opened = Box::pin(open_upstream(self.ctx, &self.setup.profile, &self.path, &self.headers, false, self.setup.deadline, None)) => opened,
+            opened = Box::pin(open_upstream(self.ctx, self.setup.caller(), &self.path, &self.headers, false, self.setup.deadline, None)) => opened,
             status = &mut self.must_end => Err(status),
             () = poll_fn(|cx| self.downstream.poll_reset(cx)) => return ControlFlow::Break(End::Cancelled),
         };
         match opened {
-            Ok(open) => ControlFlow::Continue(Attempt::new(open, &self.setup)),
+            Ok(open) => {
+                self.downstream.attribution =
+                    Some(Attribution::new(self.setup.stream, &open.lease));
+                ControlFlow::Continue(Attempt::new(open, &self.setup))
+            }
             Err(status) => ControlFlow::Break(self.downstream.fail(status)),
         }
     }
@@ -469,22 +502,22 @@ impl ResumableCall<'_> {
             if !recorded {
                 record_final_status(&attempt.lease, &parts.headers, &monitor);
             }
-            match self.downstream.stream.as_mut() {
-                Some(stream) => {
-                    let mut trailers = grpc::headers::response_headers(&parts.headers);
-                    // Trailers carry no content-type.
-                    trailers.remove(http::header::CONTENT_TYPE);
+            if self.downstream.stream.is_some() {
+                let mut trailers = grpc::headers::response_headers(&parts.headers);
+                // Trailers carry no content-type.
+                trailers.remove(http::header::CONTENT_TYPE);
+                let trailers = self.downstream.stamped(trailers);
+                if let Some(stream) = self.downstream.stream.as_mut() {
                     let _ = stream.send_trailers(trailers);
                 }
-                None => {
-                    let head = response_head(parts.status, &parts.headers);
-                    let _ = self.downstream.respond.send_response(head, true);
-                }
+            } else {
+                let head = self.downstream.head(parts.status, &parts.headers, true);
+                let _ = self.downstream.respond.send_response(head, true);
             }
             return ControlFlow::Break(Stop::Ended(End::Completed(blamed)));
         }
         if self.downstream.stream.is_none() {
-            let head = response_head(parts.status, &parts.headers);
+            let head = self.downstream.head(parts.status, &parts.headers, false);
             match self.downstream.respond.send_response(head, false) {
                 Ok(stream) => {
                     self.downstream.stream = Some(stream);
@@ -569,8 +602,11 @@ impl ResumableCall<'_> {
         if !recorded {
             record_final_status(&attempt.lease, &trailers, &monitor);
         }
+        let trailers = self
+            .downstream
+            .stamped(grpc::headers::response_headers(&trailers));
         if let Some(stream) = self.downstream.stream.as_mut() {
-            let _ = stream.send_trailers(grpc::headers::response_headers(&trailers));
+            let _ = stream.send_trailers(trailers);
         }
         ControlFlow::Break(Stop::Ended(End::Completed(blamed)))
     }
@@ -672,6 +708,9 @@ impl ResumableCall<'_> {
             Ok(next) => {
                 ctx.stats.incr(|s| &s.resumes_total);
                 self.resumes += 1;
+                if let Some(attribution) = self.downstream.attribution.as_mut() {
+                    attribution.resumed_on(&next.lease);
+                }
                 self.dedup.switched();
                 ControlFlow::Continue(next)
             }

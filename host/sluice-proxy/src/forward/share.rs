@@ -30,11 +30,12 @@ use sluice_config::MethodConfig;
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::answers::{SHARED_WITNESS, record_final_status};
+use super::attribution::Attribution;
 use super::pump::{self, OnFull, PumpError};
 use super::request::{BoundedRequest, request_timed_out};
 use super::upstream::{
-    CallSetup, End, FirstMessage, cut_off_lagging, let_go, must_end, open_upstream, response_head,
-    upstream_failure,
+    CallSetup, Caller, End, FirstMessage, cut_off_lagging, let_go, must_end, open_upstream,
+    response_head, upstream_failure,
 };
 use crate::Context;
 use crate::grpc::{self, Code, MessageSplitter, Status};
@@ -311,6 +312,7 @@ pub(super) async fn serve(
             Arc::clone(&ctx),
             Arc::clone(&stream),
             setup.profile.clone(),
+            setup.stream,
             path,
             headers,
             request_bytes,
@@ -423,11 +425,14 @@ pub(super) async fn serve(
     }
 }
 
-/// Runs the upstream side of a shared stream until it ends or its last subscriber leaves.
+/// Runs the upstream side of a shared stream until it ends or its last subscriber leaves;
+/// `opener` is the call that started it, under which its placement is logged.
+#[allow(clippy::too_many_arguments)] // One call site; the arguments are the stream's set-up.
 async fn run_upstream(
     ctx: Arc<Context>,
     stream: Arc<SharedStream>,
     profile: MonitorProfile,
+    opener: u64,
     path: http::uri::PathAndQuery,
     headers: HeaderMap,
     request: Bytes,
@@ -436,7 +441,7 @@ async fn run_upstream(
     let _gauge = ctx.stats.hold(|s| &s.shared_upstreams_active);
     let mut kept = None;
     let result = tokio::select! {
-        result = feed_subscribers(&ctx, &stream, &profile, &path, &headers, request, max_message_bytes, &mut kept) => Some(result),
+        result = feed_subscribers(&ctx, &stream, Caller { profile: &profile, stream: opener }, &path, &headers, request, max_message_bytes, &mut kept) => Some(result),
         _ = stream.cancel.notified() => None,
     };
     ctx.shares.retire(&stream);
@@ -487,17 +492,16 @@ struct Kept {
 async fn feed_subscribers(
     ctx: &Arc<Context>,
     stream: &SharedStream,
-    profile: &MonitorProfile,
+    caller: Caller<'_>,
     path: &http::uri::PathAndQuery,
     headers: &HeaderMap,
     request: Bytes,
     max_message_bytes: usize,
     kept: &mut Option<Kept>,
 ) -> Result<HeaderMap, Status> {
-    let open = Box::pin(open_upstream(
-        ctx, profile, path, headers, false, None, None,
-    ))
-    .await?;
+    let open = Box::pin(open_upstream(ctx, caller, path, headers, false, None, None)).await?;
+    // Every subscriber is told the shared stream's endpoint and its opener's call id.
+    let attribution = Attribution::new(caller.stream, &open.lease);
     let response = open.response;
     let Kept { lease, send, .. } = kept.insert(Kept {
         lease: open.lease,
@@ -535,7 +539,9 @@ async fn feed_subscribers(
     let (parts, mut body) = response.into_parts();
     if body.is_end_stream() {
         record_final_status(lease, &parts.headers, &Arc::from(SHARED_WITNESS));
-        let ended = response_head(parts.status, &parts.headers);
+        let mut ended = response_head(parts.status, &parts.headers);
+        attribution.stamp_head(ended.headers_mut());
+        attribution.stamp_trailers(ended.headers_mut());
         stream.head.send_replace(Some(Head::Ended(ended)));
         return Ok(HeaderMap::new());
     }
@@ -544,10 +550,11 @@ async fn feed_subscribers(
         // failed for it (it still is if it breaks before the deadline).
         lease.response_started(sent_at.elapsed());
     }
-    stream.head.send_replace(Some(Head::Headers(
-        parts.status,
-        grpc::headers::response_headers(&parts.headers),
-    )));
+    let mut head = grpc::headers::response_headers(&parts.headers);
+    attribution.stamp_head(&mut head);
+    stream
+        .head
+        .send_replace(Some(Head::Headers(parts.status, head)));
     let mut splitter = MessageSplitter::new(max_message_bytes);
     let mut published: u64 = 0;
     loop {
@@ -597,7 +604,8 @@ async fn feed_subscribers(
         }
         None => lease.finished(),
     }
-    Ok(trailers
+    let trailers = trailers
         .map(|t| grpc::headers::response_headers(&t))
-        .unwrap_or_default())
+        .unwrap_or_default();
+    Ok(attribution.stamped_trailers(trailers))
 }

@@ -86,6 +86,8 @@ impl FirstMessage {
 
 /// What admission decided about a call.
 pub(super) struct CallSetup {
+    /// The call's id (`x-sluice-stream`), unique in this process.
+    pub stream: u64,
     pub profile: MonitorProfile,
     pub path: Arc<str>,
     pub deadline: Option<tokio::time::Instant>,
@@ -97,6 +99,24 @@ pub(super) struct CallSetup {
     pub first_message: FirstMessage,
     /// The method's `open_on_request`: open the upstream stream only once the request began.
     pub open_on_request: bool,
+}
+
+impl CallSetup {
+    /// Who its upstream streams are opened for.
+    pub(super) fn caller(&self) -> Caller<'_> {
+        Caller {
+            profile: &self.profile,
+            stream: self.stream,
+        }
+    }
+}
+
+/// Who an upstream stream is opened for: the monitor, and the id of the call the placement is
+/// logged under.
+#[derive(Clone, Copy)]
+pub(super) struct Caller<'a> {
+    pub profile: &'a MonitorProfile,
+    pub stream: u64,
 }
 
 /// The monitor breaker's leave for one call. The breaker counts only what the monitor caused:
@@ -252,7 +272,7 @@ pub(super) struct OpenStream {
 /// Reserves a slot and opens the upstream stream, retrying on connections that closed under us.
 pub(super) async fn open_upstream(
     ctx: &Context,
-    profile: &MonitorProfile,
+    caller: Caller<'_>,
     path: &http::uri::PathAndQuery,
     headers: &HeaderMap,
     end_of_stream: bool,
@@ -272,7 +292,7 @@ pub(super) async fn open_upstream(
         let decision = tracing::debug_span!("decision", attempt = attempts);
         let lease = ctx
             .pool
-            .acquire(profile, path.path(), resume)
+            .acquire(caller.profile, path.path(), caller.stream, resume)
             .instrument(decision.clone())
             .await?;
         if let Some(bucket) = &lease.connection().endpoint.rate_limit {

@@ -80,14 +80,16 @@ impl Drop for Promise<'_> {
 }
 
 impl Pool {
-    /// Reserves a stream slot for `monitor`, opening a connection or waiting in the bounded
-    /// queue as needed. A `resume` names the connection a broken stream was on (not used
+    /// Reserves a stream slot for `monitor`'s call `stream` (the decision log files the
+    /// router's decision under it), opening a connection or waiting in the bounded queue as
+    /// needed. A `resume` names the connection a broken stream was on (not used
     /// again) and the alternatives its placement listed (tried first, in order). Errors are the
     /// gRPC status the monitor should get.
     pub async fn acquire(
         &self,
         monitor: &MonitorProfile,
         method: &str,
+        stream: u64,
         resume: Option<&Resume>,
     ) -> Result<Lease, Status> {
         let group = &self.groups[monitor.class.index()];
@@ -101,7 +103,7 @@ impl Pool {
             released.as_mut().enable();
             limits_released.as_mut().enable();
             let mut promise = None;
-            match self.try_place(group, monitor, method, resume) {
+            match self.try_place(group, monitor, method, stream, resume) {
                 Step::Leased(lease) => return Ok(lease),
                 Step::Unavailable(reason) => return Err(Status::unavailable(reason)),
                 Step::AwaitOpening => promise = Some(Promise { group }),
@@ -217,6 +219,7 @@ impl Pool {
         group: &Arc<Group>,
         monitor: &MonitorProfile,
         method: &str,
+        stream: u64,
         resume: Option<&Resume>,
     ) -> Step {
         let avoid_endpoint = resume.and_then(|r| r.avoid_endpoint.as_deref());
@@ -256,6 +259,7 @@ impl Pool {
             let request = RouteRequest {
                 monitor,
                 method,
+                stream,
                 candidates: &candidates,
             };
             let decision = self

@@ -70,7 +70,7 @@ pub(super) async fn reopen(
             remaining,
             open_upstream(
                 ctx,
-                &setup.profile,
+                setup.caller(),
                 path,
                 headers,
                 false,
