@@ -1,5 +1,7 @@
 //! The built-in anomaly detector: a z-score of each metric's latest sample against the window
-//! before it, after a warm-up of 10 samples. Over 3 is a warning, over 4 critical.
+//! before it, after a warm-up of 10 samples. Over 3 is a warning. Critical takes two samples in
+//! a row over 4 the same way, both measured against the samples before them: one sample alone
+//! (one slow second) is a blip, a warning.
 //!
 //! The spread a sample is measured against is never below a floor: an absolute one (0.3 for
 //! counts, rates and times, so one event in a series that was flat at zero scores 3.3, a
@@ -75,18 +77,34 @@ impl ZScore {
         Some((last - mean) / deviation)
     }
 
+    /// The z-score of the last sample against the samples before the last two, when it and
+    /// the one before it are both over the critical threshold in the same direction.
+    fn sustained(&self, name: &str, samples: &[f64]) -> Option<f64> {
+        let (&last, history) = samples.split_last()?;
+        let (&previous, before) = history.split_last()?;
+        let mut with = before.to_vec();
+        with.push(previous);
+        let earlier = self.score(name, &with)?;
+        *with.last_mut()? = last;
+        let now = self.score(name, &with)?;
+        let beyond = |z: f64| z.abs() > self.critical;
+        (beyond(earlier) && beyond(now) && earlier.signum() == now.signum()).then_some(now)
+    }
+
     /// Insights for the windows whose latest sample stands out.
     pub fn detect(&self, windows: &[MetricWindow]) -> Vec<Insight> {
         windows
             .iter()
             .filter_map(|window| {
-                let z = self.score(&window.name, &window.samples)?;
-                let severity = if z.abs() > self.critical {
-                    Severity::Critical
-                } else if z.abs() > self.warning {
-                    Severity::Warning
-                } else {
-                    return None;
+                let (z, severity) = match self.sustained(&window.name, &window.samples) {
+                    Some(z) => (z, Severity::Critical),
+                    None => {
+                        let z = self.score(&window.name, &window.samples)?;
+                        if z.abs() <= self.warning {
+                            return None;
+                        }
+                        (z, Severity::Warning)
+                    }
                 };
                 let last = *window.samples.last()?;
                 let direction = if z > 0.0 { "Spike" } else { "Drop" };
@@ -140,17 +158,47 @@ mod tests {
         );
         let _ = samples.pop();
         samples.push(100.0);
+        // One sample far out is a blip; two in a row are critical.
+        let insights = detector.detect(&[window(samples.clone())]);
+        assert_eq!(insights[0].severity, Severity::Warning);
+        samples.push(100.0);
         let insights = detector.detect(&[window(samples)]);
         assert_eq!(insights[0].severity, Severity::Critical);
         assert_eq!(insights[0].kind, InsightKind::Anomaly);
     }
 
     #[test]
+    fn one_slow_second_on_a_steady_latency_is_a_warning_not_critical() {
+        // A p99 of about 3 ms (stddev 0.6) reading 5.8 ms once: z 4.1, but a blip.
+        let detector = ZScore::default();
+        let mut samples: Vec<f64> = (0..119)
+            .map(|i| 3.0 + [0.0, 0.6, -0.6, 0.9, -0.9][i % 5])
+            .collect();
+        samples.push(5.8);
+        let latency = |samples: &[f64]| {
+            detector.detect(&[MetricWindow {
+                name: "upstream.latency_p99_ms".to_owned(),
+                ..window(samples.to_vec())
+            }])
+        };
+        let blip = latency(&samples);
+        assert!(blip[0].score > 4.0, "{}", blip[0].score);
+        assert_eq!(blip[0].severity, Severity::Warning);
+        samples.push(5.8);
+        assert_eq!(latency(&samples)[0].severity, Severity::Critical);
+        // A drop then a spike are two blips, not a sustained change.
+        let spike = samples.len() - 2;
+        samples[spike] = 0.2;
+        assert_eq!(latency(&samples)[0].severity, Severity::Warning);
+    }
+
+    #[test]
     fn one_event_in_a_flat_series_is_at_most_a_warning() {
         let detector = ZScore::default();
+        // The last sample twice: what lasts is critical, where a blip would be a warning.
         let flat = |last: f64| {
             let mut samples = vec![0.0; 30];
-            samples.push(last);
+            samples.extend([last, last]);
             detector.detect(&[window(samples)])
         };
         let one = flat(1.0);
@@ -161,13 +209,13 @@ mod tests {
         assert_eq!(flat(5.0)[0].severity, Severity::Critical);
         // A flat latency moving by 5% is not.
         let mut latency = vec![20.0; 30];
-        latency.push(21.0);
+        latency.extend([21.0, 21.0]);
         assert!(detector.detect(&[window(latency)]).is_empty());
         // Shares keep their own scale: an error rate from a flat 0 to 5% is critical, a steady
         // count dropping by 30% too.
         let share = |last: f64| {
             let mut samples = vec![0.0; 30];
-            samples.push(last);
+            samples.extend([last, last]);
             detector.detect(&[MetricWindow {
                 name: "upstream.error_rate".to_owned(),
                 ..window(samples)
@@ -176,7 +224,7 @@ mod tests {
         assert_eq!(share(0.05)[0].severity, Severity::Critical);
         assert!(share(0.02).is_empty());
         let mut streams = vec![10_000.0; 30];
-        streams.push(7_000.0);
+        streams.extend([7_000.0, 7_000.0]);
         assert_eq!(
             detector.detect(&[window(streams)])[0].severity,
             Severity::Critical

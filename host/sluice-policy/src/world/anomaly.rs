@@ -84,8 +84,9 @@ impl Plugin {
 /// Anomaly inputs used by the self-test: a steady metric, a spike, an empty window.
 pub fn sample_windows() -> Vec<MetricWindow> {
     let steady: Vec<f64> = (0..30).map(|i| 100.0 + f64::from(i % 5)).collect();
+    // A burst lasting two samples: critical (one sample alone would be a blip).
     let mut spike = steady.clone();
-    spike.push(900.0);
+    spike.extend([900.0, 900.0]);
     vec![
         MetricWindow {
             name: "pool.streams".to_owned(),

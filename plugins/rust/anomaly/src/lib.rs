@@ -4,8 +4,9 @@
 //! For each metric window with at least `min_samples` samples (default 10; fewer is warm-up and
 //! yields nothing): the mean and (sample) standard deviation of all samples but the last, and
 //! `z = (last - mean) / stddev`. `|z|` above `warning_z` (default 3) is a warning, above
-//! `critical_z` (default 4) critical. Non-finite samples are skipped; a non-finite latest sample
-//! yields nothing.
+//! `critical_z` (default 4) critical when the sample before it is beyond `critical_z` too, in the
+//! same direction, both measured against the samples before them: one sample beyond it alone,
+//! a blip, is a warning. Non-finite samples are skipped; a non-finite latest sample yields nothing.
 //!
 //! The spread a sample is measured against is never below a floor: `min_deviation` (default 0.3,
 //! in the metric's unit, for counts, rates and times), `min_share_deviation` (default 0.01, for
@@ -176,9 +177,27 @@ fn is_share(name: &str) -> bool {
         .any(|suffix| name.ends_with(suffix))
 }
 
-fn examine(window: &MetricWindow, settings: &Settings) -> Option<Insight> {
-    let (&last, history) = window.samples.split_last()?;
-    if window.samples.len() < settings.min_samples || !last.is_finite() {
+/// One sample measured against the samples before it.
+struct Measured {
+    z: f64,
+    mean: f64,
+    stddev: f64,
+    count: usize,
+    /// The spread used: the history's, or the floor when that is larger.
+    spread: f64,
+}
+
+impl Measured {
+    /// Whether the spread used is the floor, not one the history shows.
+    fn floored(&self) -> bool {
+        self.stddev < self.spread
+    }
+}
+
+/// `last` of metric `name` against `history` (the spread floored, see the crate's docs); `None`
+/// during warm-up or when `last` is not finite, or when `last` equals a flat, unfloored history.
+fn measure(name: &str, last: f64, history: &[f64], settings: &Settings) -> Option<Measured> {
+    if history.len() + 1 < settings.min_samples || !last.is_finite() {
         return None;
     }
     let (mean, stddev, count) = stats(history);
@@ -186,16 +205,14 @@ fn examine(window: &MetricWindow, settings: &Settings) -> Option<Insight> {
         return None;
     }
     let deviation = last - mean;
-    let measured = if stddev.is_nan() { 0.0 } else { stddev };
-    let absolute = if is_share(&window.name) {
+    let stddev = if stddev.is_nan() { 0.0 } else { stddev };
+    let absolute = if is_share(name) {
         settings.min_share_deviation
     } else {
         settings.min_deviation
     };
     let floor = absolute.max(settings.min_relative_deviation * libm::fabs(mean));
-    let spread = measured.max(floor);
-    // The spread used is the floor, not one the history shows.
-    let floored = measured < floor;
+    let spread = stddev.max(floor);
     let z = if spread <= 0.0 {
         if deviation == 0.0 {
             return None;
@@ -204,15 +221,50 @@ fn examine(window: &MetricWindow, settings: &Settings) -> Option<Insight> {
     } else {
         (deviation / spread).clamp(-FLAT_Z, FLAT_Z)
     };
-    let flat = measured <= 0.0;
-    let score = z.abs();
-    let severity = if score > settings.critical_z {
-        Severity::Critical
-    } else if score > settings.warning_z {
-        Severity::Warning
-    } else {
-        return None;
+    Some(Measured {
+        z,
+        mean,
+        stddev,
+        count,
+        spread,
+    })
+}
+
+/// The latest sample measured against the samples before the last two, when it and the one
+/// before it are both beyond `critical_z` in the same direction.
+fn sustained(window: &MetricWindow, settings: &Settings) -> Option<Measured> {
+    let (&last, history) = window.samples.split_last()?;
+    let (&previous, before) = history.split_last()?;
+    let earlier = measure(&window.name, previous, before, settings)?;
+    let now = measure(&window.name, last, before, settings)?;
+    let beyond = |m: &Measured| m.z.abs() > settings.critical_z;
+    (beyond(&earlier) && beyond(&now) && earlier.z.signum() == now.z.signum()).then_some(now)
+}
+
+fn examine(window: &MetricWindow, settings: &Settings) -> Option<Insight> {
+    let (&last, history) = window.samples.split_last()?;
+    // Critical takes the last two samples both beyond the threshold, the same way, against
+    // the samples before them: a single sample is a blip (one slow second), not an incident.
+    let (measured, severity) = match sustained(window, settings) {
+        Some(run) => (run, Severity::Critical),
+        None => {
+            let measured = measure(&window.name, last, history, settings)?;
+            if measured.z.abs() <= settings.warning_z {
+                return None;
+            }
+            (measured, Severity::Warning)
+        }
     };
+    let floored = measured.floored();
+    let Measured {
+        z,
+        mean,
+        stddev,
+        count,
+        spread,
+    } = measured;
+    let flat = stddev <= 0.0;
+    let score = z.abs();
 
     let name = &window.name;
     let mut title = String::with_capacity(9 + name.len());
@@ -250,17 +302,27 @@ fn examine(window: &MetricWindow, settings: &Settings) -> Option<Insight> {
         description.push_str(" samples: z = ");
         push_fixed(&mut description, z, 1);
     }
-    description.push_str(if matches!(severity, Severity::Critical) {
+    let critical = matches!(severity, Severity::Critical);
+    description.push_str(if critical {
         ", above the critical threshold |z| > "
     } else {
         ", above the warning threshold |z| > "
     });
-    let threshold = if matches!(severity, Severity::Critical) {
-        settings.critical_z
-    } else {
-        settings.warning_z
-    };
-    push_short(&mut description, threshold);
+    push_short(
+        &mut description,
+        if critical {
+            settings.critical_z
+        } else {
+            settings.warning_z
+        },
+    );
+    if critical {
+        description.push_str(" for a second sample in a row");
+    } else if score > settings.critical_z {
+        description.push_str(" (critical once a second sample in a row is beyond ");
+        push_short(&mut description, settings.critical_z);
+        description.push(')');
+    }
     description.push_str(" (samples every ");
     push_u64(&mut description, u64::from(window.interval_ms));
     description.push_str(" ms)");
@@ -303,8 +365,16 @@ mod tests {
             "{}",
             one.description
         );
+        // A burst is news, critical once it lasts a second sample.
         let burst = examine(&flat(0.0, 5.0), &settings()).expect("an insight");
-        assert!(matches!(burst.severity, Severity::Critical));
+        assert!(matches!(burst.severity, Severity::Warning));
+        assert!(
+            burst.description.contains("critical once"),
+            "{}",
+            burst.description
+        );
+        let lasting = examine(&twice(flat(0.0, 5.0)), &settings()).expect("an insight");
+        assert!(matches!(lasting.severity, Severity::Critical));
         assert!(examine(&flat(20.0, 21.0), &settings()).is_none());
         // With no floor, a flat series departed from is unprecedented.
         let bare = Settings {
@@ -318,9 +388,47 @@ mod tests {
         // Shares keep their own scale.
         let errors = MetricWindow {
             name: String::from("upstream.error_rate"),
-            ..flat(0.0, 0.05)
+            ..twice(flat(0.0, 0.05))
         };
         let share = examine(&errors, &settings()).expect("an insight");
         assert!(matches!(share.severity, Severity::Critical));
+    }
+
+    #[test]
+    fn one_slow_second_on_a_steady_latency_is_a_warning_not_critical() {
+        // The soak's case: a p99 of about 3 ms (stddev 0.6) reading 5.8 ms once.
+        let mut samples: alloc::vec::Vec<f64> = (0..119)
+            .map(|i| 3.0 + [0.0, 0.6, -0.6, 0.9, -0.9][i % 5])
+            .collect();
+        samples.push(5.8);
+        let window = MetricWindow {
+            name: String::from("upstream.latency_p99_ms"),
+            interval_ms: 1000,
+            samples,
+        };
+        let blip = examine(&window, &settings()).expect("an insight");
+        assert!(blip.score > 4.0, "{}", blip.score);
+        assert!(matches!(blip.severity, Severity::Warning));
+        // Two such seconds in a row are critical; a spike then a drop are not.
+        let lasting = twice(window.clone());
+        assert!(matches!(
+            examine(&lasting, &settings()).map(|i| i.severity),
+            Some(Severity::Critical)
+        ));
+        let mut swing = window;
+        let last = swing.samples.len() - 1;
+        swing.samples[last] = 0.2;
+        swing.samples.push(5.8);
+        assert!(matches!(
+            examine(&swing, &settings()).map(|i| i.severity),
+            Some(Severity::Warning)
+        ));
+    }
+
+    /// `window` with its latest sample repeated.
+    fn twice(mut window: MetricWindow) -> MetricWindow {
+        let last = *window.samples.last().expect("a sample");
+        window.samples.push(last);
+        window
     }
 }
