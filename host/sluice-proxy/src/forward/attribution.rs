@@ -6,8 +6,8 @@
 //! id of the call that opened the shared upstream stream: that is the placement it rides on. The
 //! trailers list every endpoint that carried the call, in order and comma-separated
 //! (`x-sluice-endpoints`; a resume onto another endpoint adds one), and how many times it was
-//! resumed (`x-sluice-resumes`). Values an upstream sent under these names are replaced, so a
-//! monitor can trust them.
+//! resumed (`x-sluice-resumes`). An upstream's own `x-sluice-*` metadata never reaches the
+//! monitor (`grpc::headers` drops it), so a monitor can trust these.
 //!
 //! This module words the metadata; the relays decide when it goes out. An answer Sluice gives
 //! before any endpoint was chosen (no endpoint reachable, a refused call) carries none.

@@ -1,8 +1,9 @@
 //! Which headers cross the proxy, in each direction.
 //!
-//! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection and are dropped; Sluice's own
-//! `x-sluice-*` metadata is for the proxy and never reaches an upstream. Everything else,
-//! including `te: trailers` and binary metadata, passes through untouched.
+//! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection and are dropped. Sluice's own
+//! `x-sluice-*` metadata is for the proxy and never reaches an upstream; in a response, those
+//! names are Sluice's to set (the attribution), so an upstream's are dropped too. Everything
+//! else, including `te: trailers` and binary metadata, passes through untouched.
 
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, TRANSFER_ENCODING, UPGRADE};
@@ -23,7 +24,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub(crate) fn request_headers(from: &HeaderMap, extra_capacity: usize) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(from.len() + extra_capacity);
     for (name, value) in from {
-        if is_hop_by_hop(name) || name.as_str().starts_with("x-sluice-") {
+        if is_hop_by_hop(name) || is_sluices(name) {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -35,11 +36,16 @@ pub(crate) fn request_headers(from: &HeaderMap, extra_capacity: usize) -> Header
 pub(crate) fn response_headers(from: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(from.len());
     for (name, value) in from {
-        if !is_hop_by_hop(name) {
+        if !is_hop_by_hop(name) && !is_sluices(name) {
             out.append(name.clone(), value.clone());
         }
     }
     out
+}
+
+/// Whether `name` is one of Sluice's own (`x-sluice-*`).
+fn is_sluices(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-sluice-")
 }
 
 #[cfg(test)]
@@ -63,8 +69,12 @@ mod tests {
         assert_eq!(out.get_all("x-custom").iter().count(), 2);
         assert!(out.contains_key("trace-bin"));
         assert!(!out.contains_key(MONITOR_HEADER));
+        // An upstream's answer keeps its own metadata; Sluice's names are Sluice's to set.
+        from.insert("x-sluice-endpoint", "spoofed".parse().unwrap());
         let back = response_headers(&from);
         assert!(!back.contains_key("connection"));
-        assert!(back.contains_key(MONITOR_HEADER));
+        assert!(!back.contains_key(MONITOR_HEADER));
+        assert!(!back.contains_key("x-sluice-endpoint"));
+        assert_eq!(back.get_all("x-custom").iter().count(), 2);
     }
 }

@@ -469,11 +469,14 @@ proptest! {
         })?;
     }
 
-    /// Towards the monitor: only hop-by-hop headers are dropped (an upstream's `x-sluice-*`
-    /// is its own business); everything else passes unchanged.
+    /// Towards the monitor: hop-by-hop headers and an upstream's `x-sluice-*` are dropped
+    /// (those names carry Sluice's attribution, which the monitor must be able to trust);
+    /// everything else passes unchanged.
     #[test]
-    fn response_headers_drop_only_hop_by_hop(list in header_list()) {
+    fn response_headers_drop_hop_by_hop_and_sluice_names(list in header_list()) {
         let out = response_headers(&header_map(&list));
-        holds_exactly(&out, &list, |name| !HOP_BY_HOP.contains(&name))?;
+        holds_exactly(&out, &list, |name| {
+            !HOP_BY_HOP.contains(&name) && !name.starts_with("x-sluice-")
+        })?;
     }
 }
