@@ -56,6 +56,11 @@ impl ZScore {
     /// floored (see the module's docs); `None` during warm-up.
     pub fn score(&self, name: &str, samples: &[f64]) -> Option<f64> {
         let (&last, history) = samples.split_last()?;
+        self.score_against(name, last, history)
+    }
+
+    /// The z-score of `last` against `history`, as [`ZScore::score`] gives it.
+    fn score_against(&self, name: &str, last: f64, history: &[f64]) -> Option<f64> {
         if history.len() < WARM_UP || !last.is_finite() {
             return None;
         }
@@ -82,11 +87,8 @@ impl ZScore {
     fn sustained(&self, name: &str, samples: &[f64]) -> Option<f64> {
         let (&last, history) = samples.split_last()?;
         let (&previous, before) = history.split_last()?;
-        let mut with = before.to_vec();
-        with.push(previous);
-        let earlier = self.score(name, &with)?;
-        *with.last_mut()? = last;
-        let now = self.score(name, &with)?;
+        let earlier = self.score_against(name, previous, before)?;
+        let now = self.score_against(name, last, before)?;
         let beyond = |z: f64| z.abs() > self.critical;
         (beyond(earlier) && beyond(now) && earlier.signum() == now.signum()).then_some(now)
     }

@@ -63,7 +63,7 @@ impl Attribution {
     }
 
     /// Adds the serving endpoint, its region and the call's id to response headers.
-    pub(super) fn stamp_head(&self, headers: &mut HeaderMap) {
+    fn stamp_head(&self, headers: &mut HeaderMap) {
         if let Some(value) = self.endpoints.last().and_then(|id| value(id)) {
             headers.insert(HeaderName::from_static(ENDPOINT), value);
         }
@@ -75,6 +75,15 @@ impl Attribution {
             HeaderName::from_static(STREAM),
             HeaderValue::from(self.stream),
         );
+    }
+
+    /// Adds the head's metadata to a response's headers and, when the response ends with them
+    /// (trailers-only, `ends`), the trailers' too: those headers are its trailers.
+    pub(super) fn stamp_response(&self, headers: &mut HeaderMap, ends: bool) {
+        self.stamp_head(headers);
+        if ends {
+            self.stamp_trailers(headers);
+        }
     }
 
     /// Adds every endpoint used and the number of resumes to trailers.

@@ -319,11 +319,7 @@ async fn relay(
     let mut head = response_head(parts.status, &parts.headers);
     drop(parts);
     let attribution = Attribution::new(setup.stream, lease);
-    attribution.stamp_head(head.headers_mut());
-    if end_of_stream {
-        // Trailers-only: these headers are the trailers too.
-        attribution.stamp_trailers(head.headers_mut());
-    }
+    attribution.stamp_response(head.headers_mut(), end_of_stream);
     let mut downstream = match respond.send_response(head, end_of_stream) {
         Ok(downstream) => downstream,
         Err(_) => return End::Cancelled,

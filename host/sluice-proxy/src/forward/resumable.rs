@@ -164,10 +164,7 @@ impl Downstream {
     fn head(&self, status: http::StatusCode, headers: &HeaderMap, ended: bool) -> Response<()> {
         let mut head = response_head(status, headers);
         if let Some(attribution) = &self.attribution {
-            attribution.stamp_head(head.headers_mut());
-            if ended {
-                attribution.stamp_trailers(head.headers_mut());
-            }
+            attribution.stamp_response(head.headers_mut(), ended);
         }
         head
     }

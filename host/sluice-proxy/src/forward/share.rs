@@ -540,8 +540,7 @@ async fn feed_subscribers(
     if body.is_end_stream() {
         record_final_status(lease, &parts.headers, &Arc::from(SHARED_WITNESS));
         let mut ended = response_head(parts.status, &parts.headers);
-        attribution.stamp_head(ended.headers_mut());
-        attribution.stamp_trailers(ended.headers_mut());
+        attribution.stamp_response(ended.headers_mut(), true);
         stream.head.send_replace(Some(Head::Ended(ended)));
         return Ok(HeaderMap::new());
     }
@@ -551,7 +550,7 @@ async fn feed_subscribers(
         lease.response_started(sent_at.elapsed());
     }
     let mut head = grpc::headers::response_headers(&parts.headers);
-    attribution.stamp_head(&mut head);
+    attribution.stamp_response(&mut head, false);
     stream
         .head
         .send_replace(Some(Head::Headers(parts.status, head)));
