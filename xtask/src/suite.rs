@@ -95,14 +95,14 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
     // on 2 cores that saves the two minutes a second pass over every dependency takes.
     let linted = Linted::find()?;
     timed(steps, "build", || {
-        // Resilience and history tests run the feed server and Sluice as real processes (to
-        // SIGKILL them). Each is built on its own, exactly as the tests' `process::binary` asks
+        // Resilience, history and Yellowstone tests run the feed server, the mock Geyser and
+        // Sluice as real processes (to SIGKILL them). Each is built on its own, exactly as the tests' `process::binary` asks
         // for it: built together, their dependencies' features would be unified differently,
         // and the tests would build every such dependency again.
         // `--bins`: the same dependencies, and every binary linted as built for use (as
         // `cargo clippy --all-targets` does; `cargo test` builds a binary of a package without
         // integration tests only in test mode). xtask too (it runs as a binary of its own).
-        for name in ["sluice-feed", "sluice", "xtask"] {
+        for name in ["sluice-feed", "sluice-geyser", "sluice", "xtask"] {
             util::run(linted.apply(cargo().args(["build", "-p", name, "--bins"])))?;
         }
         // Every target, benches included, as `cargo clippy --all-targets` would see them.
