@@ -25,6 +25,7 @@ pub mod plugins;
 pub mod process;
 pub mod soak;
 pub mod starts;
+pub mod yellowstone;
 
 /// Largest message the test clients accept.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;

@@ -75,9 +75,21 @@ pub fn binary(name: &'static str) -> PathBuf {
     binary
 }
 
+/// A command running the workspace binary `name` with warnings-only logs, no stdin, its stdout
+/// piped for [`wait_for_lines`] and its stderr shown with the test's output.
+pub(crate) fn piped(name: &'static str) -> Command {
+    let mut command = Command::new(binary(name));
+    command
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    command
+}
+
 /// Reads `child`'s stdout until a line starts with each prefix, in order; returns the rest of
 /// each such line. The lines after them are handed to `rest` as they come.
-fn wait_for_lines(
+pub(crate) fn wait_for_lines(
     child: &mut Child,
     prefixes: &[&str],
     mut rest: impl FnMut(&str) + Send + 'static,
@@ -149,13 +161,9 @@ impl FeedProcess {
     }
 
     fn try_start(name: &str, addr: SocketAddr, extra: &[String]) -> Result<Self, String> {
-        let mut child = Command::new(binary("sluice-feed"))
+        let mut child = piped("sluice-feed")
             .args(["--listen", &addr.to_string(), "--name", name])
             .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("spawn: {e}"))?;
         let stats = Arc::new(Mutex::new(BTreeMap::new()));
@@ -245,13 +253,9 @@ impl SluiceProcess {
     /// Starts Sluice with `config` (a TOML file whose listeners may use port 0) and waits until
     /// it listens.
     pub fn start(config: &std::path::Path) -> Self {
-        let mut child = Command::new(binary("sluice"))
+        let mut child = piped("sluice")
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawning sluice");
         let lines = wait_for_lines(

@@ -533,9 +533,19 @@ pub struct MonitorConfig {
 pub struct MethodConfig {
     /// `/package.Service/Method`, or `/package.Service/*` for every method of a service.
     pub path: String,
-    /// Share one upstream stream among monitors sending identical server-streaming requests.
+    /// Share one upstream stream among monitors sending identical server-streaming requests
+    /// (or, with `bidi`, identical subscriptions).
     #[serde(default)]
     pub share: bool,
+    /// The method is a bidirectional subscription whose request stream stays open for pings
+    /// and subscription changes (e.g. Yellowstone's `/geyser.Geyser/Subscribe`). With `share`,
+    /// the resumer plugin, which must know the protocol, says which request messages are
+    /// subscriptions (shared when equal), pings (answered by Sluice) or changes (the monitor
+    /// moves to a stream of its own, from where it was), and where each response stands, so
+    /// that a broken upstream stream resumes with no gap and no duplicate (`resume_attempts`,
+    /// `resume_timeout`, `dedup_window`). Without `share` it changes nothing. Default false.
+    #[serde(default)]
+    pub bidi: bool,
     /// Request metadata that must also match for two requests to share a stream
     /// (e.g. `authorization`). Compared case-insensitively by name.
     #[serde(default)]
@@ -562,7 +572,9 @@ pub struct MethodConfig {
     pub resume_on_unavailable: bool,
     /// After a resume, the first `dedup_window` response messages are dropped when identical
     /// (by hash) to one of the last `dedup_window` delivered before it; 0 turns the check off.
-    /// Default 0.
+    /// Default 0. Shared `bidi` subscriptions drop by the resumer's keys instead, remembering
+    /// the keys of at least the last 4096 messages (more when set higher): enough to cover the
+    /// resumer's look-back.
     #[serde(default)]
     pub dedup_window: usize,
     /// Request bytes kept for `replay-all`; a stream that sends more is no longer resumable.
@@ -636,6 +648,7 @@ impl MethodConfig {
         Self {
             path: path.into(),
             share: false,
+            bidi: false,
             share_key_metadata: Vec::new(),
             share_buffer_messages: default_share_buffer(),
             max_message_bytes: None,
@@ -957,6 +970,14 @@ impl Config {
                     key("open_on_request"),
                     "cannot be combined with share = true (shared calls always read their \
                      request first)",
+                ));
+            }
+            if method.share && method.bidi && !self.plugins.has_resumer() {
+                return Err(invalid(
+                    key("bidi"),
+                    "sharing a bidirectional subscription needs a resumer plugin that knows its \
+                     protocol (for Yellowstone, plugins/rust/yellowstone): set \
+                     [plugins.resumer] file, or put resumer.wasm in plugins.dir",
                 ));
             }
             if method.resume.resumes() {

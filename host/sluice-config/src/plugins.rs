@@ -106,6 +106,18 @@ impl Default for PluginsConfig {
 }
 
 impl PluginsConfig {
+    /// Whether a resumer plugin is configured: a `file` that exists, or `resumer.wasm` in
+    /// `dir` (a relative `file` is looked up in `dir`, else the working directory).
+    pub fn has_resumer(&self) -> bool {
+        let exists = |path: &std::path::Path| path.is_file();
+        match (&self.resumer.file, &self.dir) {
+            (Some(file), Some(dir)) if file.is_relative() => exists(&dir.join(file)),
+            (Some(file), _) => exists(file),
+            (None, Some(dir)) => exists(&dir.join("resumer.wasm")),
+            (None, None) => false,
+        }
+    }
+
     /// The table for `slot`.
     pub fn slot(&self, slot: SlotKind) -> &SlotConfig {
         match slot {

@@ -726,3 +726,29 @@ fn an_open_listener_without_monitor_authentication_is_warned_about() {
     .unwrap();
     assert!(tokened.warnings().is_empty(), "{:?}", tokened.warnings());
 }
+
+#[test]
+fn shared_bidi_subscriptions_need_a_resumer_plugin() {
+    let method = "\n[[methods]]\npath = \"/geyser.Geyser/Subscribe\"\nshare = true\nbidi = true\n";
+    let missing = error_of(&format!("{MINIMAL}{method}"));
+    assert!(missing.contains("`methods[0].bidi`"), "{missing}");
+    assert!(missing.contains("resumer plugin"), "{missing}");
+    // A file that does not exist is no plugin either.
+    let absent = error_of(&format!(
+        "{MINIMAL}{method}\n[plugins.resumer]\nfile = \"/nonexistent/yellowstone.wasm\"\n"
+    ));
+    assert!(absent.contains("`methods[0].bidi`"), "{absent}");
+    // Any existing file passes here; loading it is the policy engine's check.
+    let dir = std::env::temp_dir().join(format!("sluice-config-bidi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("resumer.wasm"), b"\0asm").unwrap();
+    let found = parse(&format!(
+        "{MINIMAL}{method}\n[plugins]\ndir = {:?}\n",
+        dir.display().to_string()
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(found.unwrap().methods[0].bidi);
+    // Without share, bidi changes nothing and needs nothing.
+    let alone = "\n[[methods]]\npath = \"/geyser.Geyser/Subscribe\"\nbidi = true\n";
+    assert!(parse(&format!("{MINIMAL}{alone}")).is_ok());
+}

@@ -4,7 +4,9 @@
 //! The host knows only the configured mode (`replay-last`, `replay-all`); protocol knowledge,
 //! such as the feed's `from_seq` or a `from_slot` taken from the last message seen, lives in a
 //! [`Resumer`] (the `resumer` policy plugin). A resumer sees plain message payloads, never
-//! streams or connections, and must be fast: it runs once per resume, on the failover path.
+//! streams or connections, and must be fast: it runs once per resume, on the failover path,
+//! and for shared bidirectional subscriptions once per request message and once per batch of
+//! response messages.
 
 use bytes::Bytes;
 
@@ -41,10 +43,45 @@ pub enum ResumeAnswer {
     Failed(String),
 }
 
-/// Rewrites the request(s) of a broken stream before they are replayed.
+/// What one request message of a shared bidirectional subscription is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Not known (no resumer knows the method, or it failed): the stream is forwarded on an
+    /// upstream stream of its own, every request message sent upstream.
+    Unknown,
+    /// Opens or changes the subscription; the share key, or `None` for a subscription that
+    /// must not be shared.
+    Subscribe(Option<Bytes>),
+    /// A keep-alive answered by the host with this response payload (or with nothing).
+    Ping(Option<Bytes>),
+}
+
+/// Where one response message stands in its stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpdateMark {
+    /// Its position (e.g. a slot), if it has one.
+    pub position: Option<u64>,
+    /// Its identity: equal keys are the same update. `None`: never a duplicate.
+    pub key: Option<Bytes>,
+}
+
+/// The protocol knowledge of long-lived streams: rewriting the request(s) of a broken stream
+/// before they are replayed, and, for shared bidirectional subscriptions, what each request
+/// message is and where each response message stands.
 pub trait Resumer: Send + Sync {
     /// Decides what to send on the new upstream stream.
     fn resume(&self, request: &ResumeRequest<'_>) -> ResumeAnswer;
+
+    /// What request `message` (a payload, without the gRPC prefix) of `method` is.
+    fn classify(&self, _method: &str, _message: &Bytes) -> RequestKind {
+        RequestKind::Unknown
+    }
+
+    /// One mark per response payload of `method`, in order; `None` when the messages cannot be
+    /// marked (no resumer knows the method, or it failed).
+    fn mark(&self, _method: &str, _messages: &[Bytes]) -> Option<Vec<UpdateMark>> {
+        None
+    }
 }
 
 /// Replays requests unchanged (no plugin).

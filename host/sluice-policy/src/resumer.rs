@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
 use bytes::Bytes;
-use sluice_contract::resume::{ResumeAnswer, ResumeRequest, Resumer};
+use sluice_contract::resume::{RequestKind, ResumeAnswer, ResumeRequest, Resumer, UpdateMark};
 
 use crate::builtin::ReplayUnchanged;
 use crate::plugin::Plugin;
@@ -113,6 +113,71 @@ impl Resumer for PolicyResumer {
             self.offer_shadow(&shadow, question, sent);
         }
         answer
+    }
+
+    fn classify(&self, method: &str, message: &Bytes) -> RequestKind {
+        let Some(plugin) = self.slot.callable() else {
+            self.slot.used_builtin();
+            return RequestKind::Unknown;
+        };
+        match self.slot.call_plugin(
+            plugin,
+            |plugin| plugin.classify(method, message),
+            |_| Ok(()),
+        ) {
+            Answer::Answered(kind, _) => match kind {
+                types::RequestKind::Unknown => RequestKind::Unknown,
+                types::RequestKind::Subscribe(key) => RequestKind::Subscribe(key.map(Bytes::from)),
+                types::RequestKind::Ping(reply) => RequestKind::Ping(reply.map(Bytes::from)),
+            },
+            Answer::Failed(failure, plugin) => {
+                tracing::debug!(plugin = %plugin.label(), %failure, method, "classify failed");
+                RequestKind::Unknown
+            }
+            Answer::NoPlugin => RequestKind::Unknown,
+        }
+    }
+
+    fn mark(&self, method: &str, messages: &[Bytes]) -> Option<Vec<UpdateMark>> {
+        let Some(plugin) = self.slot.callable() else {
+            self.slot.used_builtin();
+            return None;
+        };
+        let payloads: Vec<Vec<u8>> = messages.iter().map(|m| m.to_vec()).collect();
+        let count = payloads.len();
+        let answer = self.slot.call_plugin(
+            plugin,
+            |plugin| plugin.mark(method, &payloads),
+            |marks| check_marks(marks, count),
+        );
+        match answer {
+            Answer::Answered(marks, _) => Some(
+                marks
+                    .into_iter()
+                    .map(|mark| UpdateMark {
+                        position: mark.position,
+                        key: mark.key.map(Bytes::from),
+                    })
+                    .collect(),
+            ),
+            Answer::Failed(failure, plugin) => {
+                tracing::debug!(plugin = %plugin.label(), %failure, method, "mark failed");
+                None
+            }
+            Answer::NoPlugin => None,
+        }
+    }
+}
+
+/// Checks a `mark` answer has one mark per message.
+fn check_marks(marks: &[types::UpdateMark], messages: usize) -> Result<(), String> {
+    if marks.len() == messages {
+        Ok(())
+    } else {
+        Err(format!(
+            "mark answered {} marks for {messages} messages",
+            marks.len()
+        ))
     }
 }
 

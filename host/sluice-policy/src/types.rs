@@ -4,8 +4,8 @@
 
 pub use crate::bindings::router::sluice::policy::types::{
     BreakerState, Candidate, Decision, Endpoint, EndpointHealth, GroupMetrics, Insight,
-    InsightKind, MetricWindow, MonitorProfile, ResumeRequest, RouteRequest, ScaleAction, ScalePlan,
-    Severity, TrafficClass, TrafficProfile,
+    InsightKind, MetricWindow, MonitorProfile, RequestKind, ResumeRequest, RouteRequest,
+    ScaleAction, ScalePlan, Severity, TrafficClass, TrafficProfile, UpdateMark,
 };
 
 /// Alternatives a decision may list (the WIT contract says "up to 3").

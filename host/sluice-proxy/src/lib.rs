@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::forward::{RequestBudget, ShareRegistry};
+use crate::forward::{RequestBudget, ShareRegistry, SubscriptionRegistry};
 use crate::front::identity::MonitorDirectory;
 use crate::pool::{GroupSnapshot, Pool, PoolError};
 use crate::route::{LeastLoaded, Router};
@@ -56,7 +56,9 @@ pub(crate) struct Context {
     pub pool: Pool,
     pub stats: Arc<Stats>,
     pub monitors: MonitorDirectory,
-    pub shares: ShareRegistry,
+    pub shares: Arc<ShareRegistry<()>>,
+    /// Bidirectional subscriptions running now (methods with `share` and `bidi`).
+    pub subscriptions: Arc<SubscriptionRegistry>,
     /// Request bytes held before admission, over every call (`server.max_buffered_request_bytes`).
     pub request_budget: RequestBudget,
     /// Rewrites requests of broken streams before they are replayed.
@@ -141,7 +143,8 @@ impl Proxy {
             config,
             pool,
             stats,
-            shares: ShareRegistry::default(),
+            shares: Arc::default(),
+            subscriptions: Arc::default(),
             resumer,
             terminate: watch::Sender::new(false),
             next_stream: std::sync::atomic::AtomicU64::new(1),

@@ -90,6 +90,12 @@ stats! {
     migrations_total,
     /// Response messages dropped as duplicates after a resume.
     duplicates_dropped_total,
+    /// Subscription pings (shared `bidi` methods) Sluice answered itself.
+    subscription_pings_answered_total,
+    /// Subscribers that changed their subscription and moved to a stream of their own.
+    subscription_moves_total,
+    /// Subscriptions ended with `DATA_LOSS`: no endpoint could replay from where they were.
+    subscription_gaps_total,
     /// Monitor connections open now.
     monitor_connections_active,
     /// Monitor connections refused (GOAWAY) by `server.max_connections` or its per-peer cap.

@@ -24,7 +24,7 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
         .check(&bytes, &name)
         .with_context(|| format!("{} is not a usable policy plugin", file.display()))?;
     println!("{}: valid {} plugin", file.display(), info.world);
-    println!("  world:     sluice:policy/{}@0.2.0", info.world);
+    println!("  world:     sluice:policy/{}@0.3.0", info.world);
     println!("  size:      {} bytes (blake3 {})", info.size, info.hash);
     println!("  exports:   {}", info.exports.join(", "));
     println!("  imports:   {}", info.imports.join(", "));

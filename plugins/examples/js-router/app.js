@@ -5,7 +5,7 @@
 //
 // WIT names become camelCase in JavaScript: `latency-ms` is `latencyMs`. Imported interfaces are
 // ES modules named after their WIT interface, e.g.
-//   import config from "sluice:policy/config@0.2.0";   // config.get("key") -> string | null
+//   import config from "sluice:policy/config@0.3.0";   // config.get("key") -> string | null
 
 // The host guarantees max-streams >= 1; guard anyway.
 const fill = (c) => c.activeStreams / Math.max(c.maxStreams, 1);

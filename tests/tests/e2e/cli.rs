@@ -290,7 +290,7 @@ fn plugin_check_describes_good_components_and_names_what_is_wrong_with_bad_ones(
     assert!(ok, "{text}");
     assert!(
         text.contains("valid resumer plugin")
-            && text.contains("world:     sluice:policy/resumer@0.2.0")
+            && text.contains("world:     sluice:policy/resumer@0.3.0")
             && text.contains("exports:   resume")
             && text.contains("self-test: passed 3 sample inputs"),
         "{text}"

@@ -33,3 +33,4 @@ mod scaling;
 mod scorer;
 mod sharing;
 mod tls;
+mod yellowstone;

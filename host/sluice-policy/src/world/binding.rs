@@ -113,7 +113,7 @@ pub(crate) fn bind_plugin(
             .collect();
         PolicyError::WrongWorld(format!(
             "its imports do not match what Sluice provides to the {world} world \
-             (sluice:policy@0.2.0 log, clock, config{extra}, and WASI): {e:#}"
+             (sluice:policy@0.3.0 log, clock, config{extra}, and WASI): {e:#}"
         ))
     })?;
     let bound = super::bind(world, pre).map_err(|e| {

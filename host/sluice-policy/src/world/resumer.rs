@@ -14,7 +14,9 @@ use super::{World, sample_traffic};
 use crate::bindings::resumer::{Resumer, ResumerPre};
 use crate::host::HostState;
 use crate::plugin::{CallFailure, Plugin};
-use crate::types::{MonitorProfile, ResumeRequest, TrafficClass, check_resume};
+use crate::types::{
+    MonitorProfile, RequestKind, ResumeRequest, TrafficClass, UpdateMark, check_resume,
+};
 
 /// The `resumer` world.
 pub(crate) struct ResumerWorld;
@@ -75,6 +77,30 @@ impl Plugin {
             ResumerWorld::instance(exports)
                 .ok_or_else(|| wasmtime::Error::msg("not a resumer plugin"))?
                 .call_resume(store, request)
+        })?;
+        answer.map_err(CallFailure::from_plugin_error)
+    }
+}
+
+impl Plugin {
+    /// Calls a resumer's `classify`.
+    pub fn classify(&self, method: &str, message: &[u8]) -> Result<RequestKind, CallFailure> {
+        let deadline = self.limits().deadline;
+        let answer = self.run(deadline, |store, exports| {
+            ResumerWorld::instance(exports)
+                .ok_or_else(|| wasmtime::Error::msg("not a resumer plugin"))?
+                .call_classify(store, method, message)
+        })?;
+        answer.map_err(CallFailure::from_plugin_error)
+    }
+
+    /// Calls a resumer's `mark`. The caller checks there is one mark per message.
+    pub fn mark(&self, method: &str, messages: &[Vec<u8>]) -> Result<Vec<UpdateMark>, CallFailure> {
+        let deadline = self.limits().deadline;
+        let answer = self.run(deadline, |store, exports| {
+            ResumerWorld::instance(exports)
+                .ok_or_else(|| wasmtime::Error::msg("not a resumer plugin"))?
+                .call_mark(store, method, messages)
         })?;
         answer.map_err(CallFailure::from_plugin_error)
     }

@@ -7,20 +7,25 @@
 //! [`serve`] admits a call and hands it to the relay its method is configured for:
 //! - `call`: the plain relay, DATA frames in both directions under flow control;
 //! - `share`: identical server-streaming requests ride one upstream stream;
+//! - `subscription`: bidirectional subscriptions (`share` and `bidi`), shared, kept alive and
+//!   resumed with the resumer plugin's knowledge of their protocol;
 //! - `resumable`: whole messages, and a stream that outlives the upstream streams carrying it.
 //!
-//! The three stand side by side and never use one another: what they share (the call's setup,
+//! The four stand side by side and never use one another: what they share (the call's setup,
 //! opening an upstream stream, status answers) is in `upstream`, reading an upstream's final
 //! status for its endpoint is `answers`', telling the monitor who served it is
-//! `attribution`'s, and moving DATA under flow control is `pump`'s.
+//! `attribution`'s, fanning one upstream stream out to many monitors is `fanout`'s, and moving
+//! DATA under flow control is `pump`'s.
 
 mod answers;
 mod attribution;
 mod call;
+mod fanout;
 mod pump;
 mod request;
 mod resumable;
 mod share;
+mod subscription;
 mod upstream;
 
 use std::sync::Arc;
@@ -36,15 +41,18 @@ use crate::grpc::{self, Code, Status};
 use pump::OnFull;
 use resumable::ResumeOptions;
 use share::ShareOptions;
+use subscription::SubscriptionOptions;
 use upstream::{CallSetup, MonitorPermit};
 
+pub(crate) use fanout::ShareRegistry;
 pub(crate) use request::RequestBudget;
-pub(crate) use share::ShareRegistry;
+pub(crate) use subscription::SubscriptionRegistry;
 
 /// Which relay serves a call, with its method's options.
 enum Relay {
     Plain,
     Shared(ShareOptions),
+    Subscription(SubscriptionOptions),
     Resumable(ResumeOptions),
 }
 
@@ -79,6 +87,9 @@ pub(crate) async fn serve(
         let end = match relay {
             Relay::Shared(options) => {
                 Box::pin(share::serve(ctx, setup, options, request, respond)).await
+            }
+            Relay::Subscription(options) => {
+                Box::pin(subscription::serve(ctx, setup, options, request, respond)).await
             }
             Relay::Resumable(options) => {
                 Box::pin(resumable::serve(&ctx, setup, options, request, respond)).await
@@ -141,6 +152,7 @@ fn admit(
         .map(|timeout| tokio::time::Instant::now() + timeout);
     // Shared streams are not resumed (the config refuses a method with both).
     let relay = match method {
+        Some(m) if m.share && m.bidi => Relay::Subscription(SubscriptionOptions::from_config(m)),
         Some(m) if m.share => Relay::Shared(ShareOptions::from_config(m)),
         Some(m) if m.resume.resumes() => Relay::Resumable(ResumeOptions::from_config(m)),
         _ => Relay::Plain,

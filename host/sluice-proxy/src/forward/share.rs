@@ -13,24 +13,23 @@
 //! `share_buffer_messages` rounded up to a power of two), and one that falls a full ring behind
 //! is cut off with `RESOURCE_EXHAUSTED "lagging"`, whatever its class's lag policy.
 //!
-//! Like the other relays, this one opens its upstream stream through `upstream` and never uses
-//! `call` or `resumable`.
+//! Like the other relays, this one opens its upstream stream through `upstream`, fans it out
+//! through `fanout`, and never uses `call`, `subscription` or `resumable`.
 
-use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use parking_lot::Mutex;
+use http::{HeaderMap, HeaderName, Request};
 use sluice_config::MethodConfig;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::broadcast;
 
 use super::answers::{SHARED_WITNESS, record_final_status};
 use super::attribution::Attribution;
+use super::fanout::{Event, Head, Joined, ShareKey, SharedStream};
 use super::pump::{self, OnFull, PumpError};
 use super::request::{BoundedRequest, request_timed_out};
 use super::upstream::{
@@ -41,13 +40,12 @@ use crate::Context;
 use crate::grpc::{self, Code, MessageSplitter, Status};
 use crate::pool::{FailureKind, Lease};
 use crate::route::MonitorProfile;
-use crate::stats::GaugeGuard;
 
 /// The sharing options of a method.
 #[derive(Debug, Clone)]
 pub(super) struct ShareOptions {
-    key_metadata: Vec<HeaderName>,
-    buffer: usize,
+    pub key_metadata: Vec<HeaderName>,
+    pub buffer: usize,
 }
 
 /// Request metadata that always keys a shared stream: the credentials a provider sees. Two
@@ -71,144 +69,6 @@ impl ShareOptions {
             key_metadata,
             buffer: method.share_buffer_messages,
         }
-    }
-}
-
-/// What makes two requests the same subscription.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ShareKey {
-    path: Arc<str>,
-    request: Bytes,
-    metadata: Vec<Option<HeaderValue>>,
-}
-
-/// How the upstream answered, as every subscriber must see it.
-#[derive(Debug, Clone)]
-enum Head {
-    /// Response headers; messages follow.
-    Headers(StatusCode, HeaderMap),
-    /// The stream ended before any message: a trailers-only response.
-    Ended(Response<()>),
-}
-
-#[derive(Debug, Clone)]
-enum Event {
-    /// A whole framed message and its position in the stream (1-based).
-    Message(u64, Bytes),
-    End(Arc<HeaderMap>),
-}
-
-/// One upstream stream and its subscribers.
-struct SharedStream {
-    key: ShareKey,
-    events: broadcast::Sender<Event>,
-    head: watch::Sender<Option<Head>>,
-    subscribers: AtomicUsize,
-    cancel: Notify,
-    /// The position of the last message published to subscribers.
-    published: AtomicU64,
-    /// The highest position any subscriber has handed to its monitor.
-    delivered: AtomicU64,
-    /// Signalled when `delivered` moves.
-    progress: Notify,
-    /// How far the upstream may run ahead of the fastest subscriber, in messages.
-    lead: u64,
-}
-
-impl SharedStream {
-    /// Records that a subscriber is at `position`, waking the publisher if that is a new best.
-    fn mark_delivered(&self, position: u64) {
-        if self.delivered.fetch_max(position, Relaxed) < position {
-            self.progress.notify_one();
-        }
-    }
-
-    /// Waits until publishing message `position` keeps the fastest subscriber within `lead`.
-    async fn wait_for_fastest(&self, position: u64) {
-        loop {
-            let progressed = self.progress.notified();
-            tokio::pin!(progressed);
-            progressed.as_mut().enable();
-            if position <= self.delivered.load(Relaxed) + self.lead {
-                return;
-            }
-            progressed.await;
-        }
-    }
-}
-
-/// The shared streams currently running.
-#[derive(Default)]
-pub(crate) struct ShareRegistry {
-    streams: Mutex<HashMap<ShareKey, Arc<SharedStream>>>,
-}
-
-/// A subscriber's membership; leaving last cancels the upstream stream.
-struct Membership {
-    ctx: Arc<Context>,
-    stream: Arc<SharedStream>,
-    _gauge: GaugeGuard,
-}
-
-impl Drop for Membership {
-    fn drop(&mut self) {
-        let mut streams = self.ctx.shares.streams.lock();
-        if self.stream.subscribers.fetch_sub(1, Relaxed) == 1 {
-            let current = streams.get(&self.stream.key);
-            if current.is_some_and(|s| Arc::ptr_eq(s, &self.stream)) {
-                streams.remove(&self.stream.key);
-            }
-            self.stream.cancel.notify_one();
-        }
-    }
-}
-
-impl ShareRegistry {
-    /// Joins the running stream for `key`, or registers a new one (`true` in the result means
-    /// the caller must start it).
-    fn join(
-        &self,
-        key: ShareKey,
-        buffer: usize,
-    ) -> (Arc<SharedStream>, broadcast::Receiver<Event>, bool) {
-        let mut streams = self.streams.lock();
-        if let Some(stream) = streams.get(&key) {
-            stream.subscribers.fetch_add(1, Relaxed);
-            // A joiner is caught up by definition: if the stream was waiting for a stalled
-            // subscriber, the newcomer is now the fastest and lets it go on.
-            stream.mark_delivered(stream.published.load(Relaxed));
-            return (Arc::clone(stream), stream.events.subscribe(), false);
-        }
-        let (events, receiver) = broadcast::channel(buffer.max(1));
-        let stream = Arc::new(SharedStream {
-            key: key.clone(),
-            events,
-            head: watch::Sender::new(None),
-            subscribers: AtomicUsize::new(1),
-            cancel: Notify::new(),
-            published: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            progress: Notify::new(),
-            lead: (buffer as u64 / 2).max(1),
-        });
-        streams.insert(key, Arc::clone(&stream));
-        (stream, receiver, true)
-    }
-
-    /// Unregisters `stream` so that no one joins it any more.
-    fn retire(&self, stream: &Arc<SharedStream>) {
-        let mut streams = self.streams.lock();
-        if streams
-            .get(&stream.key)
-            .is_some_and(|s| Arc::ptr_eq(s, stream))
-        {
-            streams.remove(&stream.key);
-        }
-    }
-
-    /// Upstream streams being shared now.
-    pub(crate) fn len(&self) -> usize {
-        self.streams.lock().len()
     }
 }
 
@@ -287,12 +147,12 @@ pub(super) async fn serve(
             .map(|name| parts.headers.get(name).cloned())
             .collect(),
     };
-    let (stream, mut events, is_new) = ctx.shares.join(key, options.buffer);
-    let membership = Membership {
-        ctx: Arc::clone(&ctx),
-        stream: Arc::clone(&stream),
-        _gauge: ctx.stats.hold(|s| &s.shared_subscribers_active),
-    };
+    let Joined {
+        membership,
+        mut events,
+        is_new,
+    } = ctx.shares.join(&ctx.stats, key, options.buffer, || ());
+    let stream = Arc::clone(&membership.stream);
     if is_new {
         let mut headers = grpc::headers::request_headers(&parts.headers, 4);
         // Each subscriber's deadline is enforced here; the shared upstream stream has none.
@@ -327,33 +187,9 @@ pub(super) async fn serve(
     // Long-lived subscriptions must not keep their request alive.
     drop((parts, body));
 
-    let mut head = stream.head.subscribe();
-    let head = tokio::select! {
-        head = head.wait_for(Option::is_some) => head.ok().and_then(|h| h.clone()),
-        _ = poll_fn(|cx| respond.poll_reset(cx)) => return End::Cancelled,
-        status = must_end(&ctx, setup.deadline) => {
-            let _ = respond.send_response(status.to_response(), true);
-            return End::Failed(status);
-        }
-    };
-    let (status, headers) = match head {
-        Some(Head::Headers(status, headers)) => (status, headers),
-        Some(Head::Ended(response)) => {
-            let _ = respond.send_response(response, true);
-            // A shared stream's status is every subscriber's: no one monitor caused it.
-            return End::Completed(false);
-        }
-        None => {
-            let status = Status::unavailable("shared upstream stream ended unexpectedly");
-            let _ = respond.send_response(status.to_response(), true);
-            return End::Failed(status);
-        }
-    };
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    let Ok(mut downstream) = respond.send_response(response, false) else {
-        return End::Cancelled;
+    let mut downstream = match stream.answer(&ctx, &mut respond, setup.deadline).await {
+        Ok(downstream) => downstream,
+        Err(end) => return end,
     };
     setup.monitor.answered();
 
@@ -430,7 +266,7 @@ pub(super) async fn serve(
 #[allow(clippy::too_many_arguments)] // One call site; the arguments are the stream's set-up.
 async fn run_upstream(
     ctx: Arc<Context>,
-    stream: Arc<SharedStream>,
+    stream: Arc<SharedStream<()>>,
     profile: MonitorProfile,
     opener: u64,
     path: http::uri::PathAndQuery,
@@ -491,7 +327,7 @@ struct Kept {
 #[allow(clippy::too_many_arguments)] // One call site; the arguments are the stream's set-up.
 async fn feed_subscribers(
     ctx: &Arc<Context>,
-    stream: &SharedStream,
+    stream: &SharedStream<()>,
     caller: Caller<'_>,
     path: &http::uri::PathAndQuery,
     headers: &HeaderMap,
@@ -586,10 +422,7 @@ async fn feed_subscribers(
         {
             published += 1;
             lease.delivered(1);
-            stream.wait_for_fastest(published).await;
-            stream.published.store(published, Relaxed);
-            // No receiver only means every subscriber is between leaving and the cancel.
-            let _ = stream.events.send(Event::Message(published, message));
+            stream.publish(published, message).await;
         }
         let _ = body.flow_control().release_capacity(len);
     }

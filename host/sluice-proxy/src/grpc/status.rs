@@ -26,6 +26,8 @@ pub(crate) enum Code {
     Internal = 13,
     /// No upstream could serve the call right now; retrying may succeed.
     Unavailable = 14,
+    /// Data was lost: a subscription could not be resumed where it was (a gap).
+    DataLoss = 15,
     /// The caller's identity was not accepted.
     Unauthenticated = 16,
 }

@@ -6,13 +6,16 @@
 //!   and answers with its built-in policy;
 //! - [`text`]: number formatting into a `String` without `core::fmt`'s float machinery (faster
 //!   and smaller; the router formats its reasoning on the data path);
-//! - [`parse_f64`] for configuration values.
+//! - [`parse_f64`] for configuration values;
+//! - [`wire`]: the protobuf wire format, for plugins that read and rewrite messages.
 //!
 //! A plugin links it with `use sluice_plugin as _;` (or by calling anything in it).
 
 #![no_std]
 
 extern crate alloc;
+
+pub mod wire;
 
 #[cfg(target_arch = "wasm32")]
 #[global_allocator]

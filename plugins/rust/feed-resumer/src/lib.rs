@@ -26,7 +26,7 @@
 //!
 //! Any other method is answered with its requests unchanged: this plugin knows only the feed.
 //!
-//! The wire format is read and written by hand (a varint reader and writer; no `prost`), so the
+//! The wire format is read and written by hand (`sluice_plugin::wire`; no `prost`), so the
 //! component stays small and `no_std` like the other plugins, and the bytes it does not
 //! understand pass through untouched.
 //!
@@ -36,7 +36,9 @@
 //! from_seq)`, at least 1 (a stream that broke after its last event but before its status gets
 //! one event more rather than starting over).
 //!
-//! It logs each rewrite at debug level (`from_seq 0 -> 42`). It reads no configuration.
+//! It logs each rewrite at debug level (`from_seq 0 -> 42`). It reads no configuration. It
+//! classifies no request and marks no response: the feed's `Subscribe` is not a bidirectional
+//! subscription.
 
 #![no_std]
 
@@ -47,6 +49,10 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use sluice_plugin::text::push_u64;
+use sluice_plugin::wire::{
+    FIXED64, Field, Fields, LENGTH_DELIMITED, VARINT, WireError, WireErrorKind, push_tag,
+    push_varint,
+};
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -62,12 +68,6 @@ pub const SUBSCRIBE: &str = "/sluice.feed.v1.Feed/Subscribe";
 const FROM_SEQ: u32 = 1;
 const COUNT: u32 = 4;
 const SEQ: u32 = 1;
-
-/// Protobuf wire types.
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
-const LENGTH_DELIMITED: u8 = 2;
-const FIXED32: u8 = 5;
 
 /// The fields of one message type and the wire type each must have.
 struct Schema {
@@ -151,11 +151,27 @@ impl Guest for FeedResumer {
         log::log(log::Level::Debug, &line);
         Ok(vec![rewritten])
     }
+
+    /// The feed's `Subscribe` is server streaming: nothing to classify for sharing.
+    fn classify(_method: String, _message: Vec<u8>) -> Result<RequestKind, String> {
+        Ok(RequestKind::Unknown)
+    }
+
+    /// Feed events are not marked: the feed resumes by `from_seq`, without dedup keys.
+    fn mark(_method: String, messages: Vec<Vec<u8>>) -> Result<Vec<UpdateMark>, String> {
+        Ok(messages
+            .iter()
+            .map(|_| UpdateMark {
+                position: None,
+                key: None,
+            })
+            .collect())
+    }
 }
 
 export!(FeedResumer);
 
-/// Why bytes are not a well-formed message, and where.
+/// Why bytes are not a well-formed message of the expected type, and where.
 #[derive(Debug)]
 struct Problem {
     what: Issue,
@@ -164,18 +180,19 @@ struct Problem {
 
 #[derive(Debug)]
 enum Issue {
-    /// The message ends inside a varint.
-    TruncatedVarint,
-    /// A varint longer than 64 bits.
-    VarintOverflow,
-    /// A field's value runs past the end of the message.
-    PastTheEnd,
-    /// Field number 0 or above 2^29 - 1.
-    BadFieldNumber(u64),
-    /// Wire types 3 and 4 (groups, unused by proto3) and 6, 7 (undefined).
-    BadWireType(u8),
+    /// The framing is broken (see [`WireErrorKind`]).
+    Wire(WireErrorKind),
     /// A known field with another wire type than its declaration's.
     WrongWireType { field: u32, found: u8, expected: u8 },
+}
+
+impl From<WireError> for Problem {
+    fn from(error: WireError) -> Self {
+        Problem {
+            what: Issue::Wire(error.kind),
+            at: error.at,
+        }
+    }
 }
 
 impl Problem {
@@ -186,14 +203,18 @@ impl Problem {
         text.push_str(schema.name);
         text.push_str(": ");
         match self.what {
-            Issue::TruncatedVarint => text.push_str("it ends inside a varint"),
-            Issue::VarintOverflow => text.push_str("a varint is longer than 64 bits"),
-            Issue::PastTheEnd => text.push_str("a field runs past the end"),
-            Issue::BadFieldNumber(number) => {
+            Issue::Wire(WireErrorKind::TruncatedVarint) => {
+                text.push_str("it ends inside a varint");
+            }
+            Issue::Wire(WireErrorKind::VarintOverflow) => {
+                text.push_str("a varint is longer than 64 bits");
+            }
+            Issue::Wire(WireErrorKind::PastTheEnd) => text.push_str("a field runs past the end"),
+            Issue::Wire(WireErrorKind::BadFieldNumber(number)) => {
                 text.push_str("invalid field number ");
                 push_u64(&mut text, number);
             }
-            Issue::BadWireType(wire) => {
+            Issue::Wire(WireErrorKind::BadWireType(wire)) => {
                 text.push_str("invalid wire type ");
                 push_u64(&mut text, u64::from(wire));
             }
@@ -217,133 +238,45 @@ impl Problem {
     }
 }
 
-/// One field of a message: its number, and where its bytes (tag included) are.
-struct Field {
-    number: u32,
-    /// The value, for varint fields.
-    varint: Option<u64>,
-    start: usize,
-    end: usize,
-}
-
 /// Reads the fields of one message, checking known fields against `schema`.
-struct Fields<'a> {
-    bytes: &'a [u8],
-    at: usize,
+struct Checked<'a> {
+    fields: Fields<'a>,
     schema: &'a Schema,
 }
 
-impl<'a> Fields<'a> {
+impl<'a> Checked<'a> {
     fn new(bytes: &'a [u8], schema: &'a Schema) -> Self {
         Self {
-            bytes,
-            at: 0,
+            fields: Fields::new(bytes),
             schema,
         }
     }
 
-    fn varint(&mut self) -> Result<u64, Problem> {
-        let start = self.at;
-        let mut value: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let Some(&byte) = self.bytes.get(self.at) else {
-                return Err(Problem {
-                    what: Issue::TruncatedVarint,
-                    at: start,
-                });
-            };
-            self.at += 1;
-            // The tenth byte holds the 64th bit only.
-            if shift == 63 && byte > 1 {
-                return Err(Problem {
-                    what: Issue::VarintOverflow,
-                    at: start,
-                });
-            }
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(Problem {
-            what: Issue::VarintOverflow,
-            at: start,
-        })
-    }
-
-    /// Moves past `len` bytes of a field's value.
-    fn skip(&mut self, len: u64) -> Result<(), Problem> {
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|len| self.at.checked_add(len))
-            .filter(|&end| end <= self.bytes.len())
-            .ok_or(Problem {
-                what: Issue::PastTheEnd,
-                at: self.at,
-            })?;
-        self.at = end;
-        Ok(())
-    }
-
     /// The next field, or `None` at the end of the message.
-    fn next_field(&mut self) -> Result<Option<Field>, Problem> {
-        if self.at == self.bytes.len() {
+    fn next_field(&mut self) -> Result<Option<Field<'a>>, Problem> {
+        let Some(field) = self.fields.next_field()? else {
             return Ok(None);
-        }
-        let start = self.at;
-        let tag = self.varint()?;
-        let number = tag >> 3;
-        let wire = (tag & 7) as u8;
-        let number = match u32::try_from(number) {
-            Ok(n) if (1..(1 << 29)).contains(&n) => n,
-            _ => {
-                return Err(Problem {
-                    what: Issue::BadFieldNumber(number),
-                    at: start,
-                });
-            }
         };
-        if let Some(&(_, expected)) = self.schema.fields.iter().find(|(n, _)| *n == number)
-            && expected != wire
+        if let Some(&(_, expected)) = self.schema.fields.iter().find(|(n, _)| *n == field.number)
+            && expected != field.wire
         {
             return Err(Problem {
                 what: Issue::WrongWireType {
-                    field: number,
-                    found: wire,
+                    field: field.number,
+                    found: field.wire,
                     expected,
                 },
-                at: start,
+                at: field.start,
             });
         }
-        let mut varint = None;
-        match wire {
-            VARINT => varint = Some(self.varint()?),
-            FIXED64 => self.skip(8)?,
-            LENGTH_DELIMITED => {
-                let len = self.varint()?;
-                self.skip(len)?;
-            }
-            FIXED32 => self.skip(4)?,
-            other => {
-                return Err(Problem {
-                    what: Issue::BadWireType(other),
-                    at: start,
-                });
-            }
-        }
-        Ok(Some(Field {
-            number,
-            varint,
-            start,
-            end: self.at,
-        }))
+        Ok(Some(field))
     }
 }
 
 /// Checks the whole message and returns the varint field `number` (its last occurrence, as
 /// protobuf decoders do; 0 when absent, the proto3 default).
 fn last_varint(bytes: &[u8], schema: &Schema, number: u32) -> Result<u64, Problem> {
-    let mut fields = Fields::new(bytes, schema);
+    let mut fields = Checked::new(bytes, schema);
     let mut value = 0;
     while let Some(field) = fields.next_field()? {
         if field.number == number {
@@ -363,27 +296,15 @@ fn with_varints_first(
 ) -> Result<Vec<u8>, Problem> {
     let mut out = Vec::with_capacity(bytes.len() + 12 * set.len());
     for &(number, value) in set {
-        push_varint(&mut out, (u64::from(number) << 3) | u64::from(VARINT));
+        push_tag(&mut out, number, VARINT);
         push_varint(&mut out, value);
     }
-    let mut fields = Fields::new(bytes, schema);
+    let mut fields = Checked::new(bytes, schema);
     while let Some(field) = fields.next_field()? {
         if !set.iter().any(|&(number, _)| number == field.number) {
-            let kept = bytes.get(field.start..field.end).ok_or(Problem {
-                what: Issue::PastTheEnd,
-                at: field.start,
-            })?;
-            out.extend_from_slice(kept);
+            // In bounds: the reader checked every field's end.
+            out.extend_from_slice(&bytes[field.start..field.end]);
         }
     }
     Ok(out)
-}
-
-/// Appends `value` as a protobuf varint.
-fn push_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
 }

@@ -1,4 +1,4 @@
-//! Test plugin for the host's tests: a component that imports `sluice:policy/log@0.2.0` and
+//! Test plugin for the host's tests: a component that imports `sluice:policy/log@0.3.0` and
 //! exports nothing (world `sluice-test:bad/no-export` in `../wit`), which the host must refuse.
 
 #![no_std]
