@@ -42,6 +42,10 @@ pub struct Overview {
     pub global_cap: usize,
     /// Upstream streams shared by several monitors now.
     pub shared_streams: usize,
+    /// Packed upstream subscriptions now, and the distinct monitor subscriptions they carry.
+    pub packs: usize,
+    /// See `packs`.
+    pub packed_subscriptions: usize,
     /// How well the held connections are used.
     pub efficiency: Efficiency,
 }
@@ -151,6 +155,8 @@ pub fn gather(state: &AdminState, pool: &PoolRead) -> Overview {
         connections: snapshot.connections,
         global_cap: state.proxy.global_cap(),
         shared_streams: snapshot.shared_streams,
+        packs: snapshot.packs,
+        packed_subscriptions: snapshot.packed_subscriptions,
         efficiency: efficiency(&pool.groups),
     }
 }

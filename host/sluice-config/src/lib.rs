@@ -546,6 +546,14 @@ pub struct MethodConfig {
     /// `resume_timeout`, `dedup_window`). Without `share` it changes nothing. Default false.
     #[serde(default)]
     pub bidi: bool,
+    /// With `share` and `bidi`: subscriptions that differ but may travel together (the
+    /// resumer says which: for Yellowstone, the same commitment and data slices) are packed
+    /// into the fewest upstream subscriptions that fit every endpoint's
+    /// `limits.max_filters_per_subscription`. Each monitor's filters are renamed within the
+    /// pack, and each update reaches only the monitors whose filters it matched, with their
+    /// own names. Identical subscriptions still share one set of filters. Default false.
+    #[serde(default)]
+    pub pack: bool,
     /// Request metadata that must also match for two requests to share a stream
     /// (e.g. `authorization`). Compared case-insensitively by name.
     #[serde(default)]
@@ -649,6 +657,7 @@ impl MethodConfig {
             path: path.into(),
             share: false,
             bidi: false,
+            pack: false,
             share_key_metadata: Vec::new(),
             share_buffer_messages: default_share_buffer(),
             max_message_bytes: None,
@@ -978,6 +987,13 @@ impl Config {
                     "sharing a bidirectional subscription needs a resumer plugin that knows its \
                      protocol (for Yellowstone, plugins/rust/yellowstone): set \
                      [plugins.resumer] file, or put resumer.wasm in plugins.dir",
+                ));
+            }
+            if method.pack && !(method.share && method.bidi) {
+                return Err(invalid(
+                    key("pack"),
+                    "needs share = true and bidi = true (packing merges shared bidirectional \
+                     subscriptions)",
                 ));
             }
             if method.resume.resumes() {

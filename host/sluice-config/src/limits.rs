@@ -29,6 +29,11 @@ pub struct EndpointLimits {
     /// reconnects included.
     #[serde(default)]
     pub connections_per_second: Option<f64>,
+    /// Named filters one subscription may hold (Yellowstone providers cap them): packed
+    /// subscriptions (methods with `pack`) are filled up to the smallest such cap over the
+    /// endpoints.
+    #[serde(default)]
+    pub max_filters_per_subscription: Option<u32>,
 }
 
 impl EndpointLimits {
@@ -52,6 +57,10 @@ impl EndpointLimits {
         positive(
             "max_streams_per_connection",
             self.max_streams_per_connection,
+        )?;
+        positive(
+            "max_filters_per_subscription",
+            self.max_filters_per_subscription,
         )?;
         if let Some(rate) = self.connections_per_second
             && !(rate > 0.0 && rate.is_finite())

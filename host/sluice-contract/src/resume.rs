@@ -6,7 +6,7 @@
 //! [`Resumer`] (the `resumer` policy plugin). A resumer sees plain message payloads, never
 //! streams or connections, and must be fast: it runs once per resume, on the failover path,
 //! and for shared bidirectional subscriptions once per request message and once per batch of
-//! response messages.
+//! response messages (twice when they are packed).
 
 use bytes::Bytes;
 
@@ -49,11 +49,37 @@ pub enum RequestKind {
     /// Not known (no resumer knows the method, or it failed): the stream is forwarded on an
     /// upstream stream of its own, every request message sent upstream.
     Unknown,
-    /// Opens or changes the subscription; the share key, or `None` for a subscription that
-    /// must not be shared.
-    Subscribe(Option<Bytes>),
+    /// Opens or changes the subscription.
+    Subscribe(Subscription),
     /// A keep-alive answered by the host with this response payload (or with nothing).
     Ping(Option<Bytes>),
+}
+
+/// A subscription request as the resumer describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscription {
+    /// Equal keys (and key metadata) share one upstream stream; `None`: never shared.
+    pub share_key: Option<Bytes>,
+    /// How it may be packed with others; `None`: never packed.
+    pub packing: Option<Packing>,
+}
+
+/// What packing needs to know of a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packing {
+    /// Only subscriptions of equal groups pack together.
+    pub group: Bytes,
+    /// Its named filters, counted against an endpoint's filters per subscription.
+    pub filters: u32,
+}
+
+/// Where one update of a packed subscription goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routing {
+    /// To every member as it is.
+    Everyone,
+    /// To these members (by tag), each with its own version.
+    Members(Vec<(u32, Bytes)>),
 }
 
 /// Where one response message stands in its stream.
@@ -80,6 +106,18 @@ pub trait Resumer: Send + Sync {
     /// One mark per response payload of `method`, in order; `None` when the messages cannot be
     /// marked (no resumer knows the method, or it failed).
     fn mark(&self, _method: &str, _messages: &[Bytes]) -> Option<Vec<UpdateMark>> {
+        None
+    }
+
+    /// One request merging the subscriptions of `members` (tag, payload); `None` when they
+    /// cannot be packed.
+    fn pack(&self, _method: &str, _members: &[(u32, Bytes)]) -> Option<Bytes> {
+        None
+    }
+
+    /// One routing per response payload of a packed subscription, in order; `None` when the
+    /// messages cannot be routed.
+    fn unpack(&self, _method: &str, _messages: &[Bytes]) -> Option<Vec<Routing>> {
         None
     }
 }

@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
 use bytes::Bytes;
-use sluice_contract::resume::{RequestKind, ResumeAnswer, ResumeRequest, Resumer, UpdateMark};
+use sluice_contract::resume::{
+    Packing, RequestKind, ResumeAnswer, ResumeRequest, Resumer, Routing, Subscription, UpdateMark,
+};
 
 use crate::builtin::ReplayUnchanged;
 use crate::plugin::Plugin;
@@ -127,7 +129,15 @@ impl Resumer for PolicyResumer {
         ) {
             Answer::Answered(kind, _) => match kind {
                 types::RequestKind::Unknown => RequestKind::Unknown,
-                types::RequestKind::Subscribe(key) => RequestKind::Subscribe(key.map(Bytes::from)),
+                types::RequestKind::Subscribe(subscription) => {
+                    RequestKind::Subscribe(Subscription {
+                        share_key: subscription.share_key.map(Bytes::from),
+                        packing: subscription.packing.map(|packing| Packing {
+                            group: Bytes::from(packing.group),
+                            filters: packing.filters,
+                        }),
+                    })
+                }
                 types::RequestKind::Ping(reply) => RequestKind::Ping(reply.map(Bytes::from)),
             },
             Answer::Failed(failure, plugin) => {
@@ -135,6 +145,60 @@ impl Resumer for PolicyResumer {
                 RequestKind::Unknown
             }
             Answer::NoPlugin => RequestKind::Unknown,
+        }
+    }
+
+    fn pack(&self, method: &str, members: &[(u32, Bytes)]) -> Option<Bytes> {
+        let plugin = self.slot.callable()?;
+        let members: Vec<types::PackMember> = members
+            .iter()
+            .map(|(tag, subscription)| types::PackMember {
+                tag: *tag,
+                subscription: subscription.to_vec(),
+            })
+            .collect();
+        match self
+            .slot
+            .call_plugin(plugin, |plugin| plugin.pack(method, &members), |_| Ok(()))
+        {
+            Answer::Answered(request, _) => Some(Bytes::from(request)),
+            Answer::Failed(failure, plugin) => {
+                tracing::warn!(plugin = %plugin.label(), %failure, method, "pack failed");
+                None
+            }
+            Answer::NoPlugin => None,
+        }
+    }
+
+    fn unpack(&self, method: &str, messages: &[Bytes]) -> Option<Vec<Routing>> {
+        let plugin = self.slot.callable()?;
+        let payloads: Vec<Vec<u8>> = messages.iter().map(|m| m.to_vec()).collect();
+        let count = payloads.len();
+        let answer = self.slot.call_plugin(
+            plugin,
+            |plugin| plugin.unpack(method, &payloads),
+            |routes| check_count(routes, count, "unpack"),
+        );
+        match answer {
+            Answer::Answered(routes, _) => Some(
+                routes
+                    .into_iter()
+                    .map(|route| match route {
+                        types::Routing::Everyone => Routing::Everyone,
+                        types::Routing::Members(members) => Routing::Members(
+                            members
+                                .into_iter()
+                                .map(|(tag, message)| (tag, Bytes::from(message)))
+                                .collect(),
+                        ),
+                    })
+                    .collect(),
+            ),
+            Answer::Failed(failure, plugin) => {
+                tracing::warn!(plugin = %plugin.label(), %failure, method, "unpack failed");
+                None
+            }
+            Answer::NoPlugin => None,
         }
     }
 
@@ -148,7 +212,7 @@ impl Resumer for PolicyResumer {
         let answer = self.slot.call_plugin(
             plugin,
             |plugin| plugin.mark(method, &payloads),
-            |marks| check_marks(marks, count),
+            |marks| check_count(marks, count, "mark"),
         );
         match answer {
             Answer::Answered(marks, _) => Some(
@@ -169,14 +233,14 @@ impl Resumer for PolicyResumer {
     }
 }
 
-/// Checks a `mark` answer has one mark per message.
-fn check_marks(marks: &[types::UpdateMark], messages: usize) -> Result<(), String> {
-    if marks.len() == messages {
+/// Checks a batch answer (`mark`, `unpack`) has one entry per message.
+fn check_count<T>(answers: &[T], messages: usize, what: &str) -> Result<(), String> {
+    if answers.len() == messages {
         Ok(())
     } else {
         Err(format!(
-            "mark answered {} marks for {messages} messages",
-            marks.len()
+            "{what} answered {} entries for {messages} messages",
+            answers.len()
         ))
     }
 }

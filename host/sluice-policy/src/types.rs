@@ -4,8 +4,9 @@
 
 pub use crate::bindings::router::sluice::policy::types::{
     BreakerState, Candidate, Decision, Endpoint, EndpointHealth, GroupMetrics, Insight,
-    InsightKind, MetricWindow, MonitorProfile, RequestKind, ResumeRequest, RouteRequest,
-    ScaleAction, ScalePlan, Severity, TrafficClass, TrafficProfile, UpdateMark,
+    InsightKind, MetricWindow, MonitorProfile, PackMember, RequestKind, ResumeRequest,
+    RouteRequest, Routing, ScaleAction, ScalePlan, Severity, TrafficClass, TrafficProfile,
+    UpdateMark,
 };
 
 /// Alternatives a decision may list (the WIT contract says "up to 3").

@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::forward::{RequestBudget, ShareRegistry, SubscriptionRegistry};
+use crate::forward::{PackRegistry, RequestBudget, ShareRegistry, SubscriptionRegistry};
 use crate::front::identity::MonitorDirectory;
 use crate::pool::{GroupSnapshot, Pool, PoolError};
 use crate::route::{LeastLoaded, Router};
@@ -59,6 +59,8 @@ pub(crate) struct Context {
     pub shares: Arc<ShareRegistry<()>>,
     /// Bidirectional subscriptions running now (methods with `share` and `bidi`).
     pub subscriptions: Arc<SubscriptionRegistry>,
+    /// Packed subscriptions running now (methods with `pack`), by packing group.
+    pub packs: PackRegistry,
     /// Request bytes held before admission, over every call (`server.max_buffered_request_bytes`).
     pub request_budget: RequestBudget,
     /// Rewrites requests of broken streams before they are replayed.
@@ -145,6 +147,7 @@ impl Proxy {
             stats,
             shares: Arc::default(),
             subscriptions: Arc::default(),
+            packs: PackRegistry::default(),
             resumer,
             terminate: watch::Sender::new(false),
             next_stream: std::sync::atomic::AtomicU64::new(1),
@@ -224,6 +227,10 @@ pub struct Snapshot {
     pub connections: usize,
     /// Upstream streams currently shared by several monitors.
     pub shared_streams: usize,
+    /// Packed upstream subscriptions running now (methods with `pack`).
+    pub packs: usize,
+    /// Distinct monitor subscriptions those packs carry.
+    pub packed_subscriptions: usize,
 }
 
 impl ProxyHandle {
@@ -299,11 +306,14 @@ pub struct ProxyView {
 impl ProxyView {
     /// Counters, gauges and pool state.
     pub fn snapshot(&self) -> Snapshot {
+        let (packs, packed_subscriptions) = self.ctx.packs.counts();
         Snapshot {
             stats: self.ctx.stats.snapshot(),
             groups: self.ctx.pool.snapshot(),
             connections: self.ctx.pool.open_connections(),
-            shared_streams: self.ctx.shares.len(),
+            shared_streams: self.ctx.shares.len() + self.ctx.subscriptions.len(),
+            packs,
+            packed_subscriptions,
         }
     }
 

@@ -62,6 +62,7 @@ fn limited(a: &FeedHandle, b: &FeedHandle, c: &FeedHandle) -> Config {
             max_streams: Some(if id == "c" { ON_C } else { 10 }),
             max_streams_per_connection: Some(PER_CONNECTION),
             connections_per_second: Some(20.0),
+            max_filters_per_subscription: None,
         };
         endpoint.rate_limit = Some(RateLimitConfig {
             streams_per_second: 250.0,

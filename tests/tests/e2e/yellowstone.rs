@@ -320,3 +320,158 @@ async fn a_resume_beyond_every_replay_window_ends_with_the_gap_signal() {
     );
     assert!(sluice.snapshot().stats.subscription_gaps_total >= 1);
 }
+
+/// An accounts subscription (one filter, `watch`) for accounts `i` and `i + 1` of the mock's
+/// chain.
+fn accounts_request(i: u32) -> sluice_geyser::proto::geyser::SubscribeRequest {
+    let mut request = sluice_geyser::proto::geyser::SubscribeRequest::default();
+    request.accounts.insert(
+        "watch".into(),
+        sluice_geyser::proto::geyser::SubscribeRequestFilterAccounts {
+            account: vec![
+                sluice_geyser::chain::account_name(i % 64),
+                sluice_geyser::chain::account_name((i + 1) % 64),
+            ],
+            ..Default::default()
+        },
+    );
+    request
+}
+
+/// Updates of slots `from..to` a subscription delivers, in order, as (slot, what, filters).
+async fn collect(
+    subscription: &mut Subscription,
+    from: u64,
+    to: u64,
+) -> Vec<(u64, String, Vec<String>)> {
+    let mut seen = Vec::new();
+    loop {
+        let update = subscription.next(WAIT).await.expect("an update");
+        let Some((slot, what)) = identity(&update) else {
+            continue;
+        };
+        if slot >= to {
+            return seen;
+        }
+        if slot >= from {
+            seen.push((slot, what, update.filters.clone()));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_subscriptions_pack_into_the_fewest_upstream_subscriptions() {
+    let Some(plugin) = yellowstone_plugin() else {
+        return;
+    };
+    // Two mocks of one chain: one behind Sluice, one for the direct run.
+    let mut limited = mock_config(Duration::from_secs(15));
+    limited.access.max_filters = Some(10);
+    let behind = mock(limited.clone()).await;
+    let direct = mock(limited).await;
+    let mut config = sluice_config(&[(behind.addr, None)], plugin);
+    config.endpoints[0].limits.max_filters_per_subscription = Some(10);
+    config.methods[0].pack = true;
+    let (sluice, _policies) = sluice_with_policies(config).await;
+
+    let through =
+        join_all((0..40).map(|i| Subscription::open(sluice.addr(), accounts_request(i)))).await;
+    let mut through: Vec<Subscription> = through
+        .into_iter()
+        .map(|s| s.expect("subscribed through Sluice"))
+        .collect();
+    let mut direct_runs = Vec::new();
+    for i in 0..40 {
+        direct_runs.push(
+            Subscription::open(direct.addr, accounts_request(i))
+                .await
+                .expect("subscribed directly"),
+        );
+    }
+    // Every stream has its first update (every pack applied its members): the comparison
+    // starts after the last of them.
+    let mut start = 0;
+    for monitor in through.iter_mut().chain(&mut direct_runs) {
+        let update = monitor.next(WAIT).await.expect("a first update");
+        start = start.max(identity(&update).map_or(0, |(slot, _)| slot));
+    }
+    let snapshot = sluice.snapshot();
+    assert_eq!(
+        (snapshot.packs, snapshot.packed_subscriptions),
+        (4, 40),
+        "40 one-filter subscriptions in packs of 10"
+    );
+    assert_eq!(
+        stat(&behind, "subscriptions_total"),
+        4,
+        "4 upstream subscriptions"
+    );
+    assert_eq!(
+        stat(&behind, "refused"),
+        0,
+        "within the provider's filter limit"
+    );
+
+    let (from, to) = (start + 3, start + 23);
+    for (i, (monitor, direct)) in through.iter_mut().zip(&mut direct_runs).enumerate() {
+        let (got, want) = tokio::join!(collect(monitor, from, to), collect(direct, from, to));
+        assert!(!want.is_empty(), "monitor {i}: the direct run saw nothing");
+        assert_eq!(
+            got, want,
+            "monitor {i}: what a direct subscription gets, update by update"
+        );
+    }
+
+    // A monitor that leaves takes its filters out of its pack; the others are undisturbed.
+    drop(through.remove(0));
+    let left = tokio::time::timeout(WAIT, async {
+        loop {
+            if sluice.snapshot().packed_subscriptions == 39 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(left.is_ok(), "the member left its pack");
+    let (from, to) = (to + 2, to + 12);
+    let (got, want) = tokio::join!(
+        collect(&mut through[0], from, to),
+        collect(&mut direct_runs[1], from, to)
+    );
+    assert_eq!(got, want, "a member that stayed, after another left");
+    assert_eq!(
+        stat(&behind, "subscriptions_total"),
+        4,
+        "no subscription opened for it"
+    );
+
+    // A member that changes its accounts is re-seated in its pack, in place: it then gets the
+    // new accounts' updates, under its own filter name, and no subscription is opened.
+    let mut changed = accounts_request(50);
+    let filter = changed.accounts.remove("watch").expect("the filter");
+    changed.accounts.insert("moved".into(), filter);
+    through[1].send(changed).await;
+    let wanted = [
+        sluice_geyser::chain::account_key(50)[..4].to_vec(),
+        sluice_geyser::chain::account_key(51)[..4].to_vec(),
+    ];
+    let moved = tokio::time::timeout(WAIT, async {
+        loop {
+            let update = through[1].next(WAIT).await.expect("an update");
+            if update.filters == ["moved"] {
+                return update;
+            }
+        }
+    })
+    .await
+    .expect("updates for the new accounts");
+    let Some(UpdateOneof::Account(account)) = &moved.update_oneof else {
+        panic!("an account update: {moved:?}");
+    };
+    let key = account.account.as_ref().expect("account info").pubkey[..4].to_vec();
+    assert!(wanted.contains(&key), "an update of the new accounts");
+    assert_eq!(stat(&behind, "subscriptions_total"), 4, "changed in place");
+    behind.stop();
+    direct.stop();
+}

@@ -15,7 +15,8 @@ use crate::bindings::resumer::{Resumer, ResumerPre};
 use crate::host::HostState;
 use crate::plugin::{CallFailure, Plugin};
 use crate::types::{
-    MonitorProfile, RequestKind, ResumeRequest, TrafficClass, UpdateMark, check_resume,
+    MonitorProfile, PackMember, RequestKind, ResumeRequest, Routing, TrafficClass, UpdateMark,
+    check_resume,
 };
 
 /// The `resumer` world.
@@ -83,26 +84,37 @@ impl Plugin {
 }
 
 impl Plugin {
-    /// Calls a resumer's `classify`.
-    pub fn classify(&self, method: &str, message: &[u8]) -> Result<RequestKind, CallFailure> {
-        let deadline = self.limits().deadline;
-        let answer = self.run(deadline, |store, exports| {
-            ResumerWorld::instance(exports)
-                .ok_or_else(|| wasmtime::Error::msg("not a resumer plugin"))?
-                .call_classify(store, method, message)
+    /// Calls one of a resumer's exports within the slot's deadline.
+    fn call_resumer<T>(
+        &self,
+        call: impl FnOnce(&Resumer, &mut Store<HostState>) -> wasmtime::Result<Result<T, String>>,
+    ) -> Result<T, CallFailure> {
+        let answer = self.run(self.limits().deadline, |store, exports| {
+            let resumer = ResumerWorld::instance(exports)
+                .ok_or_else(|| wasmtime::Error::msg("not a resumer plugin"))?;
+            call(resumer, store)
         })?;
         answer.map_err(CallFailure::from_plugin_error)
     }
 
+    /// Calls a resumer's `classify`.
+    pub fn classify(&self, method: &str, message: &[u8]) -> Result<RequestKind, CallFailure> {
+        self.call_resumer(|resumer, store| resumer.call_classify(store, method, message))
+    }
+
+    /// Calls a resumer's `pack`.
+    pub fn pack(&self, method: &str, members: &[PackMember]) -> Result<Vec<u8>, CallFailure> {
+        self.call_resumer(|resumer, store| resumer.call_pack(store, method, members))
+    }
+
+    /// Calls a resumer's `unpack`. The caller checks there is one routing per message.
+    pub fn unpack(&self, method: &str, messages: &[Vec<u8>]) -> Result<Vec<Routing>, CallFailure> {
+        self.call_resumer(|resumer, store| resumer.call_unpack(store, method, messages))
+    }
+
     /// Calls a resumer's `mark`. The caller checks there is one mark per message.
     pub fn mark(&self, method: &str, messages: &[Vec<u8>]) -> Result<Vec<UpdateMark>, CallFailure> {
-        let deadline = self.limits().deadline;
-        let answer = self.run(deadline, |store, exports| {
-            ResumerWorld::instance(exports)
-                .ok_or_else(|| wasmtime::Error::msg("not a resumer plugin"))?
-                .call_mark(store, method, messages)
-        })?;
-        answer.map_err(CallFailure::from_plugin_error)
+        self.call_resumer(|resumer, store| resumer.call_mark(store, method, messages))
     }
 }
 

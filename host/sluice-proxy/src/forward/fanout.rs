@@ -48,8 +48,11 @@ pub(super) enum Head {
 
 #[derive(Debug, Clone)]
 pub(super) enum Event {
-    /// A whole framed message and its number in the stream (from 1).
+    /// A whole framed message for every subscriber, and its number in the stream (from 1).
     Message(u64, Bytes),
+    /// A message for some subscribers only, each group (by tag) with its own version: the
+    /// members of a packed subscription. Numbered like `Message`.
+    Routed(u64, Arc<[(u32, Bytes)]>),
     End(Arc<HeaderMap>),
 }
 
@@ -156,10 +159,16 @@ impl<X> SharedStream<X> {
 
     /// Publishes message `number` once the fastest subscriber is close enough.
     pub async fn publish(&self, number: u64, message: Bytes) {
+        self.publish_event(number, Event::Message(number, message))
+            .await;
+    }
+
+    /// Publishes `event`, message `number`, once the fastest subscriber is close enough.
+    pub async fn publish_event(&self, number: u64, event: Event) {
         self.wait_for_fastest(number).await;
         self.published.store(number, Relaxed);
         // No receiver only means every subscriber is between leaving and the cancel.
-        let _ = self.events.send(Event::Message(number, message));
+        let _ = self.events.send(event);
     }
 }
 
@@ -234,6 +243,22 @@ impl<X> ShareRegistry<X> {
         };
         drop(streams);
         self.member(stats, stream, events, is_new)
+    }
+
+    /// Joins `stream`, found by the caller elsewhere than in this registry (a pack); `None`
+    /// when it is ending (its last subscriber left).
+    pub(super) fn rejoin(
+        self: &Arc<Self>,
+        stats: &Arc<Stats>,
+        stream: &Arc<SharedStream<X>>,
+    ) -> Option<Joined<X>> {
+        stream
+            .subscribers
+            .fetch_update(Relaxed, Relaxed, |n| (n > 0).then_some(n + 1))
+            .ok()?;
+        stream.mark_delivered(stream.published.load(Relaxed));
+        let events = stream.events.subscribe();
+        Some(self.member(stats, Arc::clone(stream), events, false))
     }
 
     /// A stream no one else may join, with `extra`; its caller must start it.

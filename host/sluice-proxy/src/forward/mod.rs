@@ -46,7 +46,7 @@ use upstream::{CallSetup, MonitorPermit};
 
 pub(crate) use fanout::ShareRegistry;
 pub(crate) use request::RequestBudget;
-pub(crate) use subscription::SubscriptionRegistry;
+pub(crate) use subscription::{PackRegistry, SubscriptionRegistry};
 
 /// Which relay serves a call, with its method's options.
 enum Relay {
@@ -152,7 +152,9 @@ fn admit(
         .map(|timeout| tokio::time::Instant::now() + timeout);
     // Shared streams are not resumed (the config refuses a method with both).
     let relay = match method {
-        Some(m) if m.share && m.bidi => Relay::Subscription(SubscriptionOptions::from_config(m)),
+        Some(m) if m.share && m.bidi => {
+            Relay::Subscription(SubscriptionOptions::from_config(m, &ctx.config.endpoints))
+        }
         Some(m) if m.share => Relay::Shared(ShareOptions::from_config(m)),
         Some(m) if m.resume.resumes() => Relay::Resumable(ResumeOptions::from_config(m)),
         _ => Relay::Plain,

@@ -203,6 +203,8 @@ pub(super) async fn serve(
         };
         // The trailers the subscriber ends with, and whether it ends by its own fault.
         match event {
+            // Only packed subscriptions route messages; a shared stream never does.
+            Ok(Event::Routed(position, _)) => stream.mark_delivered(position),
             Ok(Event::Message(position, message)) => {
                 let len = message.len() as u64;
                 let sent = tokio::select! {

@@ -21,6 +21,7 @@
 
 mod feed;
 mod marks;
+mod pack;
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -32,8 +33,8 @@ use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::Request;
 use parking_lot::Mutex;
-use sluice_config::MethodConfig;
-use sluice_contract::resume::RequestKind;
+use sluice_config::{EndpointConfig, MethodConfig};
+use sluice_contract::resume::{RequestKind, Subscription};
 use tokio::sync::{broadcast, mpsc};
 
 use super::fanout::{Event, Joined, Membership, ShareKey};
@@ -46,13 +47,15 @@ use crate::grpc::{self, Code, MessageSplitter, PREFIX_LEN, Status};
 pub(crate) use feed::FeedState;
 use feed::{FeedStart, frame};
 use marks::Marks;
+pub(crate) use pack::PackRegistry;
+use pack::{Joining, Packed, Seat};
 
 /// Keys of published messages a feed remembers at least, whatever `dedup_window` says: enough
 /// for a resumer's look-back of a few slots.
 const MIN_DEDUP_WINDOW: usize = 4096;
 
 /// Request messages a private feed's subscriber may have on their way upstream.
-const FORWARD_QUEUE: usize = 16;
+pub(super) const FORWARD_QUEUE: usize = 16;
 
 /// The registry of running feeds.
 pub(crate) type SubscriptionRegistry = super::fanout::ShareRegistry<FeedState>;
@@ -65,17 +68,52 @@ pub(super) struct SubscriptionOptions {
     resume_timeout: Duration,
     resume_on_unavailable: bool,
     dedup_window: usize,
+    /// Pack different subscriptions (`pack`), up to `capacity` filters each.
+    pack: bool,
+    capacity: u32,
 }
 
 impl SubscriptionOptions {
-    pub(super) fn from_config(method: &MethodConfig) -> Self {
+    /// The options of `method`; packs hold at most the smallest
+    /// `max_filters_per_subscription` of `endpoints`.
+    pub(super) fn from_config(method: &MethodConfig, endpoints: &[EndpointConfig]) -> Self {
         Self {
             share: ShareOptions::from_config(method),
             resume_attempts: method.resume_attempts,
             resume_timeout: method.resume_timeout,
             resume_on_unavailable: method.resume_on_unavailable,
             dedup_window: method.dedup_window.max(MIN_DEDUP_WINDOW),
+            pack: method.pack,
+            capacity: endpoints
+                .iter()
+                .filter_map(|e| e.limits.max_filters_per_subscription)
+                .min()
+                .unwrap_or(u32::MAX),
         }
+    }
+
+    /// What a monitor with `subscription` (request payload `payload`) brings to a pack, when
+    /// this method packs and the resumer says it may be packed.
+    fn joining(
+        &self,
+        group: ShareKey,
+        subscription: &Subscription,
+        payload: Bytes,
+    ) -> Option<Joining> {
+        let (Some(share_key), Some(packing)) = (&subscription.share_key, &subscription.packing)
+        else {
+            return None;
+        };
+        self.pack.then(|| Joining {
+            group: ShareKey {
+                request: packing.group.clone(),
+                ..group
+            },
+            share_key: share_key.clone(),
+            subscription: payload,
+            filters: packing.filters,
+            capacity: self.capacity,
+        })
     }
 }
 
@@ -127,10 +165,16 @@ fn classify(ctx: &Context, path: &str, message: &Bytes) -> RequestKind {
 struct Place {
     membership: Membership<FeedState>,
     events: broadcast::Receiver<Event>,
-    /// The share key of a shared feed; `None` on a private one.
+    /// The share key of its subscription on a shared or packed feed; `None` on a private one.
     key: Option<Bytes>,
     /// The number of the last message handed to the monitor.
     delivered: u64,
+    /// On a packed feed: its seat, its packing group, and the tag of the subscription it had
+    /// before a change, whose updates it takes until the first one for its new tag arrives
+    /// (the provider applies a change when it gets to it, as for a direct subscriber).
+    seat: Option<Seat>,
+    group: Option<ShareKey>,
+    previous_tag: Option<u32>,
 }
 
 /// Serves one subscriber.
@@ -187,60 +231,97 @@ pub(super) async fn serve(
         .collect();
     drop(parts);
 
-    let (key, known) = match classify(&ctx, &setup.path, &first) {
-        RequestKind::Subscribe(key) => (key, true),
-        RequestKind::Ping(_) | RequestKind::Unknown => (None, false),
+    let subscription = match classify(&ctx, &setup.path, &first) {
+        RequestKind::Subscribe(subscription) => Some(subscription),
+        RequestKind::Ping(_) | RequestKind::Unknown => None,
     };
-    let mut forward_to = None;
-    let mut state = |known: bool| {
-        let (sender, receiver) = mpsc::channel(FORWARD_QUEUE);
-        forward_to = Some(receiver);
-        FeedState {
-            marks: Mutex::new(Marks::new(options.dedup_window)),
-            requests: sender,
-            known,
+    let group = ShareKey {
+        path: Arc::clone(&setup.path),
+        request: Bytes::new(),
+        metadata,
+    };
+    let joining = subscription
+        .as_ref()
+        .and_then(|s| options.joining(group.clone(), s, first.slice(PREFIX_LEN..)));
+    let packed = joining.and_then(|joining| {
+        let group = joining.group.clone();
+        ctx.packs
+            .join(&ctx, &options, joining)
+            .map(|packed| (packed, group))
+    });
+    let key = subscription.as_ref().and_then(|s| s.share_key.clone());
+    let (joined, seat, pack_group, start) = match packed {
+        Some((
+            Packed {
+                joined,
+                seat,
+                start,
+            },
+            group,
+        )) => {
+            let start = start.map(|(request, receiver)| (frame(&request), receiver));
+            (joined, Some(seat), Some(group), start)
+        }
+        None => {
+            let known = subscription.is_some();
+            let mut forward_to = None;
+            let mut state = |known: bool| {
+                let (sender, receiver) = mpsc::channel(FORWARD_QUEUE);
+                forward_to = Some(receiver);
+                FeedState {
+                    marks: Mutex::new(Marks::new(options.dedup_window)),
+                    requests: sender,
+                    known,
+                    pack: None,
+                }
+            };
+            let joined = match &key {
+                Some(key) => ctx.subscriptions.join(
+                    &ctx.stats,
+                    ShareKey {
+                        request: key.clone(),
+                        ..group
+                    },
+                    options.share.buffer,
+                    || state(true),
+                ),
+                None => ctx
+                    .subscriptions
+                    .private(&ctx.stats, options.share.buffer, state(known)),
+            };
+            let start = joined
+                .is_new
+                .then(|| forward_to.take().map(|receiver| (first, receiver)))
+                .flatten();
+            (joined, None, None, start)
         }
     };
-    let joined = match &key {
-        Some(key) => ctx.subscriptions.join(
-            &ctx.stats,
-            ShareKey {
-                path: Arc::clone(&setup.path),
-                request: key.clone(),
-                metadata,
-            },
-            options.share.buffer,
-            || state(true),
-        ),
-        None => ctx
-            .subscriptions
-            .private(&ctx.stats, options.share.buffer, state(known)),
-    };
     let Joined {
-        membership,
-        events,
-        is_new,
+        membership, events, ..
     } = joined;
-    if is_new && let Some(receiver) = forward_to.take() {
-        let start = FeedStart {
-            profile: setup.profile.clone(),
-            opener: setup.stream,
-            path: path.clone(),
-            headers: headers.clone(),
-            subscription: first,
-            catchup: None,
-            max_message_bytes: setup.max_message_bytes,
-            options: options.clone(),
-        };
-        tokio::spawn(feed::run(
-            Arc::clone(&ctx),
-            Arc::clone(&membership.stream),
-            start,
-            receiver,
-        ));
-    } else {
-        ctx.stats.incr(|s| &s.shared_joins_total);
-        tracing::debug!("joined a shared subscription");
+    match start {
+        Some((subscription, receiver)) => {
+            let start = FeedStart {
+                profile: setup.profile.clone(),
+                opener: setup.stream,
+                path: path.clone(),
+                headers: headers.clone(),
+                subscription,
+                catchup: None,
+                max_message_bytes: setup.max_message_bytes,
+                options: options.clone(),
+            };
+            tokio::spawn(feed::run(
+                Arc::clone(&ctx),
+                Arc::clone(&membership.stream),
+                start,
+                receiver,
+            ));
+        }
+        None => {
+            ctx.stats.incr(|s| &s.shared_joins_total);
+            tracing::debug!(packed = seat.is_some(), "joined a running subscription");
+        }
     }
 
     let downstream = match membership
@@ -257,6 +338,9 @@ pub(super) async fn serve(
         events,
         key,
         delivered: 0,
+        seat,
+        group: pack_group,
+        previous_tag: None,
     };
     let mut relay = Relay {
         ctx: &ctx,
@@ -332,24 +416,27 @@ impl Relay<'_> {
         event: Result<Event, broadcast::error::RecvError>,
     ) -> Option<Ending> {
         match event {
-            Ok(Event::Message(number, message)) => {
-                let len = message.len() as u64;
-                match self.send(message).await {
-                    Ok(()) => {
-                        self.ctx
-                            .stats
-                            .bytes_to_monitors_total
-                            .fetch_add(len, Relaxed);
-                        self.setup.profile.traffic.record(len, 1);
+            Ok(Event::Message(number, message)) => self.hand_over(number, message).await,
+            Ok(Event::Routed(number, routes)) => {
+                let tag = self.place.seat.as_ref().map(|seat| seat.tag);
+                let mine = routes.iter().find(|(t, _)| Some(*t) == tag);
+                if mine.is_some() {
+                    self.place.previous_tag = None;
+                }
+                let mine = mine.or_else(|| {
+                    let previous = self.place.previous_tag?;
+                    routes.iter().find(|(t, _)| *t == previous)
+                });
+                match mine {
+                    Some((_, message)) => {
+                        let message = message.clone();
+                        self.hand_over(number, message).await
+                    }
+                    None => {
                         self.place.delivered = number;
                         self.place.membership.stream.mark_delivered(number);
                         None
                     }
-                    Err(PumpError::Lagging(waited)) => Some(Some((
-                        cut_off_lagging(self.ctx, waited).to_trailers(),
-                        true,
-                    ))),
-                    Err(_) => Some(None),
                 }
             }
             Ok(Event::End(trailers)) => Some(Some(((*trailers).clone(), false))),
@@ -367,6 +454,28 @@ impl Relay<'_> {
                 Status::unavailable("upstream subscription ended without a status").to_trailers(),
                 false,
             ))),
+        }
+    }
+
+    /// Hands message `number` to the monitor; `Some` when the subscriber ends.
+    async fn hand_over(&mut self, number: u64, message: Bytes) -> Option<Ending> {
+        let len = message.len() as u64;
+        match self.send(message).await {
+            Ok(()) => {
+                self.ctx
+                    .stats
+                    .bytes_to_monitors_total
+                    .fetch_add(len, Relaxed);
+                self.setup.profile.traffic.record(len, 1);
+                self.place.delivered = number;
+                self.place.membership.stream.mark_delivered(number);
+                None
+            }
+            Err(PumpError::Lagging(waited)) => Some(Some((
+                cut_off_lagging(self.ctx, waited).to_trailers(),
+                true,
+            ))),
+            Err(_) => Some(None),
         }
     }
 
@@ -390,7 +499,16 @@ impl Relay<'_> {
                 }
                 Ok(())
             }
-            RequestKind::Subscribe(Some(key)) if self.place.key.as_ref() == Some(&key) => Ok(()),
+            RequestKind::Subscribe(subscription)
+                if subscription.share_key.is_some() && subscription.share_key == self.place.key =>
+            {
+                Ok(())
+            }
+            RequestKind::Subscribe(subscription)
+                if self.place.seat.is_some() && self.reseat(&subscription, &message) =>
+            {
+                Ok(())
+            }
             RequestKind::Subscribe(_) if private => {
                 self.forward(message, true).await;
                 Ok(())
@@ -408,6 +526,32 @@ impl Relay<'_> {
                  resumer; subscribe again",
             )),
         }
+    }
+
+    /// Moves a packed subscriber's seat to its new `subscription` within its pack, when that
+    /// has room; whether it did. The old seat goes only once the new one is in.
+    fn reseat(&mut self, subscription: &Subscription, message: &Bytes) -> bool {
+        let Some(group) = self.place.group.clone() else {
+            return false;
+        };
+        let Some(joining) =
+            self.options
+                .joining(group.clone(), subscription, message.slice(PREFIX_LEN..))
+        else {
+            return false;
+        };
+        if joining.group != group {
+            return false;
+        }
+        let Some(seat) = pack::seat_in(self.ctx, &self.place.membership.stream, &joining) else {
+            return false;
+        };
+        let old = self.place.seat.replace(seat);
+        self.place.previous_tag = old.as_ref().map(|seat| seat.tag);
+        self.place.key = Some(joining.share_key);
+        drop(old);
+        tracing::debug!("packed subscription changed in place");
+        true
     }
 
     /// Sends a request message up a private feed's stream.
@@ -445,6 +589,7 @@ impl Relay<'_> {
             marks: Mutex::new(Marks::new(self.options.dedup_window)),
             requests: sender,
             known: true,
+            pack: None,
         };
         let joined =
             self.ctx
@@ -477,6 +622,9 @@ impl Relay<'_> {
             events: joined.events,
             key: None,
             delivered: 0,
+            seat: None,
+            group: None,
+            previous_tag: None,
         };
     }
 }

@@ -109,6 +109,7 @@ fn demo_config(
                 max_streams: Some(48),
                 max_streams_per_connection: None,
                 connections_per_second: Some(10.0),
+                max_filters_per_subscription: None,
             },
             ..EndpointConfig::new(id.clone(), format!("http://{addr}"))
         })

@@ -157,6 +157,18 @@ impl Guest for FeedResumer {
         Ok(RequestKind::Unknown)
     }
 
+    /// Feed subscriptions are never packed.
+    fn pack(_method: String, _members: Vec<PackMember>) -> Result<Vec<u8>, String> {
+        Err(String::from(
+            "feed-resumer: the feed's Subscribe is not packed",
+        ))
+    }
+
+    /// Feed events are never packed: each goes to everyone as it is.
+    fn unpack(_method: String, messages: Vec<Vec<u8>>) -> Result<Vec<Routing>, String> {
+        Ok(messages.iter().map(|_| Routing::Everyone).collect())
+    }
+
     /// Feed events are not marked: the feed resumes by `from_seq`, without dedup keys.
     fn mark(_method: String, messages: Vec<Vec<u8>>) -> Result<Vec<UpdateMark>, String> {
         Ok(messages

@@ -24,6 +24,12 @@
 //!   already has by key. With no update delivered yet, or none with a slot, the subscription
 //!   is sent as it was.
 //!
+//! - `classify` also says how a subscription packs: its group is every field that is not a
+//!   named filter (commitment, data slices, ...), and its weight its number of named filters.
+//!   `pack` merges members' subscriptions into one request, each filter renamed
+//!   `<tag>:<name>`; `unpack` routes each update to the members its `filters` name, each with
+//!   its own names restored, and pings and pongs (which name none) to everyone.
+//!
 //! Other methods are not known: `classify` answers `unknown`, `mark` marks nothing, `resume`
 //! hands the requests back unchanged. Messages are read with `sluice_plugin::wire`; one that
 //! is not a well-formed protobuf message is an `error` from `classify` and `resume`, and an
@@ -46,6 +52,7 @@ wit_bindgen::generate!({
     world: "resumer",
 });
 
+use sluice::policy::types::{Packing, Subscription};
 use sluice::policy::{config, log};
 
 /// The method this plugin knows.
@@ -57,7 +64,8 @@ const FILTER_FIELDS: [u32; 8] = [1, 2, 3, 4, 5, 8, 10, 12];
 /// `SubscribeRequest.ping` and `.from_slot`.
 const REQUEST_PING: u32 = 9;
 const REQUEST_FROM_SLOT: u32 = 11;
-/// `SubscribeUpdate.pong`.
+/// `SubscribeUpdate.filters` and `.pong`.
+const UPDATE_FILTERS: u32 = 1;
 const UPDATE_PONG: u32 = 9;
 /// Slots back from the last delivered one a resume starts at, unless configured.
 const DEFAULT_FROM_SLOT_BACK: u64 = 2;
@@ -143,15 +151,81 @@ impl Guest for Yellowstone {
             return Ok(RequestKind::Ping(Some(pong)));
         }
         if from_slot {
-            return Ok(RequestKind::Subscribe(None));
+            return Ok(RequestKind::Subscribe(Subscription {
+                share_key: None,
+                packing: None,
+            }));
         }
         kept.sort_unstable();
         let mut key = Vec::with_capacity(message.len() + kept.len() * 2);
+        let mut group = Vec::new();
+        let mut filters = 0;
         for field in kept {
             push_varint(&mut key, field.len() as u64);
             key.extend_from_slice(field);
+            let mut fields = Fields::new(field);
+            let number = match fields.next_field() {
+                Ok(Some(field)) => field.number,
+                _ => 0,
+            };
+            if FILTER_FIELDS.contains(&number) {
+                filters += 1;
+            } else {
+                push_varint(&mut group, field.len() as u64);
+                group.extend_from_slice(field);
+            }
         }
-        Ok(RequestKind::Subscribe(Some(key)))
+        Ok(RequestKind::Subscribe(Subscription {
+            share_key: Some(key),
+            packing: Some(Packing { group, filters }),
+        }))
+    }
+
+    fn pack(method: String, members: Vec<PackMember>) -> Result<Vec<u8>, String> {
+        if method != SUBSCRIBE {
+            return Err(String::from("yellowstone: only Subscribe is packed"));
+        }
+        let mut out = Vec::new();
+        for (index, member) in members.iter().enumerate() {
+            let message = &member.subscription;
+            let mut fields = Fields::new(message);
+            while let Some(field) = fields
+                .next_field()
+                .map_err(|e| wire_error("a member's subscription", e))?
+            {
+                match field.number {
+                    number if FILTER_FIELDS.contains(&number) => {
+                        let entry = field.bytes.unwrap_or(&[]);
+                        let renamed = renamed_entry(entry, member.tag)
+                            .map_err(|e| wire_error("a filter entry", e))?;
+                        push_tag(&mut out, number, LENGTH_DELIMITED);
+                        push_varint(&mut out, renamed.len() as u64);
+                        out.extend_from_slice(&renamed);
+                    }
+                    REQUEST_PING | REQUEST_FROM_SLOT => {}
+                    // What is not a filter is the packing group's, the same for every member:
+                    // written once.
+                    _ if index == 0 => out.extend_from_slice(&message[field.start..field.end]),
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn unpack(method: String, messages: Vec<Vec<u8>>) -> Result<Vec<Routing>, String> {
+        if method != SUBSCRIBE {
+            return Ok(messages.iter().map(|_| Routing::Everyone).collect());
+        }
+        Ok(messages
+            .iter()
+            .map(|message| {
+                route(message).unwrap_or_else(|error| {
+                    log::log(log::Level::Warn, &wire_error("an update", error));
+                    Routing::Members(Vec::new())
+                })
+            })
+            .collect())
     }
 
     fn mark(method: String, messages: Vec<Vec<u8>>) -> Result<Vec<UpdateMark>, String> {
@@ -314,6 +388,83 @@ fn mark_update(message: &[u8]) -> Result<UpdateMark, WireError> {
         position,
         key: key.map(|k| k.0),
     })
+}
+
+/// Separates a member's tag from its own filter name in a packed subscription: `7:accounts`.
+const TAG_SEPARATOR: u8 = b':';
+
+/// A filter map entry (`key = 1` the filter's name, `value = 2` the filter) with its name
+/// prefixed by `tag`.
+fn renamed_entry(entry: &[u8], tag: u32) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(entry.len() + 12);
+    let mut fields = Fields::new(entry);
+    while let Some(field) = fields.next_field()? {
+        if field.number == 1 {
+            let mut name = String::new();
+            push_u64(&mut name, u64::from(tag));
+            let mut renamed = name.into_bytes();
+            renamed.push(TAG_SEPARATOR);
+            renamed.extend_from_slice(field.bytes.unwrap_or(&[]));
+            push_tag(&mut out, 1, LENGTH_DELIMITED);
+            push_varint(&mut out, renamed.len() as u64);
+            out.extend_from_slice(&renamed);
+        } else {
+            out.extend_from_slice(&entry[field.start..field.end]);
+        }
+    }
+    Ok(out)
+}
+
+/// The member tag and own name of a packed filter name, `None` when it has no tag.
+fn split_tag(name: &[u8]) -> Option<(u32, &[u8])> {
+    let at = name.iter().position(|&b| b == TAG_SEPARATOR)?;
+    let digits = core::str::from_utf8(&name[..at]).ok()?;
+    Some((digits.parse().ok()?, &name[at + 1..]))
+}
+
+/// Where one update of a packed subscription goes: each member named in its `filters`, with
+/// only its own filter names, restored; everyone when it names no filter.
+fn route(message: &[u8]) -> Result<Routing, WireError> {
+    let mut names: Vec<(u32, &[u8])> = Vec::new();
+    let mut named = false;
+    let mut fields = Fields::new(message);
+    while let Some(field) = fields.next_field()? {
+        if field.number == UPDATE_FILTERS {
+            named = true;
+            if let Some(tagged) = field.bytes.and_then(split_tag) {
+                names.push(tagged);
+            }
+        }
+    }
+    if !named {
+        return Ok(Routing::Everyone);
+    }
+    let mut tags: Vec<u32> = names.iter().map(|(tag, _)| *tag).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    let mut routed = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let mut out = Vec::with_capacity(message.len());
+        let mut written = false;
+        let mut fields = Fields::new(message);
+        while let Some(field) = fields.next_field()? {
+            if field.number != UPDATE_FILTERS {
+                out.extend_from_slice(&message[field.start..field.end]);
+                continue;
+            }
+            // The member's names, where the first name was.
+            if !written {
+                written = true;
+                for (_, name) in names.iter().filter(|(t, _)| *t == tag) {
+                    push_tag(&mut out, UPDATE_FILTERS, LENGTH_DELIMITED);
+                    push_varint(&mut out, name.len() as u64);
+                    out.extend_from_slice(name);
+                }
+            }
+        }
+        routed.push((tag, out));
+    }
+    Ok(Routing::Members(routed))
 }
 
 /// Whether a `SubscribeRequest` is a ping with no filters.

@@ -27,11 +27,12 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue};
 use parking_lot::Mutex;
 use sluice_config::Answer;
-use sluice_contract::resume::{ResumeAnswer, ResumeRequest};
+use sluice_contract::resume::{ResumeAnswer, ResumeRequest, Routing};
 use tokio::sync::mpsc;
 
 use super::SubscriptionOptions;
 use super::marks::{Catchup, Marks};
+use super::pack::PackState;
 use crate::Context;
 use crate::forward::answers::{SHARED_WITNESS, record_final_status};
 use crate::forward::attribution::Attribution;
@@ -58,6 +59,8 @@ pub(crate) struct FeedState {
     /// Whether the resumer knows the subscription: only then are messages marked and the feed
     /// resumed.
     pub(super) known: bool,
+    /// The membership of a packed subscription; `None` for a shared or private one.
+    pub(super) pack: Option<PackState>,
 }
 
 /// An upstream subscription and its subscribers.
@@ -117,6 +120,9 @@ pub(super) async fn run(
         () = feed.cancel.notified() => None,
     };
     ctx.subscriptions.retire(&feed);
+    if feed.extra.pack.is_some() {
+        ctx.packs.retire(&feed);
+    }
     if let Some(kept) = kept.take() {
         kept.release(&ctx, matches!(ended, Some(Ok(_))));
     }
@@ -194,6 +200,10 @@ async fn feed_subscribers(
                 attribution.stamp_trailers(&mut trailers);
             }
             return Ok(trailers);
+        }
+        if let Some(pack) = &feed.extra.pack {
+            // The membership may have changed while no stream was open.
+            subscription = frame(&pack.request());
         }
         let request = opening_request(ctx, start, &subscription, resume_from.as_ref(), resumes);
         let remaining = broken_since.map_or(Duration::MAX, |since| {
@@ -463,11 +473,20 @@ impl Reading<'_> {
                     })? {
                         batch.push(message);
                         if batch.len() == MARK_BATCH {
-                            self.publish(lease, std::mem::take(&mut batch), sent_at).await;
+                            self.publish(lease, std::mem::take(&mut batch), sent_at).await.map_err(Err)?;
                         }
                     }
-                    self.publish(lease, batch, sent_at).await;
+                    self.publish(lease, batch, sent_at).await.map_err(Err)?;
                     let _ = body.flow_control().release_capacity(len);
+                }
+                () = changed(self.feed) => {
+                    if let Some(pack) = &self.feed.extra.pack {
+                        let request = frame(&pack.request());
+                        *self.subscription = request.clone();
+                        if let Err(e) = pump::send_all(&mut current.send, request, OnFull::Wait, false).await {
+                            return Err(Ok(Broken { refused: false, reason: format!("sending a repacked subscription upstream failed: {e}") }));
+                        }
+                    }
                 }
                 request = self.requests.recv(), if *self.requests_open => {
                     let Some((message, is_subscription)) = request else {
@@ -490,19 +509,41 @@ impl Reading<'_> {
         self.ended(lease, &trailers, false, None)
     }
 
-    /// Marks and publishes `batch`, dropping what a switch delivers again.
-    async fn publish(&mut self, lease: &Lease, batch: Vec<Bytes>, sent_at: Instant) {
+    /// Marks and publishes `batch` (routed to their members when packed), dropping what a
+    /// switch delivers again.
+    async fn publish(
+        &mut self,
+        lease: &Lease,
+        batch: Vec<Bytes>,
+        sent_at: Instant,
+    ) -> Result<(), Status> {
         if batch.is_empty() {
-            return;
+            return Ok(());
         }
         let known = self.feed.extra.known;
+        let plain = batch.iter().all(|m| m.first() == Some(&0));
         let payloads: Vec<Bytes> = batch.iter().map(|m| m.slice(PREFIX_LEN..)).collect();
-        let marks = if known && batch.iter().all(|m| m.first() == Some(&0)) {
+        let marks = if known && plain {
             self.ctx.resumer.mark(self.start.path.path(), &payloads)
         } else {
             None
         };
+        let mut routes = match &self.feed.extra.pack {
+            Some(_) => {
+                let routes = plain
+                    .then(|| self.ctx.resumer.unpack(self.start.path.path(), &payloads))
+                    .flatten()
+                    .ok_or_else(|| {
+                        Status::unavailable(
+                            "the resumer could not route an update of a packed subscription",
+                        )
+                    })?;
+                Some(routes.into_iter())
+            }
+            None => None,
+        };
         for (i, (message, payload)) in batch.into_iter().zip(payloads).enumerate() {
+            let route = routes.as_mut().and_then(Iterator::next);
             let mark = marks
                 .as_ref()
                 .and_then(|marks| marks.get(i))
@@ -533,8 +574,20 @@ impl Reading<'_> {
                     *self.resume_from = Some(payload);
                 }
             }
-            self.feed.publish(*self.published, message).await;
+            let number = *self.published;
+            let event = match route {
+                Some(Routing::Members(members)) => Event::Routed(
+                    number,
+                    members
+                        .into_iter()
+                        .map(|(tag, payload)| (tag, frame(&payload)))
+                        .collect(),
+                ),
+                Some(Routing::Everyone) | None => Event::Message(number, message),
+            };
+            self.feed.publish_event(number, event).await;
         }
+        Ok(())
     }
 
     /// The stream ended with final `headers` (trailers, or a trailers-only response when
@@ -578,6 +631,14 @@ impl Reading<'_> {
             self.feed.head.send_replace(Some(Head::Ended(ended)));
         }
         Ok(trailers)
+    }
+}
+
+/// Resolves when a pack's merged request changes; never for other feeds.
+async fn changed(feed: &Feed) {
+    match &feed.extra.pack {
+        Some(pack) => pack.changed.notified().await,
+        None => std::future::pending().await,
     }
 }
 
