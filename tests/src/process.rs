@@ -121,10 +121,10 @@ pub(crate) fn wait_for_lines(
     Ok(found)
 }
 
-/// The counters of a `sluice-feed stats name=value ...` line.
-fn parse_stats(line: &str) -> Option<BTreeMap<String, u64>> {
-    let fields = line.strip_prefix("sluice-feed stats ")?;
-    fields
+/// The counters of a `<prefix>name=value ...` line (`sluice-feed stats `, `sluice-geyser
+/// stats `).
+pub(crate) fn parse_stats(prefix: &str, line: &str) -> Option<BTreeMap<String, u64>> {
+    line.strip_prefix(prefix)?
         .split_whitespace()
         .map(|pair| {
             let (name, value) = pair.split_once('=')?;
@@ -169,7 +169,7 @@ impl FeedProcess {
         let stats = Arc::new(Mutex::new(BTreeMap::new()));
         let latest = Arc::clone(&stats);
         let listening = wait_for_lines(&mut child, &["sluice-feed listening on "], move |line| {
-            if let Some(counters) = parse_stats(line) {
+            if let Some(counters) = parse_stats("sluice-feed stats ", line) {
                 *latest
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = counters;

@@ -2,9 +2,11 @@
 //! SIGKILL, subscriptions through Sluice or direct, and the identity of an update, so that what
 //! a monitor received can be checked update by update.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Child;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sluice_config::{Config, MethodConfig};
@@ -21,7 +23,7 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 
 use crate::plugins::{built_plugins, plugins_config};
-use crate::process::{piped, wait_for_lines};
+use crate::process::{parse_stats, piped, wait_for_lines};
 
 /// The Geyser subscription method.
 pub const SUBSCRIBE_PATH: &str = "/geyser.Geyser/Subscribe";
@@ -190,6 +192,8 @@ pub struct GeyserProcess {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its latest `sluice-geyser stats` line (with `--stats-every`), by counter name.
+    stats: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl GeyserProcess {
@@ -203,11 +207,18 @@ impl GeyserProcess {
                 .args(extra)
                 .spawn()
                 .expect("spawning sluice-geyser");
-            let listening = wait_for_lines(&mut child, &["sluice-geyser listening on "], |_| {})
+            let stats = Arc::new(Mutex::new(BTreeMap::new()));
+            let latest = Arc::clone(&stats);
+            let listening =
+                wait_for_lines(&mut child, &["sluice-geyser listening on "], move |line| {
+                    if let Some(counters) = parse_stats("sluice-geyser stats ", line) {
+                        *latest.lock().unwrap_or_else(PoisonError::into_inner) = counters;
+                    }
+                })
                 .ok()
                 .and_then(|lines| lines[0].parse::<SocketAddr>().ok());
             match listening {
-                Some(addr) => return Self { child, addr },
+                Some(addr) => return Self { child, addr, stats },
                 // The port of a killed process may take a moment to be free.
                 None if std::time::Instant::now() < deadline => {
                     let _ = child.kill();
@@ -217,6 +228,14 @@ impl GeyserProcess {
                 None => panic!("sluice-geyser did not start on {addr}"),
             }
         }
+    }
+
+    /// Its counters as of its latest stats line (empty without `--stats-every`).
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        self.stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Kills it with SIGKILL and reaps it.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// The host crates from the bottom layer up. A crate may depend only on crates of lower layers.
 const LAYERS: &[&[&str]] = &[
-    &["sluice-config", "sluice-forecast"],
+    &["sluice-config", "sluice-forecast", "sluice-geyser"],
     &["sluice-contract", "sluice-feed"],
     &["sluice-proxy", "sluice-policy"],
     &["sluice-scorer", "sluice-analytics"],

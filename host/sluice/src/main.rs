@@ -343,6 +343,23 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
             method.resume_timeout
         );
     }
+    for method in config.methods.iter().filter(|m| m.share && m.bidi) {
+        let cap = config
+            .endpoints
+            .iter()
+            .filter_map(|e| e.limits.max_filters_per_subscription)
+            .min();
+        let sharing = match (method.pack, cap) {
+            (true, Some(cap)) => format!("shared, and packed up to {cap} filters per upstream subscription"),
+            (true, None) => "shared, and packed (no endpoint caps filters: one upstream subscription per packing group)".to_owned(),
+            (false, _) => "shared when identical".to_owned(),
+        };
+        println!(
+            "  subscription {}: {sharing}; pings answered by Sluice; resumed from the last \
+             position by the resumer plugin within {} attempts and {:?}",
+            method.path, method.resume_attempts, method.resume_timeout
+        );
+    }
     let health = &config.health;
     if health.active {
         println!(

@@ -67,6 +67,51 @@ fn the_shipped_example_config_is_valid() {
 }
 
 #[test]
+fn the_yellowstone_example_config_is_valid_and_says_what_sluice_does() {
+    // Its resumer is target/plugins/yellowstone.wasm, relative to the repository root.
+    let Some(plugins) = sluice_tests::plugins::built_plugins() else {
+        return;
+    };
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    if !std::path::Path::new(root)
+        .join("target/plugins/yellowstone.wasm")
+        .is_file()
+    {
+        eprintln!(
+            "skipped: plugins are in {}, not target/plugins",
+            plugins.display()
+        );
+        return;
+    }
+    let output = Command::new(sluice_bin())
+        .current_dir(root)
+        .args(["check-config", "examples/yellowstone.toml"])
+        .env("TRITON_X_TOKEN", "token-a")
+        .env("HELIUS_X_TOKEN", "token-b")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("subscription /geyser.Geyser/Subscribe: shared, and packed up to 10 filters"),
+        "{text}"
+    );
+    // Without the tokens it names the missing variable.
+    let missing = Command::new(sluice_bin())
+        .current_dir(root)
+        .args(["check-config", "examples/yellowstone.toml"])
+        .env_remove("TRITON_X_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("TRITON_X_TOKEN"));
+}
+
+#[test]
 fn bad_configs_fail_with_the_key_and_the_problem() {
     let cases = [
         ("", "`endpoints`"),

@@ -845,7 +845,10 @@ async fn the_resumer_slot_takes_only_resumers() {
         .unwrap()
         .expect("the feed resumer passes the check");
     assert_eq!(info.world, SlotKind::Resumer);
-    assert_eq!(info.exports, ["resume", "classify", "mark", "pack", "unpack"]);
+    assert_eq!(
+        info.exports,
+        ["resume", "classify", "mark", "pack", "unpack"]
+    );
     assert_eq!(samples, 3);
 }
 

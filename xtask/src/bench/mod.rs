@@ -6,8 +6,8 @@
 //!   [`proxy_configs`] (Sluice's and Envoy's configs) and [`targets`] (Sluice's targets and
 //!   their verdicts);
 //! - [`policy`], [`failover`], [`scorer`], [`routing`] (and `cargo xtask train-router`), and
-//!   `scaling`, `observability` and `abuse` through [`program::quick_only`]: bench programs of
-//!   other crates, built and run by [`program`];
+//!   `scaling`, `observability`, `abuse` and `yellowstone` through [`program::quick_only`]:
+//!   bench programs of other crates, built and run by [`program`];
 //! - [`soak`] (`cargo xtask soak`): the soak program of `sluice-tests`, through [`program`];
 //! - [`measure`]: every statistic the benches above compute (medians, spreads, per-message CPU,
 //!   shares).
@@ -38,7 +38,8 @@ const USAGE: &str =
        cargo xtask bench observability [--quick]
        cargo xtask bench abuse [--quick]
        cargo xtask bench scorer [--quick]
-       cargo xtask bench routing [--rounds N] [--seconds N] [--model FILE] [--quick]";
+       cargo xtask bench routing [--rounds N] [--seconds N] [--model FILE] [--quick]
+       cargo xtask bench yellowstone [--quick]";
 
 /// `cargo xtask bench <name> ...`
 pub fn bench(args: &[String]) -> Result<()> {
@@ -51,9 +52,10 @@ pub fn bench(args: &[String]) -> Result<()> {
         Some("abuse") => program::quick_only("abuse", &args[1..]),
         Some("scorer") => scorer::run(&args[1..]),
         Some("routing") => routing::run(&args[1..]),
+        Some("yellowstone") => program::quick_only("yellowstone", &args[1..]),
         Some(other) => {
             bail!(
-                "unknown benchmark {other:?}; available: proxy, policy, failover, scaling, observability, abuse, scorer, routing\n{USAGE}"
+                "unknown benchmark {other:?}; available: proxy, policy, failover, scaling, observability, abuse, scorer, routing, yellowstone\n{USAGE}"
             )
         }
         None => bail!("{USAGE}"),

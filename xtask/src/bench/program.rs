@@ -28,13 +28,15 @@ pub(super) fn run(package: &str, bench: &str, passed: &[String]) -> Result<()> {
     util::run(&mut command)
 }
 
-/// `cargo xtask bench scaling`, `observability` and `abuse`: build the plugins, then run the
-/// bench program of that name in `sluice-tests` (release profile), which prints its figures and
-/// writes `<target>/bench/<name>.json`. `scaling`: the loops' CPU cost at 5,000 streams, the
+/// `cargo xtask bench scaling`, `observability`, `abuse` and `yellowstone`: build the plugins,
+/// then run the bench program of that name in `sluice-tests` (release profile), which prints
+/// its figures and writes `<target>/bench/<name>.json`. `scaling`: the loops' CPU cost at 5,000 streams, the
 /// scaler's accuracy against an on-demand baseline, the store's growth. `observability`:
 /// `/metrics` and `/ws` latency and size at 1,000 streams, and the CPU cost of dashboards and
 /// scrapes. `abuse`: what each hostile client of the abuse suite costs a legitimate monitor,
-/// and Sluice's peak memory and CPU under it.
+/// and Sluice's peak memory and CPU under it. `yellowstone`: 200 Yellowstone monitors through
+/// Sluice and direct (upstream subscriptions, delivery latency, CPU per update, resume after a
+/// kill).
 pub(super) fn quick_only(bench: &str, args: &[String]) -> Result<()> {
     let mut passed = Vec::new();
     for arg in args {
