@@ -5,8 +5,11 @@
 //! numbers follow the wall clock (`unix time / slot_interval`). Two mock providers started with
 //! the same settings therefore serve the same slots with the same updates at the same time, as
 //! two real providers of one chain do, and a monitor moved between them can be checked update
-//! by update. Only `created_at` differs: it is stamped when an update is sent, as real providers
-//! do, so that duplicates must be found by what an update is, not by its bytes.
+//! by update. Only `created_at` differs: it is stamped when a provider produces the slot, as a
+//! real provider stamps an update when its validator notifies it, before fanning it out to its
+//! subscribers (so a subscriber's delivery latency includes that fan-out). Two providers stamp
+//! one slot differently, so duplicates across them must be found by what an update is, not by
+//! its bytes.
 //!
 //! This module does not filter or send anything: that is the service's job.
 
@@ -70,6 +73,8 @@ pub struct Update {
 pub struct Slot {
     /// The slot number.
     pub number: u64,
+    /// When this provider produced it: every update of the slot carries it as `created_at`.
+    pub created_at: SystemTime,
     /// Its updates.
     pub updates: Vec<Update>,
 }
@@ -245,7 +250,11 @@ impl Chain {
             keys: Vec::new(),
             owner: None,
         });
-        Slot { number, updates }
+        Slot {
+            number,
+            created_at: SystemTime::now(),
+            updates,
+        }
     }
 }
 

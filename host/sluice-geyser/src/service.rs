@@ -328,7 +328,7 @@ impl Session {
                     }
                 },
                 _ = pings.tick() => {
-                    if !self.send(Vec::new(), UpdateOneof::Ping(SubscribeUpdatePing {})).await {
+                    if !self.send(Vec::new(), UpdateOneof::Ping(SubscribeUpdatePing {}), SystemTime::now()).await {
                         return;
                     }
                 }
@@ -356,7 +356,7 @@ impl Session {
         if let Some(ping) = request.ping {
             self.stats.ping_answered();
             let pong = UpdateOneof::Pong(SubscribeUpdatePong { id: ping.id });
-            if !self.send(Vec::new(), pong).await {
+            if !self.send(Vec::new(), pong, SystemTime::now()).await {
                 return Ok(false);
             }
             if !has_filters {
@@ -395,19 +395,19 @@ impl Session {
     async fn send_slot(&self, slot: &Slot, filter: &Filter) -> bool {
         for update in &slot.updates {
             let names = filter.matches(update);
-            if !names.is_empty() && !self.send(names, update.body.clone()).await {
+            if !names.is_empty() && !self.send(names, update.body.clone(), slot.created_at).await {
                 return false;
             }
         }
         true
     }
 
-    /// Sends one update stamped now; `false` when the client is gone.
-    async fn send(&self, filters: Vec<String>, body: UpdateOneof) -> bool {
+    /// Sends one update stamped `created_at`; `false` when the client is gone.
+    async fn send(&self, filters: Vec<String>, body: UpdateOneof, created_at: SystemTime) -> bool {
         let update = SubscribeUpdate {
             filters,
             update_oneof: Some(body),
-            created_at: Some(SystemTime::now().into()),
+            created_at: Some(created_at.into()),
         };
         let sent = self.sender.send(Ok(update)).await.is_ok();
         if sent {

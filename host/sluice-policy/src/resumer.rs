@@ -16,7 +16,7 @@ use sluice_contract::resume::{
 };
 
 use crate::builtin::ReplayUnchanged;
-use crate::plugin::Plugin;
+use crate::plugin::{CallFailure, Plugin};
 use crate::slot::{Answer, Slot, shadow_compare};
 use crate::types::{self, check_resume};
 
@@ -76,11 +76,23 @@ impl Resumer for PolicyResumer {
         let _span =
             tracing::debug_span!("resume", method = request.method, attempt = request.attempt)
                 .entered();
-        let answer = self.slot.call_plugin(
-            plugin,
-            |plugin| plugin.resume(&question),
-            |messages| check_resume(messages, &question),
-        );
+        let call = |plugin| {
+            self.slot.call_plugin(
+                plugin,
+                |plugin| plugin.resume(&question),
+                |messages| check_resume(messages, &question),
+            )
+        };
+        let answer = match call(plugin) {
+            // A deadline missed because this thread was descheduled (a loaded machine, many
+            // streams resuming at once) says little about the plugin, and replaying unchanged
+            // would send the monitor again what it has: one more try, counted like the first.
+            Answer::Failed(CallFailure::Timeout(_), plugin) => {
+                tracing::debug!(plugin = %plugin.label(), "resumer missed its deadline; trying once more");
+                call(plugin)
+            }
+            answer => answer,
+        };
         let (answer, sent) = match answer {
             Answer::Answered(messages, plugin) => {
                 tracing::debug!(
