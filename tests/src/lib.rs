@@ -19,6 +19,7 @@ pub use sluice_feed::pb;
 
 pub mod abuse;
 pub mod admin;
+pub mod etcd;
 pub mod fault;
 pub mod measure;
 pub mod plugins;

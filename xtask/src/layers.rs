@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["sluice-config", "sluice-forecast", "sluice-geyser"],
     &["sluice-contract", "sluice-feed"],
     &["sluice-proxy", "sluice-policy"],
-    &["sluice-scorer", "sluice-analytics"],
+    &["sluice-scorer", "sluice-analytics", "sluice-cluster"],
     &["sluice-admin"],
     &["sluice"],
 ];

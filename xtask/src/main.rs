@@ -10,6 +10,7 @@ mod browser;
 mod demo;
 #[cfg(test)]
 mod doclinks;
+mod etcd;
 #[cfg(test)]
 mod layers;
 mod plugins;

@@ -69,13 +69,16 @@ fn timed(
 fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
     let mut installed = None;
     let mut chromium = None;
+    let mut etcd = None;
     timed(steps, "setup", || {
         installed = Some(setup::setup(Profile::Test)?);
         chromium = Some(browser::ensure()?);
+        etcd = Some(crate::etcd::ensure()?);
         Ok(())
     })?;
     let installed = installed.context("setup returned nothing")?;
     let chromium = chromium.context("browser setup returned nothing")?;
+    let etcd = etcd.context("etcd setup returned nothing")?;
     let mut plugins_dir = None;
     timed(steps, "plugins", || {
         plugins_dir = Some(plugins::build_all()?);
@@ -114,6 +117,7 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
             ("SLUICE_PY_STUBS", installed.stubs.clone()),
             ("SLUICE_PLUGINS", plugins_dir.clone()),
             ("SLUICE_CHROMIUM", chromium.clone()),
+            ("SLUICE_ETCD", etcd.clone()),
             ("SLUICE_ORT_LIB", installed.onnxruntime.clone()),
             ("SLUICE_REQUIRE_ALL", PathBuf::from("1")),
         ];
@@ -126,11 +130,12 @@ fn run_steps(steps: &mut Vec<Step>) -> Result<()> {
             .args(["test", "--workspace"])
             .envs(environment.iter().map(|(k, v)| (k, v)));
         println!(
-            "(SLUICE_PYTHON={} SLUICE_PY_STUBS={} SLUICE_PLUGINS={} SLUICE_CHROMIUM={} SLUICE_ORT_LIB={} SLUICE_REQUIRE_ALL=1)",
+            "(SLUICE_PYTHON={} SLUICE_PY_STUBS={} SLUICE_PLUGINS={} SLUICE_CHROMIUM={} SLUICE_ETCD={} SLUICE_ORT_LIB={} SLUICE_REQUIRE_ALL=1)",
             setup::display_rel(&installed.python),
             setup::display_rel(&installed.stubs),
             setup::display_rel(&plugins_dir),
             chromium.display(),
+            etcd.display(),
             setup::display_rel(&installed.onnxruntime)
         );
         let suite = util::run(&mut command);

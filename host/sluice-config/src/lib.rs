@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 mod alerts;
 mod analytics;
 mod answers;
+mod cluster;
 mod duration;
 mod env;
 mod limits;
@@ -31,6 +32,7 @@ pub use alerts::{
 };
 pub use analytics::{AnalyticsConfig, ScalingConfig, StoreConfig};
 pub use answers::{Answer, AnswersConfig, CODE_NAMES, code_of};
+pub use cluster::ClusterConfig;
 pub use duration::MAX_DURATION;
 pub use env::expand_env;
 pub use limits::EndpointLimits;
@@ -132,6 +134,10 @@ pub struct Config {
     /// Recording routing decisions and their outcomes, to train the scorer's model.
     #[serde(default)]
     pub learning: LearningConfig,
+    /// Several instances sharing the endpoints' limits through etcd; unset: this instance
+    /// runs alone.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Limits of the upstream connection pool.
@@ -704,7 +710,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Replaces `${VAR}` in endpoint metadata and monitor tokens using `lookup`.
+    /// Replaces `${VAR}` in endpoint metadata, monitor tokens, the admin token, the cluster's
+    /// etcd password and alert webhooks using `lookup`.
     pub fn expand_secrets(
         &mut self,
         lookup: &dyn Fn(&str) -> Option<String>,
@@ -729,6 +736,10 @@ impl Config {
             }
             None => self.admin.token = lookup("SLUICE_ADMIN_TOKEN").filter(|t| !t.is_empty()),
         }
+        if let Some(password) = self.cluster.as_mut().and_then(|c| c.password.as_mut()) {
+            *password = expand_env(password, lookup)
+                .map_err(|problem| invalid("cluster.password".to_owned(), problem))?;
+        }
         self.alerts.expand_secrets(lookup)
     }
 
@@ -745,6 +756,9 @@ impl Config {
         self.validate_analytics()?;
         self.validate_scorer()?;
         self.validate_learning()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         self.validate_alerts()
     }
 

@@ -752,3 +752,34 @@ fn shared_bidi_subscriptions_need_a_resumer_plugin() {
     let alone = "\n[[methods]]\npath = \"/geyser.Geyser/Subscribe\"\nbidi = true\n";
     assert!(parse(&format!("{MINIMAL}{alone}")).is_ok());
 }
+
+#[test]
+fn cluster_tables_are_checked() {
+    let cluster =
+        |extra: &str| format!("{MINIMAL}\n[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n{extra}");
+    let config = parse(&cluster("")).unwrap();
+    let table = config.cluster.expect("a cluster");
+    assert_eq!(table.name, "sluice");
+    assert_eq!(table.lease_ttl, std::time::Duration::from_secs(5));
+    assert_eq!(table.max_instances, 3);
+    assert!(
+        parse(MINIMAL).unwrap().cluster.is_none(),
+        "alone without the table"
+    );
+    for (extra, key) in [
+        ("lease_ttl = \"1s\"\n", "cluster.lease_ttl"),
+        ("max_instances = 0\n", "cluster.max_instances"),
+        ("interval = \"2s\"\n", "cluster.interval"),
+        ("name = \"a/b\"\n", "cluster.name"),
+        ("user = \"root\"\n", "cluster.user"),
+    ] {
+        let error = error_of(&cluster(extra));
+        assert!(error.contains(key), "{extra}: {error}");
+    }
+    let https = error_of(&format!(
+        "{MINIMAL}\n[cluster]\netcd = [\"https://etcd:2379\"]\n"
+    ));
+    assert!(https.contains("cluster.ca_file"), "{https}");
+    let empty = error_of(&format!("{MINIMAL}\n[cluster]\netcd = []\n"));
+    assert!(empty.contains("cluster.etcd"), "{empty}");
+}

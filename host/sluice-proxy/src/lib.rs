@@ -322,6 +322,25 @@ impl ProxyView {
         self.ctx.pool.endpoints()
     }
 
+    /// The endpoints with `max_connections` or `max_streams`, with those caps: what a cluster
+    /// of instances splits.
+    pub fn shared_caps(&self) -> Vec<(Arc<str>, Option<u32>, Option<u32>)> {
+        self.ctx.pool.shared_caps()
+    }
+
+    /// Sets this instance's share of `endpoint`'s caps (`None`: the whole cap); connections
+    /// above it start draining, no stream is cut. Whether the endpoint exists.
+    pub fn set_endpoint_share(
+        &self,
+        endpoint: &str,
+        connections: Option<u32>,
+        streams: Option<u32>,
+    ) -> bool {
+        self.ctx
+            .pool
+            .set_endpoint_share(endpoint, connections, streams)
+    }
+
     /// The configuration the proxy runs with.
     pub fn config(&self) -> &Config {
         &self.ctx.config

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sluice_analytics::records::ReportPeriod;
 use sluice_config::{Config, SlotKind};
 
+mod cluster;
 mod demo;
 mod plugin_cli;
 mod services;

@@ -1,12 +1,14 @@
 //! Starts everything one Sluice process runs from its config: the scorer model (and its file
 //! watcher), the policy slots (and the plugins folder watcher), the data plane with the policy
-//! router and resumer, the scaler and analytics loops with their store, and the admin API.
+//! router and resumer, the scaler and analytics loops with their store, the admin API and, with
+//! `[cluster]`, this instance's membership of the cluster sharing the endpoints' limits.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use sluice_admin::{AdminHandle, AdminServer};
 use sluice_analytics::{Analytics, AnalyticsHandle};
+use sluice_cluster::ClusterHandle;
 use sluice_config::Config;
 use sluice_policy::{NeutralScorer, Policies, Scorer, Watcher};
 use sluice_proxy::{Proxy, ProxyHandle};
@@ -26,6 +28,8 @@ pub struct Services {
     _watcher: Option<Watcher>,
     /// Reloads a changed model file.
     scorer_watch: Option<tokio::task::JoinHandle<()>>,
+    /// This instance's membership of its cluster, with `[cluster]`.
+    pub cluster: Option<Arc<ClusterHandle>>,
 }
 
 /// Loads the plugins, binds the listeners and starts serving.
@@ -67,6 +71,27 @@ pub async fn start_with_routes(
         .spawn();
     let analytics = Analytics::open(Arc::clone(&config), proxy.view(), Arc::clone(&policies))?;
     let loops = analytics.spawn();
+    let admin_url = config
+        .admin
+        .enabled
+        .then(|| format!("http://{}", config.admin.listen));
+    let cluster = config.cluster.as_ref().map(|cluster| {
+        let instance = cluster
+            .instance
+            .clone()
+            .unwrap_or_else(|| crate::cluster::default_instance(proxy.addr().port()));
+        Arc::new(sluice_cluster::start(
+            cluster.clone(),
+            instance,
+            admin_url,
+            proxy.view(),
+        ))
+    });
+    let admin_routes = match (&cluster, admin_routes) {
+        (Some(cluster), Some(routes)) => Some(routes.merge(crate::cluster::routes(cluster))),
+        (Some(cluster), None) => Some(crate::cluster::routes(cluster)),
+        (None, routes) => routes,
+    };
     let admin = if config.admin.enabled {
         let server = AdminServer::bind_with_analytics(
             &config.admin,
@@ -92,6 +117,7 @@ pub async fn start_with_routes(
         loops,
         _watcher: watcher,
         scorer_watch,
+        cluster,
     })
 }
 
@@ -106,5 +132,9 @@ impl Services {
             watch.abort();
         }
         self.proxy.shutdown().await;
+        // Only once its connections are closed may the others grow into its share.
+        if let Some(cluster) = self.cluster.and_then(|c| Arc::try_unwrap(c).ok()) {
+            cluster.leave().await;
+        }
     }
 }

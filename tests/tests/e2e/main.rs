@@ -12,6 +12,7 @@ mod answers;
 mod attribution;
 mod backpressure;
 mod cli;
+mod cluster;
 mod dashboard;
 mod demo;
 mod endpoint_limits;

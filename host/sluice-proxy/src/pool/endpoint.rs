@@ -112,6 +112,7 @@ impl Endpoint {
             limits: Limits::new(
                 config.limits,
                 whole.health.active,
+                whole.cluster.is_some(),
                 Arc::clone(limits_released),
             ),
             answers: config.answers.clone(),

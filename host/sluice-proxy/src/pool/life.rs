@@ -201,6 +201,54 @@ impl Pool {
         drained
     }
 
+    /// Sets this instance's share of `endpoint`'s `max_connections` and `max_streams` in a
+    /// cluster (`None`: the whole cap) and starts draining the connections above the new
+    /// share, fewest streams first: their resumable streams move to connections within it,
+    /// the others finish there. No stream is cut. Whether the endpoint exists.
+    pub fn set_endpoint_share(
+        &self,
+        endpoint: &str,
+        connections: Option<u32>,
+        streams: Option<u32>,
+    ) -> bool {
+        let Some(found) = self.endpoints.iter().find(|e| &*e.id == endpoint) else {
+            return false;
+        };
+        found.limits.set_share(connections, streams);
+        let keep = found.limits.connection_cap();
+        let mut live: Vec<_> = self
+            .groups
+            .iter()
+            .flat_map(|group| group.state.lock().connections.clone())
+            .filter(|c| &*c.endpoint.id == endpoint && !c.is_draining() && !c.is_closed())
+            .collect();
+        if live.len() > keep {
+            live.sort_by_key(|c| c.active_streams());
+            for connection in &live[..live.len() - keep] {
+                connection.start_draining("this instance's cluster share of the endpoint shrank");
+            }
+        }
+        // A larger share may let a waiting stream open a connection (`set_share` woke the
+        // streams waiting for the endpoint's own caps).
+        for group in &self.groups {
+            group.released.notify_waiters();
+        }
+        true
+    }
+
+    /// The endpoints whose `max_connections` or `max_streams` is set, with those caps: what a
+    /// cluster splits between its instances.
+    pub fn shared_caps(&self) -> Vec<(Arc<str>, Option<u32>, Option<u32>)> {
+        self.endpoints
+            .iter()
+            .filter_map(|e| {
+                let (connections, streams) = e.limits.shared_caps();
+                (connections.is_some() || streams.is_some())
+                    .then(|| (Arc::clone(&e.id), connections, streams))
+            })
+            .collect()
+    }
+
     /// Takes one connection of the global cap, if any is left.
     pub(super) fn reserve_global(&self) -> bool {
         self.open_connections

@@ -1,12 +1,13 @@
 //! One endpoint's own caps (`[endpoints.limits]`, a provider's per-account limits) and the use
 //! held against them: open streams over every connection, connections (the health check's
 //! included) and the connection-open rate. Each cap is taken with a compare-and-swap, so
-//! concurrent placements never overshoot it.
+//! concurrent placements never overshoot it. In a cluster, this instance may use only its
+//! share of `max_connections` and `max_streams`, which the cluster sets while Sluice runs.
 //!
 //! This module counts and refuses; it never decides where a stream goes instead (`place`
 //! spills to other endpoints) and never opens a connection (`life` and `checks` ask it first).
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub(crate) struct Limits {
     /// Connections the pool's classes may hold: `max_connections`, less the one the health
     /// check keeps for itself when active checks run.
     pool_connections: Option<usize>,
+    /// Connections kept for the health check (0 or 1).
+    reserved: usize,
     /// Streams open over every connection to the endpoint.
     streams: AtomicUsize,
     /// Health-check connections open (0 or 1).
@@ -30,7 +33,14 @@ pub(crate) struct Limits {
     /// Woken when a stream slot under `max_streams` frees up: streams of every class may be
     /// waiting for it.
     released: Arc<Notify>,
+    /// This instance's share of `max_connections` (health check included) and `max_streams`
+    /// in a cluster; `u32::MAX` when it runs alone.
+    share_connections: AtomicU32,
+    share_streams: AtomicU32,
 }
+
+/// No cluster share: the whole configured cap.
+const WHOLE: u32 = u32::MAX;
 
 /// Which cap refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +68,10 @@ pub struct LimitsSnapshot {
     pub connections_per_second: Option<f64>,
     /// `rate_limit.streams_per_second`, when set.
     pub streams_per_second: Option<f64>,
+    /// In a cluster: this instance's share of `max_connections`.
+    pub share_connections: Option<u32>,
+    /// In a cluster: this instance's share of `max_streams`.
+    pub share_streams: Option<u32>,
     /// The caps reached now, by config key (`max_connections`, `max_streams`,
     /// `connections_per_second`).
     pub reached: Vec<&'static str>,
@@ -65,10 +79,18 @@ pub struct LimitsSnapshot {
 
 impl Limits {
     /// The caps of `config`; `health_checks` reserves one connection for the active checks.
-    pub(super) fn new(config: EndpointLimits, health_checks: bool, released: Arc<Notify>) -> Self {
+    /// In a `cluster`, nothing of a cap may be used before the cluster grants a share.
+    pub(super) fn new(
+        config: EndpointLimits,
+        health_checks: bool,
+        cluster: bool,
+        released: Arc<Notify>,
+    ) -> Self {
+        let unshared = if cluster { 0 } else { WHOLE };
         let reserved = usize::from(health_checks);
         Self {
             config,
+            reserved,
             pool_connections: config
                 .max_connections
                 .map(|max| (max as usize).saturating_sub(reserved)),
@@ -82,6 +104,52 @@ impl Limits {
                 })
             }),
             released,
+            share_connections: AtomicU32::new(if config.max_connections.is_some() {
+                unshared
+            } else {
+                WHOLE
+            }),
+            share_streams: AtomicU32::new(if config.max_streams.is_some() {
+                unshared
+            } else {
+                WHOLE
+            }),
+        }
+    }
+
+    /// Sets this instance's share of `max_connections` and `max_streams` (`None`: the whole
+    /// cap). Only lowers what the config allows; use above it is not cut, it just takes
+    /// nothing new until it is below.
+    pub(super) fn set_share(&self, connections: Option<u32>, streams: Option<u32>) {
+        self.share_connections
+            .store(connections.unwrap_or(WHOLE), Relaxed);
+        self.share_streams.store(streams.unwrap_or(WHOLE), Relaxed);
+        // A larger share may let waiting streams through.
+        self.released.notify_waiters();
+    }
+
+    /// The configured caps, for a cluster to split: `max_connections` and `max_streams`.
+    pub(super) fn shared_caps(&self) -> (Option<u32>, Option<u32>) {
+        (self.config.max_connections, self.config.max_streams)
+    }
+
+    /// The pool's connections cap: `max_connections` less the health check's, within this
+    /// instance's share.
+    pub(super) fn connection_cap(&self) -> usize {
+        let share = self.share_connections.load(Relaxed);
+        let configured = self.pool_connections.unwrap_or(usize::MAX);
+        if share == WHOLE {
+            return configured;
+        }
+        configured.min((share as usize).saturating_sub(self.reserved))
+    }
+
+    /// The open streams cap: `max_streams` within this instance's share.
+    fn stream_cap(&self) -> usize {
+        let configured = self.config.max_streams.map_or(usize::MAX, |m| m as usize);
+        match self.share_streams.load(Relaxed) {
+            WHOLE => configured,
+            share => configured.min(share as usize),
         }
     }
 
@@ -94,7 +162,7 @@ impl Limits {
 
     /// Takes a slot under `max_streams`; whether it did.
     pub(super) fn try_open_stream(&self) -> bool {
-        let cap = self.config.max_streams.map_or(usize::MAX, |m| m as usize);
+        let cap = self.stream_cap();
         self.streams
             .fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1))
             .is_ok()
@@ -103,23 +171,21 @@ impl Limits {
     /// Gives a slot under `max_streams` back.
     pub(super) fn close_stream(&self) {
         self.streams.fetch_sub(1, Relaxed);
-        if self.config.max_streams.is_some() {
+        if self.stream_cap() != usize::MAX {
             self.released.notify_waiters();
         }
     }
 
-    /// Whether `max_streams` streams are open.
+    /// Whether `max_streams` (or this instance's share of it) streams are open.
     pub(super) fn streams_full(&self) -> bool {
-        self.config
-            .max_streams
-            .is_some_and(|max| self.streams.load(Relaxed) >= max as usize)
+        self.streams.load(Relaxed) >= self.stream_cap()
     }
 
     /// Takes one of the pool's connections under `max_connections` from `held` (the
     /// endpoint's connection count) and a token of `connections_per_second`, or says which cap
     /// refused. Nothing is taken when it refuses.
     pub(super) fn try_open_connection(&self, held: &AtomicUsize) -> Result<(), LimitReached> {
-        let cap = self.pool_connections.unwrap_or(usize::MAX);
+        let cap = self.connection_cap();
         held.fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1))
             .map_err(|_| LimitReached::Connections)?;
         if let Some(bucket) = &self.connect_rate
@@ -134,7 +200,7 @@ impl Limits {
     /// Whether the pool could open a connection now, `held` being open: below
     /// `max_connections` with a connection-open token at hand (nothing is taken).
     pub(super) fn may_open_connection(&self, held: usize) -> bool {
-        held < self.pool_connections.unwrap_or(usize::MAX)
+        held < self.connection_cap()
             && self
                 .connect_rate
                 .as_ref()
@@ -173,6 +239,9 @@ impl Limits {
             max_streams_per_connection: self.config.max_streams_per_connection,
             connections_per_second: self.config.connections_per_second,
             streams_per_second,
+            share_connections: Some(self.share_connections.load(Relaxed))
+                .filter(|&share| share != WHOLE),
+            share_streams: Some(self.share_streams.load(Relaxed)).filter(|&share| share != WHOLE),
             reached,
         }
     }
@@ -205,21 +274,34 @@ impl Limits {
     /// and configured value.
     fn reached(&self, held: usize) -> Vec<(&'static str, String)> {
         let mut reached = Vec::new();
-        if let (Some(max), Some(cap)) = (self.config.max_connections, self.pool_connections)
-            && held >= cap
+        if let Some(max) = self.config.max_connections
+            && held >= self.connection_cap()
         {
-            reached.push(("max_connections", max.to_string()));
+            reached.push((
+                "max_connections",
+                self.described(max, &self.share_connections),
+            ));
         }
         if let Some(max) = self.config.max_streams
             && self.streams_full()
         {
-            reached.push(("max_streams", max.to_string()));
+            reached.push(("max_streams", self.described(max, &self.share_streams)));
         }
         if let (Some(rate), Some(_)) = (self.config.connections_per_second, self.connect_token_in())
         {
             reached.push(("connections_per_second", rate.to_string()));
         }
         reached
+    }
+}
+
+impl Limits {
+    /// `max`, or `max (this instance's share: N)` in a cluster.
+    fn described(&self, max: u32, share: &AtomicU32) -> String {
+        match share.load(Relaxed) {
+            WHOLE => max.to_string(),
+            share => format!("{max} (this instance's share: {share})"),
+        }
     }
 }
 
@@ -239,7 +321,7 @@ mod tests {
     use super::*;
 
     fn limits(config: EndpointLimits, health_checks: bool) -> Limits {
-        Limits::new(config, health_checks, Arc::new(Notify::new()))
+        Limits::new(config, health_checks, false, Arc::new(Notify::new()))
     }
 
     #[test]
