@@ -361,6 +361,19 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
             method.path, method.resume_attempts, method.resume_timeout
         );
     }
+    match &config.cluster {
+        Some(cluster) => println!(
+            "  cluster {}: etcd {}, instance {}, lease {:?}; endpoints' max_connections and \
+             max_streams split between the live instances (alone without etcd for longer than \
+             the lease: each limit / {})",
+            cluster.name,
+            cluster.etcd.join(", "),
+            cluster.instance.as_deref().unwrap_or("<host>-<port>"),
+            cluster.lease_ttl,
+            cluster.max_instances
+        ),
+        None => println!("  cluster: none (this instance's limits are its own)"),
+    }
     let health = &config.health;
     if health.active {
         println!(

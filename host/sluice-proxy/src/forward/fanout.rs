@@ -8,8 +8,9 @@
 //! keeps per stream (nothing for plain sharing; marks and a request channel for
 //! subscriptions).
 //!
-//! This module only fans out: opening and reading the upstream stream, and serving a
-//! subscriber, are the relays' (`share`, `subscription`).
+//! It also holds what keys a shared stream ([`ShareOptions`], [`ShareKey`]). This module only
+//! fans out: opening and reading the upstream stream, and serving a subscriber, are the
+//! relays' (`share`, `subscription`).
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -19,14 +20,46 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use bytes::Bytes;
 use h2::SendStream;
 use h2::server::SendResponse;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use parking_lot::Mutex;
+use sluice_config::MethodConfig;
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::upstream::{End, must_end};
 use crate::Context;
 use crate::grpc::Status;
 use crate::stats::{GaugeGuard, Stats};
+
+/// The sharing options of a method.
+#[derive(Debug, Clone)]
+pub(super) struct ShareOptions {
+    pub key_metadata: Vec<HeaderName>,
+    pub buffer: usize,
+}
+
+/// Request metadata that always keys a shared stream: the credentials a provider sees. Two
+/// subscribers that would authenticate differently upstream never ride one stream.
+const CREDENTIAL_METADATA: [HeaderName; 2] = [
+    http::header::AUTHORIZATION,
+    HeaderName::from_static("x-token"),
+];
+
+impl ShareOptions {
+    pub(super) fn from_config(method: &MethodConfig) -> Self {
+        let mut key_metadata = CREDENTIAL_METADATA.to_vec();
+        for name in &method.share_key_metadata {
+            if let Ok(name) = HeaderName::try_from(name.as_str())
+                && !key_metadata.contains(&name)
+            {
+                key_metadata.push(name);
+            }
+        }
+        Self {
+            key_metadata,
+            buffer: method.share_buffer_messages,
+        }
+    }
+}
 
 /// What makes two requests the same subscription: the method, the request (or a share key
 /// standing for it) and the key metadata.

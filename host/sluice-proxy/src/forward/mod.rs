@@ -38,9 +38,9 @@ use tracing::Instrument;
 
 use crate::Context;
 use crate::grpc::{self, Code, Status};
+use fanout::ShareOptions;
 use pump::OnFull;
 use resumable::ResumeOptions;
-use share::ShareOptions;
 use subscription::SubscriptionOptions;
 use upstream::{CallSetup, MonitorPermit};
 

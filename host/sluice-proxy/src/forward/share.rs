@@ -23,13 +23,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
-use http::{HeaderMap, HeaderName, Request};
-use sluice_config::MethodConfig;
+use http::{HeaderMap, Request};
 use tokio::sync::broadcast;
 
 use super::answers::{SHARED_WITNESS, record_final_status};
 use super::attribution::Attribution;
-use super::fanout::{Event, Head, Joined, ShareKey, SharedStream};
+use super::fanout::{Event, Head, Joined, ShareKey, ShareOptions, SharedStream};
 use super::pump::{self, OnFull, PumpError};
 use super::request::{BoundedRequest, request_timed_out};
 use super::upstream::{
@@ -40,37 +39,6 @@ use crate::Context;
 use crate::grpc::{self, Code, MessageSplitter, Status};
 use crate::pool::{FailureKind, Lease};
 use crate::route::MonitorProfile;
-
-/// The sharing options of a method.
-#[derive(Debug, Clone)]
-pub(super) struct ShareOptions {
-    pub key_metadata: Vec<HeaderName>,
-    pub buffer: usize,
-}
-
-/// Request metadata that always keys a shared stream: the credentials a provider sees. Two
-/// subscribers that would authenticate differently upstream never ride one stream.
-const CREDENTIAL_METADATA: [HeaderName; 2] = [
-    http::header::AUTHORIZATION,
-    HeaderName::from_static("x-token"),
-];
-
-impl ShareOptions {
-    pub(super) fn from_config(method: &MethodConfig) -> Self {
-        let mut key_metadata = CREDENTIAL_METADATA.to_vec();
-        for name in &method.share_key_metadata {
-            if let Ok(name) = HeaderName::try_from(name.as_str())
-                && !key_metadata.contains(&name)
-            {
-                key_metadata.push(name);
-            }
-        }
-        Self {
-            key_metadata,
-            buffer: method.share_buffer_messages,
-        }
-    }
-}
 
 /// Reads the request of a server-streaming call: exactly one message, then end of stream.
 /// The bytes it holds meanwhile are bounded ([`BoundedRequest`]); every error but a full

@@ -37,10 +37,9 @@ use sluice_config::{EndpointConfig, MethodConfig};
 use sluice_contract::resume::{RequestKind, Subscription};
 use tokio::sync::{broadcast, mpsc};
 
-use super::fanout::{Event, Joined, Membership, ShareKey};
+use super::fanout::{Event, Joined, Membership, ShareKey, ShareOptions};
 use super::pump::{self, PumpError};
 use super::request::request_timed_out;
-use super::share::ShareOptions;
 use super::upstream::{CallSetup, End, cut_off_lagging, must_end};
 use crate::Context;
 use crate::grpc::{self, Code, MessageSplitter, PREFIX_LEN, Status};
@@ -543,7 +542,12 @@ impl Relay<'_> {
         if joining.group != group {
             return false;
         }
-        let Some(seat) = pack::seat_in(self.ctx, &self.place.membership.stream, &joining) else {
+        let Some(seat) = pack::seat_in(
+            self.ctx,
+            &self.place.membership.stream,
+            &joining,
+            self.place.seat.as_mut(),
+        ) else {
             return false;
         };
         let old = self.place.seat.replace(seat);

@@ -215,9 +215,14 @@ impl Limits {
             .filter(|wait| !wait.is_zero())
     }
 
-    /// Waits for a connection-open token for the health check, and counts its connection
-    /// until the returned guard drops.
+    /// Waits for a connection-open token (and, in a cluster, a share) for the health check,
+    /// and counts its connection until the returned guard drops.
     pub(super) async fn open_check_connection(&self) -> CheckConnection {
+        // In a cluster the check's connection counts against this instance's share: none
+        // before the cluster grants one.
+        while self.share_connections.load(Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         if let Some(bucket) = &self.connect_rate {
             while let Err(wait) = bucket.try_take() {
                 tokio::time::sleep(wait.max(Duration::from_millis(1))).await;

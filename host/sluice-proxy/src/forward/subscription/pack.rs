@@ -72,6 +72,8 @@ pub(super) struct Seat {
     path: Arc<str>,
     /// Its member's tag.
     pub tag: u32,
+    /// Already given back by a re-seat that took its member out with the new one in.
+    released: bool,
 }
 
 impl Drop for Seat {
@@ -79,6 +81,9 @@ impl Drop for Seat {
         let Some(pack) = &self.feed.extra.pack else {
             return;
         };
+        if self.released {
+            return;
+        }
         let mut members = pack.members.lock();
         let Some(at) = members.iter().position(|m| m.tag == self.tag) else {
             return;
@@ -130,8 +135,15 @@ pub(super) struct Packed {
 
 /// Seats `joining` in `feed`'s pack when it has room (or holds the same subscription): the
 /// member is counted and the merged request updated. `None` when there is no room or the
-/// resumer cannot merge it.
-pub(super) fn seat_in(ctx: &Arc<Context>, feed: &Arc<Feed>, joining: &Joining) -> Option<Seat> {
+/// resumer cannot merge it. `leaving` is a seat its caller gives up for this one (a re-seat):
+/// when it is its member's last, that member goes out in the same merge as the new one comes
+/// in, so the provider never gets a request holding both.
+pub(super) fn seat_in(
+    ctx: &Arc<Context>,
+    feed: &Arc<Feed>,
+    joining: &Joining,
+    leaving: Option<&mut Seat>,
+) -> Option<Seat> {
     let pack = feed.extra.pack.as_ref()?;
     let path = &joining.group.path;
     let mut members = pack.members.lock();
@@ -144,7 +156,16 @@ pub(super) fn seat_in(ctx: &Arc<Context>, feed: &Arc<Feed>, joining: &Joining) -
             member.tag
         }
         None => {
-            let used: u32 = members.iter().map(|m| m.filters).sum();
+            let leaving_tag = leaving.as_ref().map(|seat| seat.tag);
+            let replaced = members
+                .iter()
+                .position(|m| Some(m.tag) == leaving_tag && m.seats == 1);
+            let used: u32 = members
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != replaced)
+                .map(|(_, m)| m.filters)
+                .sum();
             if used.saturating_add(joining.filters) > pack.capacity {
                 return None;
             }
@@ -153,6 +174,7 @@ pub(super) fn seat_in(ctx: &Arc<Context>, feed: &Arc<Feed>, joining: &Joining) -
                 *next += 1;
                 *next
             };
+            let removed = replaced.map(|at| (at, members.remove(at)));
             members.push(Member {
                 tag,
                 share_key: joining.share_key.clone(),
@@ -162,8 +184,16 @@ pub(super) fn seat_in(ctx: &Arc<Context>, feed: &Arc<Feed>, joining: &Joining) -
             });
             let Some(request) = merge(ctx, path, &members) else {
                 members.pop();
+                if let Some((at, member)) = removed {
+                    members.insert(at, member);
+                }
                 return None;
             };
+            if removed.is_some()
+                && let Some(seat) = leaving
+            {
+                seat.released = true;
+            }
             *pack.request.lock() = request;
             pack.changed.notify_one();
             tag
@@ -174,6 +204,7 @@ pub(super) fn seat_in(ctx: &Arc<Context>, feed: &Arc<Feed>, joining: &Joining) -
         feed: Arc::clone(feed),
         path: Arc::clone(path),
         tag,
+        released: false,
     })
 }
 
@@ -189,7 +220,7 @@ impl PackRegistry {
         let mut groups = self.groups.lock();
         let packs = groups.entry(joining.group.clone()).or_default();
         for feed in packs.iter() {
-            let Some(seat) = seat_in(ctx, feed, &joining) else {
+            let Some(seat) = seat_in(ctx, feed, &joining, None) else {
                 continue;
             };
             match ctx.subscriptions.rejoin(&ctx.stats, feed) {
@@ -235,6 +266,7 @@ impl PackRegistry {
             feed: Arc::clone(&joined.membership.stream),
             path,
             tag: 0,
+            released: false,
         };
         Some(Packed {
             joined,
