@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
+use h2::RecvStream;
 use h2::server::SendResponse;
-use h2::{RecvStream, SendStream};
 use http::{HeaderMap, Request};
 use tokio::sync::broadcast;
 
@@ -32,12 +32,12 @@ use super::fanout::{Event, Head, Joined, ShareKey, ShareOptions, SharedStream};
 use super::pump::{self, OnFull, PumpError};
 use super::request::{BoundedRequest, request_timed_out};
 use super::upstream::{
-    CallSetup, Caller, End, FirstMessage, cut_off_lagging, let_go, must_end, open_upstream,
+    CallSetup, Caller, End, FirstMessage, KeptStream, cut_off_lagging, must_end, open_upstream,
     response_head, upstream_failure,
 };
 use crate::Context;
 use crate::grpc::{self, Code, MessageSplitter, Status};
-use crate::pool::{FailureKind, Lease};
+use crate::pool::FailureKind;
 use crate::route::MonitorProfile;
 
 /// Reads the request of a server-streaming call: exactly one message, then end of stream.
@@ -253,17 +253,8 @@ async fn run_upstream(
     ctx.shares.retire(&stream);
     // A stream that ended was taken up by the provider: letting it go now is safe. One given up
     // on is let go, but not too young.
-    if let Some(Kept {
-        lease,
-        send,
-        opened,
-    }) = kept
-    {
-        if matches!(result, Some(Ok(_))) {
-            drop((send, lease));
-        } else {
-            let_go(&ctx, opened, move || drop((send, lease)));
-        }
+    if let Some(kept) = kept {
+        kept.release(&ctx, matches!(result, Some(Ok(_))));
     }
     let Some(result) = result else {
         tracing::debug!("shared upstream stream cancelled: no subscribers left");
@@ -285,15 +276,6 @@ async fn run_upstream(
     let _ = stream.events.send(Event::End(Arc::new(trailers)));
 }
 
-/// The shared upstream stream's send half and lease, owned by [`run_upstream`] rather than by
-/// the future feeding subscribers, so that however that ends, the stream goes through
-/// [`let_go`].
-struct Kept {
-    lease: Lease,
-    send: SendStream<Bytes>,
-    opened: std::time::Instant,
-}
-
 #[allow(clippy::too_many_arguments)] // One call site; the arguments are the stream's set-up.
 async fn feed_subscribers(
     ctx: &Arc<Context>,
@@ -303,13 +285,13 @@ async fn feed_subscribers(
     headers: &HeaderMap,
     request: Bytes,
     max_message_bytes: usize,
-    kept: &mut Option<Kept>,
+    kept: &mut Option<KeptStream>,
 ) -> Result<HeaderMap, Status> {
     let open = Box::pin(open_upstream(ctx, caller, path, headers, false, None, None)).await?;
     // Every subscriber is told the shared stream's endpoint and its opener's call id.
     let attribution = Attribution::new(caller.stream, &open.lease);
     let response = open.response;
-    let Kept { lease, send, .. } = kept.insert(Kept {
+    let KeptStream { lease, send, .. } = kept.insert(KeptStream {
         lease: open.lease,
         send: open.send,
         opened: open.opened,

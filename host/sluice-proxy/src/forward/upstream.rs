@@ -35,6 +35,32 @@ const OPEN_ATTEMPTS: usize = 3;
 /// once) would trip it. A stream this old has long been taken up.
 pub(super) const MIN_RESET_AGE: Duration = Duration::from_millis(100);
 
+/// A long-lived upstream stream's send half and lease (a shared stream's, a subscription's),
+/// owned by the task running it rather than by the future reading it, so that however that
+/// future ends the stream goes through [`let_go`].
+pub(super) struct KeptStream {
+    pub lease: Lease,
+    pub send: SendStream<Bytes>,
+    pub opened: Instant,
+}
+
+impl KeptStream {
+    /// Drops it now when its upstream `finished` it (nothing to reset), else through
+    /// [`let_go`].
+    pub(super) fn release(self, ctx: &Context, finished: bool) {
+        let KeptStream {
+            lease,
+            send,
+            opened,
+        } = self;
+        if finished {
+            drop((send, lease));
+        } else {
+            let_go(ctx, opened, move || drop((send, lease)));
+        }
+    }
+}
+
 /// Lets go of an upstream stream a call has finished with: `release` drops its last handles
 /// (h2 then resets it, unless it had ended) and its lease. A stream younger than
 /// [`MIN_RESET_AGE`] is kept, slot and all, until it is that old; the monitor has its answer

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use h2::SendStream;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue};
 use parking_lot::Mutex;
@@ -38,7 +37,9 @@ use crate::forward::answers::{SHARED_WITNESS, record_final_status};
 use crate::forward::attribution::Attribution;
 use crate::forward::fanout::{Event, Head, SharedStream};
 use crate::forward::pump::{self, OnFull};
-use crate::forward::upstream::{Caller, let_go, open_upstream, response_head, upstream_failure};
+use crate::forward::upstream::{
+    Caller, KeptStream, open_upstream, response_head, upstream_failure,
+};
 use crate::grpc::{self, Code, MessageSplitter, PREFIX_LEN, Status};
 use crate::pool::{FailureKind, Lease, Resume};
 use crate::route::MonitorProfile;
@@ -80,29 +81,6 @@ pub(super) struct FeedStart {
     pub catchup: Option<(Catchup, Option<Bytes>)>,
     pub max_message_bytes: usize,
     pub options: SubscriptionOptions,
-}
-
-/// The current upstream stream's send half and lease, owned outside the future reading it so
-/// that however it ends, the stream goes through [`let_go`].
-struct Kept {
-    lease: Lease,
-    send: SendStream<Bytes>,
-    opened: Instant,
-}
-
-impl Kept {
-    fn release(self, ctx: &Context, finished: bool) {
-        let Kept {
-            lease,
-            send,
-            opened,
-        } = self;
-        if finished {
-            drop((send, lease));
-        } else {
-            let_go(ctx, opened, move || drop((send, lease)));
-        }
-    }
 }
 
 /// Runs a feed until its upstream subscription ends for good or its last subscriber leaves.
@@ -160,7 +138,7 @@ async fn feed_subscribers(
     feed: &Feed,
     start: &mut FeedStart,
     requests: &mut mpsc::Receiver<(Bytes, bool)>,
-    kept: &mut Option<Kept>,
+    kept: &mut Option<KeptStream>,
 ) -> Result<HeaderMap, Status> {
     let (mut catchup, resume_from) = start.catchup.take().unzip();
     let start = &*start;
@@ -242,7 +220,7 @@ async fn feed_subscribers(
             Some(attribution) => attribution.resumed_on(&open.lease),
         }
         let response = open.response;
-        let current = kept.insert(Kept {
+        let current = kept.insert(KeptStream {
             lease: open.lease,
             send: open.send,
             opened: open.opened,
@@ -422,7 +400,7 @@ type Stopped = Result<HeaderMap, Result<Broken, Status>>;
 impl Reading<'_> {
     async fn stream(
         &mut self,
-        current: &mut Kept,
+        current: &mut KeptStream,
         response: h2::client::ResponseFuture,
         request: Vec<Bytes>,
     ) -> Stopped {
