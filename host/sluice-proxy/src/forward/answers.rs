@@ -28,7 +28,7 @@ pub(super) struct Answered {
 pub(super) const SHARED_WITNESS: &str = "(a shared stream)";
 
 /// The gRPC status code of final headers or trailers, if they carry one.
-fn code(headers: &HeaderMap) -> Option<u32> {
+pub(super) fn status_code(headers: &HeaderMap) -> Option<u32> {
     headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
@@ -58,7 +58,7 @@ fn pushback_ms(headers: &HeaderMap) -> Option<i64> {
 /// The code of the final status `headers` of the stream on `lease`, with its endpoint's
 /// treatment of it; `None` for `OK` or no status.
 pub(super) fn answer_of(lease: &Lease, headers: &HeaderMap) -> Option<(u32, Answer)> {
-    let code = code(headers).filter(|code| *code != 0)?;
+    let code = status_code(headers).filter(|code| *code != 0)?;
     Some((code, lease.connection().endpoint.answers.answer(code)))
 }
 
@@ -145,7 +145,7 @@ mod tests {
             ("grpc-message", "quota"),
             ("grpc-retry-pushback-ms", "750"),
         ]);
-        assert_eq!(code(&quota), Some(8));
+        assert_eq!(status_code(&quota), Some(8));
         assert_eq!(describe(8, &quota), "RESOURCE_EXHAUSTED: quota");
         assert_eq!(pushback_ms(&quota), Some(750));
         assert_eq!(
@@ -158,6 +158,6 @@ mod tests {
         );
         assert_eq!(pushback_ms(&headers(&[])), None);
         assert_eq!(describe(99, &headers(&[])), "99: ");
-        assert_eq!(code(&headers(&[("grpc-status", "x")])), None);
+        assert_eq!(status_code(&headers(&[("grpc-status", "x")])), None);
     }
 }

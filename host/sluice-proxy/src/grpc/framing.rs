@@ -5,7 +5,7 @@
 //! stream into whole messages for paths that must handle messages individually (shared
 //! subscriptions fan out whole messages, so a late joiner starts on a boundary).
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// Size of the prefix before every gRPC message.
 pub(crate) const PREFIX_LEN: usize = 5;
@@ -233,6 +233,15 @@ fn warm(chunk: &[u8]) {
 
 fn declared_len(prefix: &[u8]) -> usize {
     u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize
+}
+
+/// Prefixes a payload as an uncompressed gRPC message.
+pub(crate) fn frame(payload: &[u8]) -> Bytes {
+    let mut framed = BytesMut::with_capacity(PREFIX_LEN + payload.len());
+    framed.put_u8(0);
+    framed.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
+    framed.put_slice(payload);
+    framed.freeze()
 }
 
 #[cfg(test)]

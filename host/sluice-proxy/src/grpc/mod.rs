@@ -11,5 +11,5 @@ mod proptests;
 mod status;
 pub mod timeout;
 
-pub(crate) use framing::{FrameError, MessageScanner, MessageSplitter, PREFIX_LEN};
+pub(crate) use framing::{FrameError, MessageScanner, MessageSplitter, PREFIX_LEN, frame};
 pub(crate) use status::{Code, Status};

@@ -12,10 +12,10 @@ use sluice_contract::resume::{ResumeAnswer, ResumeRequest};
 
 use super::ResumeOptions;
 use super::attempt::Attempt;
-use super::replay::{ReplayBuffer, frame};
+use super::replay::ReplayBuffer;
 use crate::Context;
 use crate::forward::upstream::{CallSetup, open_upstream};
-use crate::grpc::{PREFIX_LEN, Status};
+use crate::grpc::{PREFIX_LEN, Status, frame};
 use crate::pool::Resume;
 
 /// What a resume needs to know about the call so far.

@@ -6,11 +6,10 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use sluice_config::ResumeMode;
 
 use super::ResumeOptions;
-use crate::grpc::PREFIX_LEN;
 
 /// The request messages a resume replays.
 pub(super) struct ReplayBuffer {
@@ -122,17 +121,9 @@ impl Dedup {
     }
 }
 
-/// Prefixes a payload as an uncompressed gRPC message.
-pub(super) fn frame(payload: &[u8]) -> Bytes {
-    let mut framed = BytesMut::with_capacity(PREFIX_LEN + payload.len());
-    framed.put_u8(0);
-    framed.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
-    framed.put_slice(payload);
-    framed.freeze()
-}
-
 #[cfg(test)]
 mod tests {
+    use crate::grpc::{PREFIX_LEN, frame};
     use std::time::Duration;
 
     use super::*;

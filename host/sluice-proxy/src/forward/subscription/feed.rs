@@ -33,14 +33,14 @@ use super::SubscriptionOptions;
 use super::marks::{Catchup, Marks};
 use super::pack::PackState;
 use crate::Context;
-use crate::forward::answers::{SHARED_WITNESS, record_final_status};
+use crate::forward::answers::{SHARED_WITNESS, record_final_status, status_code};
 use crate::forward::attribution::Attribution;
 use crate::forward::fanout::{Event, Head, SharedStream};
 use crate::forward::pump::{self, OnFull};
 use crate::forward::upstream::{
     Caller, KeptStream, open_upstream, response_head, upstream_failure,
 };
-use crate::grpc::{self, Code, MessageSplitter, PREFIX_LEN, Status};
+use crate::grpc::{self, Code, MessageSplitter, PREFIX_LEN, Status, frame};
 use crate::pool::{FailureKind, Lease, Resume};
 use crate::route::MonitorProfile;
 
@@ -322,15 +322,6 @@ fn opening_request(
     }
 }
 
-/// `payload` with its 5-byte gRPC prefix (uncompressed).
-pub(super) fn frame(payload: &[u8]) -> Bytes {
-    let mut framed = Vec::with_capacity(PREFIX_LEN + payload.len());
-    framed.push(0);
-    framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    framed.extend_from_slice(payload);
-    Bytes::from(framed)
-}
-
 /// The end of a subscription no endpoint could resume: `DATA_LOSS` when endpoints refused the
 /// replay (a gap), `UNAVAILABLE` otherwise.
 fn gave_up(
@@ -578,11 +569,7 @@ impl Reading<'_> {
         status: Option<http::StatusCode>,
     ) -> Stopped {
         let answered = record_final_status(lease, headers, &Arc::from(SHARED_WITNESS));
-        let code = headers
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0);
+        let code = status_code(headers).unwrap_or(0);
         let elsewhere = matches!(answered.answer, Answer::Pushback | Answer::Misconfigured);
         let unavailable =
             code == Code::Unavailable as u32 && self.start.options.resume_on_unavailable;
